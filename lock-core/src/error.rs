@@ -1,0 +1,76 @@
+//! The one error type of the crate.
+
+use std::time::Duration;
+
+/// Everything that can go wrong while taking, keeping or giving back a lock.
+///
+/// Every variant that concerns one lock names it, so a log line says which job was affected.
+/// The owner token is never part of an error: it is a credential.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// Another owner holds the lock and the request was not to wait.
+    #[error("lock `{name}` is held by another owner")]
+    Busy {
+        /// The lock name as given, without the key prefix.
+        name: String,
+    },
+
+    /// Another owner still held the lock when the wait ran out.
+    #[error("lock `{name}` was still held by another owner after waiting {waited:?}")]
+    Timeout {
+        /// The lock name as given, without the key prefix.
+        name: String,
+        /// How long the request waited before giving up.
+        waited: Duration,
+    },
+
+    /// The lease ran out (or the key was taken away) while the work was still running.
+    #[error("lost the lease on lock `{name}` while the work was running")]
+    Lost {
+        /// The lock name as given, without the key prefix.
+        name: String,
+    },
+
+    /// `#[distributed_lock]` found no manager: none was given with `manager = ...` and
+    /// [`set_default_manager`](crate::set_default_manager) was never called.
+    #[error("no lock manager: pass `manager = ...` to the attribute or call `lock_core::set_default_manager` at start-up")]
+    NotConfigured,
+
+    /// The lock name (or key prefix) cannot be used; nothing was sent to Redis.
+    #[error("invalid lock name: {reason}")]
+    InvalidName {
+        /// Why the name was refused.
+        reason: String,
+    },
+
+    /// The lease duration cannot be used; nothing was sent to Redis.
+    #[error("invalid ttl: {reason}")]
+    InvalidTtl {
+        /// Why the duration was refused.
+        reason: String,
+    },
+
+    /// The manager's configuration cannot work (for example no server was given).
+    #[error("invalid lock manager configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+
+    /// [`LockManager::shutdown`](crate::LockManager::shutdown) ran out of time with releases
+    /// still in flight; their keys expire with their TTL.
+    #[error("shutdown timed out with {pending} lock release(s) still in flight")]
+    ShutdownTimeout {
+        /// Releases that had not finished when the time ran out.
+        pending: usize,
+    },
+
+    /// Communication with Redis failed, or Redis answered with an error
+    /// (wrong password, unreachable host, timeout, ...).
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// `Result` with [`LockError`] as the default error type.
+pub type Result<T, E = LockError> = std::result::Result<T, E>;

@@ -1,0 +1,251 @@
+//! Test support: real `redis-server` processes on free loopback ports, which a test can kill,
+//! restart, pause and resume. Shared by every integration test and example of the workspace.
+//!
+//! Tests never touch the shared server on port 6379.
+
+#![allow(missing_docs)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process on `127.0.0.1:<port>`, with no persistence. Stopped on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    extra_args: Vec<String>,
+}
+
+const INSTALL_HINT: &str = "`redis-server` was not found on PATH. The integration tests start \
+their own Redis servers; install it first: `apt-get install redis-server` (Debian/Ubuntu), \
+`brew install redis` (macOS), or see https://redis.io/docs/latest/operate/oss_and_stack/install/";
+
+/// A TCP port on loopback that nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("could not find a free loopback port")
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers PING.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments, e.g. `["--requirepass", "s3cret"]`.
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        // A port found free can be taken before the server binds it: try a few.
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let mut server = Self {
+                child: None,
+                port: free_port(),
+                extra_args: extra_args.clone(),
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("could not start redis-server: {last_error}");
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let port = self.port.to_string();
+        let dir = std::env::temp_dir();
+        let child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--dir", dir.to_str().expect("temp dir is UTF-8")])
+            .args(["--logfile", ""])
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    panic!("{INSTALL_HINT}");
+                }
+                format!("spawning redis-server: {e}")
+            })?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(format!(
+                    "redis-server on port {} exited: {status}",
+                    self.port
+                ));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() && self.ping()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.stop();
+                return Err(format!(
+                    "redis-server on port {} did not answer in 10 s",
+                    self.port
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
+            return false;
+        };
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query(&mut conn);
+        // A server started with `--requirepass` answers NOAUTH: it is up.
+        match pong {
+            Ok(_) => true,
+            Err(e) => e.code() == Some("NOAUTH"),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .expect("redis-server is not running")
+            .id()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// SIGKILL: the server dies at once, with all its data.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (empty: it keeps nothing on disk).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                // The old socket may linger for a moment.
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("could not restart redis-server: {e}"),
+            }
+        }
+    }
+
+    /// SIGSTOP: the server stops answering but keeps its connections open.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn stop(&mut self) {
+        if self.child.is_some() {
+            // A paused server ignores SIGTERM; SIGKILL works on stopped processes too.
+            self.kill();
+        }
+    }
+
+    /// A plain client for inspecting the server from a test.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("valid url")
+    }
+
+    /// A blocking connection for inspecting the server from a test.
+    pub fn conn(&self) -> redis::Connection {
+        self.client()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect to the test redis-server")
+    }
+
+    /// Runs one command on a fresh blocking connection.
+    pub fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        cmd.query(&mut self.conn()).expect("redis command")
+    }
+
+    /// How many times `command` (lowercase, e.g. `"evalsha"`) has run since start or
+    /// `CONFIG RESETSTAT`, from `INFO commandstats`.
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let info: String = self.query(redis::cmd("INFO").arg("commandstats"));
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Every key matching `pattern` (with `KEYS`; test servers are small).
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        self.query(redis::cmd("KEYS").arg(pattern))
+    }
+
+    /// The lock keys (not fencing counters) under the default prefix.
+    pub fn lock_keys(&self) -> Vec<String> {
+        let mut keys = self.keys("lock:*");
+        keys.retain(|k| !k.ends_with(":fence"));
+        keys
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `check` every few milliseconds until it holds or `within` runs out; returns whether
+/// it held. For conditions that cannot be awaited directly (a key expiring in Redis).
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
