@@ -17,7 +17,12 @@ async fn main() -> Result<(), LockError> {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     // A prefix of its own keeps the example's keys apart from anything else on the server.
     // The fencing counter persists, so its tokens keep growing from run to run.
-    let locks = match LockManager::builder().url(&url).key_prefix("quickstart:").build().await {
+    let locks = match LockManager::builder()
+        .url(&url)
+        .key_prefix("quickstart:")
+        .build()
+        .await
+    {
         Ok(locks) => {
             println!("using Redis at {url}");
             locks
@@ -30,7 +35,10 @@ async fn main() -> Result<(), LockError> {
     let ttl = Duration::from_secs(10);
 
     let a = locks.acquire("report", ttl, Duration::ZERO).await?;
-    println!("worker A  took `report`             fencing token {}", a.fencing_token());
+    println!(
+        "worker A  took `report`             fencing token {}",
+        a.fencing_token()
+    );
 
     match locks.acquire("report", ttl, Duration::ZERO).await {
         Err(LockError::Busy { name }) => println!("worker B  `{name}` is busy, not waiting"),

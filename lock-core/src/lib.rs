@@ -51,6 +51,15 @@ mod token;
 mod validate;
 mod watchdog;
 
+#[doc(hidden)]
+#[allow(missing_docs, unreachable_pub)]
+#[path = "private.rs"]
+pub mod __private;
+
+#[cfg(feature = "macros")]
+#[doc(inline)]
+pub use lock_macros::distributed_lock;
+
 pub use error::{LockError, Result};
 pub use guard::LockGuard;
 pub use manager::{

@@ -1,0 +1,95 @@
+//! What `#[distributed_lock]` expands to calls. Not a public API: it changes with the macro,
+//! which is why lock-core pins lock-macros to the exact same version.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{LockError, LockGuard, LockManager, Result};
+
+/// The attribute's options, checked at compile time.
+pub struct Options {
+    pub ttl: Duration,
+    pub wait: Duration,
+    pub skip_if_busy: bool,
+    pub auto_extend: bool,
+    pub min_hold: Option<Duration>,
+    pub max_hold: Option<Duration>,
+}
+
+/// Anything `manager = ...` may name: a `LockManager`, a reference to one, or an `Arc` of one.
+pub trait ManagerRef {
+    fn lock_manager(&self) -> &LockManager;
+}
+
+impl ManagerRef for LockManager {
+    fn lock_manager(&self) -> &LockManager {
+        self
+    }
+}
+
+impl<T: ManagerRef + ?Sized> ManagerRef for &T {
+    fn lock_manager(&self) -> &LockManager {
+        (**self).lock_manager()
+    }
+}
+
+impl<T: ManagerRef + ?Sized> ManagerRef for &mut T {
+    fn lock_manager(&self) -> &LockManager {
+        (**self).lock_manager()
+    }
+}
+
+impl<T: ManagerRef + ?Sized> ManagerRef for Arc<T> {
+    fn lock_manager(&self) -> &LockManager {
+        (**self).lock_manager()
+    }
+}
+
+/// The default manager, or `NotConfigured`.
+pub fn default_manager() -> Result<LockManager> {
+    crate::default_manager().ok_or(LockError::NotConfigured)
+}
+
+/// Acquires for the attribute. `Ok(None)`: busy and `on_busy = "skip"`.
+pub async fn acquire(
+    manager: &LockManager,
+    name: String,
+    options: Options,
+) -> Result<Option<LockGuard>> {
+    let mut request = manager
+        .lock(name)
+        .ttl(options.ttl)
+        .wait(options.wait)
+        .auto_extend(options.auto_extend);
+    if let Some(min) = options.min_hold {
+        request = request.min_hold(min);
+    }
+    if let Some(max) = options.max_hold {
+        request = request.max_hold(max);
+    }
+    match request.acquire().await {
+        Ok(guard) => Ok(Some(guard)),
+        Err(LockError::Busy { name } | LockError::Timeout { name, .. }) if options.skip_if_busy => {
+            tracing::debug!(lock = %name, "busy; skipping the job");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `body` until it finishes or the lease is lost; `Err(Lost)` in the second case (the body
+/// is dropped at its current await point).
+pub async fn until_lost<F: Future>(guard: &LockGuard, body: F) -> Result<F::Output> {
+    tokio::select! {
+        biased;
+        out = body => Ok(out),
+        () = guard.lost() => Err(LockError::Lost { name: guard.name().to_owned() }),
+    }
+}
+
+/// Releases after the body, awaited, so the next caller can take the lock at once. Failures are
+/// logged by the release itself; the body's result is what the fn returns.
+pub async fn finish(guard: LockGuard) {
+    let _ = guard.release().await;
+}

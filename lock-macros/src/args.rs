@@ -1,0 +1,163 @@
+//! Syntax of the attribute's arguments: `name = value` pairs, each kept with its spans.
+//! Meaning (durations, templates, combinations) is checked in `valid.rs`.
+
+use proc_macro2::{Ident, TokenStream};
+use syn::meta::ParseNestedMeta;
+use syn::{Expr, ExprLit, Lit, LitBool, LitStr};
+
+/// One argument: its name token (for "repeated"/"unknown" errors) and its value.
+pub(crate) struct Arg<T> {
+    pub(crate) name: Ident,
+    pub(crate) value: T,
+}
+
+/// `key = "template"` or `key = <expression>`.
+pub(crate) enum KeyArg {
+    Template(LitStr),
+    Expr(Expr),
+}
+
+#[derive(Default)]
+pub(crate) struct Args {
+    pub(crate) key: Option<Arg<KeyArg>>,
+    pub(crate) ttl: Option<Arg<LitStr>>,
+    pub(crate) wait: Option<Arg<LitStr>>,
+    pub(crate) on_busy: Option<Arg<LitStr>>,
+    pub(crate) auto_extend: Option<Arg<LitBool>>,
+    pub(crate) on_lost: Option<Arg<LitStr>>,
+    pub(crate) min_hold: Option<Arg<LitStr>>,
+    pub(crate) max_hold: Option<Arg<LitStr>>,
+    pub(crate) manager: Option<Arg<Expr>>,
+    pub(crate) guard: Option<Arg<Ident>>,
+    pub(crate) krate: Option<Arg<LitStr>>,
+}
+
+pub(crate) const NAMES: &str = "`key`, `ttl`, `wait`, `on_busy`, `auto_extend`, `on_lost`, `min_hold`, `max_hold`, `manager`, `guard`, `crate`";
+
+/// Adds `error` to `errors`.
+pub(crate) fn push(errors: &mut Option<syn::Error>, error: syn::Error) {
+    match errors {
+        Some(all) => all.combine(error),
+        None => *errors = Some(error),
+    }
+}
+
+fn store<T>(slot: &mut Option<Arg<T>>, name: Ident, value: T, errors: &mut Option<syn::Error>) {
+    if slot.is_some() {
+        push(
+            errors,
+            syn::Error::new(name.span(), format!("`{name}` is given twice; remove one")),
+        );
+    } else {
+        *slot = Some(Arg { name, value });
+    }
+}
+
+fn string_literal(
+    value: Expr,
+    name: &Ident,
+    example: &str,
+    errors: &mut Option<syn::Error>,
+) -> Option<LitStr> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Some(s),
+        other => {
+            push(
+                errors,
+                syn::Error::new_spanned(
+                    other,
+                    format!("`{name}` takes a string literal: `{name} = {example}`"),
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Parses the attribute's arguments. Syntax errors abort; every problem with a well-formed
+/// argument is collected so one compile shows them all.
+pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
+    let mut args = Args::default();
+    let mut errors = None;
+    let parser = syn::meta::parser(|meta: ParseNestedMeta<'_>| {
+        let Some(name) = meta.path.get_ident().cloned() else {
+            return Err(meta.error(format!("unknown argument; expected one of {NAMES}")));
+        };
+        let value: Expr = meta.value()?.parse()?;
+        let e = &mut errors;
+        match name.to_string().as_str() {
+            "key" => {
+                let key = match value {
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Str(s), ..
+                    }) => KeyArg::Template(s),
+                    other => KeyArg::Expr(other),
+                };
+                store(&mut args.key, name, key, e);
+            }
+            "ttl" | "wait" | "min_hold" | "max_hold" => {
+                if let Some(lit) = string_literal(value, &name, "\"30s\"", e) {
+                    let slot = match name.to_string().as_str() {
+                        "ttl" => &mut args.ttl,
+                        "wait" => &mut args.wait,
+                        "min_hold" => &mut args.min_hold,
+                        _ => &mut args.max_hold,
+                    };
+                    store(slot, name, lit, e);
+                }
+            }
+            "on_busy" => {
+                if let Some(lit) = string_literal(value, &name, "\"skip\"", e) {
+                    store(&mut args.on_busy, name, lit, e);
+                }
+            }
+            "on_lost" => {
+                if let Some(lit) = string_literal(value, &name, "\"continue\"", e) {
+                    store(&mut args.on_lost, name, lit, e);
+                }
+            }
+            "auto_extend" => match value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Bool(b), ..
+                }) => store(&mut args.auto_extend, name, b, e),
+                other => push(
+                    e,
+                    syn::Error::new_spanned(other, "`auto_extend` takes `true` or `false`"),
+                ),
+            },
+            "manager" => store(&mut args.manager, name, value, e),
+            "crate" => {
+                if let Some(lit) = string_literal(value, &name, "\"my_lock_core\"", e) {
+                    store(&mut args.krate, name, lit, e);
+                }
+            }
+            "guard" => match value {
+                Expr::Path(p) if p.qself.is_none() && p.path.get_ident().is_some() => {
+                    let ident = p.path.get_ident().cloned().expect("checked above");
+                    store(&mut args.guard, name, ident, e);
+                }
+                other => push(
+                    e,
+                    syn::Error::new_spanned(
+                        other,
+                        "`guard` takes the name of a variable to bind the guard to: `guard = lock`",
+                    ),
+                ),
+            },
+            _ => push(
+                e,
+                syn::Error::new(
+                    name.span(),
+                    format!("unknown argument `{name}`; expected one of {NAMES}"),
+                ),
+            ),
+        }
+        Ok(())
+    });
+    if let Err(e) = syn::parse::Parser::parse2(parser, tokens) {
+        push(&mut errors, e);
+    }
+    (args, errors)
+}

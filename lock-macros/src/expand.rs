@@ -1,0 +1,198 @@
+//! The rewrite of the fn.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned, ToTokens};
+use syn::visit_mut::VisitMut;
+use syn::{ItemFn, ReturnType, Type};
+
+use crate::args;
+use crate::valid::{self, Config, Key};
+
+/// Entry point: the attribute's arguments and the item it stands on.
+pub(crate) fn distributed_lock(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let (args, errors) = args::parse(attr);
+    let item_fn: ItemFn = match syn::parse2(item.clone()) {
+        Ok(f) => f,
+        Err(_) => {
+            let error = syn::Error::new(
+                not_a_fn_span(&item),
+                "`#[distributed_lock]` only applies to an `async fn`",
+            );
+            return with_error(item, error);
+        }
+    };
+    match valid::check(args, &item_fn, errors) {
+        Ok(config) => rewrite(item_fn, &config),
+        // One mistake, one error: the item is emitted unchanged next to it.
+        Err(error) => with_error(item, error),
+    }
+}
+
+fn with_error(item: TokenStream, error: syn::Error) -> TokenStream {
+    let error = error.to_compile_error();
+    quote!(#item #error)
+}
+
+/// The keyword of the item that is not a fn (`struct`, `impl`, ...), to point the error at.
+fn not_a_fn_span(item: &TokenStream) -> Span {
+    match syn::parse2::<syn::Item>(item.clone()) {
+        Ok(syn::Item::Struct(s)) => s.struct_token.span,
+        Ok(syn::Item::Enum(e)) => e.enum_token.span,
+        Ok(syn::Item::Impl(i)) => i.impl_token.span,
+        Ok(syn::Item::Trait(t)) => t.trait_token.span,
+        Ok(syn::Item::Mod(m)) => m.mod_token.span,
+        Ok(other) => syn::spanned::Spanned::span(&other),
+        Err(_) => Span::call_site(),
+    }
+}
+
+/// `impl Trait` cannot name a `let` binding's type; `_` lets inference fill it in.
+struct EraseImplTrait;
+
+impl VisitMut for EraseImplTrait {
+    fn visit_type_mut(&mut self, ty: &mut Type) {
+        if let Type::ImplTrait(it) = ty {
+            *ty = Type::Infer(syn::TypeInfer {
+                underscore_token: syn::Token![_](syn::spanned::Spanned::span(it)),
+            });
+        } else {
+            syn::visit_mut::visit_type_mut(self, ty);
+        }
+    }
+}
+
+fn duration(ms: u64) -> TokenStream {
+    quote!(::core::time::Duration::from_millis(#ms))
+}
+
+// #[distributed_lock(key = "jobs:{tenant}", ttl = "30s")]
+// async fn run(tenant: u64) -> Result<T, E> { body }
+//
+// becomes
+//
+// async fn run(tenant: u64) -> Result<T, E> {
+//     let name = format!("jobs:{}", &tenant);                    // before the body moves anything
+//     let guard = match acquire(manager, name, options).await {  // Err(e) => return Err(E::from(e))
+//         ...                                                    // skip: return Ok(Default::default())
+//     };
+//     let ret: Result<T, E> = async move { body }.await;         // `return` and `?` stay in the body
+//     finish(guard).await;                                       // released before we return
+//     ret
+// }
+fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
+    let krate = &config.krate;
+    let mixed = Span::mixed_site();
+    let name = quote_spanned!(mixed=> __lock_name);
+    let manager = quote_spanned!(mixed=> __lock_manager);
+    let guard = quote_spanned!(mixed=> __lock_guard);
+    let body = quote_spanned!(mixed=> __lock_body);
+    let ret = quote_spanned!(mixed=> __lock_ret);
+    let error = quote_spanned!(mixed=> __lock_error);
+
+    let key = match &config.key {
+        Key::Template { fmt, args } => quote!(::std::format!(#fmt #(, #args)*)),
+        Key::Expr(expr) => quote!(::std::string::ToString::to_string(&(#expr))),
+    };
+    let manager_expr = match &config.manager {
+        Some(expr) => quote!(&(#expr)),
+        None => quote!(&(match #krate::__private::default_manager() {
+            ::core::result::Result::Ok(m) => m,
+            ::core::result::Result::Err(#error) => {
+                return ::core::result::Result::Err(::core::convert::From::from(#error));
+            }
+        })),
+    };
+    let ttl = duration(config.ttl_ms);
+    let wait = duration(config.wait_ms);
+    let option = |ms: Option<u64>| match ms {
+        Some(ms) => {
+            let d = duration(ms);
+            quote!(::core::option::Option::Some(#d))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let min_hold = option(config.min_hold_ms);
+    let max_hold = option(config.max_hold_ms);
+    let auto_extend = config.auto_extend;
+    let skip_if_busy = config.skip.is_some();
+    let on_busy = match config.skip {
+        // Spanned at "skip", so a `T` without `Default` is reported there.
+        Some(span) => {
+            quote_spanned!(span=> return ::core::result::Result::Ok(::core::default::Default::default()))
+        }
+        None => quote!(::core::unreachable!(
+            "acquire returns None only with on_busy = \"skip\""
+        )),
+    };
+
+    let ret_ty = match &item.sig.output {
+        ReturnType::Type(_, ty) => {
+            let mut ty = (**ty).clone();
+            EraseImplTrait.visit_type_mut(&mut ty);
+            ty
+        }
+        ReturnType::Default => unreachable!("checked in valid.rs"),
+    };
+    let user_block = &item.block;
+    let bind_guard = config
+        .guard
+        .as_ref()
+        .map(|ident| quote!(let #ident: &#krate::LockGuard = &#guard;));
+    let run_body = if config.abort_on_lost {
+        let outcome = quote_spanned!(mixed=> __lock_outcome);
+        quote!({
+            let #outcome = #krate::__private::until_lost(&#guard, #body).await;
+            match #outcome {
+            ::core::result::Result::Ok(#ret) => #ret,
+            ::core::result::Result::Err(#error) => {
+                #krate::__private::finish(#guard).await;
+                return ::core::result::Result::Err(::core::convert::From::from(#error));
+            }
+        }})
+    } else {
+        quote!(#body.await)
+    };
+
+    let new_block = quote! {
+        {
+            let #name: ::std::string::String = #key;
+            let #guard = {
+                let #manager = #manager_expr;
+                match #krate::__private::acquire(
+                    #krate::__private::ManagerRef::lock_manager(#manager),
+                    #name,
+                    #krate::__private::Options {
+                        ttl: #ttl,
+                        wait: #wait,
+                        skip_if_busy: #skip_if_busy,
+                        auto_extend: #auto_extend,
+                        min_hold: #min_hold,
+                        max_hold: #max_hold,
+                    },
+                )
+                .await
+                {
+                    ::core::result::Result::Ok(::core::option::Option::Some(#guard)) => #guard,
+                    ::core::result::Result::Ok(::core::option::Option::None) => { #on_busy }
+                    ::core::result::Result::Err(#error) => {
+                        return ::core::result::Result::Err(::core::convert::From::from(#error));
+                    }
+                }
+            };
+            let #ret: #ret_ty = {
+                #bind_guard
+                let #body = async move {
+                    #[allow(unreachable_code, clippy::let_and_return, clippy::needless_return)]
+                    let #ret: #ret_ty = #user_block;
+                    #[allow(unreachable_code)]
+                    #ret
+                };
+                #run_body
+            };
+            #krate::__private::finish(#guard).await;
+            #ret
+        }
+    };
+    item.block = Box::new(syn::parse2(new_block).expect("the rewritten body is a block"));
+    item.into_token_stream()
+}

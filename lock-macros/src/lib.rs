@@ -1,0 +1,107 @@
+//! The `#[distributed_lock]` attribute. Use it through `lock-core`, which re-exports it as
+//! `lock_core::distributed_lock`; the code it generates calls items of the same lock-core
+//! version.
+
+#![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
+
+use proc_macro::TokenStream;
+
+mod args;
+mod duration;
+mod expand;
+mod key;
+mod valid;
+
+/// Runs an `async fn` only while this process holds a distributed lock.
+///
+/// ```no_run
+/// use lock_core::{distributed_lock, LockError};
+///
+/// #[derive(Debug)]
+/// enum JobError { Lock(LockError) }
+/// impl From<LockError> for JobError {
+///     fn from(e: LockError) -> Self { JobError::Lock(e) }
+/// }
+///
+/// #[distributed_lock(key = "invoices:{tenant_id}", ttl = "30s")]
+/// async fn send_invoices(tenant_id: u64) -> Result<(), JobError> {
+///     // runs only while this process holds the lock "invoices:<tenant_id>"
+///     Ok(())
+/// }
+/// ```
+///
+/// The body runs only after the lock is acquired. When the fn returns (also through `?`), the
+/// lock has already been released: the release is awaited, so the next caller can take it at
+/// once. If the body panics or the caller drops the future, the guard's drop releases the lock
+/// in the background.
+///
+/// The fn must be `async` and return `Result<T, E>` (any type named `Result`, such as
+/// `anyhow::Result<T>`) with `E: From<lock_core::LockError>`: lock failures and Redis errors
+/// come back as `Err(E::from(LockError))`. It may be a free fn, an inherent or trait-impl
+/// method (`&self`, `&mut self`, `self`), generic, with where clauses, lifetimes, other
+/// attributes and docs: only the body is rewritten.
+///
+/// # Arguments
+///
+/// - `key` (required): the lock name. A template over the fn's parameters, with `{param}`,
+///   `{param.field}` (and `{self.field}` in methods), `{{` and `}}` for literal braces:
+///   `key = "invoices:{tenant_id}"`. Each placeholder's type must implement `Display`. Or any
+///   expression giving a `String` or `&str`: `key = job.lock_name()`.
+/// - `ttl` (required): the lease, checked at compile time: `ttl = "30s"`. Units `ms`, `s`,
+///   `m`, `h`, `d`, combined largest first: `"500ms"`, `"5m"`, `"1h"`, `"1m30s"`.
+/// - `wait`: how long to wait for the lock: `wait = "5s"`. Default: do not wait.
+/// - `on_busy`: `"error"` (default) returns `Err(LockError::Busy)` (or `Timeout` after a
+///   `wait`) into `E`; `"skip"` returns `Ok(Default::default())` without running the body:
+///   `on_busy = "skip"`. `T` must implement `Default`.
+/// - `auto_extend`: a watchdog renews the lease every ttl/3 while the body runs:
+///   `auto_extend = true`.
+/// - `on_lost` (with `auto_extend`): `"abort"` (default) stops the body at its next await
+///   when the lease is lost and returns `Err(LockError::Lost)`; `"continue"` lets it finish:
+///   `on_lost = "continue"`.
+/// - `min_hold`: keep the lock at least this long, even if the body is quicker (at most
+///   `ttl`): `min_hold = "10s"`.
+/// - `max_hold` (with `auto_extend`): stop renewing after this long, so a runaway job cannot
+///   hold the lock forever: `max_hold = "1h"`.
+/// - `manager`: the `LockManager` to use, as any expression giving a `LockManager`,
+///   `&LockManager` or `Arc<LockManager>`: `manager = self.locks`. Default:
+///   `lock_core::default_manager()`, else `Err(LockError::NotConfigured)`.
+/// - `guard`: binds `&LockGuard` under this name inside the body, for the fencing token or
+///   `lost()`: `guard = lock`.
+/// - `crate`: the path to lock-core if it is renamed in `Cargo.toml`:
+///   `crate = "my_lock_core"`.
+///
+/// # Equivalent code without the macro
+///
+/// ```no_run
+/// # use lock_core::{LockError, LockManager};
+/// # use std::time::Duration;
+/// # #[derive(Debug)] struct JobError;
+/// # impl From<LockError> for JobError { fn from(_: LockError) -> Self { JobError } }
+/// async fn send_invoices(tenant_id: u64) -> Result<(), JobError> {
+///     let name = format!("invoices:{}", tenant_id);
+///     let manager = lock_core::default_manager().ok_or(LockError::NotConfigured)?;
+///     let guard = manager.lock(name).ttl(Duration::from_secs(30)).acquire().await?;
+///     let result: Result<(), JobError> = async move {
+///         // the body
+///         Ok(())
+///     }
+///     .await;
+///     let _ = guard.release().await; // awaited: the lock is free when we return
+///     result
+/// }
+/// ```
+///
+/// # Misuse is a compile error
+///
+/// Every mistake points at the offending token, with the fix where there is one:
+///
+/// ```compile_fail
+/// # use lock_core::{distributed_lock, LockError};
+/// // error: unknown placeholder `{tnant}` in `key`; parameters are `tenant`
+/// #[distributed_lock(key = "jobs:{tnant}", ttl = "30s")]
+/// async fn job(tenant: u64) -> Result<(), LockError> { Ok(()) }
+/// ```
+#[proc_macro_attribute]
+pub fn distributed_lock(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::distributed_lock(attr.into(), item.into()).into()
+}

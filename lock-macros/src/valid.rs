@@ -1,0 +1,321 @@
+//! Meaning: turns parsed arguments plus the fn's signature into a checked `Config`, collecting
+//! every error with its span.
+
+use proc_macro2::{Ident, Span, TokenStream};
+use quote::quote_spanned;
+use syn::{Expr, FnArg, ItemFn, LitStr, Pat, ReturnType, Type};
+
+use crate::args::{push, Arg, Args, KeyArg};
+use crate::duration::parse_millis;
+use crate::key::{parse_template, Piece};
+
+/// How the lock name is computed.
+pub(crate) enum Key {
+    /// `format!(fmt, args...)`, all spanned at the template literal.
+    Template {
+        fmt: LitStr,
+        args: Vec<TokenStream>,
+    },
+    Expr(Expr),
+}
+
+pub(crate) struct Config {
+    pub(crate) key: Key,
+    pub(crate) ttl_ms: u64,
+    pub(crate) wait_ms: u64,
+    /// The span of `"skip"` when `on_busy = "skip"`.
+    pub(crate) skip: Option<Span>,
+    pub(crate) auto_extend: bool,
+    pub(crate) abort_on_lost: bool,
+    pub(crate) min_hold_ms: Option<u64>,
+    pub(crate) max_hold_ms: Option<u64>,
+    pub(crate) manager: Option<Expr>,
+    pub(crate) guard: Option<Ident>,
+    pub(crate) krate: syn::Path,
+}
+
+fn duration(arg: &Option<Arg<LitStr>>, errors: &mut Option<syn::Error>) -> Option<(u64, Span)> {
+    let arg = arg.as_ref()?;
+    match parse_millis(&arg.value.value()) {
+        Ok(ms) => Some((ms, arg.value.span())),
+        Err(msg) => {
+            push(
+                errors,
+                syn::Error::new(arg.value.span(), format!("`{}`: {msg}", arg.name)),
+            );
+            None
+        }
+    }
+}
+
+fn nonzero(
+    what: &str,
+    value: Option<(u64, Span)>,
+    errors: &mut Option<syn::Error>,
+) -> Option<(u64, Span)> {
+    match value {
+        Some((0, span)) => {
+            push(
+                errors,
+                syn::Error::new(span, format!("`{what}` must be at least 1ms")),
+            );
+            None
+        }
+        other => other,
+    }
+}
+
+fn requires_auto_extend<T>(
+    arg: &Option<Arg<T>>,
+    auto_extend: bool,
+    errors: &mut Option<syn::Error>,
+) {
+    if let (Some(arg), false) = (arg, auto_extend) {
+        push(
+            errors,
+            syn::Error::new(
+                arg.name.span(),
+                format!(
+                    "`{}` only applies with a watchdog; add `auto_extend = true`",
+                    arg.name
+                ),
+            ),
+        );
+    }
+}
+
+fn choice(
+    arg: &Option<Arg<LitStr>>,
+    options: [&str; 2],
+    errors: &mut Option<syn::Error>,
+) -> Option<(String, Span)> {
+    let arg = arg.as_ref()?;
+    let value = arg.value.value();
+    if options.contains(&value.as_str()) {
+        Some((value, arg.value.span()))
+    } else {
+        push(
+            errors,
+            syn::Error::new(
+                arg.value.span(),
+                format!(
+                    "`{}` must be \"{}\" or \"{}\", not \"{value}\"",
+                    arg.name, options[0], options[1]
+                ),
+            ),
+        );
+        None
+    }
+}
+
+/// Parameters that a template may name (simple identifiers), and whether `self` is there.
+fn parameters(item: &ItemFn) -> (Vec<String>, bool) {
+    let mut names = Vec::new();
+    let mut receiver = false;
+    for input in &item.sig.inputs {
+        match input {
+            FnArg::Receiver(_) => receiver = true,
+            FnArg::Typed(t) => {
+                if let Pat::Ident(p) = &*t.pat {
+                    names.push(p.ident.to_string());
+                }
+            }
+        }
+    }
+    (names, receiver)
+}
+
+fn template(lit: &LitStr, item: &ItemFn, errors: &mut Option<syn::Error>) -> Option<Key> {
+    let pieces = match parse_template(&lit.value()) {
+        Ok(pieces) => pieces,
+        Err(msg) => {
+            push(errors, syn::Error::new(lit.span(), msg));
+            return None;
+        }
+    };
+    let (params, receiver) = parameters(item);
+    let span = lit.span();
+    let mut fmt = String::new();
+    let mut args = Vec::new();
+    let mut ok = true;
+    for piece in pieces {
+        match piece {
+            Piece::Text(text) => fmt.push_str(&text.replace('{', "{{").replace('}', "}}")),
+            Piece::Field(path) => {
+                let shown = path.join(".");
+                let root = &path[0];
+                if root == "self" {
+                    if !receiver {
+                        push(
+                            errors,
+                            syn::Error::new(
+                                span,
+                                format!("`{{{shown}}}` in `key` needs a method with a `self` receiver, and this fn has none"),
+                            ),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                } else if !params.contains(root) {
+                    let listed = if receiver {
+                        std::iter::once("self".to_owned())
+                            .chain(params.iter().cloned())
+                            .collect()
+                    } else {
+                        params.clone()
+                    };
+                    let listed = if listed.is_empty() {
+                        "the fn has no parameters".to_owned()
+                    } else {
+                        let names: Vec<String> = listed.iter().map(|p| format!("`{p}`")).collect();
+                        format!("parameters are {}", names.join(", "))
+                    };
+                    push(
+                        errors,
+                        syn::Error::new(
+                            span,
+                            format!("unknown placeholder `{{{shown}}}` in `key`; {listed}"),
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+                let idents: Vec<Ident> = path.iter().map(|p| Ident::new(p, span)).collect();
+                let (first, rest) = idents.split_first().expect("a path has a root");
+                fmt.push_str("{}");
+                args.push(quote_spanned!(span=> &#first #(.#rest)*));
+            }
+        }
+    }
+    ok.then(|| Key::Template {
+        fmt: LitStr::new(&fmt, span),
+        args,
+    })
+}
+
+/// Checks that the fn returns a `Result` (by the last segment of its path: `Result<T, E>`,
+/// `io::Result<T>`, `anyhow::Result<T>` all qualify).
+fn check_return(item: &ItemFn, errors: &mut Option<syn::Error>) {
+    let fix = "`#[distributed_lock]` needs a fn returning `Result<T, E>` with `E: From<lock_core::LockError>`, so lock failures can be returned";
+    match &item.sig.output {
+        ReturnType::Default => push(
+            errors,
+            syn::Error::new(
+                item.sig.paren_token.span.close(),
+                format!("{fix}; add `-> Result<(), YourError>`"),
+            ),
+        ),
+        ReturnType::Type(_, ty) => {
+            let is_result = matches!(&**ty, Type::Path(p) if p.qself.is_none()
+                && p.path.segments.last().is_some_and(|s| s.ident == "Result"));
+            if !is_result {
+                push(
+                    errors,
+                    syn::Error::new_spanned(ty, format!("{fix}; this fn returns another type")),
+                );
+            }
+        }
+    }
+}
+
+pub(crate) fn check(
+    args: Args,
+    item: &ItemFn,
+    mut errors: Option<syn::Error>,
+) -> Result<Config, syn::Error> {
+    let e = &mut errors;
+    if item.sig.asyncness.is_none() {
+        push(
+            e,
+            syn::Error::new(
+                item.sig.fn_token.span,
+                "`#[distributed_lock]` needs an `async fn`; add `async` before `fn`",
+            ),
+        );
+    }
+    check_return(item, e);
+
+    let key = match &args.key {
+        None => {
+            push(
+                e,
+                syn::Error::new(
+                    Span::call_site(),
+                    "missing `key`: add `key = \"jobs:{param}\"`",
+                ),
+            );
+            None
+        }
+        Some(Arg {
+            value: KeyArg::Template(lit),
+            ..
+        }) => template(lit, item, e),
+        Some(Arg {
+            value: KeyArg::Expr(expr),
+            ..
+        }) => Some(Key::Expr(expr.clone())),
+    };
+
+    let ttl = nonzero("ttl", duration(&args.ttl, e), e);
+    if args.ttl.is_none() {
+        push(
+            e,
+            syn::Error::new(
+                Span::call_site(),
+                "missing `ttl`: add `ttl = \"30s\"` (how long the lease lasts)",
+            ),
+        );
+    }
+    let wait = duration(&args.wait, e);
+    let min_hold = nonzero("min_hold", duration(&args.min_hold, e), e);
+    let max_hold = nonzero("max_hold", duration(&args.max_hold, e), e);
+    if let (Some((min, span)), Some((ttl, _))) = (min_hold, ttl) {
+        if min > ttl {
+            push(
+                e,
+                syn::Error::new(
+                    span,
+                    format!("`min_hold` ({min}ms) is longer than `ttl` ({ttl}ms): the key would expire first; lower `min_hold` or raise `ttl`"),
+                ),
+            );
+        }
+    }
+    let auto_extend = args.auto_extend.as_ref().is_some_and(|a| a.value.value);
+    requires_auto_extend(&args.on_lost, auto_extend, e);
+    requires_auto_extend(&args.max_hold, auto_extend, e);
+    let on_busy = choice(&args.on_busy, ["error", "skip"], e);
+    let on_lost = choice(&args.on_lost, ["abort", "continue"], e);
+    let krate = match &args.krate {
+        None => Some(syn::parse_quote!(::lock_core)),
+        Some(arg) => match arg.value.parse::<syn::Path>() {
+            Ok(path) => Some(path),
+            Err(_) => {
+                push(
+                    e,
+                    syn::Error::new(
+                        arg.value.span(),
+                        "`crate` takes a path to lock-core: `crate = \"my_lock_core\"`",
+                    ),
+                );
+                None
+            }
+        },
+    };
+
+    if let Some(errors) = errors {
+        return Err(errors);
+    }
+    Ok(Config {
+        key: key.expect("no error, so present"),
+        ttl_ms: ttl.expect("no error, so present").0,
+        wait_ms: wait.map_or(0, |(ms, _)| ms),
+        skip: on_busy.and_then(|(v, span)| (v == "skip").then_some(span)),
+        auto_extend,
+        abort_on_lost: auto_extend && on_lost.is_none_or(|(v, _)| v == "abort"),
+        min_hold_ms: min_hold.map(|(ms, _)| ms),
+        max_hold_ms: max_hold.map(|(ms, _)| ms),
+        manager: args.manager.map(|a| a.value),
+        guard: args.guard.map(|a| a.value),
+        krate: krate.expect("no error, so present"),
+    })
+}

@@ -1,0 +1,394 @@
+//! `#[distributed_lock]` on real Redis: exclusion, key rendering, release on every exit path,
+//! on_busy, wait, managers, guard binding, crate renaming.
+
+// lock-core under another name, as a `[dependencies] my_locks = { package = "lock-core" }`
+// rename would give it, for the attribute's `crate = "..."` argument.
+extern crate lock_core as renamed_lock_core;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::{distributed_lock, LockError, LockGuard, LockManager};
+use lock_test_support::RedisServer;
+
+#[derive(Debug)]
+enum JobError {
+    Lock(LockError),
+    Failed(&'static str),
+}
+
+impl From<LockError> for JobError {
+    fn from(e: LockError) -> Self {
+        JobError::Lock(e)
+    }
+}
+
+async fn setup() -> (RedisServer, LockManager) {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    (server, locks)
+}
+
+#[distributed_lock(key = "count", ttl = "10s", wait = "20s", manager = locks)]
+async fn count_exclusively(
+    locks: &LockManager,
+    inside: &AtomicBool,
+    counter: &AtomicU32,
+) -> Result<(), JobError> {
+    assert!(!inside.swap(true, Ordering::SeqCst), "two bodies at once");
+    let seen = counter.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    counter.store(seen + 1, Ordering::SeqCst);
+    inside.store(false, Ordering::SeqCst);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_never_runs_twice_at_once_across_concurrent_calls() {
+    let (_server, locks) = setup().await;
+    let inside = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU32::new(0));
+    let mut calls = Vec::new();
+    for _ in 0..24 {
+        let (locks, inside, counter) = (locks.clone(), inside.clone(), counter.clone());
+        calls.push(tokio::spawn(async move {
+            count_exclusively(&locks, &inside, &counter).await
+        }));
+    }
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(counter.load(Ordering::SeqCst), 24);
+}
+
+#[distributed_lock(key = "tenant:{tenant}", ttl = "10s", manager = locks)]
+async fn meet(
+    locks: &LockManager,
+    tenant: u32,
+    barrier: &tokio::sync::Barrier,
+) -> Result<(), JobError> {
+    // Both bodies must be inside at once to pass the barrier.
+    tokio::time::timeout(Duration::from_secs(5), barrier.wait())
+        .await
+        .map_err(|_| JobError::Failed("keys did not run in parallel"))?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn different_keys_run_in_parallel() {
+    let (_server, locks) = setup().await;
+    let barrier = tokio::sync::Barrier::new(2);
+    let (a, b) = tokio::join!(meet(&locks, 1, &barrier), meet(&locks, 2, &barrier));
+    a.unwrap();
+    b.unwrap();
+}
+
+struct Invoice {
+    tenant: u64,
+    region: &'static str,
+}
+
+#[distributed_lock(key = "invoices:{invoice.tenant}:{invoice.region}:{{literal}}", ttl = "10s", manager = locks)]
+async fn render(
+    locks: &LockManager,
+    server: &RedisServer,
+    invoice: Invoice,
+) -> Result<Vec<String>, JobError> {
+    let _ = &invoice;
+    Ok(server.lock_keys())
+}
+
+#[tokio::test]
+async fn key_renders_from_arguments() {
+    let (server, locks) = setup().await;
+    let keys = render(
+        &locks,
+        &server,
+        Invoice {
+            tenant: 7,
+            region: "eu",
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(keys, vec!["lock:{invoices:7:eu:{literal}}".to_owned()]);
+}
+
+#[distributed_lock(key = format!("expr:{}", n * 2), ttl = "10s", manager = locks)]
+async fn key_from_expression(
+    locks: &LockManager,
+    server: &RedisServer,
+    n: u32,
+) -> Result<Vec<String>, JobError> {
+    Ok(server.lock_keys())
+}
+
+#[tokio::test]
+async fn key_may_be_any_expression() {
+    let (server, locks) = setup().await;
+    assert_eq!(
+        key_from_expression(&locks, &server, 21).await.unwrap(),
+        vec!["lock:{expr:42}"]
+    );
+}
+
+#[distributed_lock(key = "exit", ttl = "30s", manager = locks)]
+async fn exits(locks: &LockManager, how: u8) -> Result<u8, JobError> {
+    match how {
+        0 => Ok(0),
+        1 => Err(JobError::Failed("early"))?,
+        2 => return Ok(2),
+        _ => panic!("body panicked"),
+    }
+}
+
+async fn assert_free_now(locks: &LockManager) {
+    let g = locks
+        .try_acquire("exit", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let g = g.expect("the lock must be free the moment the fn returns");
+    assert!(g.release().await.unwrap());
+}
+
+#[tokio::test]
+async fn lock_is_free_the_moment_the_fn_returns() {
+    let (_server, locks) = setup().await;
+    assert_eq!(exits(&locks, 0).await.unwrap(), 0);
+    assert_free_now(&locks).await;
+    assert_eq!(
+        exits(&locks, 2).await.unwrap(),
+        2,
+        "`return` inside the body"
+    );
+    assert_free_now(&locks).await;
+}
+
+#[tokio::test]
+async fn lock_is_free_after_the_body_returns_err_through_question_mark() {
+    let (_server, locks) = setup().await;
+    assert!(matches!(
+        exits(&locks, 1).await,
+        Err(JobError::Failed("early"))
+    ));
+    assert_free_now(&locks).await;
+}
+
+#[tokio::test]
+async fn lock_is_released_after_the_body_panics() {
+    let (server, locks) = setup().await;
+    let call = {
+        let locks = locks.clone();
+        tokio::spawn(async move { exits(&locks, 3).await })
+    };
+    assert!(call.await.unwrap_err().is_panic());
+    // Released by the guard's drop in the background: a short wait, far below the 30 s TTL.
+    let g = locks
+        .acquire("exit", Duration::from_secs(1), Duration::from_secs(2))
+        .await
+        .unwrap();
+    drop(g);
+    locks.shutdown(Duration::from_secs(2)).await.unwrap();
+    assert!(server.lock_keys().is_empty());
+}
+
+#[distributed_lock(key = "forever", ttl = "30s", manager = locks)]
+async fn never_ends(
+    locks: &LockManager,
+    started: tokio::sync::oneshot::Sender<()>,
+) -> Result<(), JobError> {
+    started.send(()).unwrap();
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn lock_is_released_when_the_caller_drops_the_future_mid_body() {
+    let (server, locks) = setup().await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let call = tokio::spawn({
+        let locks = locks.clone();
+        async move { never_ends(&locks, tx).await }
+    });
+    rx.await.unwrap();
+    assert!(locks
+        .try_acquire("forever", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .is_none());
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    let g = locks
+        .acquire("forever", Duration::from_secs(1), Duration::from_secs(2))
+        .await
+        .unwrap();
+    drop(g);
+    locks.shutdown(Duration::from_secs(2)).await.unwrap();
+    assert!(server.lock_keys().is_empty(), "no leak");
+}
+
+#[distributed_lock(key = "nightly", ttl = "30s", on_busy = "skip", manager = locks)]
+async fn nightly_report(locks: &LockManager, ran: &AtomicBool) -> Result<u32, JobError> {
+    ran.store(true, Ordering::SeqCst);
+    Ok(7)
+}
+
+#[tokio::test]
+async fn on_busy_skip_returns_default_without_running_the_body() {
+    let (_server, locks) = setup().await;
+    let ran = AtomicBool::new(false);
+    let held = locks
+        .try_acquire("nightly", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        nightly_report(&locks, &ran).await.unwrap(),
+        0,
+        "u32::default()"
+    );
+    assert!(
+        !ran.load(Ordering::SeqCst),
+        "the body must not run when skipped"
+    );
+    drop(held);
+    locks.shutdown(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(nightly_report(&locks, &ran).await.unwrap(), 7);
+    assert!(ran.load(Ordering::SeqCst));
+}
+
+#[distributed_lock(key = "busy", ttl = "30s", manager = locks)]
+async fn no_wait(locks: &LockManager) -> Result<(), JobError> {
+    Ok(())
+}
+
+#[distributed_lock(key = "busy", ttl = "30s", wait = "3s", manager = locks)]
+async fn waits_3s(locks: &LockManager) -> Result<(), JobError> {
+    Ok(())
+}
+
+#[distributed_lock(key = "busy", ttl = "30s", wait = "200ms", manager = locks)]
+async fn waits_200ms(locks: &LockManager) -> Result<(), JobError> {
+    Ok(())
+}
+
+#[tokio::test]
+async fn busy_and_wait_outcomes() {
+    let (_server, locks) = setup().await;
+    let held = locks
+        .try_acquire("busy", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let busy = no_wait(&locks).await.unwrap_err();
+    assert!(
+        matches!(busy, JobError::Lock(LockError::Busy { ref name }) if name == "busy"),
+        "{busy:?}"
+    );
+    let timeout = waits_200ms(&locks).await.unwrap_err();
+    assert!(
+        matches!(timeout, JobError::Lock(LockError::Timeout { .. })),
+        "{timeout:?}"
+    );
+    // The holder finishes in time: the waiting call runs.
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        held.release().await.unwrap()
+    };
+    let (waited, released) = tokio::join!(waits_3s(&locks), release);
+    assert!(released);
+    waited.unwrap();
+}
+
+struct Service {
+    locks: LockManager,
+    id: u32,
+    runs: u32,
+}
+
+impl Service {
+    #[distributed_lock(key = "svc:{self.id}", ttl = "10s", manager = self.locks, guard = lock)]
+    async fn by_ref(&self) -> Result<u64, JobError> {
+        assert_eq!(lock.name(), "svc:5");
+        Ok(lock.fencing_token())
+    }
+
+    #[distributed_lock(key = "svc:{self.id}", ttl = "10s", manager = self.locks.clone())]
+    async fn by_mut(&mut self) -> Result<u32, JobError> {
+        self.runs += 1;
+        Ok(self.runs)
+    }
+
+    #[distributed_lock(key = "svc:{self.id}", ttl = "10s", manager = self.locks.clone())]
+    async fn by_value(self) -> Result<u32, JobError> {
+        Ok(self.runs)
+    }
+}
+
+#[tokio::test]
+async fn methods_take_their_manager_from_self_and_bind_the_guard() {
+    let (_server, locks) = setup().await;
+    let mut svc = Service {
+        locks: locks.clone(),
+        id: 5,
+        runs: 0,
+    };
+    let first = svc.by_ref().await.unwrap();
+    let second = svc.by_ref().await.unwrap();
+    assert!(
+        second > first,
+        "the guard exposes the fencing token: {first} then {second}"
+    );
+    assert_eq!(svc.by_mut().await.unwrap(), 1);
+    assert_eq!(svc.by_value().await.unwrap(), 1);
+    assert!(locks
+        .try_acquire("svc:5", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[distributed_lock(key = "default", ttl = "10s")]
+async fn uses_default_manager() -> Result<bool, JobError> {
+    Ok(true)
+}
+
+#[tokio::test]
+async fn default_manager_is_used_and_not_configured_without_one() {
+    // This is the only test of this binary that touches the process-wide default.
+    let err = uses_default_manager().await.unwrap_err();
+    assert!(
+        matches!(err, JobError::Lock(LockError::NotConfigured)),
+        "{err:?}"
+    );
+    let locks = LockManager::in_memory();
+    lock_core::set_default_manager(locks.clone());
+    assert!(uses_default_manager().await.unwrap());
+    let held = locks
+        .try_acquire("default", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        uses_default_manager().await,
+        Err(JobError::Lock(LockError::Busy { .. }))
+    ));
+    drop(held);
+}
+
+#[distributed_lock(key = "renamed", ttl = "10s", manager = locks, crate = "renamed_lock_core")]
+async fn through_renamed_crate(
+    locks: &renamed_lock_core::LockManager,
+) -> Result<(), renamed_lock_core::LockError> {
+    Ok(())
+}
+
+#[tokio::test]
+async fn crate_argument_follows_a_renamed_dependency() {
+    let locks = renamed_lock_core::LockManager::in_memory();
+    through_renamed_crate(&locks).await.unwrap();
+}
+
+#[allow(dead_code)]
+fn guard_type_is_nameable(_: &LockGuard) {}
