@@ -74,3 +74,19 @@ pub enum LockError {
 
 /// `Result` with [`LockError`] as the default error type.
 pub type Result<T, E = LockError> = std::result::Result<T, E>;
+
+/// For fns returning `std::io::Result`: the lock error becomes the source of an `io::Error`
+/// (`TimedOut` for `Timeout`, `WouldBlock` for `Busy`, `Other` otherwise).
+impl From<LockError> for std::io::Error {
+    fn from(e: LockError) -> Self {
+        let kind = match &e {
+            LockError::Busy { .. } => std::io::ErrorKind::WouldBlock,
+            LockError::Timeout { .. } => std::io::ErrorKind::TimedOut,
+            LockError::InvalidName { .. } | LockError::InvalidTtl { .. } => {
+                std::io::ErrorKind::InvalidInput
+            }
+            _ => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, e)
+    }
+}
