@@ -72,6 +72,14 @@ pub enum LockError {
     Redis(#[from] redis::RedisError),
 }
 
+impl LockError {
+    /// `true` for a broken or refused connection to Redis (as opposed to a refusal, a timeout
+    /// or a server error).
+    pub(crate) fn is_connection_error(&self) -> bool {
+        matches!(self, LockError::Redis(e) if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error())
+    }
+}
+
 /// `Result` with [`LockError`] as the default error type.
 pub type Result<T, E = LockError> = std::result::Result<T, E>;
 

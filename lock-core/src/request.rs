@@ -151,6 +151,7 @@ impl<'a> LockRequest<'a> {
         // lease started then, and a retry with the same token gets that grant back.
         let mut unknown_since: Option<Instant> = None;
         let mut last_error: Option<LockError>;
+        let mut reconnected = false;
         loop {
             let sent = Instant::now();
             cleanup.armed = true;
@@ -183,6 +184,16 @@ impl<'a> LockRequest<'a> {
                     tracing::debug!(error = %e, "acquire attempt failed; retrying");
                     unknown_since.get_or_insert(sent);
                     last_error = Some(e);
+                }
+                Err(e) if !reconnected && e.is_connection_error() => {
+                    // The shared connection was found broken (a restarted or failed-over
+                    // server): it reconnects now, so one more attempt right away is worth it,
+                    // even without a wait. Same token: if the first attempt did take the lock,
+                    // the retry gets that grant back.
+                    tracing::debug!(error = %e, "connection lost; retrying once on a new connection");
+                    reconnected = true;
+                    unknown_since.get_or_insert(sent);
+                    continue;
                 }
                 Err(e) => return Err(e),
             }
