@@ -48,6 +48,11 @@ fn duration(arg: &Option<Arg<LitStr>>, errors: &mut Option<syn::Error>) -> Optio
     }
 }
 
+/// The text of a string argument that was given (for messages).
+fn literal(arg: &Option<Arg<LitStr>>) -> String {
+    arg.as_ref().map(|a| a.value.value()).unwrap_or_default()
+}
+
 fn nonzero(
     what: &str,
     value: Option<(u64, Span)>,
@@ -275,7 +280,11 @@ pub(crate) fn check(
                 e,
                 syn::Error::new(
                     span,
-                    format!("`min_hold` ({min}ms) is longer than `ttl` ({ttl}ms): the key would expire first; lower `min_hold` or raise `ttl`"),
+                    format!(
+                        "`min_hold` (\"{}\") is longer than `ttl` (\"{}\"): the key would expire first; lower `min_hold` or raise `ttl`",
+                        literal(&args.min_hold),
+                        literal(&args.ttl),
+                    ),
                 ),
             );
         }
