@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::lease::Lease;
-use crate::manager::{Inner, LockManager};
+use crate::manager::{CleanUpOnDrop, LockManager};
 use crate::validate::check_ttl;
 use crate::Result;
 
@@ -53,9 +53,13 @@ impl LockGuard {
         }
         // Claimed: dropping `self` no longer releases; `on_cancel` does, if we are cancelled.
         drop(self);
-        let mut on_cancel = FinishOnCancel {
+        // If this future is dropped, the release may or may not have run: finish it quietly.
+        let mut on_cancel = CleanUpOnDrop {
             inner: &inner,
-            lease: &lease,
+            keys: &lease.keys,
+            token: &lease.token,
+            name: &lease.name,
+            hold_until: lease.min_hold_end(),
             armed: true,
         };
         let result = inner.release_claimed(&lease).await;
@@ -163,21 +167,6 @@ impl Drop for LockGuard {
             self.manager
                 .inner
                 .release_in_background(Arc::clone(&self.lease));
-        }
-    }
-}
-
-/// Finishes a claimed release in the background if the future doing it is dropped.
-struct FinishOnCancel<'a> {
-    inner: &'a Arc<Inner>,
-    lease: &'a Arc<Lease>,
-    armed: bool,
-}
-
-impl Drop for FinishOnCancel<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.inner.release_in_background(Arc::clone(self.lease));
         }
     }
 }

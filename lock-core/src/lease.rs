@@ -127,10 +127,15 @@ impl Lease {
         handle
     }
 
+    /// When `min_hold` ends, if one was asked for.
+    pub(crate) fn min_hold_end(&self) -> Option<Instant> {
+        self.min_hold.map(|min| self.started + min)
+    }
+
     /// How long the key must still live at release for `min_hold`; zero deletes it.
     pub(crate) fn keep_for_min_hold(&self) -> Duration {
-        self.min_hold
-            .map(|min| (self.started + min).saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::ZERO)
+        self.min_hold_end().map_or(Duration::ZERO, |end| {
+            end.saturating_duration_since(Instant::now())
+        })
     }
 }

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
+use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::backend::redis::{RedisBackend, Timeouts};
-use crate::backend::{memory::MemoryBackend, Backend};
+use crate::backend::{memory::MemoryBackend, Backend, LockKeys};
 use crate::lease::Lease;
 use crate::request::LockRequest;
 use crate::tasks::Tasks;
@@ -134,24 +135,45 @@ impl Inner {
         );
     }
 
-    /// Deletes a key that an interrupted acquire may have set, by its token, in the background.
-    pub(crate) fn clean_up_in_background(
-        self: &Arc<Self>,
-        keys: crate::backend::LockKeys,
-        token: String,
-        name: String,
-    ) {
+    /// Deletes by token, in the background, a key whose state a dropped or failed command
+    /// left unknown. With `hold_until` (min_hold) the key is only shortened to expire then.
+    /// Quiet when there was nothing to delete: that outcome is expected here.
+    fn clean_up_in_background(self: &Arc<Self>, on: &CleanUpOnDrop<'_>) {
         let Ok(handle) = Handle::try_current() else {
             return;
         };
         let inner = Arc::clone(self);
+        let (keys, token, name) = (on.keys.clone(), on.token.to_owned(), on.name.to_owned());
+        let hold_until = on.hold_until;
         self.tasks.spawn(&handle, async move {
-            match inner.backend.release(&keys, &token, Duration::ZERO).await {
-                Ok(true) => tracing::debug!(lock = %name, "cleaned up after an interrupted acquire"),
+            let keep = hold_until.map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()));
+            match inner.backend.release(&keys, &token, keep).await {
+                Ok(true) => tracing::debug!(lock = %name, "cleaned up after an interrupted command"),
                 Ok(false) => {}
-                Err(e) => tracing::warn!(lock = %name, error = %e, "clean-up after an interrupted acquire failed; the key expires with its ttl"),
+                Err(e) => tracing::warn!(lock = %name, error = %e, "clean-up after an interrupted command failed; the key expires with its ttl"),
             }
         });
+    }
+}
+
+/// Armed while a command on a lock key is in flight or failed without a reply (an acquire whose
+/// SET may have been applied, a release that may not have run). Dropped while armed (the future
+/// was cancelled, or gave up on an error), it deletes the key by token in the background.
+pub(crate) struct CleanUpOnDrop<'a> {
+    pub(crate) inner: &'a Arc<Inner>,
+    pub(crate) keys: &'a LockKeys,
+    pub(crate) token: &'a str,
+    pub(crate) name: &'a str,
+    /// With min_hold, the key must live until then rather than be deleted at once.
+    pub(crate) hold_until: Option<Instant>,
+    pub(crate) armed: bool,
+}
+
+impl Drop for CleanUpOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.clean_up_in_background(self);
+        }
     }
 }
 
@@ -259,7 +281,7 @@ impl LockManager {
     /// The Redis key that holds the lock `name`: `<prefix>{<name>}`. Its fencing counter is
     /// the same key with `:fence` appended.
     pub fn key_for(&self, name: &str) -> String {
-        crate::backend::LockKeys::new(&self.inner.prefix, name).lock
+        LockKeys::new(&self.inner.prefix, name).lock
     }
 }
 

@@ -8,7 +8,7 @@ use tracing::Instrument as _;
 
 use crate::backend::LockKeys;
 use crate::lease::Lease;
-use crate::manager::{Inner, LockManager};
+use crate::manager::{CleanUpOnDrop, LockManager};
 use crate::token::{new_token, random_u64};
 use crate::validate::{check_name, check_ttl};
 use crate::{watchdog, LockError, LockGuard, Result};
@@ -140,11 +140,12 @@ impl<'a> LockRequest<'a> {
         // Armed while the key's state is unknown: a command in flight, or one that failed (its
         // SET may have been applied although the reply never came). If this future is dropped
         // or gives up while armed, the key is deleted by our token in the background.
-        let mut cleanup = CleanUp {
+        let mut cleanup = CleanUpOnDrop {
             inner,
             keys: &keys,
             token: &token,
             name: &self.name,
+            hold_until: None,
             armed: false,
         };
         // Send time of the earliest attempt whose outcome is unknown: if it took the lock, the
@@ -239,27 +240,6 @@ impl<'a> LockRequest<'a> {
             watchdog::start(inner, &lease, self.max_hold);
         }
         LockGuard::new(self.manager.clone(), lease)
-    }
-}
-
-/// Arms a background delete-by-token for an acquire command whose outcome is unknown.
-struct CleanUp<'a> {
-    inner: &'a Arc<Inner>,
-    keys: &'a LockKeys,
-    token: &'a str,
-    name: &'a str,
-    armed: bool,
-}
-
-impl Drop for CleanUp<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.inner.clean_up_in_background(
-                self.keys.clone(),
-                self.token.to_owned(),
-                self.name.to_owned(),
-            );
-        }
     }
 }
 
