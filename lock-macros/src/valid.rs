@@ -149,39 +149,29 @@ fn template(lit: &LitStr, item: &ItemFn, errors: &mut Option<syn::Error>) -> Opt
             Piece::Field(path) => {
                 let shown = path.join(".");
                 let root = &path[0];
-                if root == "self" {
-                    if !receiver {
-                        push(
-                            errors,
-                            syn::Error::new(
-                                span,
-                                format!("`{{{shown}}}` in `key` needs a method with a `self` receiver, and this fn has none"),
-                            ),
-                        );
-                        ok = false;
-                        continue;
-                    }
+                let problem = if root == "self" {
+                    (!receiver).then(|| {
+                        format!("`{{{shown}}}` in `key` needs a method with a `self` receiver, and this fn has none")
+                    })
                 } else if !params.contains(root) {
-                    let listed = if receiver {
-                        std::iter::once("self".to_owned())
-                            .chain(params.iter().cloned())
-                            .collect()
-                    } else {
-                        params.clone()
-                    };
+                    let mut listed: Vec<String> = Vec::new();
+                    if receiver {
+                        listed.push("`self`".to_owned());
+                    }
+                    listed.extend(params.iter().map(|p| format!("`{p}`")));
                     let listed = if listed.is_empty() {
                         "the fn has no parameters".to_owned()
                     } else {
-                        let names: Vec<String> = listed.iter().map(|p| format!("`{p}`")).collect();
-                        format!("parameters are {}", names.join(", "))
+                        format!("parameters are {}", listed.join(", "))
                     };
-                    push(
-                        errors,
-                        syn::Error::new(
-                            span,
-                            format!("unknown placeholder `{{{shown}}}` in `key`; {listed}"),
-                        ),
-                    );
+                    Some(format!(
+                        "unknown placeholder `{{{shown}}}` in `key`; {listed}"
+                    ))
+                } else {
+                    None
+                };
+                if let Some(message) = problem {
+                    push(errors, syn::Error::new(span, message));
                     ok = false;
                     continue;
                 }
