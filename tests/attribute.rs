@@ -10,25 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::{distributed_lock, LockError, LockGuard, LockManager};
-use lock_test_support::RedisServer;
-
-#[derive(Debug)]
-enum JobError {
-    Lock(LockError),
-    Failed(&'static str),
-}
-
-impl From<LockError> for JobError {
-    fn from(e: LockError) -> Self {
-        JobError::Lock(e)
-    }
-}
-
-async fn setup() -> (RedisServer, LockManager) {
-    let server = RedisServer::start();
-    let locks = LockManager::connect(&server.url()).await.unwrap();
-    (server, locks)
-}
+use lock_test_support::{server_and_manager, JobError, RedisServer};
 
 #[distributed_lock(key = "count", ttl = "10s", wait = "20s", manager = locks)]
 async fn count_exclusively(
@@ -46,7 +28,7 @@ async fn count_exclusively(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_never_runs_twice_at_once_across_concurrent_calls() {
-    let (_server, locks) = setup().await;
+    let (_server, locks) = server_and_manager().await;
     let inside = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicU32::new(0));
     let mut calls = Vec::new();
@@ -77,7 +59,7 @@ async fn meet(
 
 #[tokio::test]
 async fn different_keys_run_in_parallel() {
-    let (_server, locks) = setup().await;
+    let (_server, locks) = server_and_manager().await;
     let barrier = tokio::sync::Barrier::new(2);
     let (a, b) = tokio::join!(meet(&locks, 1, &barrier), meet(&locks, 2, &barrier));
     a.unwrap();
@@ -101,7 +83,7 @@ async fn render(
 
 #[tokio::test]
 async fn key_renders_from_arguments() {
-    let (server, locks) = setup().await;
+    let (server, locks) = server_and_manager().await;
     let keys = render(
         &locks,
         &server,
@@ -126,7 +108,7 @@ async fn key_from_expression(
 
 #[tokio::test]
 async fn key_may_be_any_expression() {
-    let (server, locks) = setup().await;
+    let (server, locks) = server_and_manager().await;
     assert_eq!(
         key_from_expression(&locks, &server, 21).await.unwrap(),
         vec!["lock:{expr:42}"]
@@ -154,7 +136,7 @@ async fn assert_free_now(locks: &LockManager) {
 
 #[tokio::test]
 async fn lock_is_free_the_moment_the_fn_returns() {
-    let (_server, locks) = setup().await;
+    let (_server, locks) = server_and_manager().await;
     assert_eq!(exits(&locks, 0).await.unwrap(), 0);
     assert_free_now(&locks).await;
     assert_eq!(
@@ -167,7 +149,7 @@ async fn lock_is_free_the_moment_the_fn_returns() {
 
 #[tokio::test]
 async fn lock_is_free_after_the_body_returns_err_through_question_mark() {
-    let (_server, locks) = setup().await;
+    let (_server, locks) = server_and_manager().await;
     assert!(matches!(
         exits(&locks, 1).await,
         Err(JobError::Failed("early"))
@@ -177,7 +159,7 @@ async fn lock_is_free_after_the_body_returns_err_through_question_mark() {
 
 #[tokio::test]
 async fn lock_is_released_after_the_body_panics() {
-    let (server, locks) = setup().await;
+    let (server, locks) = server_and_manager().await;
     let call = {
         let locks = locks.clone();
         tokio::spawn(async move { exits(&locks, 3).await })
@@ -205,7 +187,7 @@ async fn never_ends(
 
 #[tokio::test]
 async fn lock_is_released_when_the_caller_drops_the_future_mid_body() {
-    let (server, locks) = setup().await;
+    let (server, locks) = server_and_manager().await;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let call = tokio::spawn({
         let locks = locks.clone();
@@ -236,7 +218,7 @@ async fn nightly_report(locks: &LockManager, ran: &AtomicBool) -> Result<u32, Jo
 
 #[tokio::test]
 async fn on_busy_skip_returns_default_without_running_the_body() {
-    let (_server, locks) = setup().await;
+    let (_server, locks) = server_and_manager().await;
     let ran = AtomicBool::new(false);
     let held = locks
         .try_acquire("nightly", Duration::from_secs(30))
@@ -275,7 +257,7 @@ async fn waits_200ms(locks: &LockManager) -> Result<(), JobError> {
 
 #[tokio::test]
 async fn busy_and_wait_outcomes() {
-    let (_server, locks) = setup().await;
+    let (_server, locks) = server_and_manager().await;
     let held = locks
         .try_acquire("busy", Duration::from_secs(30))
         .await
@@ -328,7 +310,7 @@ impl Service {
 
 #[tokio::test]
 async fn methods_take_their_manager_from_self_and_bind_the_guard() {
-    let (_server, locks) = setup().await;
+    let (_server, locks) = server_and_manager().await;
     let mut svc = Service {
         locks: locks.clone(),
         id: 5,

@@ -5,14 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lock_core::{distributed_lock, LockError, LockManager};
-use lock_test_support::RedisServer;
+use lock_test_support::{server_and_manager, JobError, RedisServer};
 use tokio::time::Instant;
-
-async fn setup() -> (RedisServer, LockManager) {
-    let server = RedisServer::start();
-    let locks = LockManager::connect(&server.url()).await.unwrap();
-    (server, locks)
-}
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -20,7 +14,7 @@ fn ms(n: u64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_extend_keeps_the_lease_through_a_job_five_times_its_ttl() {
-    let (server, locks) = setup().await;
+    let (server, locks) = server_and_manager().await;
     let other = LockManager::connect(&server.url()).await.unwrap();
     let guard = locks
         .lock("long")
@@ -48,7 +42,7 @@ async fn auto_extend_keeps_the_lease_through_a_job_five_times_its_ttl() {
 
 #[tokio::test]
 async fn no_extension_reaches_redis_after_release_or_drop() {
-    let (server, locks) = setup().await;
+    let (server, locks) = server_and_manager().await;
     for drop_it in [false, true] {
         let guard = locks
             .lock("quiet")
@@ -78,7 +72,7 @@ async fn no_extension_reaches_redis_after_release_or_drop() {
 
 #[tokio::test]
 async fn key_deleted_behind_the_holders_back_is_lost_within_a_third_of_the_ttl() {
-    let (server, locks) = setup().await;
+    let (server, locks) = server_and_manager().await;
     let ttl = ms(600);
     let guard = locks
         .lock("stolen")
@@ -102,7 +96,7 @@ async fn key_deleted_behind_the_holders_back_is_lost_within_a_third_of_the_ttl()
 
 #[tokio::test]
 async fn redis_paused_past_the_ttl_loses_the_guard_by_its_local_deadline() {
-    let (server, locks) = setup().await;
+    let (server, locks) = server_and_manager().await;
     let ttl = ms(400);
     let guard = locks
         .lock("paused")
@@ -123,7 +117,7 @@ async fn redis_paused_past_the_ttl_loses_the_guard_by_its_local_deadline() {
 
 #[tokio::test]
 async fn max_hold_stops_renewing_and_the_lease_lapses() {
-    let (server, locks) = setup().await;
+    let (server, locks) = server_and_manager().await;
     let guard = locks
         .lock("runaway")
         .ttl(ms(200))
@@ -151,7 +145,7 @@ async fn max_hold_stops_renewing_and_the_lease_lapses() {
 
 #[tokio::test]
 async fn min_hold_keeps_others_out_after_a_quick_job_then_frees() {
-    let (server, locks) = setup().await;
+    let (server, locks) = server_and_manager().await;
     let guard = locks
         .lock("quick")
         .ttl(Duration::from_secs(10))
@@ -202,17 +196,6 @@ async fn fencing_tokens_keep_growing_across_client_restarts() {
     assert_eq!(last, 30);
 }
 
-#[derive(Debug)]
-enum JobError {
-    Lock(LockError),
-}
-
-impl From<LockError> for JobError {
-    fn from(e: LockError) -> Self {
-        JobError::Lock(e)
-    }
-}
-
 #[distributed_lock(key = "abort", ttl = "300ms", auto_extend = true, manager = locks)]
 async fn aborted_job(
     locks: &LockManager,
@@ -227,7 +210,7 @@ async fn aborted_job(
 
 #[tokio::test]
 async fn on_lost_abort_stops_the_body_and_returns_lost() {
-    let (server, locks) = setup().await;
+    let (server, locks) = server_and_manager().await;
     let after = AtomicBool::new(false);
     let began = Instant::now();
     let result = aborted_job(&locks, &server, &after).await;
@@ -254,7 +237,7 @@ async fn never_ending(locks: &LockManager) -> Result<(), JobError> {
 
 #[tokio::test]
 async fn max_hold_aborts_a_job_that_never_ends() {
-    let (_server, locks) = setup().await;
+    let (_server, locks) = server_and_manager().await;
     let result = tokio::time::timeout(Duration::from_secs(5), never_ending(&locks))
         .await
         .expect("aborted");
@@ -273,7 +256,7 @@ async fn continued_job(locks: &LockManager, server: &RedisServer) -> Result<bool
 
 #[tokio::test]
 async fn on_lost_continue_lets_the_body_finish_and_see_the_loss() {
-    let (server, locks) = setup().await;
+    let (server, locks) = server_and_manager().await;
     let saw_loss = tokio::time::timeout(Duration::from_secs(3), continued_job(&locks, &server))
         .await
         .unwrap();

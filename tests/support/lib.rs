@@ -249,3 +249,25 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// A fresh server and a manager connected to it: the start of most tests.
+pub async fn server_and_manager() -> (RedisServer, lock_core::LockManager) {
+    let server = RedisServer::start();
+    let locks = lock_core::LockManager::connect(&server.url())
+        .await
+        .expect("connect to the test redis-server");
+    (server, locks)
+}
+
+/// An application's error type, as annotated job handlers have: lock failures convert into it.
+#[derive(Debug)]
+pub enum JobError {
+    Lock(lock_core::LockError),
+    Failed(&'static str),
+}
+
+impl From<lock_core::LockError> for JobError {
+    fn from(e: lock_core::LockError) -> Self {
+        JobError::Lock(e)
+    }
+}
