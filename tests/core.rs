@@ -876,3 +876,192 @@ fn logs_at_every_level_never_contain_the_token() {
         assert!(!logs.contains(&token), "a token leaked into the logs");
     }
 }
+
+// ---- Waiting: release notifications (Redis) ---------------------------------------------
+
+/// A manager whose waiters would poll only once a minute: any prompt handoff is a notification.
+async fn never_polling(server: &RedisServer) -> LockManager {
+    LockManager::builder()
+        .url(&server.url())
+        .max_poll_interval(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap()
+}
+
+fn subscribers(server: &RedisServer, channel: &str) -> i64 {
+    let reply: (String, i64) = server.query(redis::cmd("PUBSUB").arg("NUMSUB").arg(channel));
+    reply.1
+}
+
+#[tokio::test]
+async fn waiter_is_woken_by_the_release_not_by_polling() {
+    let server = RedisServer::start();
+    let holder = LockManager::connect(&server.url()).await.unwrap();
+    let waiter = never_polling(&server).await;
+    let held = holder.try_acquire("woken", LONG).await.unwrap().unwrap();
+    let waiting = tokio::spawn(async move {
+        let began = Instant::now();
+        let g = waiter.acquire("woken", LONG, Duration::from_secs(20)).await;
+        (g, began.elapsed())
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || subscribers(
+            &server,
+            "lock:{woken}"
+        ) == 1)
+        .await
+    );
+    assert!(held.release().await.unwrap());
+    let (g, took) = waiting.await.unwrap();
+    let g = g.expect("woken and acquired");
+    // Without the notification the waiter would sleep 30-60 s (poll interval) or 20 s (deadline).
+    assert!(
+        took < Duration::from_secs(10),
+        "not woken by the release: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_wake_up_is_missed_when_the_release_races_the_subscription() {
+    let server = RedisServer::start();
+    let holder = LockManager::connect(&server.url()).await.unwrap();
+    let waiter = never_polling(&server).await;
+    let mut seed = 0x9e37_79b9_u64;
+    for round in 0..150 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let held = holder.try_acquire("race", LONG).await.unwrap().unwrap();
+        let w = waiter.clone();
+        let waiting =
+            tokio::spawn(async move { w.acquire("race", LONG, Duration::from_secs(20)).await });
+        // Release somewhere around the waiter's first attempt and its SUBSCRIBE.
+        for _ in 0..(seed % 6) {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_micros(seed % 700)).await;
+        assert!(held.release().await.unwrap());
+        let g = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the waiter missed the release"))
+            .unwrap()
+            .unwrap();
+        assert!(g.release().await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn uncontended_path_is_one_command_each_way_and_never_subscribes() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    // Load the scripts once, then count.
+    drop(locks.try_acquire("warm", LONG).await.unwrap());
+    locks.shutdown(Duration::from_secs(2)).await.unwrap();
+    let _: () = server.query(redis::cmd("CONFIG").arg("RESETSTAT"));
+    for i in 0..100 {
+        let g = locks
+            .acquire(&format!("u:{i}"), LONG, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(g.release().await.unwrap());
+    }
+    assert_eq!(server.command_calls("evalsha"), 200);
+    assert_eq!(server.command_calls("eval"), 0);
+    assert_eq!(server.command_calls("subscribe"), 0);
+    let clients: String = server.query(redis::cmd("CLIENT").arg("LIST"));
+    assert_eq!(
+        clients.lines().count(),
+        2,
+        "only the manager's connection and ours: {clients}"
+    );
+}
+
+#[tokio::test]
+async fn subscriptions_end_when_nobody_waits() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    for round in 0..3 {
+        let held = locks.try_acquire("sub", LONG).await.unwrap().unwrap();
+        let w = locks.clone();
+        let waiting =
+            tokio::spawn(async move { w.acquire("sub", LONG, Duration::from_secs(10)).await });
+        assert!(
+            eventually(Duration::from_secs(5), || subscribers(
+                &server,
+                "lock:{sub}"
+            ) == 1)
+            .await,
+            "round {round}"
+        );
+        assert!(held.release().await.unwrap());
+        assert!(waiting.await.unwrap().unwrap().release().await.unwrap());
+        assert!(
+            eventually(Duration::from_secs(5), || subscribers(
+                &server,
+                "lock:{sub}"
+            ) == 0)
+            .await,
+            "round {round}: the subscription outlived its waiters"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_crashed_holders_lock_is_taken_as_soon_as_it_expires() {
+    let server = RedisServer::start();
+    let waiter = never_polling(&server).await;
+    // A holder that died without releasing: its key just runs out, and nothing is published.
+    let _: () = server.query(
+        redis::cmd("SET")
+            .arg("lock:{crashed}")
+            .arg("foreign")
+            .arg("PX")
+            .arg(300),
+    );
+    let began = Instant::now();
+    let g = waiter
+        .acquire("crashed", LONG, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let took = began.elapsed();
+    // The refusal told the waiter when the lease ends; it did not sleep its 30-60 s poll.
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert!(g.release().await.unwrap());
+}
+
+#[tokio::test]
+async fn waiters_recover_when_the_pubsub_connection_is_killed() {
+    let server = RedisServer::start();
+    let locks = LockManager::builder()
+        .url(&server.url())
+        .max_poll_interval(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    for round in 0..2 {
+        let held = locks.try_acquire("killed", LONG).await.unwrap().unwrap();
+        let w = locks.clone();
+        let waiting =
+            tokio::spawn(async move { w.acquire("killed", LONG, Duration::from_secs(10)).await });
+        assert!(
+            eventually(Duration::from_secs(5), || subscribers(
+                &server,
+                "lock:{killed}"
+            ) == 1)
+            .await,
+            "round {round}"
+        );
+        let _: i64 = server.query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"));
+        assert!(held.release().await.unwrap());
+        let g = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(g.release().await.unwrap());
+    }
+}

@@ -64,6 +64,7 @@ pub use error::{LockError, Result};
 pub use guard::LockGuard;
 pub use manager::{
     default_manager, set_default_manager, LockManager, LockManagerBuilder, DEFAULT_KEY_PREFIX,
+    DEFAULT_MAX_POLL_INTERVAL,
 };
 pub use request::{LockRequest, DEFAULT_TTL};
 pub use validate::{MAX_NAME_LEN, MAX_TTL, MIN_TTL};

@@ -19,6 +19,9 @@ use crate::tasks::Tasks;
 use crate::validate::check_prefix;
 use crate::{LockError, LockGuard, Result};
 
+/// The default of [`LockManagerBuilder::max_poll_interval`].
+pub const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
 /// The key prefix used unless [`LockManagerBuilder::key_prefix`] says otherwise.
 pub const DEFAULT_KEY_PREFIX: &str = "lock:";
 
@@ -48,6 +51,8 @@ pub(crate) struct Inner {
     pub(crate) backend: Backend,
     pub(crate) prefix: String,
     pub(crate) tasks: Arc<Tasks>,
+    /// Longest pause between a waiter's attempts when no release notification arrives.
+    pub(crate) poll_cap: Duration,
     /// Locks acquired through this manager and not yet released, for `shutdown`.
     held: Mutex<HashMap<u64, Arc<Lease>>>,
     next_id: AtomicU64,
@@ -178,11 +183,12 @@ impl Drop for CleanUpOnDrop<'_> {
 }
 
 impl LockManager {
-    fn from_backend(backend: Backend, prefix: String) -> Self {
+    fn from_backend(backend: Backend, prefix: String, poll_cap: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 backend,
                 prefix,
+                poll_cap,
                 tasks: Arc::default(),
                 held: Mutex::default(),
                 next_id: AtomicU64::new(1),
@@ -209,6 +215,7 @@ impl LockManager {
         Self::from_backend(
             Backend::Memory(MemoryBackend::default()),
             DEFAULT_KEY_PREFIX.to_owned(),
+            DEFAULT_MAX_POLL_INTERVAL,
         )
     }
 
@@ -291,6 +298,7 @@ pub struct LockManagerBuilder {
     url: Option<String>,
     prefix: String,
     timeouts: Timeouts,
+    poll_cap: Duration,
 }
 
 impl Default for LockManagerBuilder {
@@ -302,6 +310,7 @@ impl Default for LockManagerBuilder {
                 connect: Duration::from_secs(1),
                 response: Duration::from_secs(1),
             },
+            poll_cap: DEFAULT_MAX_POLL_INTERVAL,
         }
     }
 }
@@ -328,6 +337,16 @@ impl LockManagerBuilder {
         self
     }
 
+    /// The longest a waiter goes between attempts when no release notification reaches it
+    /// (default 250 ms). Waiters are normally woken by the release itself (a `PUBLISH` from
+    /// the release script to the lock's channel); this bound matters only when notifications
+    /// are lost, e.g. while the pub/sub connection reconnects. A holder that crashes publishes
+    /// nothing, but waiters also retry as soon as its lease has run out.
+    pub fn max_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_cap = interval;
+        self
+    }
+
     /// How long one connection attempt may take (default 1 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.connect = timeout;
@@ -346,6 +365,7 @@ impl LockManagerBuilder {
         Ok(LockManager::from_backend(
             Backend::Redis(backend),
             self.prefix,
+            self.poll_cap,
         ))
     }
 }

@@ -1,16 +1,17 @@
 //! `LockRequest`: the options of one acquisition, and the acquire loop.
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::backend::LockKeys;
+use crate::backend::{Attempt, LockKeys, Watch};
 use crate::lease::Lease;
 use crate::manager::{CleanUpOnDrop, LockManager};
 use crate::token::{new_token, random_u64};
-use crate::validate::{check_name, check_ttl};
+use crate::validate::{check_name, check_ttl, MIN_TTL};
 use crate::{watchdog, LockError, LockGuard, Result};
 
 /// The lease used when a request does not set one.
@@ -54,6 +55,11 @@ impl<'a> LockRequest<'a> {
 
     /// How long [`acquire`](Self::acquire) waits for another owner to let go (default zero:
     /// fail at once with [`LockError::Busy`]).
+    ///
+    /// A waiter is woken by the release itself (Redis pub/sub on the lock's key name; the
+    /// in-memory backend wakes it directly), retries when the holder's lease runs out, and
+    /// otherwise at least every [`max_poll_interval`](crate::LockManagerBuilder::max_poll_interval).
+    /// Attempts that fail on a communication error are retried while the wait lasts.
     pub fn wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
         self
@@ -136,7 +142,6 @@ impl<'a> LockRequest<'a> {
         let lease_len = self.max_hold.map_or(self.ttl, |max| max.min(self.ttl));
         let began = Instant::now();
         let deadline = began + wait;
-        let mut backoff = Backoff::new();
         // Armed while the key's state is unknown: a command in flight, or one that failed (its
         // SET may have been applied although the reply never came). If this future is dropped
         // or gives up while armed, the key is deleted by our token in the background.
@@ -153,65 +158,102 @@ impl<'a> LockRequest<'a> {
         let mut unknown_since: Option<Instant> = None;
         let mut last_error: Option<LockError>;
         let mut reconnected = false;
+        // Release notifications, set up after the first refusal: never on the uncontended path.
+        let mut watch: Option<Watch> = None;
         loop {
-            let sent = Instant::now();
-            cleanup.armed = true;
-            match inner.backend.acquire(&keys, &token, lease_len).await {
-                Ok(Some(fencing_token)) => {
-                    cleanup.armed = false;
-                    drop(cleanup);
+            let step = {
+                // Enabled before the attempt, so a release that lands after it wakes us.
+                let notified = watch.as_ref().map(|w| w.notify().notified());
+                let mut notified = pin!(notified);
+                if let Some(n) = notified.as_mut().as_pin_mut() {
+                    n.enable();
+                }
+                let sent = Instant::now();
+                cleanup.armed = true;
+                let pause = match inner.backend.acquire(&keys, &token, lease_len).await {
+                    Ok(Attempt::Granted(fencing_token)) => {
+                        cleanup.armed = false;
+                        drop(cleanup);
+                        tracing::debug!(
+                            fencing_token,
+                            waited_ms = began.elapsed().as_millis() as u64,
+                            "acquired"
+                        );
+                        let started = unknown_since.unwrap_or(sent);
+                        return Ok(Ok(self.into_guard(
+                            keys,
+                            token,
+                            fencing_token,
+                            lease_len,
+                            started,
+                        )));
+                    }
+                    Ok(Attempt::Held(expires_in)) => {
+                        // Held by another owner, so none of our attempts took it.
+                        cleanup.armed = false;
+                        unknown_since = None;
+                        last_error = None;
+                        if watch.is_none() && Instant::now() < deadline {
+                            Step::Watch
+                        } else {
+                            // Woken by the release; else poll, no later than the holder's
+                            // lease end (a crashed holder publishes nothing).
+                            let poll = jittered(inner.poll_cap);
+                            Step::Wait(expires_in.map_or(poll, |left| poll.min(left + MIN_TTL)))
+                        }
+                    }
+                    Err(e) if Instant::now() < deadline => {
+                        // Worth another try while the wait lasts (a reconnect, a restart).
+                        tracing::debug!(error = %e, "acquire attempt failed; retrying");
+                        unknown_since.get_or_insert(sent);
+                        last_error = Some(e);
+                        Step::Wait(jittered(ERROR_RETRY))
+                    }
+                    Err(e) if !reconnected && e.is_connection_error() => {
+                        // The shared connection was found broken (a restarted or failed-over
+                        // server): it reconnects now, so one more attempt right away is worth
+                        // it, even without a wait. Same token: if the first attempt did take
+                        // the lock, the retry gets that grant back.
+                        tracing::debug!(error = %e, "connection lost; retrying once on a new connection");
+                        reconnected = true;
+                        unknown_since.get_or_insert(sent);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let now = Instant::now();
+                if now >= deadline {
+                    if let Some(e) = last_error {
+                        return Err(e);
+                    }
+                    let waited = now.duration_since(began);
                     tracing::debug!(
-                        fencing_token,
-                        waited_ms = began.elapsed().as_millis() as u64,
-                        "acquired"
+                        waited_ms = waited.as_millis() as u64,
+                        "held by another owner"
                     );
-                    let started = unknown_since.unwrap_or(sent);
-                    return Ok(Ok(self.into_guard(
-                        keys,
-                        token,
-                        fencing_token,
-                        lease_len,
-                        started,
-                    )));
+                    return Ok(Err(waited));
                 }
-                Ok(None) => {
-                    // Held by another owner, so none of our attempts took it.
-                    cleanup.armed = false;
-                    unknown_since = None;
-                    last_error = None;
+                if let Step::Wait(pause) = pause {
+                    let pause = pause.min(deadline - now);
+                    match notified.as_mut().as_pin_mut() {
+                        Some(n) => {
+                            let _ = tokio::time::timeout(pause, n).await;
+                        }
+                        None => tokio::time::sleep(pause).await,
+                    }
                 }
-                Err(e) if Instant::now() < deadline => {
-                    // Worth another try while the wait lasts (a reconnect, a restart).
-                    tracing::debug!(error = %e, "acquire attempt failed; retrying");
-                    unknown_since.get_or_insert(sent);
-                    last_error = Some(e);
-                }
-                Err(e) if !reconnected && e.is_connection_error() => {
-                    // The shared connection was found broken (a restarted or failed-over
-                    // server): it reconnects now, so one more attempt right away is worth it,
-                    // even without a wait. Same token: if the first attempt did take the lock,
-                    // the retry gets that grant back.
-                    tracing::debug!(error = %e, "connection lost; retrying once on a new connection");
-                    reconnected = true;
-                    unknown_since.get_or_insert(sent);
+                pause
+            };
+            if let Step::Watch = step {
+                // Then try again at once: the lock may have been released before the
+                // subscription was in place.
+                let subscribe = inner.backend.watch(&keys);
+                watch = tokio::time::timeout_at(deadline, subscribe).await.ok();
+                if watch.is_none() {
+                    // No time left to subscribe; the next attempt is the last.
                     continue;
                 }
-                Err(e) => return Err(e),
             }
-            let now = Instant::now();
-            if now >= deadline {
-                if let Some(e) = last_error {
-                    return Err(e);
-                }
-                let waited = now.duration_since(began);
-                tracing::debug!(
-                    waited_ms = waited.as_millis() as u64,
-                    "held by another owner"
-                );
-                return Ok(Err(waited));
-            }
-            let pause = backoff.next().min(deadline - now);
-            inner.backend.wait_for_release(pause).await;
         }
     }
 
@@ -243,29 +285,22 @@ impl<'a> LockRequest<'a> {
     }
 }
 
-/// Exponential backoff between attempts, 2 ms doubling to 100 ms, each pause drawn uniformly
-/// from its upper half so that waiters spread out.
-struct Backoff {
-    ceiling: Duration,
+/// What a waiter does after a refused or failed attempt.
+enum Step {
+    /// Subscribe to release notifications, then try again at once.
+    Watch,
+    /// Wait for a notification, at most this long, then try again.
+    Wait(Duration),
 }
 
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(2);
-    const MAX: Duration = Duration::from_millis(100);
+/// Pause before retrying after a communication error.
+const ERROR_RETRY: Duration = Duration::from_millis(50);
 
-    fn new() -> Self {
-        Self {
-            ceiling: Self::FIRST,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let ceiling = self.ceiling;
-        self.ceiling = (ceiling * 2).min(Self::MAX);
-        let half = ceiling / 2;
-        let jitter_ns = random_u64() % (half.as_nanos() as u64 + 1);
-        half + Duration::from_nanos(jitter_ns)
-    }
+/// A pause drawn uniformly from the upper half of `max`, so that pollers spread out.
+fn jittered(max: Duration) -> Duration {
+    let half = max / 2;
+    let jitter_ns = random_u64() % (half.as_nanos() as u64 + 1);
+    half + Duration::from_nanos(jitter_ns)
 }
 
 #[cfg(test)]
@@ -273,17 +308,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_to_its_cap_and_stays_within_bounds() {
-        let mut b = Backoff::new();
-        let mut ceiling = Backoff::FIRST;
-        for _ in 0..20 {
-            let d = b.next();
-            assert!(
-                d >= ceiling / 2 && d <= ceiling,
-                "{d:?} outside {ceiling:?}"
-            );
-            ceiling = (ceiling * 2).min(Backoff::MAX);
+    fn jitter_stays_in_the_upper_half() {
+        for max in [
+            Duration::from_millis(1),
+            Duration::from_millis(250),
+            Duration::from_secs(3),
+        ] {
+            for _ in 0..100 {
+                let d = jittered(max);
+                assert!(d >= max / 2 && d <= max, "{d:?} outside {max:?}");
+            }
         }
-        assert_eq!(b.ceiling, Backoff::MAX);
     }
 }

@@ -22,7 +22,7 @@ pub(crate) fn new_token() -> String {
     token
 }
 
-/// A uniformly random `u64` from the OS, used for backoff jitter.
+/// A uniformly random `u64` from the OS, used to jitter retry pauses.
 pub(crate) fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {

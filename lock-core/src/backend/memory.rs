@@ -2,13 +2,13 @@
 //! handlers can be unit-tested without a server (also under `tokio::time::pause()`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::LockKeys;
+use super::{Attempt, LockKeys};
 
 struct Held {
     token: String,
@@ -26,7 +26,8 @@ struct State {
 #[derive(Default)]
 pub(crate) struct MemoryBackend {
     state: Mutex<State>,
-    released: Notify,
+    /// Woken on every release (waiters of any lock re-check; cheap in one process).
+    released: Arc<Notify>,
 }
 
 impl MemoryBackend {
@@ -36,15 +37,18 @@ impl MemoryBackend {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn acquire(&self, keys: &LockKeys, token: &str, ttl: Duration) -> Option<u64> {
+    pub(crate) fn acquire(&self, keys: &LockKeys, token: &str, ttl: Duration) -> Attempt {
         let now = Instant::now();
         let mut state = self.state();
         if let Some(held) = state.locks.get(&keys.lock) {
             if held.expires > now {
                 // Same as the Redis script: a retry by the owner gets its own grant back.
-                return (held.token == token)
-                    .then(|| state.fences.get(&keys.fence).copied())
-                    .flatten();
+                if held.token == token {
+                    if let Some(&fence) = state.fences.get(&keys.fence) {
+                        return Attempt::Granted(fence);
+                    }
+                }
+                return Attempt::Held(Some(held.expires - now));
             }
         }
         // Expired entries stay until overwritten; sweep them when the map has doubled.
@@ -61,7 +65,7 @@ impl MemoryBackend {
         );
         let fence = state.fences.entry(keys.fence.clone()).or_insert(0);
         *fence += 1;
-        Some(*fence)
+        Attempt::Granted(*fence)
     }
 
     fn owned<'a>(
@@ -104,7 +108,7 @@ impl MemoryBackend {
         }
     }
 
-    pub(crate) async fn wait_for_release(&self, at_most: Duration) {
-        let _ = tokio::time::timeout(at_most, self.released.notified()).await;
+    pub(crate) fn released(&self) -> Arc<Notify> {
+        Arc::clone(&self.released)
     }
 }

@@ -8,7 +8,12 @@ use std::time::Duration;
 use crate::Result;
 
 pub(crate) mod memory;
+pub(crate) mod notify;
 pub(crate) mod redis;
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 /// The two Redis keys of one lock. The name sits inside a Cluster hash tag (`{...}`), so both
 /// keys hash to the same slot and a script can touch both in one round trip.
@@ -34,20 +39,42 @@ impl LockKeys {
     }
 }
 
+/// The outcome of one acquire attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// The lock is ours, with this fencing token.
+    Granted(u64),
+    /// Another owner holds it; their lease ends within this long, if known.
+    Held(Option<Duration>),
+}
+
+/// A waiter's handle on release notifications for one lock. Enable a `notify().notified()`
+/// before each attempt; it fires when the lock may have become free.
+pub(crate) struct Watch {
+    notify: Arc<Notify>,
+    /// Keeps the Redis subscription alive while the waiter waits.
+    _interest: Option<notify::Interest>,
+}
+
+impl Watch {
+    pub(crate) fn notify(&self) -> &Notify {
+        &self.notify
+    }
+}
+
 pub(crate) enum Backend {
     Redis(redis::RedisBackend),
     Memory(memory::MemoryBackend),
 }
 
 impl Backend {
-    /// `SET lock token NX PX ttl` and, when that took, `INCR fence`. `Some(fencing token)` when
-    /// the lock is ours, `None` when another owner holds it.
+    /// `SET lock token NX PX ttl` and, when that took, `INCR fence`.
     pub(crate) async fn acquire(
         &self,
         keys: &LockKeys,
         token: &str,
         ttl: Duration,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Attempt> {
         match self {
             Backend::Redis(b) => b.acquire(keys, token, ttl).await,
             Backend::Memory(b) => Ok(b.acquire(keys, token, ttl)),
@@ -76,12 +103,21 @@ impl Backend {
         }
     }
 
-    /// Resolves when a lock of this backend may have become free, or after `at_most`,
-    /// whichever comes first. Waiters call it between attempts.
-    pub(crate) async fn wait_for_release(&self, at_most: Duration) {
+    /// Starts watching `keys` for releases. Called by a waiter after its first refused
+    /// attempt, so the uncontended path never pays for it.
+    pub(crate) async fn watch(&self, keys: &LockKeys) -> Watch {
         match self {
-            Backend::Redis(_) => tokio::time::sleep(at_most).await,
-            Backend::Memory(b) => b.wait_for_release(at_most).await,
+            Backend::Redis(b) => {
+                let interest = b.watch(&keys.lock).await;
+                Watch {
+                    notify: Arc::clone(interest.notify()),
+                    _interest: Some(interest),
+                }
+            }
+            Backend::Memory(b) => Watch {
+                notify: b.released(),
+                _interest: None,
+            },
         }
     }
 

@@ -1,13 +1,14 @@
 //! One Redis server (or a proxy in front of one) over a single multiplexed, reconnecting
 //! connection shared by every lock of a manager.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, ErrorKind, ServerErrorKind};
 
-use super::LockKeys;
+use super::notify::{Interest, Notifier};
+use super::{Attempt, LockKeys};
 use crate::validate::millis_ceil;
 use crate::Result;
 
@@ -42,6 +43,8 @@ pub(crate) struct Timeouts {
 
 pub(crate) struct RedisBackend {
     conn: ConnectionManager,
+    /// Release notifications for waiters, on a second connection opened on the first wait.
+    notifier: Arc<Notifier>,
 }
 
 impl RedisBackend {
@@ -57,8 +60,11 @@ impl RedisBackend {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self { conn })
+        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        Ok(Self {
+            conn,
+            notifier: Arc::new(Notifier::new(client)),
+        })
     }
 
     pub(crate) async fn acquire(
@@ -66,8 +72,8 @@ impl RedisBackend {
         keys: &LockKeys,
         token: &str,
         ttl: Duration,
-    ) -> Result<Option<u64>> {
-        let fence: i64 = self
+    ) -> Result<Attempt> {
+        let reply: i64 = self
             .eval(&ACQUIRE, |cmd| {
                 cmd.arg(2)
                     .arg(&keys.lock)
@@ -76,7 +82,11 @@ impl RedisBackend {
                     .arg(millis_ceil(ttl));
             })
             .await?;
-        Ok(u64::try_from(fence).ok().filter(|&f| f > 0))
+        Ok(match u64::try_from(reply) {
+            Ok(fence) if fence > 0 => Attempt::Granted(fence),
+            // Minus the holder's remaining lease in ms, or 0 when unknown.
+            _ => Attempt::Held((reply < 0).then(|| Duration::from_millis(reply.unsigned_abs()))),
+        })
     }
 
     pub(crate) async fn release(
@@ -100,6 +110,10 @@ impl RedisBackend {
             })
             .await?;
         Ok(extended == 1)
+    }
+
+    pub(crate) async fn watch(&self, channel: &str) -> Interest {
+        self.notifier.watch(channel).await
     }
 
     /// `EVALSHA`, one round trip while the server has the script cached. After `NOSCRIPT`
