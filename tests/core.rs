@@ -920,6 +920,7 @@ async fn waiter_is_woken_by_the_release_not_by_polling() {
         took < Duration::from_secs(10),
         "not woken by the release: {took:?}"
     );
+    assert!(g.release().await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
