@@ -1,0 +1,493 @@
+//! Measures lock-core against the floor (the same Redis commands sent by hand on the same
+//! connection type) and a peer crate (rslock), side by side in one process and one run,
+//! against a redis-server it starts itself on a free loopback port.
+//!
+//! ```sh
+//! cargo run --release --manifest-path bench/Cargo.toml                  # BENCHMARKS.md
+//! cargo run --release --manifest-path bench/Cargo.toml -- --pairs 5000 --task-pairs 100  # quicker
+//! ```
+//!
+//! Scenarios:
+//! - (a) uncontended acquire+release latency, one client, p50/p99;
+//! - (b) throughput of 64 concurrent tasks on distinct names;
+//! - (c) contended handoff: 8 waiters on one name, each holding ~1 ms: time from a release
+//!   completing to the next acquire succeeding, and acquisitions per second.
+//!
+//! Implementations are interleaved in rounds, so drift on a shared machine hits them alike.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lock_core::{distributed_lock, LockError, LockManager};
+use lock_test_support::RedisServer;
+use redis::aio::ConnectionManager;
+
+const TTL: Duration = Duration::from_secs(30);
+const CAD: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+/// The floor: `SET key token NX PX` and an `EVALSHA` compare-and-delete, on a
+/// `ConnectionManager` (the connection type lock-core uses).
+#[derive(Clone)]
+struct Floor {
+    conn: ConnectionManager,
+    cad_sha: String,
+    /// lock-core's own acquire and release scripts, loaded by hand: the same server-side work
+    /// as lock-core without its client side, to tell the two costs apart.
+    acquire_sha: String,
+    release_sha: String,
+}
+
+impl Floor {
+    async fn new(url: &str) -> Self {
+        let client = redis::Client::open(url).unwrap();
+        let conn = ConnectionManager::new(client).await.unwrap();
+        let load = |body: &'static str| {
+            let mut conn = conn.clone();
+            async move {
+                let sha: String = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(body)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                sha
+            }
+        };
+        let cad_sha = load(CAD).await;
+        let acquire_sha = load(include_str!("../../lock-core/src/scripts/acquire.lua")).await;
+        let release_sha = load(include_str!("../../lock-core/src/scripts/release.lua")).await;
+
+        Self {
+            conn,
+            cad_sha,
+            acquire_sha,
+            release_sha,
+        }
+    }
+
+    async fn script_pair(&self, name: &str, token: &str) {
+        let mut conn = self.conn.clone();
+        let (key, fence) = (format!("lock:{{{name}}}"), format!("lock:{{{name}}}:fence"));
+        let granted: i64 = redis::cmd("EVALSHA")
+            .arg(&self.acquire_sha)
+            .arg(2)
+            .arg(&key)
+            .arg(&fence)
+            .arg(token)
+            .arg(TTL.as_millis() as u64)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(granted > 0);
+        let released: i64 = redis::cmd("EVALSHA")
+            .arg(&self.release_sha)
+            .arg(1)
+            .arg(&key)
+            .arg(token)
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(released, 1);
+    }
+
+    async fn try_lock(&self, key: &str, token: &str) -> bool {
+        let mut conn = self.conn.clone();
+        let ok: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(TTL.as_millis() as u64)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        ok.is_some()
+    }
+
+    async fn unlock(&self, key: &str, token: &str) {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("EVALSHA")
+            .arg(&self.cad_sha)
+            .arg(1)
+            .arg(key)
+            .arg(token)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Imp {
+    Floor,
+    FloorScripts,
+    LockCore,
+    Annotated,
+    HandWritten,
+    Rslock,
+}
+
+impl Imp {
+    fn label(self) -> &'static str {
+        match self {
+            Imp::Floor => "floor (SET NX PX + EVALSHA)",
+            Imp::FloorScripts => "lock-core's scripts by hand",
+            Imp::LockCore => "lock-core",
+            Imp::Annotated => "#[distributed_lock] fn",
+            Imp::HandWritten => "same fn written by hand",
+            Imp::Rslock => "rslock 0.10 lock+unlock",
+        }
+    }
+}
+
+struct Clients {
+    floor: Floor,
+    locks: LockManager,
+    rslock: rslock::LockManager,
+}
+
+#[distributed_lock(key = "bench:{name}", ttl = "30s", manager = locks)]
+async fn annotated(locks: &LockManager, name: &str) -> Result<u64, LockError> {
+    Ok(std::hint::black_box(1))
+}
+
+async fn hand_written(locks: &LockManager, name: &str) -> Result<u64, LockError> {
+    let key = format!("bench:{}", name);
+    let guard = locks.lock(key).ttl(TTL).acquire().await?;
+    let result: Result<u64, LockError> = async { Ok(std::hint::black_box(1)) }.await;
+    let _ = guard.release().await;
+    result
+}
+
+/// One uncontended acquire+release of `name` by `imp`.
+async fn pair(c: &Clients, imp: Imp, name: &str, token: &str) {
+    match imp {
+        Imp::Floor => {
+            assert!(c.floor.try_lock(name, token).await);
+            c.floor.unlock(name, token).await;
+        }
+        Imp::FloorScripts => c.floor.script_pair(name, token).await,
+        Imp::LockCore => {
+            let g = c.locks.try_acquire(name, TTL).await.unwrap().unwrap();
+            assert!(g.release().await.unwrap());
+        }
+        Imp::Annotated => {
+            annotated(&c.locks, name).await.unwrap();
+        }
+        Imp::HandWritten => {
+            hand_written(&c.locks, name).await.unwrap();
+        }
+        Imp::Rslock => {
+            let lock = c.rslock.lock(name.as_bytes(), TTL).await.unwrap();
+            c.rslock.unlock(&lock).await;
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// (a): p50 and p99 per implementation over `pairs` pairs each, interleaved in 20 rounds.
+async fn uncontended(c: &Clients, imps: &[Imp], pairs: usize) -> Vec<(Imp, Duration, Duration)> {
+    let rounds = 20;
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(pairs); imps.len()];
+    for round in 0..rounds {
+        for (k, &imp) in imps.iter().enumerate() {
+            for i in 0..pairs / rounds {
+                let name = format!("a:{imp:?}:{}", i % 64);
+                let token = format!("t{round}:{i}");
+                let start = Instant::now();
+                pair(c, imp, &name, &token).await;
+                samples[k].push(start.elapsed());
+            }
+        }
+    }
+    imps.iter()
+        .zip(samples)
+        .map(|(&imp, mut s)| {
+            s.sort();
+            (imp, percentile(&s, 0.5), percentile(&s, 0.99))
+        })
+        .collect()
+}
+
+/// (b): pairs per second with 64 tasks on distinct names, `each` pairs per task.
+async fn throughput(c: &Arc<Clients>, imp: Imp, each: usize) -> f64 {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..64)
+        .map(|t| {
+            let c = Arc::clone(c);
+            tokio::spawn(async move {
+                let name = format!("b:{imp:?}:{t}");
+                for i in 0..each {
+                    pair(&c, imp, &name, &format!("t{t}:{i}")).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (64 * each) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// (c): 8 waiters on one name, each holding ~1 ms, then doing ~2 ms of other work before it
+/// queues again (so the lock always passes to another waiter). The handoff is the time from a
+/// release completing to another worker's acquire returning. Returns p50, p99, acquisitions/s.
+async fn handoff(c: &Arc<Clients>, imp: Imp, total: u64) -> (Duration, Duration, f64) {
+    let name = format!("c:{imp:?}");
+    let origin = Instant::now();
+    // (worker + 1) << 48 | microseconds since `origin` of the last completed release; 0: none.
+    let last_release = Arc::new(AtomicU64::new(0));
+    let count = Arc::new(AtomicU64::new(0));
+    let gaps = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..8u64)
+        .map(|w| {
+            let (c, name, last_release, count, gaps) = (
+                Arc::clone(c),
+                name.clone(),
+                last_release.clone(),
+                count.clone(),
+                gaps.clone(),
+            );
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while count.load(Ordering::SeqCst) < total {
+                    let token = format!("w{w}:{i}");
+                    i += 1;
+                    // Acquire, waiting as each implementation does.
+                    let held: Box<dyn std::any::Any + Send> = match imp {
+                        Imp::Floor => {
+                            // The best case for latency: retry at once, burning CPU and Redis.
+                            while !c.floor.try_lock(&name, &token).await {}
+                            Box::new(())
+                        }
+                        Imp::Rslock => Box::new(
+                            c.rslock
+                                .acquire_no_guard(name.as_bytes(), TTL)
+                                .await
+                                .unwrap(),
+                        ),
+                        _ => Box::new(
+                            c.locks
+                                .acquire(&name, TTL, Duration::from_secs(30))
+                                .await
+                                .unwrap(),
+                        ),
+                    };
+                    let got = origin.elapsed();
+                    let last = last_release.load(Ordering::SeqCst);
+                    if last != 0 && last >> 48 != w + 1 {
+                        let released = Duration::from_micros(last & ((1 << 48) - 1));
+                        gaps.lock().unwrap().push(got.saturating_sub(released));
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(1)).await; // the job
+                    match imp {
+                        Imp::Floor => c.floor.unlock(&name, &token).await,
+                        Imp::Rslock => {
+                            let lock = held.downcast::<rslock::Lock>().unwrap();
+                            c.rslock.unlock(&lock).await;
+                        }
+                        _ => {
+                            let guard = held.downcast::<lock_core::LockGuard>().unwrap();
+                            assert!(guard.release().await.unwrap());
+                        }
+                    }
+                    let at = origin.elapsed().as_micros() as u64;
+                    last_release.store((w + 1) << 48 | at, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2)).await; // other work
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = count.load(Ordering::SeqCst) as f64 / start.elapsed().as_secs_f64();
+    let mut gaps = gaps.lock().unwrap().clone();
+    gaps.sort();
+    (percentile(&gaps, 0.5), percentile(&gaps, 0.99), rate)
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("a number"))
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let pairs = arg("--pairs", 20_000);
+    let handoffs = arg("--handoffs", 400) as u64;
+    let server = RedisServer::start();
+    let url = server.url();
+    let clients = Arc::new(Clients {
+        floor: Floor::new(&url).await,
+        locks: LockManager::connect(&url).await.unwrap(),
+        rslock: rslock::LockManager::new(vec![url.clone()]),
+    });
+    println!(
+        "redis-server {} on {url}; {} cores; lock-core {}\n",
+        server_version(&server),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        env!("CARGO_PKG_VERSION")
+    );
+
+    // Warm up connections and script caches.
+    for imp in [
+        Imp::Floor,
+        Imp::FloorScripts,
+        Imp::LockCore,
+        Imp::Annotated,
+        Imp::HandWritten,
+        Imp::Rslock,
+    ] {
+        for i in 0..200 {
+            pair(&clients, imp, &format!("warm:{i}"), &format!("w{i}")).await;
+        }
+    }
+
+    println!("(a) uncontended acquire+release, one client, {pairs} pairs each (interleaved)");
+    let imps = [
+        Imp::Floor,
+        Imp::FloorScripts,
+        Imp::LockCore,
+        Imp::Annotated,
+        Imp::HandWritten,
+        Imp::Rslock,
+    ];
+    let a = uncontended(&clients, &imps, pairs).await;
+    let p50 = |imp: Imp| a.iter().find(|r| r.0 == imp).unwrap().1;
+    let floor_p50 = a[0].1;
+    println!(
+        "  {:<32} {:>9} {:>9} {:>12}",
+        "", "p50 µs", "p99 µs", "p50 / floor"
+    );
+    for (imp, p50, p99) in &a {
+        println!(
+            "  {:<32} {:>9.1} {:>9.1} {:>11.2}x",
+            imp.label(),
+            us(*p50),
+            us(*p99),
+            us(*p50) / us(floor_p50)
+        );
+    }
+    let annotated_vs_hand = us(p50(Imp::Annotated)) / us(p50(Imp::HandWritten));
+    println!("  annotated / hand-written p50: {annotated_vs_hand:.3}x\n");
+
+    let each = arg("--task-pairs", 400);
+    println!("(b) throughput, 64 tasks on distinct names, {each} pairs per task per round");
+    let mut rates = Vec::new();
+    let b_imps = [Imp::Floor, Imp::FloorScripts, Imp::LockCore, Imp::Rslock];
+    for _round in 0..5 {
+        for imp in b_imps {
+            rates.push((imp, throughput(&clients, imp, each).await));
+        }
+    }
+    let best = |imp: Imp| {
+        let mut r: Vec<f64> = rates
+            .iter()
+            .filter(|(i, _)| *i == imp)
+            .map(|(_, r)| *r)
+            .collect();
+        r.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        r[r.len() / 2] // median of the rounds
+    };
+    let floor_rate = best(Imp::Floor);
+    println!("  {:<32} {:>12} {:>14}", "", "pairs/s", "vs floor");
+    println!("  (median of 5 interleaved rounds)");
+    for imp in b_imps {
+        println!(
+            "  {:<32} {:>12.0} {:>13.2}x",
+            imp.label(),
+            best(imp),
+            best(imp) / floor_rate
+        );
+    }
+    println!();
+
+    println!("(c) contended handoff, 8 waiters on one name, ~1 ms hold, {handoffs} acquisitions each run");
+    println!(
+        "  {:<32} {:>10} {:>10} {:>10} {:>14}",
+        "", "p50 µs", "p99 µs", "acq/s", "p50 / floor"
+    );
+    let floor_c = handoff(&clients, Imp::Floor, handoffs).await;
+    let core_c = handoff(&clients, Imp::LockCore, handoffs).await;
+    let rs_c = handoff(&clients, Imp::Rslock, handoffs / 4).await;
+    for (label, (p50, p99, rate)) in [
+        ("floor (retry at once, busy loop)", floor_c),
+        ("lock-core acquire(wait)", core_c),
+        ("rslock 0.10 acquire (retry 0-200 ms)", rs_c),
+    ] {
+        println!(
+            "  {:<32} {:>10.0} {:>10.0} {:>10.0} {:>13.2}x",
+            label,
+            us(p50),
+            us(p99),
+            rate,
+            us(p50) / us(floor_c.0)
+        );
+    }
+    println!();
+
+    // lock-core's own client-side cost, with no network: the in-process backend.
+    let memory = LockManager::in_memory();
+    let n = 200_000;
+    let start = Instant::now();
+    for _ in 0..n {
+        let g = memory.try_acquire("d", TTL).await.unwrap().unwrap();
+        assert!(g.release().await.unwrap());
+    }
+    let client_cost = start.elapsed() / n;
+    println!("(d) lock-core client-side cost (in-process backend, no I/O): {:.2} µs per acquire+release\n", us(client_cost));
+
+    let a_ratio = us(p50(Imp::LockCore)) / us(floor_p50);
+    let b_ratio = best(Imp::LockCore) / floor_rate;
+    let c_vs_rslock = us(rs_c.0) / us(core_c.0);
+    println!("targets");
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!(
+        "  (a) acquire+release p50 <= 1.10x floor:   {a_ratio:.2}x  {}",
+        verdict(a_ratio <= 1.10)
+    );
+    println!(
+        "  (b) throughput >= 0.90x floor:            {b_ratio:.2}x  {}",
+        verdict(b_ratio >= 0.90)
+    );
+    println!(
+        "  (c) handoff p50 < 2 ms:                   {:.2} ms  {}",
+        us(core_c.0) / 1000.0,
+        verdict(core_c.0 < Duration::from_millis(2))
+    );
+    println!(
+        "  (c) handoff p50 >= 10x better than rslock: {c_vs_rslock:.1}x  {}",
+        verdict(c_vs_rslock >= 10.0)
+    );
+    println!(
+        "  annotated fn <= 1.02x hand-written:      {annotated_vs_hand:.3}x  {}",
+        verdict(annotated_vs_hand <= 1.02)
+    );
+}
+
+fn server_version(server: &RedisServer) -> String {
+    let info: String = server.query(redis::cmd("INFO").arg("server"));
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("?")
+        .trim()
+        .to_owned()
+}
