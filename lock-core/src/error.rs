@@ -58,6 +58,21 @@ pub enum LockError {
         reason: String,
     },
 
+    /// Redlock: fewer than a majority of the instances granted the lock in time, because
+    /// instances were down or slow, or the lease was too short for the round trips plus clock
+    /// drift. No key of this attempt is left on any instance.
+    #[error(
+        "lock `{name}`: only {granted} of the {needed} Redis instances needed granted it in time"
+    )]
+    NoQuorum {
+        /// The lock name as given, without the key prefix.
+        name: String,
+        /// Instances that granted it.
+        granted: usize,
+        /// The majority needed.
+        needed: usize,
+    },
+
     /// [`LockManager::shutdown`](crate::LockManager::shutdown) ran out of time with releases
     /// still in flight; their keys expire with their TTL.
     #[error("shutdown timed out with {pending} lock release(s) still in flight")]

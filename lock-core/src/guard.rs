@@ -83,7 +83,8 @@ impl LockGuard {
             .extend(&self.lease.keys, &self.lease.token, ttl)
             .await?;
         if extended {
-            self.lease.renewed(sent, ttl);
+            self.lease
+                .renewed(sent, self.manager.inner.backend.usable(ttl));
             tracing::debug!(lock = %self.lease.name, ttl_ms = ttl.as_millis() as u64, "extended");
         } else {
             tracing::warn!(lock = %self.lease.name, "extend found the lock expired or held by another owner");
@@ -110,6 +111,18 @@ impl LockGuard {
     /// refuse a token lower than the highest it has accepted. Then a holder whose lease ran out
     /// while it was paused (GC, SIGSTOP, a slow network) cannot overwrite the work of the next
     /// holder. The counter restarts if Redis loses its data (restart without persistence).
+    ///
+    /// What it guarantees depends on the deployment:
+    /// - **One server**: strictly increasing per name for as long as the server keeps its data.
+    /// - **Redis Cluster**: the same, through resharding (the counter moves with its slot). A
+    ///   failover to a replica that missed the latest writes can lose the lock *and* set the
+    ///   counter back; a guard with `auto_extend` then reports the lock lost, but a token handed
+    ///   out just before may be handed out again.
+    /// - **Redlock**: *not a fence*. It is the highest of the counters of the instances that
+    ///   granted this acquisition. Each instance's counter grows, but they advance independently
+    ///   (a refused attempt still bumps the instances it reached before being released), so two
+    ///   holders' tokens are not guaranteed to be ordered. Use one server or a cluster when a
+    ///   resource needs fencing.
     pub fn fencing_token(&self) -> u64 {
         self.lease.fencing_token
     }

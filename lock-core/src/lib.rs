@@ -33,7 +33,8 @@
 //!
 //! # Limits
 //!
-//! Names are any non-empty UTF-8 string of at most [`MAX_NAME_LEN`] bytes. Leases (`ttl`) are
+//! Names are any non-empty UTF-8 string of at most [`MAX_NAME_LEN`] bytes that does not start
+//! with `}` (which would empty the hash tag). Leases (`ttl`) are
 //! between [`MIN_TTL`] and [`MAX_TTL`]. Both are checked before anything is sent to Redis.
 //!
 //! Locks are not reentrant: acquiring a name the same task already holds is `Busy` (or waits).

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::backend::redis::{RedisBackend, Timeouts};
+use crate::backend::redlock::{Drift, RedlockBackend};
 use crate::backend::{memory::MemoryBackend, Backend, LockKeys};
 use crate::lease::Lease;
 use crate::request::LockRequest;
@@ -295,7 +296,9 @@ impl LockManager {
 /// Configures a [`LockManager`]; made by [`LockManager::builder`].
 #[derive(Debug, Clone)]
 pub struct LockManagerBuilder {
-    url: Option<String>,
+    /// Every deployment named so far; `build` needs exactly one.
+    targets: Vec<Target>,
+    drift: Drift,
     prefix: String,
     timeouts: Timeouts,
     poll_cap: Duration,
@@ -304,7 +307,8 @@ pub struct LockManagerBuilder {
 impl Default for LockManagerBuilder {
     fn default() -> Self {
         Self {
-            url: None,
+            targets: Vec::new(),
+            drift: Drift::DEFAULT,
             prefix: DEFAULT_KEY_PREFIX.to_owned(),
             timeouts: Timeouts {
                 connect: Duration::from_secs(1),
@@ -318,7 +322,42 @@ impl Default for LockManagerBuilder {
 impl LockManagerBuilder {
     /// One Redis server; see [`LockManager::connect`] for the url forms.
     pub fn url(mut self, url: &str) -> Self {
-        self.url = Some(url.to_owned());
+        self.targets.push(Target::Single(url.to_owned()));
+        self
+    }
+
+    /// Redlock over independent Redis masters (an odd number, at least 3; no replication
+    /// between them). A lock is held when a majority granted it within the validity time
+    /// (ttl minus the time the fan-out took minus clock drift, see
+    /// [`redlock_clock_drift`](Self::redlock_clock_drift)). Every request goes to all
+    /// instances in parallel, each bounded by the smaller of the response timeout and a tenth
+    /// of the ttl. A failed attempt is released everywhere at once.
+    ///
+    /// The manager starts when a majority is reachable; the others are retried on use.
+    ///
+    /// In this mode [`LockGuard::fencing_token`] is not a fence: see its documentation.
+    pub fn redlock<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, urls: I) -> Self {
+        self.targets.push(Target::Redlock(
+            urls.into_iter().map(|u| u.as_ref().to_owned()).collect(),
+        ));
+        self
+    }
+
+    /// A Redis Cluster, through any of its nodes (`redis://host:port` each). A lock's two keys
+    /// share a hash tag, so they live in one slot and each script runs in one round trip;
+    /// MOVED and ASK redirections (resharding, failover) are followed by the client.
+    /// Needs the `cluster` feature.
+    pub fn cluster<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, urls: I) -> Self {
+        self.targets.push(Target::Cluster(
+            urls.into_iter().map(|u| u.as_ref().to_owned()).collect(),
+        ));
+        self
+    }
+
+    /// Redlock's allowance for the instances' clocks running at different rates, taken off
+    /// every lease: `ttl * factor + fixed` (default 1% + 2 ms).
+    pub fn redlock_clock_drift(mut self, factor: f64, fixed: Duration) -> Self {
+        self.drift = Drift { factor, fixed };
         self
     }
 
@@ -356,18 +395,75 @@ impl LockManagerBuilder {
     /// Connects and returns the manager.
     pub async fn build(self) -> Result<LockManager> {
         check_prefix(&self.prefix)?;
-        let Some(url) = self.url else {
-            return Err(LockError::InvalidConfig {
-                reason: "no server given: call `.url(...)` on the builder".to_owned(),
-            });
+        let invalid = |reason: &str| LockError::InvalidConfig {
+            reason: reason.to_owned(),
         };
-        let backend = RedisBackend::connect(&url, self.timeouts).await?;
+        let mut targets = self.targets;
+        let target = match (targets.pop(), targets.is_empty()) {
+            (Some(target), true) => target,
+            (None, _) => {
+                return Err(invalid(
+                    "no server given: call `.url(..)`, `.redlock(..)` or `.cluster(..)` on the builder",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(invalid(
+                    "more than one deployment given: call only one of `.url(..)`, `.redlock(..)`, `.cluster(..)`",
+                ))
+            }
+        };
+        let backend = match target {
+            Target::Single(url) => {
+                Backend::Redis(RedisBackend::connect(&url, self.timeouts).await?)
+            }
+            Target::Redlock(urls) => {
+                if urls.len() < 3 || urls.len() % 2 == 0 {
+                    return Err(LockError::InvalidConfig {
+                        reason: format!(
+                            "Redlock needs an odd number of independent masters, at least 3; got {}",
+                            urls.len()
+                        ),
+                    });
+                }
+                let factor_ok =
+                    self.drift.factor.is_finite() && (0.0..1.0).contains(&self.drift.factor);
+                if !factor_ok {
+                    return Err(invalid(
+                        "the Redlock clock drift factor must be at least 0 and below 1",
+                    ));
+                }
+                Backend::Redlock(RedlockBackend::connect(&urls, self.timeouts, self.drift).await?)
+            }
+            Target::Cluster(urls) => {
+                if urls.is_empty() {
+                    return Err(invalid("`.cluster(..)` needs at least one node url"));
+                }
+                #[cfg(feature = "cluster")]
+                {
+                    Backend::Redis(RedisBackend::connect_cluster(&urls, self.timeouts).await?)
+                }
+                #[cfg(not(feature = "cluster"))]
+                {
+                    return Err(invalid(
+                        "Redis Cluster support is not compiled in: enable lock-core's `cluster` feature",
+                    ));
+                }
+            }
+        };
         Ok(LockManager::from_backend(
-            Backend::Redis(backend),
+            backend,
             self.prefix,
             self.poll_cap,
         ))
     }
+}
+
+/// One deployment named on the builder.
+#[derive(Debug, Clone)]
+enum Target {
+    Single(String),
+    Redlock(Vec<String>),
+    Cluster(Vec<String>),
 }
 
 static DEFAULT_MANAGER: RwLock<Option<LockManager>> = RwLock::new(None);

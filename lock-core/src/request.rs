@@ -202,6 +202,21 @@ impl<'a> LockRequest<'a> {
                             Step::Wait(expires_in.map_or(poll, |left| poll.min(left + MIN_TTL)))
                         }
                     }
+                    Ok(Attempt::NoQuorum { granted, needed }) => {
+                        // Redlock gave everything back; worth another try while the wait lasts.
+                        cleanup.armed = false;
+                        unknown_since = None;
+                        let e = LockError::NoQuorum {
+                            name: self.name.clone(),
+                            granted,
+                            needed,
+                        };
+                        if Instant::now() >= deadline {
+                            return Err(e);
+                        }
+                        last_error = Some(e);
+                        Step::Wait(jittered(ERROR_RETRY))
+                    }
                     Err(e) if Instant::now() < deadline => {
                         // Worth another try while the wait lasts (a reconnect, a restart).
                         tracing::debug!(error = %e, "acquire attempt failed; retrying");
@@ -273,7 +288,7 @@ impl<'a> LockRequest<'a> {
             token,
             fencing_token,
             self.ttl,
-            lease_len,
+            inner.backend.usable(lease_len),
             sent,
             self.min_hold,
         ));

@@ -33,6 +33,15 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
             ),
         });
     }
+    if name.starts_with('}') {
+        // `<prefix>{}...}` has an empty hash tag: Redis Cluster would hash the whole key, and the
+        // lock and its fencing counter would land in different slots.
+        return Err(LockError::InvalidName {
+            reason:
+                "the name starts with `}`, which would empty the Redis Cluster hash tag `{<name>}`"
+                    .to_owned(),
+        });
+    }
     Ok(())
 }
 
@@ -92,6 +101,11 @@ mod tests {
     fn names() {
         assert!(check_name("jobs:1").is_ok());
         assert!(check_name("ünïcødé {with} braces").is_ok());
+        assert!(check_name("{}").is_ok());
+        assert!(matches!(
+            check_name("}{"),
+            Err(LockError::InvalidName { .. })
+        ));
         assert!(check_name(&"x".repeat(MAX_NAME_LEN)).is_ok());
         assert!(matches!(check_name(""), Err(LockError::InvalidName { .. })));
         assert!(matches!(

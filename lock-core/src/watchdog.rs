@@ -47,7 +47,7 @@ async fn run(inner: Arc<Inner>, lease: Arc<Lease>, max_hold: Option<Duration>) {
         .await
         {
             Ok(Ok(true)) => {
-                lease.renewed(sent, renew_for);
+                lease.renewed(sent, inner.backend.usable(renew_for));
                 tracing::trace!(renewed_ms = renew_for.as_millis() as u64, "lease renewed");
                 pause = period;
             }

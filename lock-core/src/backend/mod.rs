@@ -10,6 +10,7 @@ use crate::Result;
 pub(crate) mod memory;
 pub(crate) mod notify;
 pub(crate) mod redis;
+pub(crate) mod redlock;
 
 use std::sync::Arc;
 
@@ -46,6 +47,9 @@ pub(crate) enum Attempt {
     Granted(u64),
     /// Another owner holds it; their lease ends within this long, if known.
     Held(Option<Duration>),
+    /// Redlock: not enough instances granted it in time, for reasons other than another owner
+    /// (instances down or slow, or the lease too short for the round trips and clock drift).
+    NoQuorum { granted: usize, needed: usize },
 }
 
 /// A waiter's handle on release notifications for one lock. Enable a `notify().notified()`
@@ -63,7 +67,9 @@ impl Watch {
 }
 
 pub(crate) enum Backend {
+    /// One server, or a Redis Cluster.
     Redis(redis::RedisBackend),
+    Redlock(redlock::RedlockBackend),
     Memory(memory::MemoryBackend),
 }
 
@@ -77,6 +83,7 @@ impl Backend {
     ) -> Result<Attempt> {
         match self {
             Backend::Redis(b) => b.acquire(keys, token, ttl).await,
+            Backend::Redlock(b) => b.acquire(keys, token, ttl).await,
             Backend::Memory(b) => Ok(b.acquire(keys, token, ttl)),
         }
     }
@@ -91,6 +98,7 @@ impl Backend {
     ) -> Result<bool> {
         match self {
             Backend::Redis(b) => b.release(keys, token, keep).await,
+            Backend::Redlock(b) => b.release(keys, token, keep).await,
             Backend::Memory(b) => Ok(b.release(keys, token, keep)),
         }
     }
@@ -99,6 +107,7 @@ impl Backend {
     pub(crate) async fn extend(&self, keys: &LockKeys, token: &str, ttl: Duration) -> Result<bool> {
         match self {
             Backend::Redis(b) => b.extend(keys, token, ttl).await,
+            Backend::Redlock(b) => b.extend(keys, token, ttl).await,
             Backend::Memory(b) => Ok(b.extend(keys, token, ttl)),
         }
     }
@@ -114,6 +123,13 @@ impl Backend {
                     _interest: Some(interest),
                 }
             }
+            Backend::Redlock(b) => {
+                let interest = b.watch(&keys.lock).await;
+                Watch {
+                    notify: Arc::clone(interest.notify()),
+                    _interest: Some(interest),
+                }
+            }
             Backend::Memory(b) => Watch {
                 notify: b.released(),
                 _interest: None,
@@ -121,9 +137,19 @@ impl Backend {
         }
     }
 
+    /// The part of a lease that the local deadline may count on: all of it, except with
+    /// Redlock, where the instances' clock drift is taken off.
+    pub(crate) fn usable(&self, lease: Duration) -> Duration {
+        match self {
+            Backend::Redlock(b) => lease.saturating_sub(b.drift(lease)),
+            _ => lease,
+        }
+    }
+
     pub(crate) fn kind(&self) -> &'static str {
         match self {
-            Backend::Redis(_) => "redis",
+            Backend::Redis(b) => b.kind(),
+            Backend::Redlock(_) => "redlock",
             Backend::Memory(_) => "in-memory",
         }
     }

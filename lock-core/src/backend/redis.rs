@@ -41,8 +41,16 @@ pub(crate) struct Timeouts {
     pub(crate) response: Duration,
 }
 
+/// The command connection: one server, or a Redis Cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
 pub(crate) struct RedisBackend {
-    conn: ConnectionManager,
+    conn: Conn,
     /// Release notifications for waiters, on a second connection opened on the first wait.
     notifier: Arc<Notifier>,
 }
@@ -52,18 +60,56 @@ impl RedisBackend {
     /// first lock.
     pub(crate) async fn connect(url: &str, timeouts: Timeouts) -> Result<Self> {
         let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
+        let conn =
+            ConnectionManager::new_with_config(client.clone(), Self::config(timeouts)).await?;
+        Ok(Self {
+            conn: Conn::Single(conn),
+            notifier: Arc::new(Notifier::new(client)),
+        })
+    }
+
+    /// Like [`connect`](Self::connect), but connects on first use (for a Redlock instance that
+    /// is down when the manager starts: the others can still form a quorum).
+    pub(crate) fn connect_lazy(url: &str, timeouts: Timeouts) -> Result<Self> {
+        let client = redis::Client::open(url)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), Self::config(timeouts))?;
+        Ok(Self {
+            conn: Conn::Single(conn),
+            notifier: Arc::new(Notifier::new(client)),
+        })
+    }
+
+    fn config(timeouts: Timeouts) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeouts.connect))
             .set_response_timeout(Some(timeouts.response))
             // A lock request should fail fast while the server is down rather than sit in a
             // long reconnect loop; every later request triggers a fresh reconnect attempt.
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+            .set_max_delay(Duration::from_millis(200))
+    }
+
+    /// Connects to a Redis Cluster through `seeds`. Commands are routed by the lock key's hash
+    /// slot, and MOVED/ASK redirections are followed by the cluster client.
+    ///
+    /// Release notifications use a plain pub/sub connection to the first seed: a cluster
+    /// forwards `PUBLISH` to every node, so any node hears every release.
+    #[cfg(feature = "cluster")]
+    pub(crate) async fn connect_cluster(seeds: &[String], timeouts: Timeouts) -> Result<Self> {
+        let conn = redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+            .connection_timeout(timeouts.connect)
+            .response_timeout(timeouts.response)
+            .retries(6)
+            .min_retry_wait(10)
+            .max_retry_wait(200)
+            .build()?
+            .get_async_connection()
+            .await?;
+        let first = redis::Client::open(seeds[0].as_str())?;
         Ok(Self {
-            conn,
-            notifier: Arc::new(Notifier::new(client)),
+            conn: Conn::Cluster(conn),
+            notifier: Arc::new(Notifier::new(first)),
         })
     }
 
@@ -112,6 +158,14 @@ impl RedisBackend {
         Ok(extended == 1)
     }
 
+    pub(crate) fn kind(&self) -> &'static str {
+        match self.conn {
+            Conn::Single(_) => "redis",
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(_) => "redis-cluster",
+        }
+    }
+
     pub(crate) async fn watch(&self, channel: &str) -> Interest {
         self.notifier.watch(channel).await
     }
@@ -120,18 +174,45 @@ impl RedisBackend {
     /// (first use, `SCRIPT FLUSH`, or a restarted server) it sends `EVAL` with the body,
     /// which runs the script and caches it again: still no separate `SCRIPT LOAD`.
     async fn eval(&self, script: &LuaScript, args: impl Fn(&mut Cmd)) -> Result<i64> {
-        let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&script.sha1);
         args(&mut cmd);
-        match cmd.query_async(&mut conn).await {
+        match self.query(&cmd).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 let mut cmd = redis::cmd("EVAL");
                 cmd.arg(script.body);
                 args(&mut cmd);
-                Ok(cmd.query_async(&mut conn).await?)
+                Ok(self.query(&cmd).await?)
             }
             other => Ok(other?),
+        }
+    }
+
+    async fn query(&self, cmd: &Cmd) -> redis::RedisResult<i64> {
+        match &self.conn {
+            Conn::Single(conn) => cmd.query_async(&mut conn.clone()).await,
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(conn) => {
+                // The cluster client follows MOVED/ASK itself, but its retries can run out
+                // while the cluster settles after a failover or resharding (reconnecting to a
+                // dead master uses them up fast). These replies mean the command did not run,
+                // so sending it again is safe for every script.
+                let mut pause = Duration::from_millis(50);
+                let mut tries = 0;
+                loop {
+                    match cmd.query_async(&mut conn.clone()).await {
+                        Err(e)
+                            if tries < 4 && (e.is_cluster_error() || e.is_connection_refusal()) =>
+                        {
+                            tracing::debug!(error = %e, "cluster not settled; trying again");
+                            tries += 1;
+                            tokio::time::sleep(pause).await;
+                            pause *= 2;
+                        }
+                        other => return other,
+                    }
+                }
+            }
         }
     }
 }

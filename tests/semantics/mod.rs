@@ -1,0 +1,457 @@
+//! The semantic suite: what every backend must do the same way. Each `async fn(Fixture)`
+//! runs against one server and in memory (tests/core.rs), against a Redis Cluster and against
+//! Redlock over independent masters (tests/scale_out.rs).
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::{LockError, LockGuard, LockManager};
+use lock_test_support::RedisServer;
+use tokio::time::Instant;
+
+pub(crate) const LONG: Duration = Duration::from_secs(30);
+
+/// Two managers on one backend: `locks` is "this replica", `other` another one.
+pub(crate) struct Fixture {
+    pub(crate) locks: LockManager,
+    pub(crate) other: LockManager,
+}
+
+impl Fixture {
+    pub(crate) async fn redis(server: &RedisServer) -> Self {
+        Self {
+            locks: LockManager::connect(&server.url()).await.unwrap(),
+            other: LockManager::connect(&server.url()).await.unwrap(),
+        }
+    }
+
+    /// Two managers on a Redis Cluster, with keys under `prefix` (tests share one cluster).
+    pub(crate) async fn cluster(urls: &[String], prefix: &str) -> Self {
+        let manager = || {
+            LockManager::builder()
+                .cluster(urls)
+                .key_prefix(prefix)
+                .build()
+        };
+        Self {
+            locks: manager().await.unwrap(),
+            other: manager().await.unwrap(),
+        }
+    }
+
+    /// Two managers on Redlock over independent masters, with keys under `prefix`.
+    pub(crate) async fn redlock(urls: &[String], prefix: &str) -> Self {
+        let manager = || {
+            LockManager::builder()
+                .redlock(urls)
+                .key_prefix(prefix)
+                .build()
+        };
+        Self {
+            locks: manager().await.unwrap(),
+            other: manager().await.unwrap(),
+        }
+    }
+
+    pub(crate) fn memory() -> Self {
+        let locks = LockManager::in_memory();
+        Self {
+            other: locks.clone(),
+            locks,
+        }
+    }
+}
+
+/// Calls `$runner!(every semantic test fn, ...)`.
+#[macro_export]
+macro_rules! semantic_tests {
+    ($runner:ident) => {
+        $runner!(
+            second_acquire_is_refused_while_held_and_succeeds_right_after_release,
+            acquire_without_wait_is_busy_and_names_the_lock,
+            locks_are_not_reentrant,
+            release_after_expiry_returns_false_and_leaves_the_new_owner_intact,
+            extend_renews_the_lease,
+            extend_after_expiry_or_takeover_returns_false_and_leaves_the_owner_intact,
+            wait_gives_up_at_about_the_deadline,
+            wait_succeeds_when_the_holder_releases_mid_wait,
+            sixteen_tasks_on_one_name_never_overlap,
+            fencing_tokens_strictly_increase_over_1000_acquisitions_including_expiry,
+            tokens_are_unique_over_100000_acquisitions,
+            dropped_guard_releases_in_the_background,
+            shutdown_finishes_releases_of_dropped_guards_and_releases_held_ones,
+            invalid_names_and_ttls_are_rejected,
+            remaining_counts_down_from_the_ttl,
+            debug_output_never_shows_the_token,
+        );
+    };
+}
+
+pub(crate) async fn second_acquire_is_refused_while_held_and_succeeds_right_after_release(
+    fx: Fixture,
+) {
+    let guard = fx
+        .locks
+        .try_acquire("job", LONG)
+        .await
+        .unwrap()
+        .expect("free");
+    assert!(fx.other.try_acquire("job", LONG).await.unwrap().is_none());
+    assert!(guard.release().await.unwrap());
+    let again = fx.other.try_acquire("job", LONG).await.unwrap();
+    assert!(again.is_some(), "free right after release");
+}
+
+pub(crate) async fn acquire_without_wait_is_busy_and_names_the_lock(fx: Fixture) {
+    let _held = fx
+        .locks
+        .try_acquire("reports", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = fx
+        .other
+        .acquire("reports", LONG, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LockError::Busy { name } if name == "reports"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("`reports`"), "{err}");
+}
+
+pub(crate) async fn locks_are_not_reentrant(fx: Fixture) {
+    let _held = fx.locks.try_acquire("again", LONG).await.unwrap().unwrap();
+    let second = fx.locks.try_acquire("again", LONG).await.unwrap();
+    assert!(
+        second.is_none(),
+        "a second acquire by the same manager must be refused"
+    );
+}
+
+/// Waits (polling the backend, never sleeping blindly) until `name` can be taken again.
+pub(crate) async fn acquire_after_expiry(m: &LockManager, name: &str, ttl: Duration) -> LockGuard {
+    m.acquire(name, ttl, Duration::from_secs(5))
+        .await
+        .expect("the old lease expires")
+}
+
+pub(crate) async fn release_after_expiry_returns_false_and_leaves_the_new_owner_intact(
+    fx: Fixture,
+) {
+    let old = fx
+        .locks
+        .try_acquire("expiring", Duration::from_millis(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let new = acquire_after_expiry(&fx.other, "expiring", LONG).await;
+    assert!(old.is_lost(), "the old lease ran out");
+    assert!(
+        !old.release().await.unwrap(),
+        "release of an expired lease is false"
+    );
+    assert!(
+        fx.locks
+            .try_acquire("expiring", LONG)
+            .await
+            .unwrap()
+            .is_none(),
+        "the new owner's lock survived the stale release"
+    );
+    assert!(new.release().await.unwrap());
+}
+
+pub(crate) async fn extend_renews_the_lease(fx: Fixture) {
+    let guard = fx
+        .locks
+        .try_acquire("renew", Duration::from_millis(200))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(guard.extend(Duration::from_secs(20)).await.unwrap());
+    assert!(guard.remaining() > Duration::from_secs(19));
+    assert!(!guard.is_lost());
+    assert!(fx.other.try_acquire("renew", LONG).await.unwrap().is_none());
+    assert!(guard.release().await.unwrap());
+}
+
+pub(crate) async fn extend_after_expiry_or_takeover_returns_false_and_leaves_the_owner_intact(
+    fx: Fixture,
+) {
+    let old = fx
+        .locks
+        .try_acquire("ext", Duration::from_millis(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let new = acquire_after_expiry(&fx.other, "ext", LONG).await;
+    assert!(
+        !old.extend(LONG).await.unwrap(),
+        "extend of a lease now owned by another"
+    );
+    assert!(old.is_lost());
+    assert!(
+        new.remaining() > Duration::from_secs(29),
+        "the new owner's lease is untouched"
+    );
+    assert!(fx.locks.try_acquire("ext", LONG).await.unwrap().is_none());
+    drop(old);
+    assert!(
+        new.release().await.unwrap(),
+        "the stale guard's drop did not free the new owner's lock"
+    );
+}
+
+pub(crate) async fn wait_gives_up_at_about_the_deadline(fx: Fixture) {
+    let _held = fx.locks.try_acquire("slow", LONG).await.unwrap().unwrap();
+    let wait = Duration::from_millis(300);
+    let began = Instant::now();
+    let err = fx.other.acquire("slow", LONG, wait).await.unwrap_err();
+    let elapsed = began.elapsed();
+    match err {
+        LockError::Timeout { name, waited } => {
+            assert_eq!(name, "slow");
+            assert!(waited >= wait, "gave up early: {waited:?}");
+            assert!(waited <= elapsed);
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    // "About": it never sleeps past the deadline, so only scheduling noise is added.
+    assert!(
+        elapsed < wait + Duration::from_millis(250),
+        "overslept: {elapsed:?}"
+    );
+}
+
+pub(crate) async fn wait_succeeds_when_the_holder_releases_mid_wait(fx: Fixture) {
+    let held = fx
+        .locks
+        .try_acquire("handoff", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let waiter = {
+        let other = fx.other.clone();
+        tokio::spawn(async move {
+            tx.send(()).unwrap();
+            other
+                .acquire("handoff", LONG, Duration::from_secs(10))
+                .await
+        })
+    };
+    rx.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await; // let the waiter fail at least once
+    let released_at = Instant::now();
+    assert!(held.release().await.unwrap());
+    let guard = waiter.await.unwrap().expect("the waiter gets the lock");
+    assert!(released_at.elapsed() < Duration::from_secs(5));
+    assert!(guard.release().await.unwrap());
+}
+
+pub(crate) async fn sixteen_tasks_on_one_name_never_overlap(fx: Fixture) {
+    const TASKS: u64 = 16;
+    const ROUNDS: u64 = 8;
+    let counter = Arc::new(AtomicU64::new(0));
+    let inside = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..TASKS {
+        let m = if i % 2 == 0 {
+            fx.locks.clone()
+        } else {
+            fx.other.clone()
+        };
+        let (counter, inside) = (counter.clone(), inside.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..ROUNDS {
+                let guard = m
+                    .acquire("counter", LONG, Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
+                // A non-atomic read-modify-write: lost updates show an overlap.
+                let seen = counter.load(Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                counter.store(seen + 1, Ordering::SeqCst);
+                inside.store(false, Ordering::SeqCst);
+                assert!(guard.release().await.unwrap());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(counter.load(Ordering::SeqCst), TASKS * ROUNDS);
+}
+
+pub(crate) async fn fencing_tokens_strictly_increase_over_1000_acquisitions_including_expiry(
+    fx: Fixture,
+) {
+    let mut last = 0;
+    let mut expiring: Option<LockGuard> = None;
+    for i in 0..1000 {
+        let m = if i % 2 == 0 { &fx.locks } else { &fx.other };
+        let short = i % 100 == 0;
+        let ttl = if short {
+            Duration::from_millis(5)
+        } else {
+            LONG
+        };
+        let guard = m
+            .acquire("fenced", ttl, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(
+            guard.fencing_token() > last,
+            "{} after {last}",
+            guard.fencing_token()
+        );
+        last = guard.fencing_token();
+        if let Some(stale) = expiring.take() {
+            assert!(!stale.release().await.unwrap(), "that lease had expired");
+        }
+        if short {
+            expiring = Some(guard); // left to expire; the next acquire waits it out
+        } else {
+            assert!(guard.release().await.unwrap());
+        }
+    }
+}
+
+pub(crate) async fn tokens_are_unique_over_100000_acquisitions(fx: Fixture) {
+    const TASKS: usize = 50;
+    const EACH: usize = 2000;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let m = fx.locks.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("unique:{t}");
+            let mut tokens = Vec::with_capacity(EACH);
+            for _ in 0..EACH {
+                let g = m.try_acquire(&name, LONG).await.unwrap().unwrap();
+                tokens.push(g.token().to_owned());
+                assert!(g.release().await.unwrap());
+            }
+            tokens
+        }));
+    }
+    let mut all = HashSet::new();
+    for t in tasks {
+        for token in t.await.unwrap() {
+            assert_eq!(token.len(), 32, "128 bits as hex");
+            assert!(all.insert(token), "a token repeated");
+        }
+    }
+    assert_eq!(all.len(), TASKS * EACH);
+}
+
+pub(crate) async fn dropped_guard_releases_in_the_background(fx: Fixture) {
+    let guard = fx
+        .locks
+        .try_acquire("dropped", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(guard);
+    // The release runs on a spawned task; a waiter sees the lock free long before the TTL.
+    let next = fx
+        .other
+        .acquire("dropped", LONG, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(next.release().await.unwrap());
+}
+
+pub(crate) async fn shutdown_finishes_releases_of_dropped_guards_and_releases_held_ones(
+    fx: Fixture,
+) {
+    let mut kept = Vec::new();
+    for i in 0..40 {
+        let g = fx
+            .locks
+            .try_acquire(&format!("sd:{i}"), LONG)
+            .await
+            .unwrap()
+            .unwrap();
+        if i % 2 == 0 {
+            drop(g);
+        } else {
+            kept.push(g);
+        }
+    }
+    fx.locks.shutdown(Duration::from_secs(5)).await.unwrap();
+    for i in 0..40 {
+        let g = fx
+            .other
+            .try_acquire(&format!("sd:{i}"), LONG)
+            .await
+            .unwrap();
+        assert!(g.is_some(), "sd:{i} is free after shutdown");
+    }
+    for g in kept {
+        assert!(g.is_lost(), "shutdown gave the lock up");
+        assert!(!g.release().await.unwrap(), "already released by shutdown");
+    }
+}
+
+pub(crate) async fn invalid_names_and_ttls_are_rejected(fx: Fixture) {
+    let m = &fx.locks;
+    let too_long = "x".repeat(lock_core::MAX_NAME_LEN + 1);
+    for name in ["", too_long.as_str()] {
+        let err = m.try_acquire(name, LONG).await.unwrap_err();
+        assert!(matches!(err, LockError::InvalidName { .. }), "{err:?}");
+    }
+    for ttl in [Duration::ZERO, Duration::from_micros(1), Duration::MAX] {
+        let err = m.try_acquire("ok", ttl).await.unwrap_err();
+        assert!(
+            matches!(err, LockError::InvalidTtl { .. }),
+            "{ttl:?}: {err:?}"
+        );
+        assert!(!err.to_string().is_empty());
+    }
+    let err = m
+        .lock("ok")
+        .ttl(Duration::from_secs(1))
+        .min_hold(Duration::from_secs(2))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("min_hold"), "{err}");
+    // A leading `}` would empty the Cluster hash tag `{<name>}`.
+    let err = m.try_acquire("}{", LONG).await.unwrap_err();
+    assert!(matches!(err, LockError::InvalidName { .. }), "{err:?}");
+    // Non-ASCII and other brace-laden names are fine.
+    for name in ["ünï/cødé", "a{b}c", "{}", "x}{"] {
+        let g = m.try_acquire(name, LONG).await.unwrap().expect(name);
+        assert_eq!(g.name(), name);
+        assert!(g.release().await.unwrap());
+    }
+}
+
+pub(crate) async fn remaining_counts_down_from_the_ttl(fx: Fixture) {
+    let ttl = Duration::from_secs(10);
+    let g = fx.locks.try_acquire("rem", ttl).await.unwrap().unwrap();
+    assert_eq!(g.ttl(), ttl);
+    let left = g.remaining();
+    assert!(
+        left <= ttl && left > ttl - Duration::from_secs(2),
+        "{left:?}"
+    );
+    assert!(!g.is_lost());
+    assert!(g.release().await.unwrap());
+}
+
+pub(crate) async fn debug_output_never_shows_the_token(fx: Fixture) {
+    let g = fx.locks.try_acquire("secret", LONG).await.unwrap().unwrap();
+    let token = g.token().to_owned();
+    let shown = format!("{g:?} {:?}", fx.locks);
+    assert!(!shown.contains(&token), "{shown}");
+    assert!(shown.contains("secret"));
+    drop(g);
+}
