@@ -11,7 +11,9 @@
 //! - (a) uncontended acquire+release latency, one client, p50/p99;
 //! - (b) throughput of 64 concurrent tasks on distinct names;
 //! - (c) contended handoff: 8 waiters on one name, each holding ~1 ms: time from a release
-//!   completing to the next acquire succeeding, and acquisitions per second.
+//!   completing to the next acquire succeeding, and acquisitions per second;
+//! - (d) lock-core's client-side cost on the in-process backend;
+//! - (e) Redlock over 5 local masters against one master.
 //!
 //! Implementations are interleaved in rounds, so drift on a shared machine hits them alike.
 
@@ -393,7 +395,7 @@ async fn main() {
     println!("(b) throughput, 64 tasks on distinct names, {each} pairs per task per round");
     let mut rates = Vec::new();
     let b_imps = [Imp::Floor, Imp::FloorScripts, Imp::LockCore, Imp::Rslock];
-    for _round in 0..5 {
+    for _round in 0..7 {
         for imp in b_imps {
             rates.push((imp, throughput(&clients, imp, each).await));
         }
@@ -409,7 +411,7 @@ async fn main() {
     };
     let floor_rate = best(Imp::Floor);
     println!("  {:<32} {:>12} {:>14}", "", "pairs/s", "vs floor");
-    println!("  (median of 5 interleaved rounds)");
+    println!("  (median of 7 interleaved rounds)");
     for imp in b_imps {
         println!(
             "  {:<32} {:>12.0} {:>13.2}x",
@@ -455,6 +457,49 @@ async fn main() {
     let client_cost = start.elapsed() / n;
     println!("(d) lock-core client-side cost (in-process backend, no I/O): {:.2} µs per acquire+release\n", us(client_cost));
 
+    // (e) Redlock over 5 masters against one master, interleaved.
+    let masters: Vec<RedisServer> = (0..5).map(|_| RedisServer::start()).collect();
+    let redlock = LockManager::builder()
+        .redlock(masters.iter().map(|m| m.url()))
+        .build()
+        .await
+        .unwrap();
+    let redlock_pairs = (pairs / 4).max(1000);
+    let (mut one, mut five) = (Vec::new(), Vec::new());
+    for round in 0..20 {
+        for (manager, samples) in [(&clients.locks, &mut one), (&redlock, &mut five)] {
+            for i in 0..redlock_pairs / 20 {
+                let name = format!("e:{}", i % 64);
+                let start = Instant::now();
+                let g = manager.try_acquire(&name, TTL).await.unwrap().unwrap();
+                assert!(g.release().await.unwrap());
+                samples.push(start.elapsed());
+                let _ = round;
+            }
+        }
+    }
+    one.sort();
+    five.sort();
+    let redlock_ratio = us(percentile(&five, 0.5)) / us(percentile(&one, 0.5));
+    println!("(e) Redlock over 5 masters vs one master, acquire+release, {redlock_pairs} pairs each (interleaved)");
+    println!(
+        "  {:<32} {:>9} {:>9} {:>12}",
+        "", "p50 µs", "p99 µs", "p50 / one"
+    );
+    for (label, s) in [
+        ("lock-core, one master", &one),
+        ("lock-core, Redlock over 5", &five),
+    ] {
+        println!(
+            "  {:<32} {:>9.1} {:>9.1} {:>11.2}x",
+            label,
+            us(percentile(s, 0.5)),
+            us(percentile(s, 0.99)),
+            us(percentile(s, 0.5)) / us(percentile(&one, 0.5))
+        );
+    }
+    println!();
+
     let a_ratio = us(p50(Imp::LockCore)) / us(floor_p50);
     let b_ratio = best(Imp::LockCore) / floor_rate;
     let c_vs_rslock = us(rs_c.0) / us(core_c.0);
@@ -480,6 +525,10 @@ async fn main() {
     println!(
         "  annotated fn <= 1.02x hand-written:      {annotated_vs_hand:.3}x  {}",
         verdict(annotated_vs_hand <= 1.02)
+    );
+    println!(
+        "  Redlock over 5 <= 1.5x one master (p50):  {redlock_ratio:.2}x  {}",
+        verdict(redlock_ratio <= 1.5)
     );
 }
 
