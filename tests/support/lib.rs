@@ -245,6 +245,14 @@ impl Drop for RedisServer {
 /// Its nodes are stopped on drop.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
+    conf_dir: std::path::PathBuf,
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.nodes.clear(); // stops them
+        let _ = std::fs::remove_dir_all(&self.conf_dir);
+    }
 }
 
 /// One line of `CLUSTER NODES` for a master.
@@ -259,8 +267,17 @@ impl RedisCluster {
     /// `masters` masters with `replicas` replicas each; node timeout 1 s, failover always
     /// allowed. Waits until every node reports `cluster_state:ok`.
     pub fn start(masters: usize, replicas: usize) -> Self {
-        let conf_dir = std::env::temp_dir();
-        let conf = format!("{}/lock-tests-nodes-{{port}}.conf", conf_dir.display());
+        // A directory of its own for the nodes' cluster config files: a stale file from an
+        // earlier run on the same port would make a node rejoin an old cluster.
+        static CLUSTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let conf_dir = std::env::temp_dir().join(format!(
+            "lock-tests-cluster-{}-{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&conf_dir);
+        std::fs::create_dir_all(&conf_dir).expect("create the cluster config directory");
+        let conf = format!("{}/nodes-{{port}}.conf", conf_dir.display());
         let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|_| {
                 RedisServer::start_with(&[
@@ -289,7 +306,7 @@ impl RedisCluster {
             "redis-cli --cluster create failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let cluster = Self { nodes };
+        let cluster = Self { nodes, conf_dir };
         cluster.wait_until_ok(Duration::from_secs(30));
         // Replicas are useful to a test only once they have synced with their masters.
         let deadline = Instant::now() + Duration::from_secs(30);
