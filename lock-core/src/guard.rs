@@ -60,6 +60,7 @@ impl LockGuard {
             token: &lease.token,
             name: &lease.name,
             hold_until: lease.min_hold_end(),
+            expires_within: lease.remaining(),
             armed: true,
         };
         let result = inner.release_claimed(&lease).await;

@@ -150,13 +150,24 @@ impl Inner {
         };
         let inner = Arc::clone(self);
         let (keys, token, name) = (on.keys.clone(), on.token.to_owned(), on.name.to_owned());
-        let hold_until = on.hold_until;
+        let (hold_until, give_up) = (on.hold_until, Instant::now() + on.expires_within);
         self.tasks.spawn(&handle, async move {
-            let keep = hold_until.map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()));
-            match inner.backend.release(&keys, &token, keep).await {
-                Ok(true) => tracing::debug!(lock = %name, "cleaned up after an interrupted command"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(lock = %name, error = %e, "clean-up after an interrupted command failed; the key expires with its ttl"),
+            // Retried while Redis cannot be reached, until the key would have expired anyway.
+            let mut pause = Duration::from_millis(50);
+            loop {
+                let keep = hold_until.map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()));
+                match inner.backend.release(&keys, &token, keep).await {
+                    Ok(true) => tracing::debug!(lock = %name, "cleaned up after an interrupted command"),
+                    Ok(false) => {}
+                    Err(e) if Instant::now() + pause < give_up => {
+                        tracing::debug!(lock = %name, error = %e, "clean-up failed; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(lock = %name, error = %e, "clean-up after an interrupted command failed; the key expires with its ttl"),
+                }
+                return;
             }
         });
     }
@@ -172,6 +183,8 @@ pub(crate) struct CleanUpOnDrop<'a> {
     pub(crate) name: &'a str,
     /// With min_hold, the key must live until then rather than be deleted at once.
     pub(crate) hold_until: Option<Instant>,
+    /// The key expires by itself within this long: retrying the clean-up past it is pointless.
+    pub(crate) expires_within: Duration,
     pub(crate) armed: bool,
 }
 

@@ -151,6 +151,7 @@ impl<'a> LockRequest<'a> {
             token: &token,
             name: &self.name,
             hold_until: None,
+            expires_within: lease_len,
             armed: false,
         };
         // Send time of the earliest attempt whose outcome is unknown: if it took the lock, the

@@ -1,0 +1,235 @@
+//! `lock-checker`: one worker process of the exclusion checker (see RELIABILITY.md).
+//!
+//! Each iteration: acquire the lock -> read a shared counter -> sleep 0-`hold` ms -> write
+//! counter + 1, and the same read-modify-write through a fenced store that refuses a fencing
+//! token lower than the highest it accepted -> release. The shared data lives on a separate
+//! "resource" Redis, so faults injected into the lock server never touch it.
+//!
+//! ```text
+//! lock-checker --lock-url URL --resource-url URL --name NAME --iterations N
+//!              [--mode lock|canary|stall] [--ttl-ms 1000] [--wait-ms 10000] [--hold-ms 5]
+//!              [--seed S]
+//! ```
+//!
+//! `canary` does the same work without the lock, to prove the checker sees violations.
+//! `stall` acquires once, prints `HOLDING <fence>`, sleeps `--hold-ms` (a test SIGSTOPs it
+//! there), then tries its fenced write and prints `LATE accepted=<0|1> lost=<bool>`.
+//! Every mode ends with one line:
+//! `RESULT acquisitions=.. errors=.. accepted=.. refused=..`.
+
+use std::time::Duration;
+
+use lock_core::{LockError, LockManager};
+
+/// Write `ARGV[2]` to `KEYS[1]` only if the fencing token `ARGV[1]` is at least the highest
+/// accepted so far (kept in `KEYS[2]`). Returns 1 when accepted.
+const FENCED_WRITE: &str = r"
+local highest = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[1]) < highest then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[2])
+return 1";
+
+struct Args {
+    lock_url: String,
+    resource_url: String,
+    name: String,
+    iterations: u64,
+    mode: String,
+    ttl: Duration,
+    wait: Duration,
+    hold_ms: u64,
+    seed: u64,
+}
+
+fn parse_args() -> Args {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let num =
+        |flag: &str, default: u64| get(flag).map_or(default, |v| v.parse().expect("a number"));
+    Args {
+        lock_url: get("--lock-url").expect("--lock-url"),
+        resource_url: get("--resource-url").expect("--resource-url"),
+        name: get("--name").unwrap_or_else(|| "checker".to_owned()),
+        iterations: num("--iterations", 100),
+        mode: get("--mode").unwrap_or_else(|| "lock".to_owned()),
+        ttl: Duration::from_millis(num("--ttl-ms", 1000)),
+        wait: Duration::from_millis(num("--wait-ms", 10_000)),
+        hold_ms: num("--hold-ms", 5),
+        seed: num("--seed", u64::from(std::process::id())),
+    }
+}
+
+struct Resource {
+    conn: redis::aio::MultiplexedConnection,
+    counter: String,
+    fenced: String,
+    highest: String,
+}
+
+impl Resource {
+    async fn get(&self, key: &str) -> u64 {
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.conn.clone())
+            .await
+            .unwrap();
+        v.unwrap_or(0)
+    }
+
+    async fn set(&self, key: &str, value: u64) {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query_async(&mut self.conn.clone())
+            .await
+            .unwrap();
+    }
+
+    async fn fenced_write(&self, fence: u64, value: u64) -> bool {
+        let accepted: i64 = redis::cmd("EVAL")
+            .arg(FENCED_WRITE)
+            .arg(2)
+            .arg(&self.fenced)
+            .arg(&self.highest)
+            .arg(fence)
+            .arg(value)
+            .query_async(&mut self.conn.clone())
+            .await
+            .unwrap();
+        accepted == 1
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    acquisitions: u64,
+    errors: u64,
+    accepted: u64,
+    refused: u64,
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        if n == 0 {
+            0
+        } else {
+            self.0 % n
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = parse_args();
+    let resource = Resource {
+        conn: redis::Client::open(args.resource_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap(),
+        counter: format!("checker:{}:counter", args.name),
+        fenced: format!("checker:{}:fenced", args.name),
+        highest: format!("checker:{}:highest", args.name),
+    };
+    let locks = LockManager::builder()
+        .url(&args.lock_url)
+        .response_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .expect("connect to the lock server");
+    let mut rng = Rng(args.seed | 1);
+    let mut tally = Tally::default();
+
+    match args.mode.as_str() {
+        "stall" => {
+            let guard = locks
+                .lock(&args.name)
+                .ttl(args.ttl)
+                .wait(args.wait)
+                .auto_extend(true)
+                .acquire()
+                .await
+                .unwrap();
+            tally.acquisitions += 1;
+            let value = resource.get(&resource.fenced).await;
+            println!("HOLDING {}", guard.fencing_token());
+            tokio::time::sleep(Duration::from_millis(args.hold_ms)).await; // SIGSTOPped here
+            let accepted = resource
+                .fenced_write(guard.fencing_token(), value + 1)
+                .await;
+            println!(
+                "LATE accepted={} lost={}",
+                u8::from(accepted),
+                guard.is_lost()
+            );
+            if accepted {
+                tally.accepted += 1
+            } else {
+                tally.refused += 1
+            }
+            let _ = guard.release().await;
+        }
+        "canary" => {
+            for _ in 0..args.iterations {
+                tally.acquisitions += 1;
+                let seen = resource.get(&resource.counter).await;
+                tokio::time::sleep(Duration::from_micros(rng.below(args.hold_ms * 1000))).await;
+                resource.set(&resource.counter, seen + 1).await;
+            }
+        }
+        _ => {
+            let mut done = 0;
+            while done < args.iterations {
+                let guard = match locks
+                    .lock(&args.name)
+                    .ttl(args.ttl)
+                    .wait(args.wait)
+                    .auto_extend(true)
+                    .acquire()
+                    .await
+                {
+                    Ok(guard) => guard,
+                    Err(LockError::Timeout { .. } | LockError::Redis(_)) => {
+                        tally.errors += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    Err(e) => panic!("{e}"),
+                };
+                done += 1;
+                tally.acquisitions += 1;
+                let seen = resource.get(&resource.counter).await;
+                let fenced = resource.get(&resource.fenced).await;
+                tokio::time::sleep(Duration::from_micros(rng.below(args.hold_ms * 1000))).await;
+                resource.set(&resource.counter, seen + 1).await;
+                if resource
+                    .fenced_write(guard.fencing_token(), fenced + 1)
+                    .await
+                {
+                    tally.accepted += 1;
+                } else {
+                    tally.refused += 1;
+                }
+                if guard.release().await.is_err() {
+                    tally.errors += 1;
+                }
+            }
+        }
+    }
+    let _ = locks.shutdown(Duration::from_secs(2)).await;
+    println!(
+        "RESULT acquisitions={} errors={} accepted={} refused={}",
+        tally.acquisitions, tally.errors, tally.accepted, tally.refused
+    );
+}
