@@ -2,8 +2,8 @@
 //! injection (TCP proxy, kill -9, restart, SIGSTOP of Redis and of a holder), lost replies,
 //! cancellation and panic torture, bad input. RELIABILITY.md reports the long runs.
 //!
-//! Sizes scale with `LOCK_SOAK` (default 1): `LOCK_SOAK=40 cargo test --release --test safety
-//! -- --include-ignored` is the soak.
+//! Sizes scale with `LOCK_SOAK` (default 1). The soak that RELIABILITY.md reports:
+//! `LOCK_SOAK=5 cargo test --release --test safety -- --nocapture --test-threads 1`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
