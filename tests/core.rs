@@ -1,11 +1,10 @@
 //! lock-core on real Redis servers (started per test on free ports) and on the in-process
 //! backend: acquire, release, extend, waiting, cancellation, drop, validation, failures.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::{LockError, LockManager};
-use lock_test_support::{eventually, RedisServer};
+use lock_test_support::{cancel_after_polls, eventually, RedisServer};
 use tokio::time::Instant;
 
 mod semantics;
@@ -183,21 +182,6 @@ async fn redis_restarted_next_acquire_works_and_reloads_the_script() {
     assert!(g.release().await.unwrap());
 }
 
-/// Polls `fut` at most `polls` times, then drops it: cancellation at an exact await point,
-/// independent of timer resolution and machine speed.
-async fn cancel_after_polls<F: std::future::Future>(fut: F, polls: u32) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    let mut done = 0;
-    std::future::poll_fn(|cx| {
-        if done == polls {
-            return std::task::Poll::Ready(None);
-        }
-        done += 1;
-        fut.as_mut().poll(cx).map(Some)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn dropped_acquire_futures_leave_no_key_behind() {
     let server = RedisServer::start();
@@ -211,7 +195,7 @@ async fn dropped_acquire_futures_leave_no_key_behind() {
         let name = format!("cancel:{}", i % 7);
         let attempt = locks.try_acquire(&name, LONG);
         // 0 polls: never sent; 1-2: dropped with the command queued or in flight; more: done.
-        match cancel_after_polls(attempt, (seed % 5) as u32).await {
+        match cancel_after_polls(attempt, seed % 5).await {
             Some(Ok(Some(g))) => {
                 completed += 1;
                 assert!(g.release().await.unwrap());
@@ -415,74 +399,6 @@ async fn in_memory_backend_follows_paused_time() {
         .await
         .unwrap_err();
     assert!(matches!(err, LockError::Timeout { .. }));
-}
-
-/// A `tracing` writer that keeps everything in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[test]
-fn logs_at_every_level_never_contain_the_token() {
-    let server = RedisServer::start();
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
-    // Current-thread runtime: spawned releases and watchdogs log on this thread too.
-    let mut tokens = Vec::new();
-    current_thread().block_on(async {
-        let locks = LockManager::connect(&server.url()).await.unwrap();
-        // Acquire, busy, extend, watchdog renewals, release, stale release, drop-release.
-        let g = locks
-            .lock("logged")
-            .ttl(Duration::from_millis(60))
-            .auto_extend(true)
-            .acquire()
-            .await
-            .unwrap();
-        tokens.push(g.token().to_owned());
-        assert!(locks.try_acquire("logged", LONG).await.unwrap().is_none());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(g.extend(LONG).await.unwrap());
-        assert!(g.release().await.unwrap());
-        let stale = locks
-            .try_acquire("logged", Duration::from_millis(5))
-            .await
-            .unwrap()
-            .unwrap();
-        tokens.push(stale.token().to_owned());
-        let next = locks
-            .acquire("logged", LONG, Duration::from_secs(2))
-            .await
-            .unwrap();
-        tokens.push(next.token().to_owned());
-        assert!(!stale.release().await.unwrap());
-        drop(next);
-        locks.shutdown(Duration::from_secs(2)).await.unwrap();
-    });
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(
-        logs.contains("acquired") && logs.contains("released"),
-        "logging works: {logs}"
-    );
-    assert!(logs.contains("logged"), "events name the lock");
-    for token in tokens {
-        assert!(!logs.contains(&token), "a token leaked into the logs");
-    }
 }
 
 // ---- Waiting: release notifications (Redis) ---------------------------------------------

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::{distributed_lock, LockError, LockManager};
-use lock_test_support::{eventually, FaultProxy, RedisServer};
+use lock_test_support::{cancel_after_polls, eventually, FaultProxy, RedisServer};
 use tokio::time::Instant;
 
 /// One line per scenario for RELIABILITY.md (`--nocapture` shows them).
@@ -90,6 +90,36 @@ fn finish(children: Vec<Child>) -> Totals {
 fn counter(resource: &RedisServer, name: &str, which: &str) -> u64 {
     let v: Option<u64> = resource.query(redis::cmd("GET").arg(format!("checker:{name}:{which}")));
     v.unwrap_or(0)
+}
+
+/// Starts four lock-mode workers on `name` and returns once they have done ten iterations,
+/// so a fault lands mid-run.
+async fn four_workers_under_way(
+    lock: &RedisServer,
+    resource: &RedisServer,
+    name: &str,
+    each: u64,
+    ttl_ms: &str,
+) -> Vec<Child> {
+    let workers = (0..4)
+        .map(|_| {
+            checker(
+                &lock.url(),
+                resource,
+                name,
+                "lock",
+                each,
+                &["--ttl-ms", ttl_ms],
+            )
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(20), || counter(
+            resource, name, "counter"
+        ) >= 10)
+        .await
+    );
+    workers
 }
 
 async fn finish_async(children: Vec<Child>) -> Totals {
@@ -199,24 +229,7 @@ async fn a_holder_paused_past_its_ttl_has_its_late_write_refused_and_knows_it_lo
 async fn workers_recover_from_redis_killed_and_restarted_mid_run() {
     let (mut lock, resource) = (RedisServer::start(), RedisServer::start());
     let each = 30 * soak();
-    let workers: Vec<Child> = (0..4)
-        .map(|_| {
-            checker(
-                &lock.url(),
-                &resource,
-                "k",
-                "lock",
-                each,
-                &["--ttl-ms", "500"],
-            )
-        })
-        .collect();
-    assert!(
-        eventually(Duration::from_secs(20), || counter(
-            &resource, "k", "counter"
-        ) >= 10)
-        .await
-    );
+    let workers = four_workers_under_way(&lock, &resource, "k", each, "500").await;
     lock.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
     lock.restart();
@@ -244,24 +257,7 @@ async fn workers_recover_from_redis_killed_and_restarted_mid_run() {
 async fn redis_paused_past_the_ttl_mid_run_loses_no_update() {
     let (lock, resource) = (RedisServer::start(), RedisServer::start());
     let each = 30 * soak();
-    let workers: Vec<Child> = (0..4)
-        .map(|_| {
-            checker(
-                &lock.url(),
-                &resource,
-                "p",
-                "lock",
-                each,
-                &["--ttl-ms", "400"],
-            )
-        })
-        .collect();
-    assert!(
-        eventually(Duration::from_secs(20), || counter(
-            &resource, "p", "counter"
-        ) >= 10)
-        .await
-    );
+    let workers = four_workers_under_way(&lock, &resource, "p", each, "400").await;
     lock.pause();
     tokio::time::sleep(Duration::from_millis(1200)).await; // three ttls
     lock.resume();
@@ -455,19 +451,6 @@ async fn body(locks: &LockManager, n: u64, action: u64) -> Result<(), LockError>
     }
     tokio::time::sleep(Duration::from_micros(action * 50)).await;
     Ok(())
-}
-
-async fn cancel_after_polls<F: std::future::Future>(fut: F, polls: u64) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    let mut done = 0;
-    std::future::poll_fn(|cx| {
-        if done == polls {
-            return std::task::Poll::Ready(None);
-        }
-        done += 1;
-        fut.as_mut().poll(cx).map(Some)
-    })
-    .await
 }
 
 #[test]

@@ -616,3 +616,18 @@ async fn pump(
         }
     }
 }
+
+/// Polls `fut` at most `polls` times, then drops it: cancellation at an exact await point,
+/// independent of timer resolution and machine speed. `None` when it was cancelled.
+pub async fn cancel_after_polls<F: std::future::Future>(fut: F, polls: u64) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut done = 0;
+    std::future::poll_fn(|cx| {
+        if done == polls {
+            return std::task::Poll::Ready(None);
+        }
+        done += 1;
+        fut.as_mut().poll(cx).map(Some)
+    })
+    .await
+}
