@@ -2,6 +2,10 @@
 //! and the first one wakes up and writes anyway. The store remembers the highest fencing token
 //! it accepted and refuses the stale write.
 //!
+//! A token is drawn on first use, while the lock is held (`fencing_token().await`), and cached
+//! by the guard: draw it before the work, as holder A does here. A holder that only asks for a
+//! token after its lease ran out gets `LockError::Lost` instead of a token.
+//!
 //! ```sh
 //! cargo run --example fenced_writes     # REDIS_URL, default redis://127.0.0.1:6379
 //! ```
@@ -53,10 +57,8 @@ async fn main() -> Result<(), LockError> {
     let slow = locks
         .acquire("ledger", Duration::from_millis(200), Duration::from_secs(5))
         .await?;
-    println!(
-        "holder A  took the lock, fencing token {}",
-        slow.fencing_token()
-    );
+    let token_a = slow.fencing_token().await?;
+    println!("holder A  took the lock, fencing token {token_a}");
     println!(
         "holder A  stalls for 400 ms (a GC pause, a stuck call) while its 200 ms lease runs out"
     );
@@ -65,19 +67,21 @@ async fn main() -> Result<(), LockError> {
     let fast = locks
         .acquire("ledger", Duration::from_secs(5), Duration::from_secs(5))
         .await?;
-    println!(
-        "holder B  took the lock, fencing token {}",
-        fast.fencing_token()
-    );
-    match store.write(fast.fencing_token(), "B's update") {
+    let token_b = fast.fencing_token().await?;
+    println!("holder B  took the lock, fencing token {token_b}");
+    match store.write(token_b, "B's update") {
         Ok(()) => println!("holder B  write accepted"),
         Err(e) => println!("holder B  write {e}"),
     }
 
     println!("holder A  wakes up; lease lost: {}", slow.is_lost());
-    match store.write(slow.fencing_token(), "A's stale update") {
+    match store.write(token_a, "A's stale update") {
         Ok(()) => println!("holder A  write accepted (this would be a lost update!)"),
         Err(e) => println!("holder A  write {e}"),
+    }
+    match slow.fencing_token().await {
+        Ok(t) => println!("holder A  a new token now? {t} (this would be a bug!)"),
+        Err(e) => println!("holder A  a new token now? no: {e}"),
     }
     println!(
         "holder A  release: {} (the lock is B's now and stays B's)",

@@ -34,13 +34,13 @@ fn now_ms() -> u64 {
 async fn nightly_report(tick: u64) -> Result<Option<u64>, LockError> {
     tokio::time::sleep(Duration::from_millis(100)).await; // the report
     let _ = tick;
-    Ok(Some(lock.fencing_token()))
+    Ok(Some(lock.fencing_token().await?))
 }
 
 #[distributed_lock(key = "tenant:{tenant}", ttl = "10s", wait = "5s", guard = lock)]
 async fn tenant_job(tenant: u64) -> Result<u64, LockError> {
     tokio::time::sleep(Duration::from_millis(50)).await; // the batch
-    Ok(lock.fencing_token())
+    Ok(lock.fencing_token().await?)
 }
 
 async fn worker(id: u64, start_ms: u64, url: &str) -> Result<(), LockError> {

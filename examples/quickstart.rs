@@ -37,7 +37,7 @@ async fn main() -> Result<(), LockError> {
     let a = locks.acquire("report", ttl, Duration::ZERO).await?;
     println!(
         "worker A  took `report`             fencing token {}",
-        a.fencing_token()
+        a.fencing_token().await?
     );
 
     match locks.acquire("report", ttl, Duration::ZERO).await {
@@ -54,7 +54,7 @@ async fn main() -> Result<(), LockError> {
             println!(
                 "worker B  took `report` after {:>4} ms fencing token {}",
                 started.elapsed().as_millis(),
-                b.fencing_token()
+                b.fencing_token().await?
             );
             let released = b.release().await?;
             println!("worker B  released: {released}");

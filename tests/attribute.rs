@@ -293,7 +293,7 @@ impl Service {
     #[distributed_lock(key = "svc:{self.id}", ttl = "10s", manager = self.locks, guard = lock)]
     async fn by_ref(&self) -> Result<u64, JobError> {
         assert_eq!(lock.name(), "svc:5");
-        Ok(lock.fencing_token())
+        Ok(lock.fencing_token().await?)
     }
 
     #[distributed_lock(key = "svc:{self.id}", ttl = "10s", manager = self.locks.clone())]

@@ -53,6 +53,9 @@ async fn cluster_names_spread_over_all_masters() {
                 .unwrap(),
         );
     }
+    for g in &guards {
+        g.fencing_token().await.unwrap();
+    }
     for master in cluster.masters() {
         let node = &cluster.nodes[cluster.index_of(master.port)];
         let keys = node.lock_keys();
@@ -150,11 +153,11 @@ async fn cluster_held_lock_follows_its_slot_through_a_resharding() {
         "still exclusive"
     );
     assert!(guard.extend(LONG).await.unwrap(), "extend follows the slot");
-    let fence = guard.fencing_token();
+    let fence = guard.fencing_token().await.unwrap();
     assert!(guard.release().await.unwrap(), "release follows the slot");
     let next = other.try_acquire("moving", LONG).await.unwrap().unwrap();
     assert!(
-        next.fencing_token() > fence,
+        next.fencing_token().await.unwrap() > fence,
         "the fencing counter moved with the lock"
     );
     assert!(next.release().await.unwrap());

@@ -88,10 +88,30 @@ pub enum LockError {
 }
 
 impl LockError {
-    /// `true` for a broken or refused connection to Redis (as opposed to a refusal, a timeout
-    /// or a server error).
-    pub(crate) fn is_connection_error(&self) -> bool {
-        matches!(self, LockError::Redis(e) if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error())
+    /// Whether the command that failed with this error may have been applied by the server,
+    /// now or later: it was sent and no answer came back (a timeout, a connection that broke
+    /// with the command in flight). `false` when nothing was sent (a refused connection) or the
+    /// server answered with an error (it did not run the command).
+    pub(crate) fn may_have_applied(&self) -> bool {
+        match self {
+            LockError::Redis(e) => {
+                !(e.is_connection_refusal()
+                    || matches!(
+                        e.kind(),
+                        redis::ErrorKind::Server(_)
+                            | redis::ErrorKind::AuthenticationFailed
+                            | redis::ErrorKind::InvalidClientConfig
+                    ))
+            }
+            _ => false,
+        }
+    }
+
+    /// `true` when the shared connection was found broken (a restarted or failed-over server):
+    /// it reconnects now, so one more attempt right away is worth it. Not for timeouts (a
+    /// stalled server would only stall again) nor for refused connections (nobody listens).
+    pub(crate) fn is_broken_connection(&self) -> bool {
+        matches!(self, LockError::Redis(e) if e.is_connection_dropped() && !e.is_connection_refusal() && !e.is_timeout())
     }
 }
 

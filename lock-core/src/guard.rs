@@ -4,10 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::lease::Lease;
-use crate::manager::{CleanUpOnDrop, LockManager};
+use crate::shared::Shared;
 use crate::validate::check_ttl;
 use crate::Result;
 
@@ -20,76 +18,64 @@ use crate::Result;
 /// returns at once. It never blocks and never panics: not on a current-thread runtime, not in
 /// a `LocalSet`, not while the runtime shuts down (the spawn is then dropped and the key
 /// expires with its TTL), not outside any runtime (it logs a warning and leaves the key to its
-/// TTL). [`LockManager::shutdown`] waits for these background releases.
+/// TTL). [`LockManager::shutdown`](crate::LockManager::shutdown) waits for these background releases.
 ///
 /// Prefer an explicit `release().await` where you can: it tells you whether the lease was
 /// still yours, and the next owner can take the lock as soon as it returns.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
-    manager: LockManager,
+    shared: Arc<Shared>,
     lease: Arc<Lease>,
 }
 
 impl LockGuard {
-    pub(crate) fn new(manager: LockManager, lease: Arc<Lease>) -> Self {
-        Self { manager, lease }
+    pub(crate) fn new(shared: Arc<Shared>, lease: Arc<Lease>) -> Self {
+        Self { shared, lease }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn lease(&self) -> &Arc<Lease> {
+        &self.lease
     }
 
     /// Gives the lock back: deletes the key if it still holds this guard's token
     /// (or, with `min_hold`, shortens its expiry to the end of the minimum hold).
     ///
     /// `Ok(true)`: released. `Ok(false)`: the lease had expired or another owner holds the
-    /// lock now (their lock is left intact). `Err`: Redis could not be reached; the key
-    /// expires with its TTL.
+    /// lock now (their lock is left intact). `Err`: Redis could not be reached; the release is
+    /// retried in the background until the key would have expired anyway.
     ///
     /// If this future is dropped before it completes, the guard's drop releases the lock in
     /// the background, so the lock never stays held by a forgotten owner.
     pub async fn release(self) -> Result<bool> {
-        let inner = Arc::clone(&self.manager.inner);
+        let shared = Arc::clone(&self.shared);
         let lease = Arc::clone(&self.lease);
-        if !inner.claim(&lease) {
+        if !shared.claim(&lease) {
             // Already given up by `shutdown`.
             return Ok(false);
         }
-        // Claimed: dropping `self` no longer releases; `on_cancel` does, if we are cancelled.
+        // Claimed: dropping `self` no longer releases; `Shared::release` finishes the job in
+        // the background if this future is dropped.
         drop(self);
-        // If this future is dropped, the release may or may not have run: finish it quietly.
-        let mut on_cancel = CleanUpOnDrop {
-            inner: &inner,
-            keys: &lease.keys,
-            token: &lease.token,
-            name: &lease.name,
-            hold_until: lease.min_hold_end(),
-            expires_within: lease.remaining(),
-            armed: true,
-        };
-        let result = inner.release_claimed(&lease).await;
-        on_cancel.armed = false;
-        result
+        shared.release(&lease).await
     }
 
-    /// Renews the lease, owner-checked: on success the lock expires `ttl` from now.
+    /// Renews the lease, owner-checked: on success the lock expires `ttl` from now, and the
+    /// guard holds again even if its deadline had passed while Redis did not answer.
     /// `Ok(false)` when the lease had already expired or another owner holds the lock (which
-    /// is left intact); the guard is then lost.
+    /// is left intact); the guard is then lost for good.
+    ///
+    /// The local deadline moves only for the extend sent last, whatever order the replies come
+    /// back in. An extend that fails without an answer may still be applied later, so the
+    /// guard counts on no more than its `ttl` from then on.
     pub async fn extend(&self, ttl: Duration) -> Result<bool> {
         check_ttl("ttl", ttl)?;
         if self.lease.is_finished() {
             return Ok(false);
         }
-        let sent = Instant::now();
-        let extended = self
-            .manager
-            .inner
-            .backend
-            .extend(&self.lease.keys, &self.lease.token, ttl)
-            .await?;
+        let extended = self.shared.extend(&self.lease, ttl).await?;
         if extended {
-            self.lease
-                .renewed(sent, self.manager.inner.backend.usable(ttl));
             tracing::debug!(lock = %self.lease.name, ttl_ms = ttl.as_millis() as u64, "extended");
-        } else {
-            tracing::warn!(lock = %self.lease.name, "extend found the lock expired or held by another owner");
-            self.lease.mark_lost();
         }
         Ok(extended)
     }
@@ -105,27 +91,36 @@ impl LockGuard {
         &self.lease.token
     }
 
-    /// The fencing token: it grows strictly with every acquisition of this name (a counter in
-    /// Redis, next to the lock key, that never expires).
+    /// The fencing token: a number that grows with every hold period of this name, drawn on
+    /// first call while the lock is held and cached afterwards. `Err(`[`LockError::Lost`](crate::LockError::Lost)`)`
+    /// when the lease is gone (nothing is drawn then).
     ///
     /// Send it with every write to the resource the lock protects, and have the resource
     /// refuse a token lower than the highest it has accepted. Then a holder whose lease ran out
     /// while it was paused (GC, SIGSTOP, a slow network) cannot overwrite the work of the next
-    /// holder. The counter restarts if Redis loses its data (restart without persistence).
+    /// holder.
+    ///
+    /// Why a token drawn after the acquire is still a fence: the draw is one script that
+    /// advances `<prefix>{<name>}:fence` only while the lock key still holds this guard's
+    /// token. The key holds one owner at a time, so every draw happens inside its drawer's hold
+    /// period, and the periods of one name follow each other; the counter only grows, so a
+    /// later holder's token is higher than any earlier holder's. A holder that draws its token
+    /// after its lease ran out gets `Lost`, not a token. Locks that never ask for a token cost
+    /// nothing for it: no counter, no command.
+    ///
+    /// The token is the larger of the last one + 1 and the server's clock in microseconds, so
+    /// it keeps growing after the counter expires (a day after its last use) and after Redis
+    /// lost its data, as long as the server's clock does not go back by more than that.
     ///
     /// What it guarantees depends on the deployment:
-    /// - **One server**: strictly increasing per name for as long as the server keeps its data.
-    /// - **Redis Cluster**: the same, through resharding (the counter moves with its slot). A
-    ///   failover to a replica that missed the latest writes can lose the lock *and* set the
-    ///   counter back; a guard with `auto_extend` then reports the lock lost, but a token handed
-    ///   out just before may be handed out again.
-    /// - **Redlock**: *not a fence*. It is the highest of the counters of the instances that
-    ///   granted this acquisition. Each instance's counter grows, but they advance independently
-    ///   (a refused attempt still bumps the instances it reached before being released), so two
-    ///   holders' tokens are not guaranteed to be ordered. Use one server or a cluster when a
-    ///   resource needs fencing.
-    pub fn fencing_token(&self) -> u64 {
-        self.lease.fencing_token
+    /// - **One server** and **Redis Cluster** (the counter moves with its slot): ordered like
+    ///   the hold periods. A failover to a replica that missed the latest writes can lose the
+    ///   lock; a guard with `auto_extend` then reports it lost.
+    /// - **Redlock**: *not a fence*. It is the highest of the tokens drawn on a majority of
+    ///   instances, which advance independently, so two holders' tokens are not guaranteed to
+    ///   be ordered. Use one server or a cluster when a resource needs fencing.
+    pub async fn fencing_token(&self) -> Result<u64> {
+        self.shared.fencing_token(&self.lease).await
     }
 
     /// The lease requested at acquire time.
@@ -134,14 +129,16 @@ impl LockGuard {
     }
 
     /// A conservative local estimate of the lease time left: counted on a monotonic clock
-    /// from before the acquire (or last renewal) was sent, so it never overstates what Redis
-    /// grants. Zero once the lease has run out.
+    /// from the send time of the command that set the key's current expiry (the acquire or
+    /// the renewal sent last), so it never overstates what Redis grants. Zero once the lease
+    /// has run out.
     pub fn remaining(&self) -> Duration {
         self.lease.remaining()
     }
 
-    /// `true` once the lease is known lost: a renewal found the key gone or owned by another,
-    /// the local deadline passed, or the manager was shut down.
+    /// `true` once the lease is lost: a renewal found the key gone or owned by another, the
+    /// manager was shut down (both for good), or the local deadline passed (until a renewal
+    /// gets through: the key may still be ours on the server).
     pub fn is_lost(&self) -> bool {
         self.lease.is_lost()
     }
@@ -167,7 +164,7 @@ impl fmt::Debug for LockGuard {
         // The token is a credential: never shown.
         f.debug_struct("LockGuard")
             .field("name", &self.lease.name)
-            .field("fencing_token", &self.lease.fencing_token)
+            .field("fencing_token", &self.lease.fence.get())
             .field("ttl", &self.lease.ttl)
             .field("remaining", &self.remaining())
             .field("lost", &self.is_lost())
@@ -177,10 +174,8 @@ impl fmt::Debug for LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if self.manager.inner.claim(&self.lease) {
-            self.manager
-                .inner
-                .release_in_background(Arc::clone(&self.lease));
+        if self.shared.claim(&self.lease) {
+            self.shared.release_in_background(&self.lease);
         }
     }
 }

@@ -1,14 +1,50 @@
-//! The state of one acquisition, shared by its guard, its watchdog and its manager.
+//! The state of one held lock, shared by its guard, its watchdog and its manager: above all its
+//! local deadline, and where that deadline came from.
+//!
+//! # How the deadline is kept (I1)
+//!
+//! A command that sets the key's expiry to `ttl` is applied by the server at some `T` no
+//! earlier than its send time `s`, so the key lives at least until `s + ttl` unless a later
+//! command changes it. The deadline is therefore always dated from a send time:
+//!
+//! - A grant gives `acquired + usable` (the attempt that took the lock, never an earlier one).
+//! - A successful renewal sent at `s` moves the deadline to `s + usable` only if `s` is later
+//!   than the send time of the command that set the current one: the server applies one
+//!   connection's commands in order, so the command sent last is the one whose expiry stands.
+//!   A reply to an older command changes nothing.
+//! - A renewal in flight may be applied at any moment, before its reply is back, and set the
+//!   expiry to `T + ttl'` with `T` no earlier than its send. So from the moment it is sent it
+//!   caps the deadline at `max(basis send, its send) + ttl'`. Its answer lifts the cap: the
+//!   server applied it exactly once, before answering.
+//! - A renewal whose outcome stays unknown (timed out, connection cut, future dropped) may still
+//!   land at any later time, also after a later command it overtakes. Its cap stays, as a
+//!   *stray*, for the rest of the lease. So does every renewal's cap on a deployment whose
+//!   client re-sends commands by itself (Redis Cluster): a copy may land later. Caps of the lease's usual length cost nothing; a
+//!   shorter one (a manual `extend` with a smaller ttl) keeps the lease that short.
+//!
+//! Losing is not final in one case: a deadline that passed while Redis did not answer (the
+//! lease may still exist on the server) comes back to life if a renewal then succeeds. A lease
+//! found gone or owned by another is lost for good.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OnceCell};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::backend::LockKeys;
+use crate::keys::LockKeys;
+
+/// What the server granted to the attempt that took a lock.
+pub(crate) struct Grant {
+    /// That attempt's owner token.
+    pub(crate) token: String,
+    /// When that attempt was sent: the lease is dated from here.
+    pub(crate) sent: Instant,
+    /// The part of the lease the local deadline may count on, from `sent`.
+    pub(crate) usable: Duration,
+}
 
 pub(crate) struct Lease {
     /// Key of this lease in the manager's table of held locks.
@@ -16,61 +52,183 @@ pub(crate) struct Lease {
     pub(crate) name: String,
     pub(crate) keys: LockKeys,
     pub(crate) token: String,
-    pub(crate) fencing_token: u64,
+    /// The lease requested at acquire time.
     pub(crate) ttl: Duration,
-    /// Taken just before the acquire command was sent, so every local deadline derived from it
-    /// ends no later than the server's.
-    pub(crate) started: Instant,
+    /// Send time of the attempt that took the lock.
+    pub(crate) acquired: Instant,
     pub(crate) min_hold: Option<Duration>,
-    /// Conservative local end of the lease; moved on by each successful extension.
-    deadline: Mutex<Instant>,
-    /// Set once the lease is known lost (extension refused, deadline passed without an answer,
-    /// or given up by `shutdown`).
+    clock: Mutex<Clock>,
+    /// Set once the lease is known lost for good (a store said it is not ours, `shutdown`).
     lost: AtomicBool,
     /// Set by whoever ends the lease (release, drop or shutdown): exactly one of them does.
     finished: AtomicBool,
-    /// Woken when `lost` is set.
+    /// Woken when `lost` is set or the deadline moves.
     changed: Notify,
-    pub(crate) watchdog: Mutex<Option<JoinHandle<()>>>,
+    watchdog: Mutex<Option<JoinHandle<()>>>,
+    /// The fencing token, drawn on first use.
+    pub(crate) fence: OnceCell<u64>,
+}
+
+/// Where the deadline came from.
+struct Clock {
+    /// Send time of the latest-sent command known to have set the key's expiry.
+    basis: Instant,
+    /// `basis` plus that command's usable lease.
+    deadline: Instant,
+    /// Commands whose outcome is unknown, merged conservatively: the earliest send and the
+    /// shortest usable lease among them.
+    stray: Option<(Instant, Duration)>,
+    /// Renewals sent and not answered yet: (ticket, send time, usable lease).
+    in_flight: Vec<(u64, Instant, Duration)>,
+    next_ticket: u64,
+}
+
+impl Clock {
+    fn deadline(&self) -> Instant {
+        let cap = |sent: Instant, len: Duration| sent.max(self.basis) + len;
+        let mut deadline = self.deadline;
+        if let Some((sent, len)) = self.stray {
+            deadline = deadline.min(cap(sent, len));
+        }
+        for &(_, sent, len) in &self.in_flight {
+            deadline = deadline.min(cap(sent, len));
+        }
+        deadline
+    }
+
+    fn add_stray(&mut self, sent: Instant, usable: Duration) {
+        self.stray = Some(match self.stray {
+            Some((s, l)) => (s.min(sent), l.min(usable)),
+            None => (sent, usable),
+        });
+    }
+}
+
+/// How a renewal ended, for [`Renewing::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Landed {
+    /// Applied, for this usable lease from the send.
+    Applied(Duration),
+    /// Applied where it was answered, unknown elsewhere (Redlock): it may still land there.
+    AppliedPartly(Duration),
+    /// Certainly not applied (refused, never sent, or the key was not ours).
+    NotApplied,
+    /// Sent, no answer: it may land at any time.
+    Unknown,
+}
+
+/// A renewal in flight: caps the deadline until [`finish`](Self::finish)ed. Dropped unfinished
+/// (its future was cancelled), its outcome is unknown.
+pub(crate) struct Renewing<'a> {
+    lease: &'a Lease,
+    ticket: u64,
+    sent: Instant,
+    usable: Duration,
+    finished: bool,
+}
+
+impl Renewing<'_> {
+    pub(crate) fn finish(mut self, landed: Landed) {
+        self.finished = true;
+        self.lease
+            .landed(self.ticket, self.sent, self.usable, landed);
+    }
+}
+
+impl Drop for Renewing<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.lease
+                .landed(self.ticket, self.sent, self.usable, Landed::Unknown);
+        }
+    }
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is a plain assignment: a poisoned value is still whole.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Lease {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: u64,
         name: String,
         keys: LockKeys,
-        token: String,
-        fencing_token: u64,
         ttl: Duration,
-        lease: Duration,
-        started: Instant,
+        grant: Grant,
         min_hold: Option<Duration>,
     ) -> Self {
         Self {
             id,
             name,
             keys,
-            token,
-            fencing_token,
+            token: grant.token,
             ttl,
-            started,
+            acquired: grant.sent,
             min_hold,
-            deadline: Mutex::new(started + lease),
+            clock: Mutex::new(Clock {
+                basis: grant.sent,
+                deadline: grant.sent + grant.usable,
+                stray: None,
+                in_flight: Vec::new(),
+                next_ticket: 0,
+            }),
             lost: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             changed: Notify::new(),
             watchdog: Mutex::new(None),
+            fence: OnceCell::new(),
         }
     }
 
+    /// The local end of the lease: never later than the server's expiry (I1).
     pub(crate) fn deadline(&self) -> Instant {
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.clock).deadline()
     }
 
-    /// The lease was renewed by a command sent at `sent`, for `lease` from then.
-    pub(crate) fn renewed(&self, sent: Instant, lease: Duration) {
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = sent + lease;
+    /// A renewal for `usable` is being sent now: it caps the deadline until it is answered.
+    pub(crate) fn renewing(&self, usable: Duration) -> Renewing<'_> {
+        let sent = Instant::now();
+        let mut clock = locked(&self.clock);
+        let ticket = clock.next_ticket;
+        clock.next_ticket += 1;
+        clock.in_flight.push((ticket, sent, usable));
+        Renewing {
+            lease: self,
+            ticket,
+            sent,
+            usable,
+            finished: false,
+        }
+    }
+
+    fn landed(&self, ticket: u64, sent: Instant, usable: Duration, landed: Landed) {
+        let mut clock = locked(&self.clock);
+        clock.in_flight.retain(|&(t, ..)| t != ticket);
+        let applied = match landed {
+            Landed::Applied(usable) => Some(usable),
+            Landed::AppliedPartly(usable) => {
+                clock.add_stray(sent, usable);
+                Some(usable)
+            }
+            Landed::Unknown => {
+                clock.add_stray(sent, usable);
+                None
+            }
+            Landed::NotApplied => None,
+        };
+        if let Some(usable) = applied {
+            if sent > clock.basis {
+                clock.basis = sent;
+                clock.deadline = sent + usable;
+            } else if sent == clock.basis {
+                // Sent at the same instant as the command that set the deadline: either may
+                // have been applied last.
+                clock.deadline = clock.deadline.min(sent + usable);
+            }
+        }
+        drop(clock);
+        self.changed.notify_waiters();
     }
 
     pub(crate) fn remaining(&self) -> Duration {
@@ -81,13 +239,14 @@ impl Lease {
         self.lost.load(Ordering::Acquire) || Instant::now() >= self.deadline()
     }
 
+    /// Known lost for good: the key is gone or another owner's.
     pub(crate) fn mark_lost(&self) {
         if !self.lost.swap(true, Ordering::AcqRel) {
             self.changed.notify_waiters();
         }
     }
 
-    /// Resolves once the lease is known lost: flagged lost, or its local deadline has passed.
+    /// Resolves once the lease is lost: flagged lost, or its local deadline has passed.
     pub(crate) async fn lost(&self) {
         loop {
             let notified = self.changed.notified();
@@ -96,7 +255,7 @@ impl Lease {
             if self.is_lost() {
                 return;
             }
-            // The deadline may move on while we sleep; the loop re-reads it.
+            // The deadline may move while we sleep; the loop re-reads it.
             tokio::select! {
                 () = notified => {}
                 () = tokio::time::sleep_until(self.deadline()) => {}
@@ -113,29 +272,23 @@ impl Lease {
         self.finished.load(Ordering::Acquire)
     }
 
+    pub(crate) fn set_watchdog(&self, task: JoinHandle<()>) {
+        *locked(&self.watchdog) = Some(task);
+    }
+
     /// Stops the watchdog without waiting for it (usable outside a runtime). Returns its handle
     /// so an async caller can wait until an extension in flight has been dropped.
     pub(crate) fn stop_watchdog(&self) -> Option<JoinHandle<()>> {
-        let handle = self
-            .watchdog
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let handle = locked(&self.watchdog).take();
         if let Some(h) = &handle {
             h.abort();
         }
         handle
     }
 
-    /// When `min_hold` ends, if one was asked for.
+    /// When `min_hold` ends, if one was asked for. Dated from the acquire's send: the key
+    /// cannot have been set earlier, so it is kept at least that long.
     pub(crate) fn min_hold_end(&self) -> Option<Instant> {
-        self.min_hold.map(|min| self.started + min)
-    }
-
-    /// How long the key must still live at release for `min_hold`; zero deletes it.
-    pub(crate) fn keep_for_min_hold(&self) -> Duration {
-        self.min_hold_end().map_or(Duration::ZERO, |end| {
-            end.saturating_duration_since(Instant::now())
-        })
+        self.min_hold.map(|min| self.acquired + min)
     }
 }

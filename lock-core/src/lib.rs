@@ -1,9 +1,10 @@
 //! Distributed locks on Redis for async Rust job handlers.
 //!
-//! A [`LockManager`] takes a lock in one round trip (a Lua script doing `SET NX PX` with a
-//! random 128-bit owner token plus `INCR` of a fencing counter) and returns a [`LockGuard`].
-//! The guard gives the lock back with an owner-checked compare-and-delete, explicitly with
-//! [`LockGuard::release`] or in the background when it is dropped.
+//! A [`LockManager`] takes a lock in one round trip (`SET <key> <token> NX PX <ttl>`, with a
+//! fresh random 128-bit owner token for every attempt) and returns a [`LockGuard`]. The guard
+//! gives the lock back with an owner-checked compare-and-delete, explicitly with
+//! [`LockGuard::release`] or in the background when it is dropped. Fencing tokens are drawn on
+//! demand ([`LockGuard::fencing_token`]); locks that never ask for one cost nothing for it.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -14,7 +15,7 @@
 //! match locks.acquire("invoices:42", Duration::from_secs(30), Duration::from_secs(5)).await {
 //!     Ok(guard) => {
 //!         // Only one replica runs this at a time. Pass the fencing token to what you write.
-//!         let fence = guard.fencing_token();
+//!         let fence = guard.fencing_token().await?;
 //!         # let _ = fence;
 //!         guard.release().await?;
 //!     }
@@ -24,12 +25,36 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # The lease model
+//!
+//! A guard's whole promise is its lease. These invariants hold on one server, on a Redis
+//! Cluster without failover, and with Redlock while a majority of its instances keep their
+//! data; a deterministic fault simulator (delayed, lost, reordered and duplicated commands,
+//! servers paused and restarted) checks them after every step of 10,000 seeded runs on every
+//! `cargo test`:
+//!
+//! - **I1** A guard's local deadline is never later than the server's expiry. Every lease is
+//!   dated from the send time of the command that set it; a reply never moves the deadline
+//!   past what a command sent after it established, and a renewal in flight, or one whose
+//!   outcome is unknown, caps the deadline at what it would set if it landed.
+//! - **I2** While a guard says it holds ([`is_lost`](LockGuard::is_lost) is `false` and
+//!   [`remaining`](LockGuard::remaining) is above zero), no other client can acquire the lock.
+//! - **I3** A new guard carries the lease the server granted to the attempt that took it
+//!   (the ttl minus that round trip), whatever errors came before in the same wait: every
+//!   attempt has its own token, and no key is ever granted twice.
+//! - **I4** `acquire` returns by the end of its wait plus at most one response timeout.
+//! - **I5** A command that was never sent is never cleaned up after; a command whose outcome is
+//!   unknown is undone by token in the background, and never past the moment its key would
+//!   have expired; [`LockManager::shutdown`] after an outage with nothing held returns at once.
+//!
 //! # Keys
 //!
 //! The lock `name` lives at `<prefix>{<name>}` (default prefix `lock:`); its value is the
-//! owner token. The fencing counter lives at `<prefix>{<name>}:fence` and never expires. The
-//! braces are a Redis Cluster hash tag: both keys of a lock hash to one slot, so a deployment
-//! can move from one server to a cluster without renaming anything.
+//! holder's owner token (followed by `*` once a waiter has asked to be woken by its release).
+//! The fencing counter, created by the first [`LockGuard::fencing_token`] call for a name,
+//! lives at `<prefix>{<name>}:fence` and expires a day after its last use. The braces are a
+//! Redis Cluster hash tag: both keys of a lock hash to one slot, so a deployment can move from
+//! one server to a cluster without renaming anything.
 //!
 //! # Limits
 //!
@@ -44,9 +69,13 @@
 mod backend;
 mod error;
 mod guard;
+mod keys;
 mod lease;
 mod manager;
 mod request;
+mod shared;
+#[cfg(test)]
+mod sim;
 mod tasks;
 mod token;
 mod validate;

@@ -1,23 +1,18 @@
 //! `LockManager`: the entry point. It owns the backend connection, the table of held locks and
 //! the background releases of dropped guards.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::runtime::Handle;
-use tokio::time::Instant;
-use tracing::Instrument as _;
-
-use crate::backend::redis::{RedisBackend, Timeouts};
-use crate::backend::redlock::{Drift, RedlockBackend};
-use crate::backend::{memory::MemoryBackend, Backend, LockKeys};
-use crate::lease::Lease;
+use crate::backend::memory::MemoryNode;
+use crate::backend::redis::{RedisNode, Timeouts};
+use crate::backend::redlock::{Drift, Redlock};
+use crate::backend::single::Single;
+use crate::keys::LockKeys;
 use crate::request::LockRequest;
-use crate::tasks::Tasks;
-use crate::validate::check_prefix;
+use crate::shared::{Settings, Shared};
+use crate::validate::{check_prefix, MIN_TTL};
 use crate::{LockError, LockGuard, Result};
 
 /// The default of [`LockManagerBuilder::max_poll_interval`].
@@ -25,6 +20,10 @@ pub const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The key prefix used unless [`LockManagerBuilder::key_prefix`] says otherwise.
 pub const DEFAULT_KEY_PREFIX: &str = "lock:";
+
+/// How long one command waits for its reply unless [`LockManagerBuilder::response_timeout`]
+/// says otherwise.
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Takes and tracks distributed locks.
 ///
@@ -45,169 +44,23 @@ pub const DEFAULT_KEY_PREFIX: &str = "lock:";
 /// ```
 #[derive(Clone)]
 pub struct LockManager {
-    pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) backend: Backend,
-    pub(crate) prefix: String,
-    pub(crate) tasks: Arc<Tasks>,
-    /// Longest pause between a waiter's attempts when no release notification arrives.
-    pub(crate) poll_cap: Duration,
-    /// Locks acquired through this manager and not yet released, for `shutdown`.
-    held: Mutex<HashMap<u64, Arc<Lease>>>,
-    next_id: AtomicU64,
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for LockManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockManager")
-            .field("backend", &self.inner.backend.kind())
-            .field("key_prefix", &self.inner.prefix)
-            .field("held", &self.inner.held().len())
-            .field("pending_releases", &self.inner.tasks.pending())
+            .field("backend", &self.shared.kind())
+            .field("key_prefix", &self.shared.settings().prefix)
+            .field("held", &self.shared.held_count())
+            .field("pending_releases", &self.shared.pending_tasks())
             .finish()
     }
 }
 
-impl Inner {
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Lease>>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub(crate) fn register(&self, lease: &Arc<Lease>) {
-        self.held().insert(lease.id, Arc::clone(lease));
-    }
-
-    /// Claims the right to end `lease` (exactly one caller wins) and forgets it.
-    pub(crate) fn claim(&self, lease: &Lease) -> bool {
-        if !lease.claim() {
-            return false;
-        }
-        self.held().remove(&lease.id);
-        true
-    }
-
-    /// Ends a claimed lease: stops its watchdog (waiting until an extension in flight is gone),
-    /// then compare-and-deletes the key.
-    pub(crate) async fn release_claimed(&self, lease: &Lease) -> Result<bool> {
-        if let Some(watchdog) = lease.stop_watchdog() {
-            let _ = watchdog.await;
-        }
-        let released = self
-            .backend
-            .release(&lease.keys, &lease.token, lease.keep_for_min_hold())
-            .await;
-        match &released {
-            Ok(true) => tracing::debug!(lock = %lease.name, "released"),
-            Ok(false) => tracing::warn!(
-                lock = %lease.name,
-                fencing_token = lease.fencing_token,
-                "release found the lock expired or held by another owner"
-            ),
-            Err(e) => {
-                tracing::warn!(lock = %lease.name, error = %e, "release failed; the key expires with its ttl")
-            }
-        }
-        released
-    }
-
-    /// Releases by token in the background on the current runtime, tracked for `shutdown`.
-    /// Never blocks and never panics; with no runtime it logs and leaves the key to its TTL.
-    pub(crate) fn release_in_background(self: &Arc<Self>, lease: Arc<Lease>) {
-        let watchdog = lease.stop_watchdog();
-        let Ok(handle) = Handle::try_current() else {
-            tracing::warn!(
-                lock = %lease.name,
-                "lock guard dropped outside a tokio runtime; the key expires with its ttl"
-            );
-            return;
-        };
-        let inner = Arc::clone(self);
-        let span = tracing::debug_span!("lock.drop_release", lock = %lease.name);
-        self.tasks.spawn(
-            &handle,
-            async move {
-                if let Some(watchdog) = watchdog {
-                    let _ = watchdog.await;
-                }
-                let _ = inner.release_claimed(&lease).await;
-            }
-            .instrument(span),
-        );
-    }
-
-    /// Deletes by token, in the background, a key whose state a dropped or failed command
-    /// left unknown. With `hold_until` (min_hold) the key is only shortened to expire then.
-    /// Quiet when there was nothing to delete: that outcome is expected here.
-    fn clean_up_in_background(self: &Arc<Self>, on: &CleanUpOnDrop<'_>) {
-        let Ok(handle) = Handle::try_current() else {
-            return;
-        };
-        let inner = Arc::clone(self);
-        let (keys, token, name) = (on.keys.clone(), on.token.to_owned(), on.name.to_owned());
-        let (hold_until, give_up) = (on.hold_until, Instant::now() + on.expires_within);
-        self.tasks.spawn(&handle, async move {
-            // Retried while Redis cannot be reached, until the key would have expired anyway.
-            let mut pause = Duration::from_millis(50);
-            loop {
-                let keep = hold_until.map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()));
-                match inner.backend.release(&keys, &token, keep).await {
-                    Ok(true) => tracing::debug!(lock = %name, "cleaned up after an interrupted command"),
-                    Ok(false) => {}
-                    Err(e) if Instant::now() + pause < give_up => {
-                        tracing::debug!(lock = %name, error = %e, "clean-up failed; retrying");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(1));
-                        continue;
-                    }
-                    Err(e) => tracing::warn!(lock = %name, error = %e, "clean-up after an interrupted command failed; the key expires with its ttl"),
-                }
-                return;
-            }
-        });
-    }
-}
-
-/// Armed while a command on a lock key is in flight or failed without a reply (an acquire whose
-/// SET may have been applied, a release that may not have run). Dropped while armed (the future
-/// was cancelled, or gave up on an error), it deletes the key by token in the background.
-pub(crate) struct CleanUpOnDrop<'a> {
-    pub(crate) inner: &'a Arc<Inner>,
-    pub(crate) keys: &'a LockKeys,
-    pub(crate) token: &'a str,
-    pub(crate) name: &'a str,
-    /// With min_hold, the key must live until then rather than be deleted at once.
-    pub(crate) hold_until: Option<Instant>,
-    /// The key expires by itself within this long: retrying the clean-up past it is pointless.
-    pub(crate) expires_within: Duration,
-    pub(crate) armed: bool,
-}
-
-impl Drop for CleanUpOnDrop<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.inner.clean_up_in_background(self);
-        }
-    }
-}
-
 impl LockManager {
-    fn from_backend(backend: Backend, prefix: String, poll_cap: Duration) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                backend,
-                prefix,
-                poll_cap,
-                tasks: Arc::default(),
-                held: Mutex::default(),
-                next_id: AtomicU64::new(1),
-            }),
-        }
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        Self { shared }
     }
 
     /// Connects to one Redis server: `redis://[user:password@]host[:port][/db]`,
@@ -226,11 +79,16 @@ impl LockManager {
     /// Made for tests of code that takes locks: it works under `tokio::time::pause()`. It does
     /// not exclude other processes. Clones share the same locks; separate calls do not.
     pub fn in_memory() -> LockManager {
-        Self::from_backend(
-            Backend::Memory(MemoryBackend::default()),
-            DEFAULT_KEY_PREFIX.to_owned(),
-            DEFAULT_MAX_POLL_INTERVAL,
-        )
+        let node = Arc::new(MemoryNode::default());
+        Self::from_shared(Shared::new(
+            Box::new(Single::new(Box::new(Arc::clone(&node)), "in-memory", false)),
+            Box::new(node),
+            Settings {
+                prefix: DEFAULT_KEY_PREFIX.to_owned(),
+                poll_cap: DEFAULT_MAX_POLL_INTERVAL,
+                response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            },
+        ))
     }
 
     /// Configures a manager: server, key prefix, timeouts.
@@ -252,7 +110,7 @@ impl LockManager {
     /// # Ok(()) }
     /// ```
     pub fn lock(&self, name: impl Into<String>) -> LockRequest<'_> {
-        LockRequest::new(self, name.into())
+        LockRequest::new(&self.shared, name.into())
     }
 
     /// Takes `name` for `ttl` if it is free: `Ok(None)` when another owner holds it. Never waits.
@@ -278,31 +136,18 @@ impl LockManager {
     /// [`LockError::ShutdownTimeout`] if releases were still in flight when `within` ran out;
     /// their keys expire with their TTL. The manager stays usable afterwards.
     pub async fn shutdown(&self, within: Duration) -> Result<()> {
-        let leases: Vec<Arc<Lease>> = self.inner.held().drain().map(|(_, l)| l).collect();
-        for lease in leases {
-            if lease.claim() {
-                lease.mark_lost();
-                self.inner.release_in_background(lease);
-            }
-        }
-        let pending = self.inner.tasks.wait_idle();
-        match tokio::time::timeout(within, pending).await {
-            Ok(()) => Ok(()),
-            Err(_) => Err(LockError::ShutdownTimeout {
-                pending: self.inner.tasks.pending(),
-            }),
-        }
+        self.shared.shutdown(within).await
     }
 
     /// The prefix put in front of every lock key.
     pub fn key_prefix(&self) -> &str {
-        &self.inner.prefix
+        &self.shared.settings().prefix
     }
 
     /// The Redis key that holds the lock `name`: `<prefix>{<name>}`. Its fencing counter is
     /// the same key with `:fence` appended.
     pub fn key_for(&self, name: &str) -> String {
-        LockKeys::new(&self.inner.prefix, name).lock
+        LockKeys::new(&self.shared.settings().prefix, name).lock
     }
 }
 
@@ -325,7 +170,7 @@ impl Default for LockManagerBuilder {
             prefix: DEFAULT_KEY_PREFIX.to_owned(),
             timeouts: Timeouts {
                 connect: Duration::from_secs(1),
-                response: Duration::from_secs(1),
+                response: DEFAULT_RESPONSE_TIMEOUT,
             },
             poll_cap: DEFAULT_MAX_POLL_INTERVAL,
         }
@@ -411,6 +256,17 @@ impl LockManagerBuilder {
         let invalid = |reason: &str| LockError::InvalidConfig {
             reason: reason.to_owned(),
         };
+        for (what, value) in [
+            ("max_poll_interval", self.poll_cap),
+            ("response_timeout", self.timeouts.response),
+            ("connect_timeout", self.timeouts.connect),
+        ] {
+            if value < MIN_TTL {
+                return Err(invalid(&format!(
+                    "{what} is {value:?}; it must be at least 1ms"
+                )));
+            }
+        }
         let mut targets = self.targets;
         let target = match (targets.pop(), targets.is_empty()) {
             (Some(target), true) => target,
@@ -425,18 +281,21 @@ impl LockManagerBuilder {
                 ))
             }
         };
-        let backend = match target {
+        let (store, wake): (
+            Box<dyn crate::backend::Store>,
+            Box<dyn crate::backend::Wake>,
+        ) = match target {
             Target::Single(url) => {
-                Backend::Redis(RedisBackend::connect(&url, self.timeouts).await?)
+                let node = RedisNode::connect(&url, self.timeouts).await?;
+                let wake = Box::new(node.pubsub());
+                (Box::new(Single::new(Box::new(node), "redis", false)), wake)
             }
             Target::Redlock(urls) => {
                 if urls.len() < 3 || urls.len() % 2 == 0 {
-                    return Err(LockError::InvalidConfig {
-                        reason: format!(
-                            "Redlock needs an odd number of independent masters, at least 3; got {}",
-                            urls.len()
-                        ),
-                    });
+                    return Err(invalid(&format!(
+                        "Redlock needs an odd number of independent masters, at least 3; got {}",
+                        urls.len()
+                    )));
                 }
                 let factor_ok =
                     self.drift.factor.is_finite() && (0.0..1.0).contains(&self.drift.factor);
@@ -445,7 +304,8 @@ impl LockManagerBuilder {
                         "the Redlock clock drift factor must be at least 0 and below 1",
                     ));
                 }
-                Backend::Redlock(RedlockBackend::connect(&urls, self.timeouts, self.drift).await?)
+                let (store, wake) = Redlock::connect(&urls, self.timeouts, self.drift).await?;
+                (Box::new(store), Box::new(wake))
             }
             Target::Cluster(urls) => {
                 if urls.is_empty() {
@@ -453,21 +313,29 @@ impl LockManagerBuilder {
                 }
                 #[cfg(feature = "cluster")]
                 {
-                    Backend::Redis(RedisBackend::connect_cluster(&urls, self.timeouts).await?)
+                    let node = RedisNode::connect_cluster(&urls, self.timeouts).await?;
+                    let wake = Box::new(node.pubsub());
+                    // The cluster client sends a command again after an I/O error.
+                    let store = Single::new(Box::new(node), "redis-cluster", true);
+                    (Box::new(store), wake)
                 }
                 #[cfg(not(feature = "cluster"))]
                 {
                     return Err(invalid(
-                        "Redis Cluster support is not compiled in: enable lock-core's `cluster` feature",
-                    ));
+                            "Redis Cluster support is not compiled in: enable lock-core's `cluster` feature",
+                        ));
                 }
             }
         };
-        Ok(LockManager::from_backend(
-            backend,
-            self.prefix,
-            self.poll_cap,
-        ))
+        Ok(LockManager::from_shared(Shared::new(
+            store,
+            wake,
+            Settings {
+                prefix: self.prefix,
+                poll_cap: self.poll_cap,
+                response_timeout: self.timeouts.response,
+            },
+        )))
     }
 }
 

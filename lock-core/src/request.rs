@@ -4,28 +4,29 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{timeout_at, Instant};
 use tracing::Instrument as _;
 
-use crate::backend::{Attempt, LockKeys, Watch};
-use crate::lease::Lease;
-use crate::manager::{CleanUpOnDrop, LockManager};
-use crate::token::{new_token, random_u64};
+use crate::backend::Watch;
+use crate::keys::LockKeys;
+use crate::lease::Grant;
+use crate::shared::{Shared, Tried};
+use crate::token::random_u64;
 use crate::validate::{check_name, check_ttl, MIN_TTL};
 use crate::{watchdog, LockError, LockGuard, Result};
 
 /// The lease used when a request does not set one.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 
-/// One acquisition of a lock, made by [`LockManager::lock`]. Defaults: ttl 30 s, no waiting,
-/// no watchdog.
+/// One acquisition of a lock, made by [`LockManager::lock`](crate::LockManager::lock).
+/// Defaults: ttl 30 s, no waiting, no watchdog.
 ///
 /// Locks are not reentrant: a second acquisition of a name this task (or process) already holds
 /// is `Busy` (or waits) like any other owner's.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use = "a lock request does nothing until `.acquire()` or `.try_acquire()` is awaited"]
 pub struct LockRequest<'a> {
-    manager: &'a LockManager,
+    shared: &'a Arc<Shared>,
     name: String,
     ttl: Duration,
     wait: Duration,
@@ -34,10 +35,23 @@ pub struct LockRequest<'a> {
     max_hold: Option<Duration>,
 }
 
+impl std::fmt::Debug for LockRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockRequest")
+            .field("name", &self.name)
+            .field("ttl", &self.ttl)
+            .field("wait", &self.wait)
+            .field("auto_extend", &self.auto_extend)
+            .field("min_hold", &self.min_hold)
+            .field("max_hold", &self.max_hold)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'a> LockRequest<'a> {
-    pub(crate) fn new(manager: &'a LockManager, name: String) -> Self {
+    pub(crate) fn new(shared: &'a Arc<Shared>, name: String) -> Self {
         Self {
-            manager,
+            shared,
             name,
             ttl: DEFAULT_TTL,
             wait: Duration::ZERO,
@@ -59,15 +73,17 @@ impl<'a> LockRequest<'a> {
     /// A waiter is woken by the release itself (Redis pub/sub on the lock's key name; the
     /// in-memory backend wakes it directly), retries when the holder's lease runs out, and
     /// otherwise at least every [`max_poll_interval`](crate::LockManagerBuilder::max_poll_interval).
-    /// Attempts that fail on a communication error are retried while the wait lasts.
+    /// Attempts that fail on a communication error are retried while the wait lasts. The
+    /// acquire returns by the end of the wait plus at most one response timeout.
     pub fn wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
         self
     }
 
     /// Runs a watchdog that renews the lease (owner-checked) every ttl/3 while the guard lives.
-    /// If a renewal finds the lock gone, or the lease runs out while Redis does not answer, the
-    /// guard is marked lost ([`LockGuard::is_lost`], [`LockGuard::lost`]).
+    /// If a renewal finds the lock gone, the guard is lost for good; if the lease runs out while
+    /// Redis does not answer, the guard is lost until a renewal gets through
+    /// ([`LockGuard::is_lost`], [`LockGuard::lost`]).
     pub fn auto_extend(mut self, on: bool) -> Self {
         self.auto_extend = on;
         self
@@ -94,18 +110,20 @@ impl<'a> LockRequest<'a> {
     /// waiting.
     pub async fn acquire(self) -> Result<LockGuard> {
         let wait = self.wait;
-        let name = self.name.clone();
         match self.run(wait).await? {
-            Ok(guard) => Ok(guard),
-            Err(_) if wait.is_zero() => Err(LockError::Busy { name }),
-            Err(waited) => Err(LockError::Timeout { name, waited }),
+            Acquired::Guard(guard) => Ok(guard),
+            Acquired::Busy { name, .. } if wait.is_zero() => Err(LockError::Busy { name }),
+            Acquired::Busy { name, waited } => Err(LockError::Timeout { name, waited }),
         }
     }
 
     /// Takes the lock if it is free right now; `Ok(None)` when another owner holds it.
     /// Ignores `wait`.
     pub async fn try_acquire(self) -> Result<Option<LockGuard>> {
-        Ok(self.run(Duration::ZERO).await?.ok())
+        Ok(match self.run(Duration::ZERO).await? {
+            Acquired::Guard(guard) => Some(guard),
+            Acquired::Busy { .. } => None,
+        })
     }
 
     fn validate(&self) -> Result<()> {
@@ -128,185 +146,214 @@ impl<'a> LockRequest<'a> {
         Ok(())
     }
 
-    /// `Ok(Err(waited))` when another owner still held the lock at the deadline.
-    async fn run(self, wait: Duration) -> Result<Result<LockGuard, Duration>> {
+    async fn run(self, wait: Duration) -> Result<Acquired> {
         self.validate()?;
         let span = tracing::debug_span!("lock.acquire", lock = %self.name);
-        self.attempts(wait).instrument(span).await
-    }
-
-    async fn attempts(self, wait: Duration) -> Result<Result<LockGuard, Duration>> {
-        let inner = &self.manager.inner;
-        let keys = LockKeys::new(&inner.prefix, &self.name);
-        let token = new_token();
         let lease_len = self.max_hold.map_or(self.ttl, |max| max.min(self.ttl));
         let began = Instant::now();
-        let deadline = began + wait;
-        // Armed while the key's state is unknown: a command in flight, or one that failed (its
-        // SET may have been applied although the reply never came). If this future is dropped
-        // or gives up while armed, the key is deleted by our token in the background.
-        let mut cleanup = CleanUpOnDrop {
-            inner,
-            keys: &keys,
-            token: &token,
+        let acquisition = Acquisition {
+            shared: self.shared,
+            keys: self.shared.keys(&self.name),
             name: &self.name,
-            hold_until: None,
-            expires_within: lease_len,
-            armed: false,
+            lease_len,
+            began,
+            deadline: began + wait,
+            watch: None,
+            retried_broken: false,
         };
-        // Send time of the earliest attempt whose outcome is unknown: if it took the lock, the
-        // lease started then, and a retry with the same token gets that grant back.
-        let mut unknown_since: Option<Instant> = None;
-        let mut last_error: Option<LockError>;
-        let mut reconnected = false;
-        // Release notifications, set up after the first refusal: never on the uncontended path.
-        let mut watch: Option<Watch> = None;
+        match acquisition.run().instrument(span).await {
+            Outcome::Granted(grant) => Ok(Acquired::Guard(self.into_guard(grant))),
+            Outcome::Busy { waited } => Ok(Acquired::Busy {
+                name: self.name,
+                waited,
+            }),
+            Outcome::Failed(e) => Err(e),
+        }
+    }
+
+    fn into_guard(self, grant: Grant) -> LockGuard {
+        let keys = self.shared.keys(&self.name);
+        let lease = self
+            .shared
+            .grant(self.name, keys, self.ttl, grant, self.min_hold);
+        if self.auto_extend {
+            watchdog::start(self.shared, &lease, self.max_hold);
+        }
+        LockGuard::new(Arc::clone(self.shared), lease)
+    }
+}
+
+/// What a request ends with, short of an error.
+enum Acquired {
+    Guard(LockGuard),
+    Busy { name: String, waited: Duration },
+}
+
+/// How an acquisition ended.
+enum Outcome {
+    Granted(Grant),
+    /// Another owner still held the lock at the deadline.
+    Busy {
+        waited: Duration,
+    },
+    Failed(LockError),
+}
+
+/// What the acquisition does next.
+enum Step {
+    /// Attempt again at once.
+    Attempt,
+    /// Subscribe to release notifications, then attempt again at once.
+    Subscribe,
+    Done(Outcome),
+}
+
+/// What an attempt's answer calls for.
+enum Next {
+    Go(Step),
+    /// Wait for a release notification, at most this long, then attempt again.
+    Sleep(Duration),
+}
+
+/// The acquire loop: attempts, each with a fresh token, until one is granted or the deadline
+/// passes. Every attempt is bounded by the deadline plus one response timeout (I4).
+struct Acquisition<'a> {
+    shared: &'a Arc<Shared>,
+    keys: LockKeys,
+    name: &'a str,
+    lease_len: Duration,
+    began: Instant,
+    deadline: Instant,
+    /// Release notifications, set up after the first refusal: never on the uncontended path.
+    watch: Option<Watch>,
+    /// The one immediate retry after a broken connection was used.
+    retried_broken: bool,
+}
+
+impl Acquisition<'_> {
+    async fn run(mut self) -> Outcome {
+        let mut step = Step::Attempt;
         loop {
-            let step = {
-                // Enabled before the attempt, so a release that lands after it wakes us.
-                let notified = watch.as_ref().map(|w| w.notify().notified());
-                let mut notified = pin!(notified);
-                if let Some(n) = notified.as_mut().as_pin_mut() {
-                    n.enable();
+            step = match step {
+                Step::Done(outcome) => return outcome,
+                Step::Attempt => self.attempt().await,
+                Step::Subscribe => {
+                    // An attempt follows at once: the lock may have been released before the
+                    // subscription was in place. With no time left to subscribe, it is the last.
+                    let subscribe = self.shared.watch(&self.keys);
+                    self.watch = timeout_at(self.deadline, subscribe).await.ok();
+                    Step::Attempt
                 }
-                let sent = Instant::now();
-                cleanup.armed = true;
-                let pause = match inner.backend.acquire(&keys, &token, lease_len).await {
-                    Ok(Attempt::Granted(fencing_token)) => {
-                        cleanup.armed = false;
-                        drop(cleanup);
-                        tracing::debug!(
-                            fencing_token,
-                            waited_ms = began.elapsed().as_millis() as u64,
-                            "acquired"
-                        );
-                        let started = unknown_since.unwrap_or(sent);
-                        return Ok(Ok(self.into_guard(
-                            keys,
-                            token,
-                            fencing_token,
-                            lease_len,
-                            started,
-                        )));
+            };
+        }
+    }
+
+    /// One attempt, then the wait its answer calls for (woken early by a release).
+    async fn attempt(&mut self) -> Step {
+        // Enabled before the attempt, so a release that lands after it wakes us.
+        let notify = self.watch.as_ref().map(|w| Arc::clone(w.notify()));
+        let notified = notify.as_ref().map(|n| n.notified());
+        let mut notified = pin!(notified);
+        if let Some(n) = notified.as_mut().as_pin_mut() {
+            n.enable();
+        }
+        let bound = self.bound();
+        let attempt =
+            self.shared
+                .attempt(&self.keys, self.name, self.lease_len, self.watch.is_some());
+        let tried = timeout_at(bound, attempt)
+            .await
+            .unwrap_or_else(|_| Tried::Failed(no_answer_by_deadline(), None));
+        match self.decide(tried).await {
+            Next::Sleep(pause) => {
+                let pause = pause.min(self.deadline.saturating_duration_since(Instant::now()));
+                match notified.as_mut().as_pin_mut() {
+                    Some(n) => {
+                        let _ = tokio::time::timeout(pause, n).await;
                     }
-                    Ok(Attempt::Held(expires_in)) => {
-                        // Held by another owner, so none of our attempts took it.
-                        cleanup.armed = false;
-                        unknown_since = None;
-                        last_error = None;
-                        if watch.is_none() && Instant::now() < deadline {
-                            Step::Watch
-                        } else {
-                            // Woken by the release; else poll, no later than the holder's
-                            // lease end (a crashed holder publishes nothing).
-                            let poll = jittered(inner.poll_cap);
-                            Step::Wait(expires_in.map_or(poll, |left| poll.min(left + MIN_TTL)))
-                        }
-                    }
-                    Ok(Attempt::NoQuorum { granted, needed }) => {
-                        // Redlock gave everything back; worth another try while the wait lasts.
-                        cleanup.armed = false;
-                        unknown_since = None;
-                        let e = LockError::NoQuorum {
-                            name: self.name.clone(),
-                            granted,
-                            needed,
-                        };
-                        if Instant::now() >= deadline {
-                            return Err(e);
-                        }
-                        last_error = Some(e);
-                        Step::Wait(jittered(ERROR_RETRY))
-                    }
-                    Err(e) if Instant::now() < deadline => {
-                        // Worth another try while the wait lasts (a reconnect, a restart).
-                        tracing::debug!(error = %e, "acquire attempt failed; retrying");
-                        unknown_since.get_or_insert(sent);
-                        last_error = Some(e);
-                        Step::Wait(jittered(ERROR_RETRY))
-                    }
-                    Err(e) if !reconnected && e.is_connection_error() => {
-                        // The shared connection was found broken (a restarted or failed-over
-                        // server): it reconnects now, so one more attempt right away is worth
-                        // it, even without a wait. Same token: if the first attempt did take
-                        // the lock, the retry gets that grant back.
-                        tracing::debug!(error = %e, "connection lost; retrying once on a new connection");
-                        reconnected = true;
-                        unknown_since.get_or_insert(sent);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
-                let now = Instant::now();
-                if now >= deadline {
-                    if let Some(e) = last_error {
-                        return Err(e);
-                    }
-                    let waited = now.duration_since(began);
+                    None => tokio::time::sleep(pause).await,
+                }
+                Step::Attempt
+            }
+            Next::Go(step) => step,
+        }
+    }
+
+    async fn decide(&mut self, tried: Tried) -> Next {
+        let now = Instant::now();
+        let out_of_time = now >= self.deadline;
+        match tried {
+            Tried::Granted(grant) => {
+                tracing::debug!(
+                    waited_ms = self.began.elapsed().as_millis() as u64,
+                    "acquired"
+                );
+                Next::Go(Step::Done(Outcome::Granted(grant)))
+            }
+            Tried::Held(left) => {
+                if out_of_time {
+                    let waited = now.duration_since(self.began);
                     tracing::debug!(
                         waited_ms = waited.as_millis() as u64,
                         "held by another owner"
                     );
-                    return Ok(Err(waited));
-                }
-                if let Step::Wait(pause) = pause {
-                    let pause = pause.min(deadline - now);
-                    match notified.as_mut().as_pin_mut() {
-                        Some(n) => {
-                            let _ = tokio::time::timeout(pause, n).await;
-                        }
-                        None => tokio::time::sleep(pause).await,
-                    }
-                }
-                pause
-            };
-            if let Step::Watch = step {
-                // Then try again at once: the lock may have been released before the
-                // subscription was in place.
-                let subscribe = inner.backend.watch(&keys);
-                watch = tokio::time::timeout_at(deadline, subscribe).await.ok();
-                if watch.is_none() {
-                    // No time left to subscribe; the next attempt is the last.
-                    continue;
+                    Next::Go(Step::Done(Outcome::Busy { waited }))
+                } else if self.watch.is_none() {
+                    Next::Go(Step::Subscribe)
+                } else {
+                    // Woken by the release; else poll, no later than the holder's lease end
+                    // (a crashed holder publishes nothing).
+                    let poll = jittered(self.shared.settings().poll_cap);
+                    Next::Sleep(left.map_or(poll, |left| poll.min(left + MIN_TTL)))
                 }
             }
+            Tried::NoQuorum { granted, needed } => {
+                let e = LockError::NoQuorum {
+                    name: self.name.to_owned(),
+                    granted,
+                    needed,
+                };
+                self.retry_after(e, out_of_time)
+            }
+            Tried::Failed(e, orphan) if e.is_broken_connection() && !self.retried_broken => {
+                // The shared connection reconnects now: one more attempt right away is worth
+                // it, even without a wait (the first acquire after a Redis restart). If the
+                // broken attempt may have set the key, it is deleted by its token first, so
+                // the retry does not find it.
+                tracing::debug!(error = %e, "connection lost; retrying once on a new connection");
+                self.retried_broken = true;
+                if let Some(orphan) = orphan {
+                    // Within the same bound as the attempts; past it, the background does it.
+                    let _ = timeout_at(self.bound(), orphan.release_now()).await;
+                }
+                Next::Go(Step::Attempt)
+            }
+            Tried::Failed(e, _orphan) => self.retry_after(e, out_of_time),
         }
     }
 
-    fn into_guard(
-        self,
-        keys: LockKeys,
-        token: String,
-        fencing_token: u64,
-        lease_len: Duration,
-        sent: Instant,
-    ) -> LockGuard {
-        let inner = &self.manager.inner;
-        let lease = Arc::new(Lease::new(
-            inner.next_id(),
-            self.name,
-            keys,
-            token,
-            fencing_token,
-            self.ttl,
-            inner.backend.usable(lease_len),
-            sent,
-            self.min_hold,
-        ));
-        inner.register(&lease);
-        if self.auto_extend {
-            watchdog::start(inner, &lease, self.max_hold);
+    /// No attempt runs past the deadline plus one response timeout (I4).
+    fn bound(&self) -> Instant {
+        self.deadline + self.shared.settings().response_timeout
+    }
+
+    /// After an error: another try while the wait lasts (a reconnect, a restart), else the
+    /// error.
+    fn retry_after(&self, e: LockError, out_of_time: bool) -> Next {
+        if out_of_time {
+            return Next::Go(Step::Done(Outcome::Failed(e)));
         }
-        LockGuard::new(self.manager.clone(), lease)
+        tracing::debug!(error = %e, "retrying while the wait lasts");
+        Next::Sleep(jittered(ERROR_RETRY))
     }
 }
 
-/// What a waiter does after a refused or failed attempt.
-enum Step {
-    /// Subscribe to release notifications, then try again at once.
-    Watch,
-    /// Wait for a notification, at most this long, then try again.
-    Wait(Duration),
+/// The attempt in flight when the deadline plus one response timeout passed.
+fn no_answer_by_deadline() -> LockError {
+    LockError::Redis(redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no answer to the acquire attempt by the end of the wait plus the response timeout",
+    )))
 }
 
 /// Pause before retrying after a communication error.

@@ -22,8 +22,24 @@ pub(crate) fn new_token() -> String {
     token
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Set by the fault simulator so that retry jitter, and so every timing, replays from its
+    /// seed.
+    pub(crate) static SEEDED_JITTER: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
 /// A uniformly random `u64` from the OS, used to jitter retry pauses.
 pub(crate) fn random_u64() -> u64 {
+    #[cfg(test)]
+    if let Some(state) = SEEDED_JITTER.get() {
+        let next = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        SEEDED_JITTER.set(Some(next));
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        return z ^ (z >> 31);
+    }
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
         // Jitter is not a security property: a fixed value only makes retries less spread out.

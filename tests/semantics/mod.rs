@@ -307,12 +307,14 @@ pub(crate) async fn fencing_tokens_strictly_increase_over_1000_acquisitions_incl
             .acquire("fenced", ttl, Duration::from_secs(5))
             .await
             .unwrap();
-        assert!(
-            guard.fencing_token() > last,
-            "{} after {last}",
-            guard.fencing_token()
+        let fence = guard.fencing_token().await.unwrap();
+        assert!(fence > last, "{fence} after {last}");
+        assert_eq!(
+            guard.fencing_token().await.unwrap(),
+            fence,
+            "drawn once, then cached"
         );
-        last = guard.fencing_token();
+        last = fence;
         if let Some(stale) = expiring.take() {
             assert!(!stale.release().await.unwrap(), "that lease had expired");
         }

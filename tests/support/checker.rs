@@ -163,11 +163,11 @@ async fn main() {
                 .unwrap();
             tally.acquisitions += 1;
             let value = resource.get(&resource.fenced).await;
-            println!("HOLDING {}", guard.fencing_token());
+            // Drawn while held: a token drawn after the pause would be refused (`Lost`).
+            let fence = guard.fencing_token().await.unwrap();
+            println!("HOLDING {fence}");
             tokio::time::sleep(Duration::from_millis(args.hold_ms)).await; // SIGSTOPped here
-            let accepted = resource
-                .fenced_write(guard.fencing_token(), value + 1)
-                .await;
+            let accepted = resource.fenced_write(fence, value + 1).await;
             println!(
                 "LATE accepted={} lost={}",
                 u8::from(accepted),
@@ -209,14 +209,16 @@ async fn main() {
                 };
                 done += 1;
                 tally.acquisitions += 1;
+                let Ok(fence) = guard.fencing_token().await else {
+                    tally.errors += 1;
+                    let _ = guard.release().await;
+                    continue;
+                };
                 let seen = resource.get(&resource.counter).await;
                 let fenced = resource.get(&resource.fenced).await;
                 tokio::time::sleep(Duration::from_micros(rng.below(args.hold_ms * 1000))).await;
                 resource.set(&resource.counter, seen + 1).await;
-                if resource
-                    .fenced_write(guard.fencing_token(), fenced + 1)
-                    .await
-                {
+                if resource.fenced_write(fence, fenced + 1).await {
                     tally.accepted += 1;
                 } else {
                     tally.refused += 1;

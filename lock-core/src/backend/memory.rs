@@ -1,105 +1,115 @@
-//! The in-process backend: the same operations and semantics as Redis, on `tokio::time`, so
-//! handlers can be unit-tested without a server (also under `tokio::time::pause()`).
+//! The in-process server: the same operations and semantics as the Redis scripts, on
+//! `tokio::time`, so handlers can be unit-tested without a server (also under
+//! `tokio::time::pause()`). [`Server`] is the state machine alone; the deterministic fault
+//! simulator puts faults between it and the client.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Attempt, LockKeys};
+use super::{BoxFuture, Node, Taken, Wake, Watch};
+use crate::keys::LockKeys;
+use crate::Result;
 
-struct Held {
-    token: String,
+/// How long a fence key outlives its last use (the `PX` that fence.lua sets).
+pub(crate) const FENCE_KEEP: Duration = Duration::from_secs(24 * 3600);
+
+/// The suffix a waiter appends to the holder's token (wait.lua).
+const MARK: char = '*';
+
+struct Entry {
+    value: String,
     expires: Instant,
 }
 
+/// What the Redis scripts do, as one state machine over lock and fence keys.
 #[derive(Default)]
-struct State {
-    locks: HashMap<String, Held>,
-    fences: HashMap<String, u64>,
-    /// Size of `locks` after the last sweep of expired entries.
+pub(crate) struct Server {
+    keys: HashMap<String, Entry>,
+    /// Size of `keys` after the last sweep of expired entries.
     swept_len: usize,
 }
 
-#[derive(Default)]
-pub(crate) struct MemoryBackend {
-    state: Mutex<State>,
-    /// Woken on every release (waiters of any lock re-check; cheap in one process).
-    released: Arc<Notify>,
+/// The token a key's value belongs to, without a waiter's mark.
+fn owner(value: &str) -> &str {
+    value.strip_suffix(MARK).unwrap_or(value)
 }
 
-impl MemoryBackend {
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        // No code below panics while holding the lock, but a poisoned map is still consistent:
-        // every update is a single insert or remove.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+impl Server {
+    fn live(&self, key: &str, now: Instant) -> Option<&Entry> {
+        self.keys.get(key).filter(|e| e.expires > now)
     }
 
-    pub(crate) fn acquire(&self, keys: &LockKeys, token: &str, ttl: Duration) -> Attempt {
-        let now = Instant::now();
-        let mut state = self.state();
-        if let Some(held) = state.locks.get(&keys.lock) {
-            if held.expires > now {
-                // Same as the Redis script: a retry by the owner gets its own grant back.
-                if held.token == token {
-                    if let Some(&fence) = state.fences.get(&keys.fence) {
-                        return Attempt::Granted(fence);
-                    }
-                }
-                return Attempt::Held(Some(held.expires - now));
+    fn live_mut(&mut self, key: &str, now: Instant) -> Option<&mut Entry> {
+        self.keys.get_mut(key).filter(|e| e.expires > now)
+    }
+
+    fn owned_by(&mut self, key: &str, token: &str, now: Instant) -> Option<&mut Entry> {
+        self.live_mut(key, now).filter(|e| owner(&e.value) == token)
+    }
+
+    /// `SET NX PX`, and wait.lua's mark when `mark`.
+    pub(crate) fn acquire(
+        &mut self,
+        now: Instant,
+        keys: &LockKeys,
+        token: &str,
+        ttl: Duration,
+        mark: bool,
+    ) -> Taken {
+        if let Some(held) = self.live_mut(&keys.lock, now) {
+            if mark && !held.value.ends_with(MARK) {
+                held.value.push(MARK);
             }
+            return Taken::Held(Some(held.expires - now));
         }
         // Expired entries stay until overwritten; sweep them when the map has doubled.
-        if state.locks.len() >= 64 && state.locks.len() > 2 * state.swept_len {
-            state.locks.retain(|_, held| held.expires > now);
-            state.swept_len = state.locks.len();
+        if self.keys.len() >= 64 && self.keys.len() > 2 * self.swept_len {
+            self.keys.retain(|_, e| e.expires > now);
+            self.swept_len = self.keys.len();
         }
-        state.locks.insert(
+        self.keys.insert(
             keys.lock.clone(),
-            Held {
-                token: token.to_owned(),
+            Entry {
+                value: token.to_owned(),
                 expires: now + ttl,
             },
         );
-        let fence = state.fences.entry(keys.fence.clone()).or_insert(0);
-        *fence += 1;
-        Attempt::Granted(*fence)
+        Taken::Granted
     }
 
-    fn owned<'a>(
-        state: &'a mut State,
+    /// release.lua: `(ours, published)`.
+    pub(crate) fn release(
+        &mut self,
+        now: Instant,
         keys: &LockKeys,
         token: &str,
-        now: Instant,
-    ) -> Option<&'a mut Held> {
-        state
-            .locks
-            .get_mut(&keys.lock)
-            .filter(|held| held.expires > now && held.token == token)
-    }
-
-    pub(crate) fn release(&self, keys: &LockKeys, token: &str, keep: Duration) -> bool {
-        let now = Instant::now();
-        let mut state = self.state();
-        let Some(held) = Self::owned(&mut state, keys, token, now) else {
-            return false;
+        keep: Duration,
+    ) -> (bool, bool) {
+        let Some(held) = self.owned_by(&keys.lock, token, now) else {
+            return (false, false);
         };
-        if keep.is_zero() {
-            state.locks.remove(&keys.lock);
-            drop(state);
-            self.released.notify_waiters();
-        } else {
+        if !keep.is_zero() {
             held.expires = held.expires.min(now + keep);
+            return (true, false);
         }
-        true
+        let marked = held.value.ends_with(MARK);
+        self.keys.remove(&keys.lock);
+        (true, marked)
     }
 
-    pub(crate) fn extend(&self, keys: &LockKeys, token: &str, ttl: Duration) -> bool {
-        let now = Instant::now();
-        let mut state = self.state();
-        match Self::owned(&mut state, keys, token, now) {
+    /// extend.lua.
+    pub(crate) fn extend(
+        &mut self,
+        now: Instant,
+        keys: &LockKeys,
+        token: &str,
+        ttl: Duration,
+    ) -> bool {
+        match self.owned_by(&keys.lock, token, now) {
             Some(held) => {
                 held.expires = now + ttl;
                 true
@@ -108,7 +118,118 @@ impl MemoryBackend {
         }
     }
 
-    pub(crate) fn released(&self) -> Arc<Notify> {
-        Arc::clone(&self.released)
+    /// fence.lua, with the server's clock at `clock_us` microseconds.
+    pub(crate) fn fence(
+        &mut self,
+        now: Instant,
+        keys: &LockKeys,
+        token: &str,
+        clock_us: u64,
+    ) -> Option<u64> {
+        self.owned_by(&keys.lock, token, now)?;
+        let last = self
+            .live(&keys.fence, now)
+            .and_then(|e| e.value.parse::<u64>().ok())
+            .unwrap_or(0);
+        let next = clock_us.max(last + 1);
+        self.keys.insert(
+            keys.fence.clone(),
+            Entry {
+                value: next.to_string(),
+                expires: now + FENCE_KEEP,
+            },
+        );
+        Some(next)
+    }
+
+    /// The owner token in `key` and when it expires, if it is live.
+    #[cfg(test)]
+    pub(crate) fn holder(&self, key: &str, now: Instant) -> Option<(&str, Instant)> {
+        self.live(key, now).map(|e| (owner(&e.value), e.expires))
+    }
+
+    /// Forgets everything (a restart without persistence).
+    #[cfg(test)]
+    pub(crate) fn flush(&mut self) {
+        self.keys.clear();
+        self.swept_len = 0;
+    }
+}
+
+/// Microseconds since the Unix epoch, as Redis' `TIME` gives them.
+pub(crate) fn wall_clock_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The in-process backend: one [`Server`] behind a mutex, and a `Notify` for published releases.
+#[derive(Default)]
+pub(crate) struct MemoryNode {
+    server: Mutex<Server>,
+    /// Woken on every published release (waiters of any lock re-check; cheap in one process).
+    released: Arc<Notify>,
+}
+
+impl MemoryNode {
+    fn server(&self) -> MutexGuard<'_, Server> {
+        // Nothing panics while holding the lock, and every update is a single insert or remove.
+        self.server.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Node for MemoryNode {
+    fn acquire<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+        mark: bool,
+    ) -> BoxFuture<'a, Result<Taken>> {
+        let taken = self
+            .server()
+            .acquire(Instant::now(), keys, token, ttl, mark);
+        Box::pin(async move { Ok(taken) })
+    }
+
+    fn release<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        keep: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let (ours, published) = self.server().release(Instant::now(), keys, token, keep);
+        if published {
+            self.released.notify_waiters();
+        }
+        Box::pin(async move { Ok(ours) })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let ours = self.server().extend(Instant::now(), keys, token, ttl);
+        Box::pin(async move { Ok(ours) })
+    }
+
+    fn fence<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>>> {
+        let fence = self
+            .server()
+            .fence(Instant::now(), keys, token, wall_clock_us());
+        Box::pin(async move { Ok(fence) })
+    }
+}
+
+impl Wake for MemoryNode {
+    fn watch<'a>(&'a self, _keys: &'a LockKeys) -> BoxFuture<'a, Watch> {
+        let watch = Watch::new(Arc::clone(&self.released), None);
+        Box::pin(async move { watch })
     }
 }

@@ -1,168 +1,222 @@
-//! Where locks live: one Redis server, or this process's memory.
+//! Where locks live, in three separate concerns:
 //!
-//! Each backend offers the same three atomic operations, keyed by [`LockKeys`] and checked
-//! against the owner token. The manager, guard and watchdog are written once on top of them.
+//! - [`Node`]: one server's atomic operations on a lock key (a Redis server or cluster, or this
+//!   process's memory). Each is one command or one script, checked against the owner token.
+//! - [`Store`]: a deployment's policy over nodes: one node ([`single::Single`]), or a majority
+//!   of independent nodes with a clock-drift allowance ([`redlock::Redlock`]). It answers in
+//!   lease lengths that the caller counts from the moment it sent the command.
+//! - [`Wake`]: telling waiters that a lock may have become free (Redis pub/sub, or an in-process
+//!   `Notify`).
+//!
+//! A new deployment or server kind adds a file that implements one of these traits.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
+use crate::keys::LockKeys;
 use crate::Result;
 
 pub(crate) mod memory;
 pub(crate) mod notify;
 pub(crate) mod redis;
 pub(crate) mod redlock;
+pub(crate) mod single;
 
-use std::sync::Arc;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-use tokio::sync::Notify;
-
-/// The two Redis keys of one lock. The name sits inside a Cluster hash tag (`{...}`), so both
-/// keys hash to the same slot and a script can touch both in one round trip.
-#[derive(Clone)]
-pub(crate) struct LockKeys {
-    /// `<prefix>{<name>}`: holds the owner token while the lock is held.
-    pub(crate) lock: String,
-    /// `<prefix>{<name>}:fence`: a counter that never expires; its value is the fencing token.
-    pub(crate) fence: String,
+/// One server's answer to an acquire attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// The key was free and now holds our token, for the full lease from when it was applied.
+    Granted,
+    /// Another owner holds it; their lease ends within this long, if known.
+    Held(Option<Duration>),
 }
 
-impl LockKeys {
-    pub(crate) fn new(prefix: &str, name: &str) -> Self {
-        let mut lock = String::with_capacity(prefix.len() + name.len() + 2);
-        lock.push_str(prefix);
-        lock.push('{');
-        lock.push_str(name);
-        lock.push('}');
-        let mut fence = String::with_capacity(lock.len() + 6);
-        fence.push_str(&lock);
-        fence.push_str(":fence");
-        Self { lock, fence }
-    }
+/// One server's atomic operations on a lock key. Every one is owner-checked, and none re-grants
+/// a key that already exists: a token is only ever set by `SET NX`.
+pub(crate) trait Node: Send + Sync {
+    /// `SET key token NX PX ttl`. With `mark`, a refused attempt also marks the key so that its
+    /// release is published to waiters (only waiters pay for that).
+    fn acquire<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+        mark: bool,
+    ) -> BoxFuture<'a, Result<Taken>>;
+
+    /// Compare-and-delete. With `keep` above zero the key is only shortened to expire after
+    /// `keep` (for `min_hold`), never lengthened. `true` when our lease ended here.
+    fn release<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        keep: Duration,
+    ) -> BoxFuture<'a, Result<bool>>;
+
+    /// Compare-and-pexpire: the key expires `ttl` after the server applies it. `true` when it was
+    /// still ours.
+    fn extend<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool>>;
+
+    /// Draws the next fencing token while the key holds our token; `None` when it does not.
+    fn fence<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>>>;
 }
 
-/// The outcome of one acquire attempt.
+/// A deployment's answer to an acquire attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Attempt {
-    /// The lock is ours, with this fencing token.
-    Granted(u64),
+    /// The lock is ours for this long, counted from when the attempt was sent.
+    Granted(Duration),
     /// Another owner holds it; their lease ends within this long, if known.
     Held(Option<Duration>),
     /// Redlock: not enough instances granted it in time, for reasons other than another owner
     /// (instances down or slow, or the lease too short for the round trips and clock drift).
+    /// Nothing of this attempt is left on any instance that answered.
     NoQuorum { granted: usize, needed: usize },
+}
+
+/// A deployment's answer to an extend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Renewal {
+    /// Still ours, now for this long counted from when the extend was sent. `partial`: some
+    /// instance's outcome is unknown (Redlock), so the command may still land there later.
+    Renewed { usable: Duration, partial: bool },
+    /// The key had expired or belongs to another owner.
+    NotOurs,
+}
+
+/// A deployment: how the answers of its nodes make a lock.
+pub(crate) trait Store: Send + Sync {
+    /// One attempt with a token never sent before.
+    fn acquire<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+        mark: bool,
+    ) -> BoxFuture<'a, Result<Attempt>>;
+
+    /// Compare-and-delete everywhere; see [`Node::release`].
+    fn release<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        keep: Duration,
+    ) -> BoxFuture<'a, Result<bool>>;
+
+    /// Owner-checked renewal for `ttl`.
+    fn extend<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Renewal>>;
+
+    /// See [`Node::fence`].
+    fn fence<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>>>;
+
+    /// The part of a lease of `ttl`, sent at some instant, that the local deadline may count on
+    /// from that instant.
+    fn usable(&self, ttl: Duration) -> Duration;
+
+    /// A name for `Debug` output.
+    fn kind(&self) -> &'static str;
+
+    /// Whether the client may send a command again by itself after an error (the Redis Cluster
+    /// client retries on I/O errors), so that a command answered once can still land a second
+    /// time, later.
+    fn replays(&self) -> bool {
+        false
+    }
 }
 
 /// A waiter's handle on release notifications for one lock. Enable a `notify().notified()`
 /// before each attempt; it fires when the lock may have become free.
 pub(crate) struct Watch {
     notify: Arc<Notify>,
-    /// Keeps the Redis subscription alive while the waiter waits.
+    /// Keeps the subscription alive while the waiter waits.
     _interest: Option<notify::Interest>,
 }
 
 impl Watch {
-    pub(crate) fn notify(&self) -> &Notify {
+    pub(crate) fn new(notify: Arc<Notify>, interest: Option<notify::Interest>) -> Self {
+        Self {
+            notify,
+            _interest: interest,
+        }
+    }
+
+    pub(crate) fn notify(&self) -> &Arc<Notify> {
         &self.notify
     }
 }
 
-pub(crate) enum Backend {
-    /// One server, or a Redis Cluster.
-    Redis(redis::RedisBackend),
-    Redlock(redlock::RedlockBackend),
-    Memory(memory::MemoryBackend),
-}
-
-impl Backend {
-    /// `SET lock token NX PX ttl` and, when that took, `INCR fence`.
-    pub(crate) async fn acquire(
-        &self,
-        keys: &LockKeys,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<Attempt> {
-        match self {
-            Backend::Redis(b) => b.acquire(keys, token, ttl).await,
-            Backend::Redlock(b) => b.acquire(keys, token, ttl).await,
-            Backend::Memory(b) => Ok(b.acquire(keys, token, ttl)),
-        }
-    }
-
-    /// Compare-and-delete. With `keep` above zero the key is only shortened to expire after
-    /// `keep` (for `min_hold`). `true` when our lease ended here.
-    pub(crate) async fn release(
-        &self,
-        keys: &LockKeys,
-        token: &str,
-        keep: Duration,
-    ) -> Result<bool> {
-        match self {
-            Backend::Redis(b) => b.release(keys, token, keep).await,
-            Backend::Redlock(b) => b.release(keys, token, keep).await,
-            Backend::Memory(b) => Ok(b.release(keys, token, keep)),
-        }
-    }
-
-    /// Compare-and-pexpire: the lease runs `ttl` from now. `true` when it was still ours.
-    pub(crate) async fn extend(&self, keys: &LockKeys, token: &str, ttl: Duration) -> Result<bool> {
-        match self {
-            Backend::Redis(b) => b.extend(keys, token, ttl).await,
-            Backend::Redlock(b) => b.extend(keys, token, ttl).await,
-            Backend::Memory(b) => Ok(b.extend(keys, token, ttl)),
-        }
-    }
-
+/// Release notifications for waiters.
+pub(crate) trait Wake: Send + Sync {
     /// Starts watching `keys` for releases. Called by a waiter after its first refused
     /// attempt, so the uncontended path never pays for it.
-    pub(crate) async fn watch(&self, keys: &LockKeys) -> Watch {
-        match self {
-            Backend::Redis(b) => {
-                let interest = b.watch(&keys.lock).await;
-                Watch {
-                    notify: Arc::clone(interest.notify()),
-                    _interest: Some(interest),
-                }
-            }
-            Backend::Redlock(b) => {
-                let interest = b.watch(&keys.lock).await;
-                Watch {
-                    notify: Arc::clone(interest.notify()),
-                    _interest: Some(interest),
-                }
-            }
-            Backend::Memory(b) => Watch {
-                notify: b.released(),
-                _interest: None,
-            },
-        }
+    fn watch<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Watch>;
+}
+
+/// A node shared with something else (the in-process node is also its own [`Wake`]).
+impl<T: Node + ?Sized> Node for Arc<T> {
+    fn acquire<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+        mark: bool,
+    ) -> BoxFuture<'a, Result<Taken>> {
+        (**self).acquire(keys, token, ttl, mark)
     }
 
-    /// The part of a lease that the local deadline may count on: all of it, except with
-    /// Redlock, where the instances' clock drift is taken off.
-    pub(crate) fn usable(&self, lease: Duration) -> Duration {
-        match self {
-            Backend::Redlock(b) => lease.saturating_sub(b.drift(lease)),
-            _ => lease,
-        }
+    fn release<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        keep: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        (**self).release(keys, token, keep)
     }
 
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            Backend::Redis(b) => b.kind(),
-            Backend::Redlock(_) => "redlock",
-            Backend::Memory(_) => "in-memory",
-        }
+    fn extend<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        (**self).extend(keys, token, ttl)
+    }
+
+    fn fence<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>>> {
+        (**self).fence(keys, token)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_share_a_hash_tag() {
-        let k = LockKeys::new("lock:", "invoices:7");
-        assert_eq!(k.lock, "lock:{invoices:7}");
-        assert_eq!(k.fence, "lock:{invoices:7}:fence");
+impl<T: Wake + ?Sized> Wake for Arc<T> {
+    fn watch<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Watch> {
+        (**self).watch(keys)
     }
 }

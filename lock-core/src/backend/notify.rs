@@ -1,13 +1,15 @@
 //! Release notifications for waiters on the Redis backend.
 //!
-//! The release script `PUBLISH`es on the lock key's own name when it deletes a lock. A waiter
-//! subscribes to that channel (one dedicated pub/sub connection per manager, opened on the first
-//! wait, never on the uncontended path) and is woken by the release itself instead of polling.
+//! A waiter subscribes to the channel named like the lock key (one dedicated pub/sub connection
+//! per manager, opened on the first wait, never on the uncontended path), then makes every
+//! further attempt with wait.lua, which marks the holder's key. The release script `PUBLISH`es
+//! on that channel when it deletes a marked key, so the waiter is woken by the release itself
+//! instead of polling, and a release nobody waits for publishes nothing.
 //!
-//! No wake-up is missed: a waiter enables its `Notified` before every attempt, and it first
-//! attempts again after its subscription is confirmed. A release that Redis ran before that
-//! attempt leaves the lock free for it; one that ran after it is published to the subscribed
-//! channel and reaches the enabled `Notified`.
+//! A waiter enables its `Notified` before every attempt, and its first marking attempt comes
+//! after its subscription is confirmed. A release that Redis ran before that attempt leaves the
+//! lock free for it; one that ran after it finds the mark, and its message goes to the
+//! subscribed channel and reaches the enabled `Notified`.
 //!
 //! If the pub/sub connection breaks, every waiter is woken to try again, and waiters fall back
 //! to polling (capped, and never later than the holder's lease end) until the next wait opens a
@@ -24,6 +26,9 @@ use futures_core::Stream;
 use redis::aio::PubSubSink;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+
+use super::{BoxFuture, Wake, Watch};
+use crate::keys::LockKeys;
 
 /// How long opening the pub/sub connection or a subscription may take before the waiter gives
 /// up on notifications and polls.
@@ -227,5 +232,23 @@ impl Drop for Interest {
                 drop(handle.spawn(async move { notifier.forget(channel).await }));
             }
         }
+    }
+}
+
+/// The [`Wake`] of the Redis deployments: a manager's one pub/sub connection.
+pub(crate) struct PubSub(Arc<Notifier>);
+
+impl PubSub {
+    pub(crate) fn new(notifier: Arc<Notifier>) -> Self {
+        Self(notifier)
+    }
+}
+
+impl Wake for PubSub {
+    fn watch<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Watch> {
+        Box::pin(async move {
+            let interest = self.0.watch(&keys.lock).await;
+            Watch::new(Arc::clone(interest.notify()), Some(interest))
+        })
     }
 }

@@ -1,14 +1,18 @@
-//! One Redis server (or a proxy in front of one) over a single multiplexed, reconnecting
-//! connection shared by every lock of a manager.
+//! One Redis server (or a proxy in front of one), or a Redis Cluster, over one multiplexed,
+//! reconnecting connection shared by every lock of a manager: the [`Node`] of the Redis
+//! deployments. Each operation is one command: `SET NX PX` for an uncontended acquire, one
+//! script for the rest (`EVALSHA`, with `EVAL` after `NOSCRIPT`).
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ErrorKind, ServerErrorKind};
+use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind};
 
-use super::notify::{Interest, Notifier};
-use super::{Attempt, LockKeys};
+use super::memory::FENCE_KEEP;
+use super::notify::{Notifier, PubSub};
+use super::{BoxFuture, Node, Taken};
+use crate::keys::LockKeys;
 use crate::validate::millis_ceil;
 use crate::Result;
 
@@ -27,12 +31,14 @@ impl LuaScript {
     }
 }
 
-pub(crate) static ACQUIRE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(include_str!("../scripts/acquire.lua")));
-pub(crate) static RELEASE: LazyLock<LuaScript> =
+static WAIT: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../scripts/wait.lua")));
+static RELEASE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new(include_str!("../scripts/release.lua")));
-pub(crate) static EXTEND: LazyLock<LuaScript> =
+static EXTEND: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new(include_str!("../scripts/extend.lua")));
+static FENCE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../scripts/fence.lua")));
 
 /// Connection settings of the single-server backend.
 #[derive(Clone, Copy, Debug)]
@@ -49,13 +55,13 @@ enum Conn {
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
-pub(crate) struct RedisBackend {
+pub(crate) struct RedisNode {
     conn: Conn,
     /// Release notifications for waiters, on a second connection opened on the first wait.
     notifier: Arc<Notifier>,
 }
 
-impl RedisBackend {
+impl RedisNode {
     /// Connects (and authenticates) now, so a wrong url or password fails here, not at the
     /// first lock.
     pub(crate) async fn connect(url: &str, timeouts: Timeouts) -> Result<Self> {
@@ -113,67 +119,19 @@ impl RedisBackend {
         })
     }
 
-    pub(crate) async fn acquire(
-        &self,
-        keys: &LockKeys,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<Attempt> {
-        let reply: i64 = self
-            .eval(&ACQUIRE, |cmd| {
-                cmd.arg(2)
-                    .arg(&keys.lock)
-                    .arg(&keys.fence)
-                    .arg(token)
-                    .arg(millis_ceil(ttl));
-            })
-            .await?;
-        Ok(match u64::try_from(reply) {
-            Ok(fence) if fence > 0 => Attempt::Granted(fence),
-            // Minus the holder's remaining lease in ms, or 0 when unknown.
-            _ => Attempt::Held((reply < 0).then(|| Duration::from_millis(reply.unsigned_abs()))),
-        })
-    }
-
-    pub(crate) async fn release(
-        &self,
-        keys: &LockKeys,
-        token: &str,
-        keep: Duration,
-    ) -> Result<bool> {
-        let released: i64 = self
-            .eval(&RELEASE, |cmd| {
-                cmd.arg(1).arg(&keys.lock).arg(token).arg(millis_ceil(keep));
-            })
-            .await?;
-        Ok(released == 1)
-    }
-
-    pub(crate) async fn extend(&self, keys: &LockKeys, token: &str, ttl: Duration) -> Result<bool> {
-        let extended: i64 = self
-            .eval(&EXTEND, |cmd| {
-                cmd.arg(1).arg(&keys.lock).arg(token).arg(millis_ceil(ttl));
-            })
-            .await?;
-        Ok(extended == 1)
-    }
-
-    pub(crate) fn kind(&self) -> &'static str {
-        match self.conn {
-            Conn::Single(_) => "redis",
-            #[cfg(feature = "cluster")]
-            Conn::Cluster(_) => "redis-cluster",
-        }
-    }
-
-    pub(crate) async fn watch(&self, channel: &str) -> Interest {
-        self.notifier.watch(channel).await
+    /// Release notifications through this server's pub/sub.
+    pub(crate) fn pubsub(&self) -> PubSub {
+        PubSub::new(Arc::clone(&self.notifier))
     }
 
     /// `EVALSHA`, one round trip while the server has the script cached. After `NOSCRIPT`
     /// (first use, `SCRIPT FLUSH`, or a restarted server) it sends `EVAL` with the body,
     /// which runs the script and caches it again: still no separate `SCRIPT LOAD`.
-    async fn eval(&self, script: &LuaScript, args: impl Fn(&mut Cmd)) -> Result<i64> {
+    async fn eval<T: FromRedisValue>(
+        &self,
+        script: &LuaScript,
+        args: impl Fn(&mut Cmd),
+    ) -> Result<T> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&script.sha1);
         args(&mut cmd);
@@ -188,7 +146,7 @@ impl RedisBackend {
         }
     }
 
-    async fn query(&self, cmd: &Cmd) -> redis::RedisResult<i64> {
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
         match &self.conn {
             Conn::Single(conn) => cmd.query_async(&mut conn.clone()).await,
             #[cfg(feature = "cluster")]
@@ -214,5 +172,94 @@ impl RedisBackend {
                 }
             }
         }
+    }
+}
+
+impl Node for RedisNode {
+    fn acquire<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+        mark: bool,
+    ) -> BoxFuture<'a, Result<Taken>> {
+        Box::pin(async move {
+            let ttl_ms = millis_ceil(ttl);
+            if !mark {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(&keys.lock)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms);
+                let set: Option<String> = self.query(&cmd).await?;
+                return Ok(if set.is_some() {
+                    Taken::Granted
+                } else {
+                    Taken::Held(None)
+                });
+            }
+            let reply: i64 = self
+                .eval(&WAIT, |cmd| {
+                    cmd.arg(1).arg(&keys.lock).arg(token).arg(ttl_ms);
+                })
+                .await?;
+            Ok(match reply {
+                1 => Taken::Granted,
+                // Minus the holder's remaining lease in ms, or 0 when unknown.
+                _ => Taken::Held((reply < 0).then(|| Duration::from_millis(reply.unsigned_abs()))),
+            })
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        keep: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let released: i64 = self
+                .eval(&RELEASE, |cmd| {
+                    cmd.arg(1).arg(&keys.lock).arg(token).arg(millis_ceil(keep));
+                })
+                .await?;
+            Ok(released == 1)
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let extended: i64 = self
+                .eval(&EXTEND, |cmd| {
+                    cmd.arg(1).arg(&keys.lock).arg(token).arg(millis_ceil(ttl));
+                })
+                .await?;
+            Ok(extended == 1)
+        })
+    }
+
+    fn fence<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>>> {
+        Box::pin(async move {
+            let fence: u64 = self
+                .eval(&FENCE, |cmd| {
+                    cmd.arg(2)
+                        .arg(&keys.lock)
+                        .arg(&keys.fence)
+                        .arg(token)
+                        .arg(millis_ceil(FENCE_KEEP));
+                })
+                .await?;
+            Ok((fence > 0).then_some(fence))
+        })
     }
 }

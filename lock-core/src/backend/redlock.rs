@@ -3,20 +3,23 @@
 //! Every command fans out to all instances in parallel, each bounded by a per-node timeout.
 //! An acquisition holds when a majority (N/2+1) granted it while the lease is still valid:
 //! `ttl - elapsed - drift > 0`, with `drift = ttl * factor + fixed` (1% + 2 ms by default)
-//! for the clocks of the instances running at different rates. Otherwise every instance is
-//! released by token at once, so a failed attempt leaves no key behind (also on instances whose
-//! reply was lost). Release and extend go to all instances and count the successes.
+//! for the clocks of the instances running at different rates. Otherwise the instances that
+//! granted it, or whose answer was lost, are released by token at once. Every attempt uses a
+//! token never sent before and `SET NX`, so an instance never re-grants an older key: each
+//! grant is dated from this attempt's send. Release, extend and fence go to all instances.
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use tokio::time::{timeout, Instant};
 
-use super::notify::Interest;
-use super::redis::{RedisBackend, Timeouts};
-use super::{Attempt, LockKeys};
+use super::notify::PubSub;
+use super::redis::{RedisNode, Timeouts};
+use super::{Attempt, BoxFuture, Node, Renewal, Store, Taken};
+use crate::keys::LockKeys;
 use crate::validate::MIN_TTL;
-use crate::Result;
+use crate::{LockError, Result};
 
 /// How far the instances' clocks may run apart, as part of a lease.
 #[derive(Clone, Copy, Debug)]
@@ -36,26 +39,48 @@ impl Drift {
     }
 }
 
-pub(crate) struct RedlockBackend {
-    nodes: Vec<RedisBackend>,
+pub(crate) struct Redlock {
+    nodes: Vec<Box<dyn Node>>,
     quorum: usize,
     drift: Drift,
     response_timeout: Duration,
 }
 
-/// What each instance answered to one fanned-out command.
-struct Tally<T> {
-    answers: Vec<T>,
-    /// Errors and timeouts.
-    failed: usize,
-    first_error: Option<crate::LockError>,
+/// One instance's answer to a fanned-out command.
+enum Answer<T> {
+    Ok(T),
+    /// Failed before anything was sent (refused connection) or refused by the server.
+    NotApplied(LockError),
+    /// Sent, no answer: it may have been applied, now or later.
+    Unknown(Option<LockError>),
 }
 
-impl RedlockBackend {
+impl<T> Answer<T> {
+    fn is_ok(&self) -> bool {
+        matches!(self, Answer::Ok(_))
+    }
+}
+
+impl Redlock {
+    pub(crate) fn new(nodes: Vec<Box<dyn Node>>, drift: Drift, response_timeout: Duration) -> Self {
+        let quorum = nodes.len() / 2 + 1;
+        Self {
+            nodes,
+            quorum,
+            drift,
+            response_timeout,
+        }
+    }
+
     /// Connects to every instance in parallel. Instances that cannot be reached now are
-    /// connected on first use; the manager starts if a majority answered.
-    pub(crate) async fn connect(urls: &[String], timeouts: Timeouts, drift: Drift) -> Result<Self> {
-        let attempts = join_all(urls.iter().map(|url| RedisBackend::connect(url, timeouts))).await;
+    /// connected on first use; the manager starts if a majority answered. Release notifications
+    /// come from the first instance's pub/sub.
+    pub(crate) async fn connect(
+        urls: &[String],
+        timeouts: Timeouts,
+        drift: Drift,
+    ) -> Result<(Self, PubSub)> {
+        let attempts = join_all(urls.iter().map(|url| RedisNode::connect(url, timeouts))).await;
         let quorum = urls.len() / 2 + 1;
         let mut nodes = Vec::with_capacity(urls.len());
         let mut reached = 0;
@@ -69,19 +94,19 @@ impl RedlockBackend {
                 Err(e) => {
                     tracing::warn!(error = %e, "a Redlock instance is unreachable; retrying it on use");
                     first_error.get_or_insert(e);
-                    nodes.push(RedisBackend::connect_lazy(url, timeouts)?);
+                    nodes.push(RedisNode::connect_lazy(url, timeouts)?);
                 }
             }
         }
         if reached < quorum {
             return Err(first_error.expect("some instance failed"));
         }
-        Ok(Self {
-            nodes,
-            quorum,
-            drift,
-            response_timeout: timeouts.response,
-        })
+        let pubsub = nodes[0].pubsub();
+        let nodes = nodes
+            .into_iter()
+            .map(|n| Box::new(n) as Box<dyn Node>)
+            .collect();
+        Ok((Self::new(nodes, drift, timeouts.response), pubsub))
     }
 
     /// Small relative to the lease, so one slow instance cannot eat the validity time.
@@ -89,133 +114,192 @@ impl RedlockBackend {
         self.response_timeout.min((ttl / 10).max(MIN_TTL * 2))
     }
 
-    pub(crate) fn drift(&self, lease: Duration) -> Duration {
-        self.drift.of(lease)
+    async fn fan_out<'a, T, F, Fut>(&'a self, per_node: Duration, op: F) -> Vec<Answer<T>>
+    where
+        F: Fn(&'a dyn Node) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let replies = join_all(
+            self.nodes
+                .iter()
+                .map(|node| timeout(per_node, op(node.as_ref()))),
+        )
+        .await;
+        replies
+            .into_iter()
+            .map(|reply| match reply {
+                Ok(Ok(answer)) => Answer::Ok(answer),
+                Ok(Err(e)) if e.may_have_applied() => Answer::Unknown(Some(e)),
+                Ok(Err(e)) => Answer::NotApplied(e),
+                Err(_elapsed) => Answer::Unknown(None),
+            })
+            .collect()
     }
 
-    async fn fan_out<'a, T, F, Fut>(&'a self, per_node: Duration, op: F) -> Tally<T>
-    where
-        F: Fn(&'a RedisBackend) -> Fut,
-        Fut: std::future::Future<Output = Result<T>>,
-    {
-        let replies = join_all(self.nodes.iter().map(|node| timeout(per_node, op(node)))).await;
-        let mut tally = Tally {
-            answers: Vec::with_capacity(replies.len()),
-            failed: 0,
-            first_error: None,
-        };
-        for reply in replies {
-            match reply {
-                Ok(Ok(answer)) => tally.answers.push(answer),
-                Ok(Err(e)) => {
-                    tally.failed += 1;
-                    tally.first_error.get_or_insert(e);
+    /// Counts owner-checked answers: `Ok(Some(values))` with a majority that said yes,
+    /// `Ok(None)` when so many said no that no majority is possible, else an error. The error
+    /// says the command may have been applied whenever some instance applied it or its outcome
+    /// is unknown, whatever the others answered.
+    fn decide<T>(&self, answers: Vec<Answer<Option<T>>>, what: &str) -> Result<Option<Vec<T>>> {
+        let total = answers.len();
+        let mut yes = Vec::new();
+        let mut no = 0;
+        let mut not_applied = None;
+        let mut unknown = None;
+        for answer in answers {
+            match answer {
+                Answer::Ok(Some(v)) => yes.push(v),
+                Answer::Ok(None) => no += 1,
+                Answer::NotApplied(e) => {
+                    not_applied.get_or_insert(e);
                 }
-                Err(_elapsed) => tally.failed += 1,
+                Answer::Unknown(e) => {
+                    unknown.get_or_insert(e.unwrap_or_else(|| {
+                        LockError::Redis(redis::RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("a Redlock instance did not answer the {what} in time"),
+                        )))
+                    }));
+                }
             }
         }
-        tally
-    }
-
-    pub(crate) async fn acquire(
-        &self,
-        keys: &LockKeys,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<Attempt> {
-        let start = Instant::now();
-        let tally = self
-            .fan_out(self.node_timeout(ttl), |node| {
-                node.acquire(keys, token, ttl)
-            })
-            .await;
-        let fences: Vec<u64> = tally
-            .answers
-            .iter()
-            .filter_map(|a| match a {
-                Attempt::Granted(fence) => Some(*fence),
-                _ => None,
-            })
-            .collect();
-        let granted = fences.len();
-        let elapsed = start.elapsed();
-        let valid = ttl.saturating_sub(elapsed + self.drift.of(ttl));
-        if granted >= self.quorum && valid >= MIN_TTL {
-            // Not a fence across holders: see `LockGuard::fencing_token`.
-            return Ok(Attempt::Granted(
-                fences.into_iter().max().expect("a quorum granted"),
-            ));
-        }
-        // Give back what we got, everywhere (a lost reply may hide a grant), before answering.
-        if granted > 0 || tally.failed > 0 {
-            let _ = self.release(keys, token, Duration::ZERO).await;
-        }
-        let held_elsewhere = tally.answers.len() - granted;
-        tracing::debug!(
-            granted,
-            held_elsewhere,
-            failed = tally.failed,
-            quorum = self.quorum,
-            "redlock attempt refused"
-        );
-        if granted >= self.quorum || granted + tally.failed >= self.quorum {
-            // A majority was within reach but did not hold: too slow, or instances failed.
-            return Ok(Attempt::NoQuorum {
-                granted,
-                needed: self.quorum,
-            });
-        }
-        // Other owners hold it on enough instances that no majority was possible.
-        Ok(Attempt::Held(None))
-    }
-
-    /// Counts successes; `Ok(true)` with a majority, `Ok(false)` when a majority refused, and
-    /// the first error when failures left it undecided.
-    fn decide(&self, tally: Tally<bool>, what: &str) -> Result<bool> {
-        let ok = tally.answers.iter().filter(|&&b| b).count();
-        let refused = tally.answers.len() - ok;
-        tracing::debug!(
-            ok,
-            refused,
-            failed = tally.failed,
-            total = self.nodes.len(),
-            "redlock {what}"
-        );
-        if ok >= self.quorum {
-            Ok(true)
-        } else if refused + ok == self.nodes.len() || tally.first_error.is_none() {
-            Ok(false)
+        tracing::debug!(yes = yes.len(), no, total, "redlock {what}");
+        if yes.len() >= self.quorum {
+            Ok(Some(yes))
+        } else if no > total - self.quorum {
+            Ok(None)
+        } else if let Some(e) = unknown {
+            Err(e)
+        } else if !yes.is_empty() {
+            Err(LockError::Redis(redis::RedisError::from(
+                std::io::Error::other(format!(
+                    "only {} of the {} Redlock instances needed confirmed the {what}",
+                    yes.len(),
+                    self.quorum
+                )),
+            )))
         } else {
-            Err(tally.first_error.expect("checked"))
+            Err(not_applied.expect("an answer that is neither yes nor no is an error"))
         }
     }
+}
 
-    pub(crate) async fn release(
-        &self,
-        keys: &LockKeys,
-        token: &str,
+impl Store for Redlock {
+    fn acquire<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+        mark: bool,
+    ) -> BoxFuture<'a, Result<Attempt>> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let answers = self
+                .fan_out(self.node_timeout(ttl), |node| {
+                    node.acquire(keys, token, ttl, mark)
+                })
+                .await;
+            let granted = answers
+                .iter()
+                .filter(|a| matches!(a, Answer::Ok(Taken::Granted)))
+                .count();
+            let usable = self.usable(ttl);
+            if granted >= self.quorum && start.elapsed() + MIN_TTL <= usable {
+                return Ok(Attempt::Granted(usable));
+            }
+            // Give back what we may have got (a lost reply may hide a grant), before answering.
+            // Instances that refused, or never got the command, have nothing of ours. Bounded
+            // like the attempt: a slow instance keeps what it got until the ttl.
+            let per_node = self.node_timeout(ttl);
+            let give_back = join_all(
+                self.nodes
+                    .iter()
+                    .zip(&answers)
+                    .filter(|(_, a)| matches!(a, Answer::Ok(Taken::Granted) | Answer::Unknown(_)))
+                    .map(|(node, _)| timeout(per_node, node.release(keys, token, Duration::ZERO))),
+            );
+            give_back.await;
+            let failed = answers.iter().filter(|a| !a.is_ok()).count();
+            tracing::debug!(
+                granted,
+                failed,
+                quorum = self.quorum,
+                "redlock attempt refused"
+            );
+            if granted + failed >= self.quorum {
+                // A majority was within reach but did not hold: too slow, or instances failed.
+                return Ok(Attempt::NoQuorum {
+                    granted,
+                    needed: self.quorum,
+                });
+            }
+            // Other owners hold it on enough instances that no majority was possible.
+            Ok(Attempt::Held(None))
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
         keep: Duration,
-    ) -> Result<bool> {
-        let per_node = self.response_timeout;
-        let tally = self
-            .fan_out(per_node, |node| node.release(keys, token, keep))
-            .await;
-        self.decide(tally, "release")
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let answers = self
+                .fan_out(self.response_timeout, |node| async move {
+                    Ok(node.release(keys, token, keep).await?.then_some(()))
+                })
+                .await;
+            Ok(self.decide(answers, "release")?.is_some())
+        })
     }
 
-    pub(crate) async fn extend(&self, keys: &LockKeys, token: &str, ttl: Duration) -> Result<bool> {
-        let start = Instant::now();
-        let tally = self
-            .fan_out(self.node_timeout(ttl), |node| node.extend(keys, token, ttl))
-            .await;
-        let extended = self.decide(tally, "extend")?;
-        // A renewal that took longer than its own validity renews nothing.
-        Ok(extended && start.elapsed() + self.drift.of(ttl) < ttl)
+    fn extend<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Renewal>> {
+        Box::pin(async move {
+            let answers = self
+                .fan_out(self.node_timeout(ttl), |node| async move {
+                    Ok(node.extend(keys, token, ttl).await?.then_some(()))
+                })
+                .await;
+            let partial = answers.iter().any(|a| matches!(a, Answer::Unknown(_)));
+            // A renewal slower than its own validity leaves a deadline already in the past.
+            Ok(match self.decide(answers, "extend")? {
+                Some(_) => Renewal::Renewed {
+                    usable: self.usable(ttl),
+                    partial,
+                },
+                None => Renewal::NotOurs,
+            })
+        })
     }
 
-    /// Releases are published on every instance; the first one's is enough to wake a waiter,
-    /// and waiters poll if it is down.
-    pub(crate) async fn watch(&self, channel: &str) -> Interest {
-        self.nodes[0].watch(channel).await
+    /// The highest of the tokens a majority drew: see `LockGuard::fencing_token` for why this
+    /// is not a fence across holders.
+    fn fence<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>>> {
+        Box::pin(async move {
+            let answers = self
+                .fan_out(self.response_timeout, |node| node.fence(keys, token))
+                .await;
+            Ok(self
+                .decide(answers, "fence")?
+                .and_then(|tokens| tokens.into_iter().max()))
+        })
+    }
+
+    fn usable(&self, ttl: Duration) -> Duration {
+        ttl.saturating_sub(self.drift.of(ttl))
+    }
+
+    fn kind(&self) -> &'static str {
+        "redlock"
     }
 }

@@ -1,9 +1,10 @@
--- Renew a lease, but only if we still own the lock (compare-and-pexpire).
+-- Renew a lease, but only if we still own it (compare-and-pexpire).
 -- KEYS[1] lock key
 -- ARGV[1] owner token
 -- ARGV[2] new lease in milliseconds, counted from now
 -- Returns 1 when renewed, 0 when the key had expired or belongs to another owner.
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+local v = redis.call('GET', KEYS[1])
+if v ~= ARGV[1] and v ~= ARGV[1] .. '*' then
   return 0
 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])

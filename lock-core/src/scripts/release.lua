@@ -3,8 +3,11 @@
 -- ARGV[1] owner token
 -- ARGV[2] milliseconds the key must still live (min_hold); 0 deletes it now
 -- Returns 1 when our lease ended here, 0 when the key had expired or belongs to another owner.
--- A deletion is published on the channel named like the key, which waiters subscribe to.
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+-- A key that a waiter marked (token .. '*', see wait.lua) is published on the channel named
+-- like the key when it is deleted; an unmarked one is not: nobody listens.
+local v = redis.call('GET', KEYS[1])
+local marked = v == ARGV[1] .. '*'
+if v ~= ARGV[1] and not marked then
   return 0
 end
 local keep = tonumber(ARGV[2])
@@ -14,8 +17,10 @@ if keep > 0 then
   if keep < redis.call('PTTL', KEYS[1]) then
     redis.call('PEXPIRE', KEYS[1], keep)
   end
-else
-  redis.call('DEL', KEYS[1])
+  return 1
+end
+redis.call('DEL', KEYS[1])
+if marked then
   redis.call('PUBLISH', KEYS[1], '')
 end
 return 1

@@ -1,0 +1,91 @@
+//! One server (or one Redis Cluster): a lock is held when its one node says so.
+//!
+//! A grant or renewal applied by the server at `T >= sent` expires at `T + ttl`, so the whole
+//! `ttl` counted from the send time is usable.
+
+use std::time::Duration;
+
+use super::{Attempt, BoxFuture, Node, Renewal, Store, Taken};
+use crate::keys::LockKeys;
+use crate::Result;
+
+pub(crate) struct Single {
+    node: Box<dyn Node>,
+    kind: &'static str,
+    replays: bool,
+}
+
+impl Single {
+    /// `replays`: see [`Store::replays`].
+    pub(crate) fn new(node: Box<dyn Node>, kind: &'static str, replays: bool) -> Self {
+        Self {
+            node,
+            kind,
+            replays,
+        }
+    }
+}
+
+impl Store for Single {
+    fn acquire<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+        mark: bool,
+    ) -> BoxFuture<'a, Result<Attempt>> {
+        Box::pin(async move {
+            Ok(match self.node.acquire(keys, token, ttl, mark).await? {
+                Taken::Granted => Attempt::Granted(ttl),
+                Taken::Held(left) => Attempt::Held(left),
+            })
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        keep: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.node.release(keys, token, keep)
+    }
+
+    fn extend<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Renewal>> {
+        Box::pin(async move {
+            Ok(if self.node.extend(keys, token, ttl).await? {
+                Renewal::Renewed {
+                    usable: ttl,
+                    partial: false,
+                }
+            } else {
+                Renewal::NotOurs
+            })
+        })
+    }
+
+    fn fence<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>>> {
+        self.node.fence(keys, token)
+    }
+
+    fn usable(&self, ttl: Duration) -> Duration {
+        ttl
+    }
+
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn replays(&self) -> bool {
+        self.replays
+    }
+}

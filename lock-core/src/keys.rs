@@ -1,0 +1,37 @@
+//! The Redis key layout of a lock, in one place.
+//!
+//! A lock `name` lives at `<prefix>{<name>}`; its value is the holder's owner token (followed by
+//! `*` once a waiter has asked to be told of its release). Its fencing counter, created only
+//! when a guard asks for a fencing token, lives at `<prefix>{<name>}:fence`. Releases are
+//! published on the channel named like the lock key. The braces are a Redis Cluster hash tag:
+//! every key of a lock hashes to one slot.
+
+/// The keys of one lock.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct LockKeys {
+    /// `<prefix>{<name>}`: holds the owner token while the lock is held. Also the name of the
+    /// pub/sub channel its releases are published on.
+    pub(crate) lock: String,
+    /// `<prefix>{<name>}:fence`: the last fencing token drawn for this name.
+    pub(crate) fence: String,
+}
+
+impl LockKeys {
+    pub(crate) fn new(prefix: &str, name: &str) -> Self {
+        let lock = format!("{prefix}{{{name}}}");
+        let fence = format!("{lock}:fence");
+        Self { lock, fence }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_a_hash_tag() {
+        let k = LockKeys::new("lock:", "invoices:7");
+        assert_eq!(k.lock, "lock:{invoices:7}");
+        assert_eq!(k.fence, "lock:{invoices:7}:fence");
+    }
+}

@@ -1,0 +1,426 @@
+//! The state a manager's guards, requests and watchdogs share, and the only path from them to
+//! the backend: every command about a lock is sent, timed and accounted for here.
+//!
+//! What this module guarantees about commands (I5): a command that failed before it was sent,
+//! or that the server refused, is never cleaned up after; one that may have been applied (sent,
+//! no answer, or its future dropped in flight) is undone by token in the background, retried
+//! while Redis cannot be reached, and never past the moment the key would have expired anyway.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use crate::backend::{Attempt, Renewal, Store, Wake, Watch};
+use crate::keys::LockKeys;
+use crate::lease::{Grant, Landed, Lease};
+use crate::tasks::Tasks;
+use crate::token::new_token;
+use crate::{LockError, Result};
+
+/// Settings of a manager that its requests read.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) prefix: String,
+    /// Longest pause between a waiter's attempts when no release notification arrives.
+    pub(crate) poll_cap: Duration,
+    /// How long one command may wait for its reply.
+    pub(crate) response_timeout: Duration,
+}
+
+pub(crate) struct Shared {
+    store: Box<dyn Store>,
+    wake: Box<dyn Wake>,
+    settings: Settings,
+    tasks: Arc<Tasks>,
+    /// Locks acquired through this manager and not yet released, for `shutdown`.
+    held: Mutex<HashMap<u64, Arc<Lease>>>,
+    next_id: AtomicU64,
+}
+
+/// The answer to one acquire attempt.
+pub(crate) enum Tried {
+    Granted(Grant),
+    Held(Option<Duration>),
+    NoQuorum {
+        granted: usize,
+        needed: usize,
+    },
+    /// With the attempt's token when the command may have set the key.
+    Failed(LockError, Option<Orphan>),
+}
+
+/// A release by token that runs in the background until it gets an answer or the key would
+/// have expired by itself.
+struct ReleaseJob {
+    keys: LockKeys,
+    token: String,
+    name: String,
+    /// With min_hold, the key must live until then rather than be deleted at once.
+    hold_until: Option<Instant>,
+    /// The key expires by itself by then: retrying past it is pointless.
+    give_up: Instant,
+    /// A clean-up after an interrupted command: finding nothing is the expected outcome.
+    quiet: bool,
+}
+
+/// Armed while a command on a lock key is in flight or failed with an unknown outcome. Dropped
+/// armed (its future was cancelled, or the command may have been applied), it releases by
+/// token in the background. [`disarm`](Self::disarm) it once the outcome is known.
+pub(crate) struct CleanUp<'a> {
+    shared: &'a Arc<Shared>,
+    job: Option<ReleaseJob>,
+}
+
+impl CleanUp<'_> {
+    pub(crate) fn disarm(mut self) {
+        self.job = None;
+    }
+
+    fn into_orphan(mut self) -> Orphan {
+        Orphan {
+            shared: Arc::clone(self.shared),
+            job: self.job.take(),
+        }
+    }
+}
+
+/// The token of an attempt that may have set the key although nobody holds a guard for it.
+/// Dropped, it is released in the background; [`release_now`](Self::release_now) does it first.
+pub(crate) struct Orphan {
+    shared: Arc<Shared>,
+    job: Option<ReleaseJob>,
+}
+
+impl Orphan {
+    /// Releases it now (on the connection that replaced a broken one), so that the next attempt
+    /// does not find its own earlier key; left to the background if Redis does not answer.
+    pub(crate) async fn release_now(mut self) {
+        if let Some(job) = &self.job {
+            if self
+                .shared
+                .store
+                .release(&job.keys, &job.token, Duration::ZERO)
+                .await
+                .is_ok()
+            {
+                self.job = None;
+            }
+        }
+    }
+}
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            self.shared.spawn(None, job);
+        }
+    }
+}
+
+impl Drop for CleanUp<'_> {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            self.shared.spawn(None, job);
+        }
+    }
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn new(store: Box<dyn Store>, wake: Box<dyn Wake>, settings: Settings) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            wake,
+            settings,
+            tasks: Arc::default(),
+            held: Mutex::default(),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub(crate) fn keys(&self, name: &str) -> LockKeys {
+        LockKeys::new(&self.settings.prefix, name)
+    }
+
+    pub(crate) fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+
+    pub(crate) fn held_count(&self) -> usize {
+        locked(&self.held).len()
+    }
+
+    pub(crate) fn pending_tasks(&self) -> usize {
+        self.tasks.pending()
+    }
+
+    /// One acquire attempt with a fresh token. With `mark`, a refusal asks the holder's release
+    /// to be published (waiters only). If this future is dropped in flight, or the attempt fails
+    /// in a way that may have set the key, the token is released in the background.
+    pub(crate) async fn attempt(
+        self: &Arc<Self>,
+        keys: &LockKeys,
+        name: &str,
+        ttl: Duration,
+        mark: bool,
+    ) -> Tried {
+        let token = new_token();
+        let sent = Instant::now();
+        let cleanup = CleanUp {
+            shared: self,
+            job: Some(ReleaseJob {
+                keys: keys.clone(),
+                token: token.clone(),
+                name: name.to_owned(),
+                hold_until: None,
+                give_up: sent + ttl,
+                quiet: true,
+            }),
+        };
+        match self.store.acquire(keys, &token, ttl, mark).await {
+            Ok(Attempt::Granted(usable)) => {
+                cleanup.disarm();
+                Tried::Granted(Grant {
+                    token,
+                    sent,
+                    usable,
+                })
+            }
+            Ok(Attempt::Held(left)) => {
+                cleanup.disarm();
+                Tried::Held(left)
+            }
+            Ok(Attempt::NoQuorum { granted, needed }) => {
+                // Redlock already gave back what it may have got.
+                cleanup.disarm();
+                Tried::NoQuorum { granted, needed }
+            }
+            Err(e) if e.may_have_applied() => Tried::Failed(e, Some(cleanup.into_orphan())),
+            Err(e) => {
+                cleanup.disarm();
+                Tried::Failed(e, None)
+            }
+        }
+    }
+
+    /// Makes the lease of a granted attempt and tracks it for `shutdown`.
+    pub(crate) fn grant(
+        &self,
+        name: String,
+        keys: LockKeys,
+        ttl: Duration,
+        grant: Grant,
+        min_hold: Option<Duration>,
+    ) -> Arc<Lease> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let lease = Arc::new(Lease::new(id, name, keys, ttl, grant, min_hold));
+        locked(&self.held).insert(id, Arc::clone(&lease));
+        lease
+    }
+
+    /// Waits for release notifications on `keys`, for a waiter.
+    pub(crate) async fn watch(&self, keys: &LockKeys) -> Watch {
+        self.wake.watch(keys).await
+    }
+
+    /// Owner-checked renewal for `ttl` from now. `Ok(false)` (and the lease lost for good)
+    /// when the key is gone or another's.
+    pub(crate) async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
+        let renewing = lease.renewing(self.store.usable(ttl));
+        match self.store.extend(&lease.keys, &lease.token, ttl).await {
+            Ok(Renewal::Renewed { usable, partial }) => {
+                // A client that re-sends by itself may land this renewal again, later.
+                renewing.finish(if partial || self.store.replays() {
+                    Landed::AppliedPartly(usable)
+                } else {
+                    Landed::Applied(usable)
+                });
+                Ok(true)
+            }
+            Ok(Renewal::NotOurs) => {
+                renewing.finish(Landed::NotApplied);
+                tracing::warn!(lock = %lease.name, "lease lost: the key expired or another owner holds it");
+                lease.mark_lost();
+                Ok(false)
+            }
+            Err(e) => {
+                renewing.finish(if e.may_have_applied() {
+                    Landed::Unknown
+                } else {
+                    Landed::NotApplied
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// The lease's fencing token, drawn on first use while it is held.
+    pub(crate) async fn fencing_token(&self, lease: &Lease) -> Result<u64> {
+        let lost = || LockError::Lost {
+            name: lease.name.clone(),
+        };
+        if let Some(&fence) = lease.fence.get() {
+            return Ok(fence);
+        }
+        if lease.is_lost() || lease.is_finished() {
+            return Err(lost());
+        }
+        let fence = lease
+            .fence
+            .get_or_try_init(|| async {
+                match self.store.fence(&lease.keys, &lease.token).await? {
+                    Some(fence) => Ok(fence),
+                    None => {
+                        tracing::warn!(lock = %lease.name, "no fencing token: the key expired or another owner holds it");
+                        lease.mark_lost();
+                        Err(lost())
+                    }
+                }
+            })
+            .await?;
+        Ok(*fence)
+    }
+
+    /// Claims the right to end `lease` (exactly one caller wins) and forgets it.
+    pub(crate) fn claim(&self, lease: &Lease) -> bool {
+        if !lease.claim() {
+            return false;
+        }
+        locked(&self.held).remove(&lease.id);
+        true
+    }
+
+    fn release_job(lease: &Lease) -> ReleaseJob {
+        ReleaseJob {
+            keys: lease.keys.clone(),
+            token: lease.token.clone(),
+            name: lease.name.clone(),
+            hold_until: lease.min_hold_end(),
+            give_up: lease.deadline(),
+            quiet: false,
+        }
+    }
+
+    /// Ends a claimed lease: stops its watchdog (waiting until an extension in flight is gone),
+    /// then compare-and-deletes the key. If this future is dropped, or Redis cannot be reached,
+    /// the release goes on in the background until the key would have expired.
+    pub(crate) async fn release(self: &Arc<Self>, lease: &Lease) -> Result<bool> {
+        let on_failure = CleanUp {
+            shared: self,
+            job: Some(Self::release_job(lease)),
+        };
+        if let Some(watchdog) = lease.stop_watchdog() {
+            let _ = watchdog.await;
+        }
+        let keep = keep_for(lease.min_hold_end());
+        let released = self.store.release(&lease.keys, &lease.token, keep).await;
+        match &released {
+            Ok(true) => tracing::debug!(lock = %lease.name, "released"),
+            Ok(false) => tracing::warn!(
+                lock = %lease.name,
+                "release found the lock expired or held by another owner"
+            ),
+            Err(e) => {
+                tracing::warn!(lock = %lease.name, error = %e, "release failed; retrying in the background until the key expires");
+                return released;
+            }
+        }
+        on_failure.disarm();
+        released
+    }
+
+    /// Releases a claimed lease in the background on the current runtime, tracked for
+    /// `shutdown`. Never blocks and never panics; with no runtime it logs and leaves the key
+    /// to its ttl.
+    pub(crate) fn release_in_background(self: &Arc<Self>, lease: &Lease) {
+        let watchdog = lease.stop_watchdog();
+        self.spawn(watchdog, Self::release_job(lease));
+    }
+
+    fn spawn(self: &Arc<Self>, watchdog: Option<tokio::task::JoinHandle<()>>, job: ReleaseJob) {
+        let Ok(handle) = Handle::try_current() else {
+            tracing::warn!(
+                lock = %job.name,
+                "lock released outside a tokio runtime; the key expires with its ttl"
+            );
+            return;
+        };
+        let shared = Arc::clone(self);
+        let span = tracing::debug_span!("lock.release", lock = %job.name);
+        self.tasks.spawn(
+            &handle,
+            async move {
+                if let Some(watchdog) = watchdog {
+                    let _ = watchdog.await;
+                }
+                shared.release_until_answered(job).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// The one retry policy of releases: back off from 50 ms to 1 s while Redis cannot be
+    /// reached, and stop once the key would have expired.
+    async fn release_until_answered(&self, job: ReleaseJob) {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let keep = keep_for(job.hold_until);
+            match self.store.release(&job.keys, &job.token, keep).await {
+                Ok(true) => tracing::debug!(lock = %job.name, "released in the background"),
+                Ok(false) if job.quiet => {}
+                Ok(false) => tracing::warn!(
+                    lock = %job.name,
+                    "release found the lock expired or held by another owner"
+                ),
+                Err(e) if Instant::now() + pause < job.give_up => {
+                    tracing::debug!(lock = %job.name, error = %e, "release failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                Err(e) => tracing::warn!(
+                    lock = %job.name,
+                    error = %e,
+                    "release failed; the key expires with its ttl"
+                ),
+            }
+            return;
+        }
+    }
+
+    /// Gives up every lease still held and waits for the background releases, within `within`.
+    pub(crate) async fn shutdown(self: &Arc<Self>, within: Duration) -> Result<()> {
+        let leases: Vec<Arc<Lease>> = locked(&self.held).drain().map(|(_, l)| l).collect();
+        for lease in leases {
+            if lease.claim() {
+                lease.mark_lost();
+                self.release_in_background(&lease);
+            }
+        }
+        match tokio::time::timeout(within, self.tasks.wait_idle()).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(LockError::ShutdownTimeout {
+                pending: self.tasks.pending(),
+            }),
+        }
+    }
+}
+
+/// How long the key must still live at release for `min_hold`; zero deletes it.
+fn keep_for(hold_until: Option<Instant>) -> Duration {
+    hold_until.map_or(Duration::ZERO, |end| {
+        end.saturating_duration_since(Instant::now())
+    })
+}

@@ -1,0 +1,931 @@
+//! A deterministic fault simulator for the lease model.
+//!
+//! The real acquire loop, guard, extend, watchdog, release, drop and waiting code runs against
+//! simulated servers (the in-process [`Server`] state machine, the same semantics as the Lua
+//! scripts) under paused tokio time. Between each client connection and its server sits a
+//! network that a seeded schedule of faults perturbs:
+//!
+//! - delays of every request and reply (a connection stays FIFO, as a TCP connection is);
+//! - a reply lost after the command was applied (the client times out);
+//! - a connection cut with a command in flight: the client gets an error at once, and the
+//!   command is applied later, after commands sent on the new connection, or never;
+//! - a command duplicated (applied a second time, later);
+//! - a refused connection (nothing sent);
+//! - the server paused past the ttl (commands wait, keys expire meanwhile);
+//! - the server restarted, with or without its data.
+//!
+//! After every command the servers apply, every millisecond, and around every client step, it
+//! checks the invariants I1-I5 (see the crate docs) against the servers' truth. A failing seed
+//! is printed; `LOCK_SIM_SEED=<seed>` replays it alone, `LOCK_SIM_SEEDS=<n>` runs more.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use crate::backend::memory::Server;
+use crate::backend::redlock::{Drift, Redlock};
+use crate::backend::single::Single;
+use crate::backend::{BoxFuture, Node, Store, Taken, Wake, Watch};
+use crate::keys::LockKeys;
+use crate::lease::Lease;
+use crate::shared::{Settings, Shared};
+use crate::{LockError, LockGuard, LockManager};
+
+/// splitmix64: small, seedable, good enough to draw faults.
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo + 1))
+    }
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How often each fault strikes a command, in percent, and how large delays are.
+#[derive(Clone, Copy, Debug)]
+struct Faults {
+    cut: u64,
+    lost_reply: u64,
+    duplicate: u64,
+    max_delay_ms: u64,
+    /// How late a command from a cut connection, or a duplicate, may land.
+    max_late_ms: u64,
+}
+
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// `LOCK_SIM_TRACE=1` prints every command the servers apply.
+static TRACE: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var_os("LOCK_SIM_TRACE").is_some());
+
+enum Op {
+    Acquire {
+        keys: LockKeys,
+        token: String,
+        ttl: Duration,
+        mark: bool,
+    },
+    Release {
+        keys: LockKeys,
+        token: String,
+        keep: Duration,
+    },
+    Extend {
+        keys: LockKeys,
+        token: String,
+        ttl: Duration,
+    },
+    Fence {
+        keys: LockKeys,
+        token: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    Taken(Taken),
+    Yes(bool),
+    Fence(Option<u64>),
+}
+
+struct Queued {
+    op: Arc<Op>,
+    reply: Option<oneshot::Sender<Reply>>,
+    /// The server generation it was sent to; a restart loses what has not landed.
+    generation: u64,
+}
+
+/// A leased guard the checker watches, with what it needs to judge it.
+struct Watched {
+    lease: Arc<Lease>,
+    /// How many nodes must hold the token (1, or Redlock's majority).
+    quorum: usize,
+}
+
+/// Everything the checker knows, shared by the servers and the scenario.
+#[derive(Default)]
+struct Truth {
+    violations: Vec<String>,
+    watched: Vec<Watched>,
+    /// Tokens of acquire attempts refused before being sent, somewhere.
+    refused: HashSet<String>,
+    /// Tokens of acquire attempts that went out to some server. A cancelled Redlock attempt
+    /// cannot know where it got, and gives back everywhere: only an attempt that reached no
+    /// server must never be cleaned up after.
+    sent: HashSet<String>,
+
+    /// Per server: the last time it lost its data; leases acquired before are exempt.
+    data_lost_at: Vec<Option<Instant>>,
+}
+
+impl Truth {
+    fn violation(&mut self, what: String) {
+        if self.violations.len() < 8 {
+            self.violations.push(what);
+        }
+    }
+}
+
+struct ServerState {
+    server: Server,
+    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    pending: std::collections::HashMap<u64, Queued>,
+    seq: u64,
+    generation: u64,
+    down_until: Option<Instant>,
+    paused_until: Option<Instant>,
+    /// The server clock (Redis `TIME`) at the simulation's start, in microseconds.
+    clock_base_us: u64,
+    started: Instant,
+}
+
+struct SimServer {
+    index: usize,
+    state: Mutex<ServerState>,
+    wake_driver: Notify,
+    /// Published releases.
+    released: Arc<Notify>,
+    truth: Arc<Mutex<Truth>>,
+}
+
+impl SimServer {
+    fn new(index: usize, truth: Arc<Mutex<Truth>>) -> Arc<Self> {
+        Arc::new(Self {
+            index,
+            state: Mutex::new(ServerState {
+                server: Server::default(),
+                queue: BinaryHeap::new(),
+                pending: std::collections::HashMap::new(),
+                seq: 0,
+                generation: 0,
+                down_until: None,
+                paused_until: None,
+                clock_base_us: 1_700_000_000_000_000,
+                started: Instant::now(),
+            }),
+            wake_driver: Notify::new(),
+            released: Arc::new(Notify::new()),
+            truth,
+        })
+    }
+
+    fn enqueue(&self, at: Instant, op: Arc<Op>, reply: Option<oneshot::Sender<Reply>>) {
+        let mut st = locked(&self.state);
+        st.seq += 1;
+        let seq = st.seq;
+        let generation = st.generation;
+        st.queue.push(Reverse((at, seq)));
+        st.pending.insert(
+            seq,
+            Queued {
+                op,
+                reply,
+                generation,
+            },
+        );
+        drop(st);
+        self.wake_driver.notify_one();
+    }
+
+    /// Applies queued commands in (time, send order), as the server would.
+    async fn drive(self: Arc<Self>, all: Vec<Arc<SimServer>>) {
+        loop {
+            let next = {
+                let mut st = locked(&self.state);
+                let now = Instant::now();
+                let blocked_until = st.paused_until.filter(|&p| p > now);
+                let mut applied = false;
+                while blocked_until.is_none() {
+                    let Some(&Reverse((at, seq))) = st.queue.peek() else {
+                        break;
+                    };
+                    if at > now {
+                        break;
+                    }
+                    st.queue.pop();
+                    let Some(q) = st.pending.remove(&seq) else {
+                        continue;
+                    };
+                    if q.generation != st.generation {
+                        continue; // lost with the restart
+                    }
+                    let reply = self.apply(&mut st, &q.op, now);
+                    if *TRACE {
+                        eprintln!(
+                            "{:>6}ms server {} applies {} -> {reply:?}",
+                            (now - st.started).as_millis(),
+                            self.index,
+                            describe(&q.op)
+                        );
+                    }
+                    if let Some(tx) = q.reply {
+                        let _ = tx.send(reply);
+                    }
+                    applied = true;
+                }
+                drop(st);
+                if applied {
+                    check(&self.truth, &all);
+                }
+                let st = locked(&self.state);
+                blocked_until.or_else(|| st.queue.peek().map(|Reverse((at, _))| *at))
+            };
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = self.wake_driver.notified() => {}
+                    }
+                }
+                None => self.wake_driver.notified().await,
+            }
+        }
+    }
+
+    fn apply(&self, st: &mut ServerState, op: &Op, now: Instant) -> Reply {
+        match op {
+            Op::Acquire {
+                keys,
+                token,
+                ttl,
+                mark,
+            } => Reply::Taken(st.server.acquire(now, keys, token, *ttl, *mark)),
+            Op::Release { keys, token, keep } => {
+                let truth = locked(&self.truth);
+                let cleanup_of_unsent =
+                    truth.refused.contains(token) && !truth.sent.contains(token);
+                drop(truth);
+                if cleanup_of_unsent {
+                    locked(&self.truth).violation(format!(
+                        "I5: a release was sent for token {} whose acquire reached no server (server {})",
+                        &token[..6],
+                        self.index
+                    ));
+                }
+                let (ours, published) = st.server.release(now, keys, token, *keep);
+                if published {
+                    self.released.notify_waiters();
+                }
+                Reply::Yes(ours)
+            }
+            Op::Extend { keys, token, ttl } => Reply::Yes(st.server.extend(now, keys, token, *ttl)),
+            Op::Fence { keys, token } => {
+                let clock = st.clock_base_us + (now - st.started).as_micros() as u64;
+                Reply::Fence(st.server.fence(now, keys, token, clock))
+            }
+        }
+    }
+
+    /// A restart: in-flight commands are lost, connections break, clients are refused for
+    /// `down`, and without persistence every key is gone.
+    fn restart(&self, down: Duration, keep_data: bool) {
+        let mut st = locked(&self.state);
+        let now = Instant::now();
+        st.generation += 1;
+        st.queue.clear();
+        st.pending.clear();
+        st.down_until = Some(now + down);
+        if !keep_data {
+            st.server.flush();
+            locked(&self.truth).data_lost_at[self.index] = Some(now);
+        }
+        drop(st);
+        self.wake_driver.notify_one();
+    }
+
+    fn pause(&self, length: Duration) {
+        locked(&self.state).paused_until = Some(Instant::now() + length);
+        self.wake_driver.notify_one();
+    }
+}
+
+fn describe(op: &Op) -> String {
+    let short = |t: &str| t[..6].to_owned();
+    match op {
+        Op::Acquire {
+            keys,
+            token,
+            ttl,
+            mark,
+        } => {
+            format!(
+                "acquire {} {} ttl {ttl:?} mark {mark}",
+                keys.lock,
+                short(token)
+            )
+        }
+        Op::Release { keys, token, keep } => {
+            format!("release {} {} keep {keep:?}", keys.lock, short(token))
+        }
+        Op::Extend { keys, token, ttl } => {
+            format!("extend {} {} ttl {ttl:?}", keys.lock, short(token))
+        }
+        Op::Fence { keys, token } => format!("fence {} {}", keys.lock, short(token)),
+    }
+}
+
+/// One client connection to one simulated server: FIFO while it lives, with faults.
+struct SimConn {
+    server: Arc<SimServer>,
+    rng: Arc<Mutex<Rng>>,
+    faults: Faults,
+    conn: Mutex<ConnState>,
+}
+
+struct ConnState {
+    /// Bumped when this connection is cut; replies of an older epoch never arrive.
+    epoch: u64,
+    generation: u64,
+    last_apply: Instant,
+    last_reply: Instant,
+}
+
+fn io_error(kind: std::io::ErrorKind, what: &str) -> LockError {
+    LockError::Redis(redis::RedisError::from(std::io::Error::new(
+        kind,
+        what.to_owned(),
+    )))
+}
+
+/// What the network does to one command.
+enum Fate {
+    Normal,
+    LostReply,
+    Cut { land_after: Option<Duration> },
+    Duplicate { again_after: Duration },
+}
+
+impl SimConn {
+    fn new(server: Arc<SimServer>, rng: Arc<Mutex<Rng>>, faults: Faults) -> Arc<Self> {
+        let now = Instant::now();
+        Arc::new(Self {
+            server,
+            rng,
+            faults,
+            conn: Mutex::new(ConnState {
+                epoch: 0,
+                generation: 0,
+                last_apply: now,
+                last_reply: now,
+            }),
+        })
+    }
+
+    fn call(&self, op: Op) -> BoxFuture<'_, crate::Result<Reply>> {
+        let now = Instant::now();
+        let server_generation = {
+            let st = locked(&self.server.state);
+            if st.down_until.is_some_and(|d| d > now) {
+                if let Op::Acquire { token, .. } = &op {
+                    locked(&self.server.truth).refused.insert(token.clone());
+                }
+                return Box::pin(async {
+                    Err(io_error(std::io::ErrorKind::ConnectionRefused, "refused"))
+                });
+            }
+            st.generation
+        };
+        let f = self.faults;
+        let (fate, d_req, d_rep) = {
+            let mut rng = locked(&self.rng);
+            let roll = rng.below(100);
+            let fate = if roll < f.cut {
+                Fate::Cut {
+                    land_after: rng.chance(50).then(|| rng.ms(0, f.max_late_ms)),
+                }
+            } else if roll < f.cut + f.lost_reply {
+                Fate::LostReply
+            } else if roll < f.cut + f.lost_reply + f.duplicate {
+                Fate::Duplicate {
+                    again_after: rng.ms(1, f.max_late_ms),
+                }
+            } else {
+                Fate::Normal
+            };
+            (fate, rng.ms(0, f.max_delay_ms), rng.ms(0, f.max_delay_ms))
+        };
+        if let Op::Acquire { token, .. } = &op {
+            locked(&self.server.truth).sent.insert(token.clone());
+        }
+        let op = Arc::new(op);
+        let mut conn = locked(&self.conn);
+        if conn.generation != server_generation {
+            // The server restarted since this connection last spoke: reconnect.
+            conn.generation = server_generation;
+            conn.epoch += 1;
+            conn.last_apply = now;
+            conn.last_reply = now;
+        }
+        if let Fate::Cut { land_after } = fate {
+            conn.epoch += 1;
+            conn.last_apply = now;
+            conn.last_reply = now;
+            drop(conn);
+            if let Some(late) = land_after {
+                self.server.enqueue(now + late, op, None);
+            }
+            return Box::pin(async move {
+                tokio::time::sleep(d_req).await;
+                Err(io_error(
+                    std::io::ErrorKind::ConnectionReset,
+                    "connection reset",
+                ))
+            });
+        }
+        let apply_at = (now + d_req).max(conn.last_apply);
+        conn.last_apply = apply_at;
+        let reply_at = (apply_at + d_rep).max(conn.last_reply);
+        conn.last_reply = reply_at;
+        let epoch = conn.epoch;
+        drop(conn);
+        let (tx, rx) = oneshot::channel();
+        if let Fate::Duplicate { again_after } = fate {
+            self.server
+                .enqueue(apply_at + again_after, Arc::clone(&op), None);
+        }
+        self.server.enqueue(apply_at, op, Some(tx));
+        let lost = matches!(fate, Fate::LostReply);
+        Box::pin(async move {
+            let answer = async {
+                let reply = rx.await;
+                tokio::time::sleep_until(reply_at).await;
+                if lost {
+                    std::future::pending::<()>().await;
+                }
+                match reply {
+                    Ok(reply) if locked(&self.conn).epoch == epoch => Ok(reply),
+                    _ => Err(io_error(
+                        std::io::ErrorKind::ConnectionReset,
+                        "connection reset",
+                    )),
+                }
+            };
+            tokio::time::timeout(RESPONSE_TIMEOUT, answer)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(io_error(std::io::ErrorKind::TimedOut, "response timed out"))
+                })
+        })
+    }
+}
+
+impl Node for SimConn {
+    fn acquire<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+        mark: bool,
+    ) -> BoxFuture<'a, crate::Result<Taken>> {
+        let call = self.call(Op::Acquire {
+            keys: keys.clone(),
+            token: token.to_owned(),
+            ttl,
+            mark,
+        });
+        Box::pin(async move {
+            match call.await? {
+                Reply::Taken(t) => Ok(t),
+                other => unreachable!("{other:?}"),
+            }
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        keep: Duration,
+    ) -> BoxFuture<'a, crate::Result<bool>> {
+        let call = self.call(Op::Release {
+            keys: keys.clone(),
+            token: token.to_owned(),
+            keep,
+        });
+        Box::pin(async move {
+            match call.await? {
+                Reply::Yes(b) => Ok(b),
+                other => unreachable!("{other:?}"),
+            }
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, crate::Result<bool>> {
+        let call = self.call(Op::Extend {
+            keys: keys.clone(),
+            token: token.to_owned(),
+            ttl,
+        });
+        Box::pin(async move {
+            match call.await? {
+                Reply::Yes(b) => Ok(b),
+                other => unreachable!("{other:?}"),
+            }
+        })
+    }
+
+    fn fence<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+    ) -> BoxFuture<'a, crate::Result<Option<u64>>> {
+        let call = self.call(Op::Fence {
+            keys: keys.clone(),
+            token: token.to_owned(),
+        });
+        Box::pin(async move {
+            match call.await? {
+                Reply::Fence(f) => Ok(f),
+                other => unreachable!("{other:?}"),
+            }
+        })
+    }
+}
+
+impl Wake for SimConn {
+    fn watch<'a>(&'a self, _keys: &'a LockKeys) -> BoxFuture<'a, Watch> {
+        let watch = Watch::new(Arc::clone(&self.server.released), None);
+        Box::pin(async move { watch })
+    }
+}
+
+/// I1 and I2: every guard that says it holds has its token on (a majority of) the servers,
+/// expiring no earlier than its local deadline.
+fn check(truth: &Mutex<Truth>, nodes: &[Arc<SimServer>]) {
+    let now = Instant::now();
+    let mut truth = locked(truth);
+    truth.watched.retain(|w| !w.lease.is_finished());
+    let mut problems = Vec::new();
+    let mut holding: Vec<(&str, usize)> = Vec::new();
+    for (i, w) in truth.watched.iter().enumerate() {
+        let lease = &w.lease;
+        if lease.is_finished() || lease.is_lost() || lease.remaining().is_zero() {
+            continue;
+        }
+        let deadline = lease.deadline();
+        let mut confirmed = 0;
+        let mut exempt = 0;
+        let mut seen = Vec::new();
+        for node in nodes {
+            if truth.data_lost_at[node.index].is_some_and(|at| at > lease.acquired) {
+                exempt += 1;
+                continue;
+            }
+            let st = locked(&node.state);
+            match st.server.holder(&lease.keys.lock, now) {
+                Some((token, expires)) => {
+                    let ours = token == lease.token;
+                    if ours && expires >= deadline {
+                        confirmed += 1;
+                    }
+                    seen.push(format!(
+                        "{} token, expires {:?} {} the deadline",
+                        if ours { "our" } else { "another" },
+                        if expires >= deadline {
+                            expires - deadline
+                        } else {
+                            deadline - expires
+                        },
+                        if expires >= deadline {
+                            "after"
+                        } else {
+                            "before"
+                        }
+                    ));
+                }
+                None => seen.push("no key".to_owned()),
+            }
+        }
+        if exempt > 0 {
+            continue; // a server that lost its data promises nothing (documented)
+        }
+        if confirmed < w.quorum {
+            problems.push(format!(
+                "I1/I2: guard #{i} on `{}` says it holds for {:?} more, but only {confirmed} of {} servers hold its token until then ({})",
+                lease.name,
+                lease.remaining(),
+                w.quorum,
+                seen.join("; ")
+            ) + &format!(" token {} acquired at {:?} ago", &lease.token[..6], now - lease.acquired));
+        }
+        holding.push((lease.keys.lock.as_str(), i));
+    }
+    holding.sort();
+    for pair in holding.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            problems.push(format!(
+                "I2: guards #{} and #{} both say they hold `{}`",
+                pair[0].1, pair[1].1, pair[0].0
+            ));
+        }
+    }
+    for p in problems {
+        truth.violation(p);
+    }
+}
+
+/// One seed's world.
+struct World {
+    truth: Arc<Mutex<Truth>>,
+    servers: Vec<Arc<SimServer>>,
+    quorum: usize,
+    faults: Faults,
+}
+
+impl World {
+    fn manager(&self, rng: &Arc<Mutex<Rng>>) -> LockManager {
+        let conns: Vec<Arc<SimConn>> = self
+            .servers
+            .iter()
+            .map(|s| SimConn::new(Arc::clone(s), Arc::clone(rng), self.faults))
+            .collect();
+        let wake: Box<dyn Wake> = Box::new(Arc::clone(&conns[0]));
+        let store: Box<dyn Store> = if conns.len() == 1 {
+            Box::new(Single::new(
+                Box::new(Arc::clone(&conns[0])),
+                "sim",
+                self.faults.duplicate > 0,
+            ))
+        } else {
+            Box::new(Redlock::new(
+                conns
+                    .iter()
+                    .map(|c| Box::new(Arc::clone(c)) as Box<dyn Node>)
+                    .collect(),
+                Drift::DEFAULT,
+                RESPONSE_TIMEOUT,
+            ))
+        };
+        LockManager::from_shared(Shared::new(
+            store,
+            wake,
+            Settings {
+                prefix: "sim:".to_owned(),
+                poll_cap: Duration::from_millis(50),
+                response_timeout: RESPONSE_TIMEOUT,
+            },
+        ))
+    }
+
+    fn watch(&self, guard: &LockGuard) {
+        locked(&self.truth).watched.push(Watched {
+            lease: Arc::clone(guard.lease()),
+            quorum: self.quorum,
+        });
+    }
+
+    fn violation(&self, what: String) {
+        locked(&self.truth).violation(what);
+    }
+
+    fn check(&self) {
+        check(&self.truth, &self.servers);
+    }
+}
+
+/// What one client does with a guard it got.
+async fn hold(world: &World, guard: LockGuard, rng: &mut Rng, ttl: Duration) {
+    let name = guard.name().to_owned();
+    // Overlapping extends with different leases, as a watchdog and a manual extend make.
+    if rng.chance(30) {
+        let long = rng.ms(ttl.as_millis() as u64, 3 * ttl.as_millis() as u64);
+        let short = rng.ms(20, ttl.as_millis() as u64);
+        let (a, b) = tokio::join!(guard.extend(long), async {
+            tokio::time::sleep(rng.ms(0, 5)).await;
+            guard.extend(short).await
+        });
+        let _ = (a, b);
+        world.check();
+    }
+    if rng.chance(30) {
+        match guard.fencing_token().await {
+            Ok(_) | Err(LockError::Redis(_) | LockError::NoQuorum { .. }) => {}
+            Err(LockError::Lost { .. }) if guard.is_lost() => {}
+            Err(e) => world.violation(format!("fencing token on `{name}`: {e}")),
+        }
+    }
+    let pause = rng.ms(0, ttl.as_millis() as u64 * 3 / 2);
+    let step = Duration::from_millis(7);
+    let end = Instant::now() + pause;
+    while Instant::now() < end {
+        tokio::time::sleep(step).await;
+        world.check();
+    }
+    if rng.chance(20) {
+        let _ = guard.extend(rng.ms(10, 2 * ttl.as_millis() as u64)).await;
+        world.check();
+    }
+    match rng.below(10) {
+        0..=5 => {
+            let _ = guard.release().await;
+        }
+        6..=7 => drop(guard),
+        _ => {
+            // A release cancelled at some await point.
+            let cut = rng.ms(0, 20);
+            let _ = tokio::time::timeout(cut, guard.release()).await;
+        }
+    }
+    world.check();
+}
+
+async fn client(world: Arc<World>, seed: u64, id: u64, names: u64) {
+    let mut rng = Rng(seed ^ (id + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+    let locks = world.manager(&Arc::new(Mutex::new(Rng(rng.next()))));
+    for _ in 0..6 {
+        let name = format!("job{}", rng.below(names));
+        let ttl = rng.ms(400, 1200);
+        let wait = if rng.chance(30) {
+            Duration::ZERO
+        } else {
+            rng.ms(50, 800)
+        };
+        let auto_extend = rng.chance(40);
+        let request = locks
+            .lock(name.clone())
+            .ttl(ttl)
+            .wait(wait)
+            .auto_extend(auto_extend);
+        let started = Instant::now();
+        let cancel_after = rng.chance(10).then(|| rng.ms(0, 300));
+        let result = match cancel_after {
+            Some(after) => match tokio::time::timeout(after, request.acquire()).await {
+                Ok(r) => r,
+                Err(_) => continue,
+            },
+            None => request.acquire().await,
+        };
+        let took = started.elapsed();
+        // I4: by the deadline plus one response timeout (timers fire on whole milliseconds).
+        if took > wait + RESPONSE_TIMEOUT + Duration::from_millis(2) {
+            world.violation(format!(
+                "I4: acquire(`{name}`, wait {wait:?}) returned after {took:?}"
+            ));
+        }
+        match result {
+            Ok(guard) => {
+                world.watch(&guard);
+                // I3: born with the lease the server granted.
+                let usable = guard.lease().deadline() - guard.lease().acquired;
+                if guard.is_lost() || guard.remaining() + RESPONSE_TIMEOUT < usable {
+                    world.violation(format!(
+                        "I3: a new guard on `{name}` is lost={} with {:?} left of a {usable:?} lease",
+                        guard.is_lost(),
+                        guard.remaining()
+                    ));
+                }
+                world.check();
+                hold(&world, guard, &mut rng, ttl).await;
+            }
+            Err(_) => tokio::time::sleep(rng.ms(0, 50)).await,
+        }
+    }
+    // I5: whatever it cleans up ends by the key's ttl (plus late landings and retry pauses).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    if let Err(e) = locks.shutdown(Duration::ZERO).await {
+        world.violation(format!(
+            "I5: background work left 5 s after the last lock: {e}"
+        ));
+    }
+}
+
+/// Runs one seed; the violations it found, if any.
+fn run_seed(seed: u64) -> Vec<String> {
+    crate::token::SEEDED_JITTER.set(Some(seed));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    let violations = rt.block_on(async move {
+        let mut rng = Rng(seed);
+        let redlock = rng.chance(25);
+        let n = if redlock { 3 } else { 1 };
+        let truth = Arc::new(Mutex::new(Truth {
+            data_lost_at: vec![None; n],
+            ..Truth::default()
+        }));
+        let servers: Vec<Arc<SimServer>> = (0..n)
+            .map(|i| SimServer::new(i, Arc::clone(&truth)))
+            .collect();
+        for s in &servers {
+            tokio::spawn(Arc::clone(s).drive(servers.clone()));
+        }
+        let faults = Faults {
+            cut: rng.below(4),
+            lost_reply: rng.below(4),
+            // Only a client that re-sends by itself duplicates (the cluster client): one server
+            // in three is such a deployment.
+            duplicate: if !redlock && rng.chance(33) {
+                1 + rng.below(3)
+            } else {
+                0
+            },
+            max_delay_ms: rng.below(15),
+            max_late_ms: 50 + rng.below(400),
+        };
+        let world = Arc::new(World {
+            truth: Arc::clone(&truth),
+            servers: servers.clone(),
+            quorum: n / 2 + 1,
+            faults,
+        });
+        // Server-wide faults at seeded moments.
+        let chaos = {
+            let servers = servers.clone();
+            let mut rng = Rng(rng.next());
+            tokio::spawn(async move {
+                for _ in 0..rng.below(3) {
+                    tokio::time::sleep(rng.ms(0, 3000)).await;
+                    let s = &servers[rng.below(servers.len() as u64) as usize];
+                    match rng.below(3) {
+                        0 => s.pause(rng.ms(100, 2000)),
+                        // Redlock promises nothing to a majority that lost its data.
+                        1 if !redlock => s.restart(rng.ms(10, 500), false),
+                        _ => s.restart(rng.ms(10, 500), true),
+                    }
+                }
+            })
+        };
+        let clients = 2 + rng.below(2);
+        let names = 1 + rng.below(2);
+        let tasks: Vec<_> = (0..clients)
+            .map(|id| tokio::spawn(client(Arc::clone(&world), seed, id, names)))
+            .collect();
+        for t in tasks {
+            if let Err(e) = t.await {
+                world.violation(format!("a client panicked: {e}"));
+            }
+        }
+        chaos.abort();
+        let violations = std::mem::take(&mut locked(&truth).violations);
+        violations
+    });
+    crate::token::SEEDED_JITTER.set(None);
+    violations
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn lease_invariants_hold_under_seeded_faults() {
+    let seeds: Vec<u64> = match env_u64("LOCK_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..env_u64("LOCK_SIM_SEEDS").unwrap_or(10_000)).collect(),
+    };
+    // Each seed runs on its own runtime; seeds are spread over the cores.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let failures: Vec<(u64, Vec<String>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let mine: Vec<u64> = seeds.iter().copied().skip(t).step_by(threads).collect();
+                scope.spawn(move || {
+                    mine.into_iter()
+                        .map(|seed| (seed, run_seed(seed)))
+                        .find(|(_, v)| !v.is_empty())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .filter_map(|w| w.join().expect("a simulator thread panicked"))
+            .collect()
+    });
+    if let Some((seed, violations)) = failures.into_iter().min_by_key(|(seed, _)| *seed) {
+        panic!(
+            "seed {seed} broke the lease model (replay: LOCK_SIM_SEED={seed} cargo test -p lock-core sim):\n  {}",
+            violations.join("\n  ")
+        );
+    }
+}
