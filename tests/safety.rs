@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::{distributed_lock, LockError, LockManager};
+use lock_core::{distributed_lock, LockError, LockGuard, LockManager};
 use lock_test_support::{cancel_after_polls, eventually, FaultProxy, RedisServer};
 use tokio::time::Instant;
 
@@ -621,4 +621,363 @@ async fn bad_input_sweep_gets_typed_errors_and_leaves_nothing() {
         matches!(not_a_url, Err(LockError::Redis(_))),
         "{not_a_url:?}"
     );
+}
+
+// ---- Lease truth: regressions for the ways a guard could believe it holds a lock that Redis
+// gave away (lock-core's docs, "The lease model", I1-I5). The fault simulator in lock-core
+// checks the same invariants under seeded faults; these show them against real servers. ----
+
+/// I1 against a real server: a guard that says it holds has its token in the key, and the key
+/// outlives the guard's local deadline. Checks nothing once the guard says it lost.
+fn assert_truthful(server: &RedisServer, key: &str, guard: &LockGuard, what: &str) {
+    let before = Instant::now();
+    let remaining = guard.remaining();
+    if guard.is_lost() || remaining.is_zero() {
+        return;
+    }
+    let value: Option<String> = server.query(redis::cmd("GET").arg(key));
+    let pttl: i64 = server.query(redis::cmd("PTTL").arg(key));
+    let elapsed = before.elapsed();
+    // A waiter may have marked the holder's token with a trailing `*` (wait.lua).
+    let holder = value.as_deref().map(|v| v.trim_end_matches('*'));
+    assert_eq!(
+        holder,
+        Some(guard.token()),
+        "{what}: the guard says it holds for {remaining:?}, but the key is another's or gone"
+    );
+    let server_left = Duration::from_millis(u64::try_from(pttl).unwrap_or(0));
+    assert!(
+        remaining <= server_left + elapsed + Duration::from_millis(1),
+        "{what}: the guard says {remaining:?} left, the server {pttl} ms"
+    );
+}
+
+async fn manager_via(url: &str, response_timeout: Duration) -> LockManager {
+    let locks = LockManager::builder()
+        .url(url)
+        .response_timeout(response_timeout)
+        .build()
+        .await
+        .unwrap();
+    // Load the scripts first, so that the faults below hit the commands under test.
+    let warm = locks.try_acquire("warm", LONG).await.unwrap().unwrap();
+    assert!(warm.extend(LONG).await.unwrap());
+    assert!(warm.release().await.unwrap());
+    locks
+}
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Defect 1 of the review: an attempt sat in a network buffer while its connection died; the
+/// client retried with the same token and found the lock held; the first attempt then landed
+/// on the freed key, and the next attempt found its own token and was granted with a lease
+/// dated from its own, later send (the guard said 3.0 s, the server had 1.5 s). Every attempt
+/// now has its own token and no key is ever granted twice: the late attempt is an orphan that
+/// nobody believes it holds, and the waiter takes the lock once that orphan expires.
+#[tokio::test]
+async fn a_delayed_acquire_that_lands_late_never_makes_a_guard_overstate_its_lease() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let locks = LockManager::builder()
+        .url(&proxy.url())
+        .response_timeout(Duration::from_millis(300))
+        // The waiter must not learn of the key's end by itself (no release is published below).
+        .max_poll_interval(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let warm = locks.try_acquire("warm", LONG).await.unwrap().unwrap();
+    assert!(warm.release().await.unwrap());
+    let other = LockManager::connect(&server.url()).await.unwrap();
+    let key = locks.key_for("delayed");
+    let holder = other.try_acquire("delayed", LONG).await.unwrap().unwrap();
+    // Our first attempt waits in the network for 800 ms; our connection dies at once. The
+    // retry finds the lock held and the waiter settles in to poll.
+    proxy.hold_next_request(Duration::from_millis(800));
+    let waiter = tokio::spawn({
+        let locks = locks.clone();
+        async move {
+            locks
+                .lock("delayed")
+                .ttl(Duration::from_secs(2))
+                .wait(Duration::from_secs(6))
+                .acquire()
+                .await
+        }
+    });
+    // The holder's key vanishes without a release message (as when its lease runs out), and
+    // the delayed attempt lands on the free key before the waiter looks again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: () = server.query(redis::cmd("DEL").arg(&key));
+    drop(holder);
+    assert!(
+        eventually(Duration::from_secs(3), || server.lock_keys()
+            == vec![key.clone()])
+        .await,
+        "the delayed attempt took the free key"
+    );
+    let guard = waiter.await.unwrap().expect("taken by the end of the wait");
+    assert_truthful(&server, &key, &guard, "just taken");
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until && !guard.is_lost() {
+        assert_truthful(&server, &key, &guard, "while held");
+        let stolen = other.try_acquire("delayed", LONG).await.unwrap();
+        if !guard.is_lost() {
+            assert!(
+                stolen.is_none(),
+                "another client took the lock while the guard holds"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(guard.release().await.unwrap());
+}
+
+/// Defect 2: with `extend(30s)` in flight, `extend(300ms)` completed, then the first one: the
+/// server had 300 ms, the guard said 29.9 s. Now the extend sent last sets the deadline,
+/// whatever order the replies are handled in, and a renewal in flight caps the deadline from
+/// the moment it is sent.
+#[tokio::test]
+async fn overlapping_extends_leave_the_guard_no_more_than_what_redis_applied_last() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let locks = manager_via(&proxy.url(), Duration::from_secs(2)).await;
+    let key = locks.key_for("extends");
+    let guard = locks
+        .try_acquire("extends", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    proxy.set_latency(Duration::from_millis(40));
+    // The long extend is sent, and its reply is handled only after the short one's (as a
+    // watchdog's task may be on a busy multi-thread runtime).
+    let mut long = std::pin::pin!(guard.extend(Duration::from_secs(30)));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), &mut long)
+            .await
+            .is_err(),
+        "in flight"
+    );
+    let checking = async {
+        for _ in 0..40 {
+            assert_truthful(&server, &key, &guard, "while the short extend is in flight");
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    };
+    let (short, ()) = tokio::join!(guard.extend(Duration::from_millis(300)), checking);
+    assert!(short.unwrap());
+    assert!(long.await.unwrap());
+    let pttl: i64 = server.query(redis::cmd("PTTL").arg(&key));
+    assert!(
+        pttl <= 300,
+        "Redis applied the short extend last: {pttl} ms"
+    );
+    assert!(
+        guard.remaining() <= Duration::from_millis(300),
+        "the guard says {:?}",
+        guard.remaining()
+    );
+    assert_truthful(&server, &key, &guard, "after both");
+}
+
+/// Defect 3: on Redlock, an instance re-granted an existing key with its old expiry while the
+/// validity was counted from the new attempt; with one instance down and one reply lost, a
+/// second client acquired while the first guard said 1.4 s. Now a failed attempt is given back
+/// where it may have landed, and the next attempt, with a fresh token, is dated from its send.
+#[tokio::test]
+async fn redlock_with_an_instance_down_and_a_lost_reply_never_lets_two_clients_hold() {
+    let mut nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let mut proxies = Vec::new();
+    for node in &nodes {
+        proxies.push(FaultProxy::start(node.port()).await);
+    }
+    let locks = LockManager::builder()
+        .redlock(proxies.iter().map(FaultProxy::url))
+        .response_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let warm = locks.try_acquire("warm", LONG).await.unwrap().unwrap();
+    assert!(warm.release().await.unwrap());
+    let other = LockManager::builder()
+        .redlock(nodes.iter().map(RedisServer::url))
+        .build()
+        .await
+        .unwrap();
+    nodes[0].kill();
+    // Instance 1 applies our first SET, and its reply is lost with the connection.
+    proxies[1].drop_next_reply();
+    let guard = locks
+        .lock("rl")
+        .ttl(Duration::from_secs(2))
+        .wait(Duration::from_secs(3))
+        .acquire()
+        .await
+        .expect("the retry gets a majority of the two instances that are up");
+    let key = locks.key_for("rl");
+    let deadline = Instant::now() + guard.remaining();
+    while Instant::now() < deadline && !guard.is_lost() {
+        for node in &nodes[1..] {
+            assert_truthful(node, &key, &guard, "on each instance of the majority");
+        }
+        let stolen = other.try_acquire("rl", LONG).await;
+        if !guard.is_lost() {
+            assert!(
+                matches!(stolen, Ok(None)),
+                "a second client got {stolen:?} while the guard holds"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(guard.release().await.unwrap());
+}
+
+/// Defect 4: after an outage during a wait, `acquire` returned a guard that was already lost:
+/// the lease was dated from the first failed attempt, even a refused one where nothing was
+/// sent. Now a guard is born with the lease of the attempt that took the lock.
+#[tokio::test]
+async fn a_guard_taken_after_an_outage_longer_than_the_ttl_is_born_with_its_lease() {
+    let mut server = RedisServer::start();
+    let locks = manager_via(&server.url(), Duration::from_millis(300)).await;
+    let ttl = Duration::from_secs(1);
+    server.kill();
+    let waiting = tokio::spawn({
+        let locks = locks.clone();
+        async move {
+            locks
+                .lock("outage")
+                .ttl(ttl)
+                .wait(Duration::from_secs(10))
+                .auto_extend(true)
+                .acquire()
+                .await
+        }
+    });
+    // The outage outlasts the ttl, with attempts failing all along.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.restart();
+    let guard = waiting.await.unwrap().expect("taken once Redis is back");
+    assert!(!guard.is_lost(), "born lost");
+    assert!(
+        guard.remaining() > ttl / 2,
+        "born with {:?} of a {ttl:?} lease",
+        guard.remaining()
+    );
+    assert_truthful(
+        &server,
+        &locks.key_for("outage"),
+        &guard,
+        "after the outage",
+    );
+    // And the watchdog keeps it: the job does not fail with `Lost` after every restart.
+    tokio::time::sleep(ttl * 2).await;
+    assert!(!guard.is_lost());
+    assert!(guard.release().await.unwrap());
+}
+
+/// Defect 6: a refused connection (nothing sent) spawned a clean-up that retried for the whole
+/// ttl: 20 refused `try_acquire` left 20 tasks and `shutdown` timed out with nothing held.
+#[tokio::test]
+async fn refused_attempts_leave_nothing_behind_and_shutdown_returns_at_once() {
+    let mut server = RedisServer::start();
+    let locks = manager_via(&server.url(), Duration::from_millis(300)).await;
+    server.kill();
+    // The first command after the kill meets the broken connection: whether it ran is unknown
+    // to the client, so its short-lived key is cleaned up (until its 200 ms ttl at most).
+    let first = locks.try_acquire("down", Duration::from_millis(200)).await;
+    assert!(matches!(first, Err(LockError::Redis(_))), "{first:?}");
+    locks.shutdown(Duration::from_secs(3)).await.unwrap();
+    for _ in 0..20 {
+        let refused = locks.try_acquire("down", LONG).await;
+        assert!(matches!(refused, Err(LockError::Redis(_))), "{refused:?}");
+    }
+    locks
+        .shutdown(Duration::ZERO)
+        .await
+        .expect("nothing was sent, so nothing is left to clean up");
+}
+
+/// A timeout is not a broken connection: the stalled attempt is not sent again at once (which
+/// doubled the latency and sent a second SET), and its key is cleaned up once Redis answers.
+#[tokio::test]
+async fn a_timed_out_attempt_is_not_retried_at_once_and_is_cleaned_up() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let locks = manager_via(&proxy.url(), Duration::from_millis(300)).await;
+    let _: () = server.query(redis::cmd("CONFIG").arg("RESETSTAT"));
+    proxy.set_latency(Duration::from_millis(700));
+    let err = locks.try_acquire("stalled", LONG).await.unwrap_err();
+    assert!(matches!(err, LockError::Redis(_)), "{err:?}");
+    proxy.set_latency(Duration::ZERO);
+    assert!(
+        eventually(Duration::from_secs(5), || server.lock_keys().is_empty()
+            && server.command_calls("set") == 1)
+        .await,
+        "one SET, landed late and deleted by token: set calls {}, keys {:?}",
+        server.command_calls("set"),
+        server.lock_keys()
+    );
+}
+
+/// A lease whose local deadline passed while Redis was slow (the key still ours on the
+/// server) comes back with a renewal that gets through. (Before, the watchdog set a sticky
+/// "lost" flag when it gave up, so even a successful manual extend left the guard lost; the
+/// watchdog now never gives up on errors, and only "not ours" is final.)
+#[tokio::test]
+async fn a_renewal_that_gets_through_after_the_deadline_revives_the_guard() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let locks = manager_via(&proxy.url(), Duration::from_secs(2)).await;
+    // The grant lands 200 ms after the send and its reply takes 200 ms more: the guard counts
+    // 500 ms from the send, the server from 200 ms later.
+    proxy.set_latency(Duration::from_millis(200));
+    let guard = locks
+        .try_acquire("revive", Duration::from_millis(500))
+        .await
+        .unwrap()
+        .unwrap();
+    proxy.set_latency(Duration::ZERO);
+    guard.lost().await;
+    assert!(guard.is_lost());
+    assert!(
+        guard.extend(Duration::from_secs(5)).await.unwrap(),
+        "the key was still ours"
+    );
+    assert!(!guard.is_lost(), "held again");
+    assert!(guard.remaining() > Duration::from_secs(4));
+    assert_truthful(&server, &locks.key_for("revive"), &guard, "revived");
+    assert!(guard.release().await.unwrap());
+}
+
+/// Fencing tokens are drawn on demand, while held: none after the lease ran out.
+#[tokio::test]
+async fn a_fencing_token_is_drawn_only_while_the_lease_holds() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    let fence_key = format!("{}:fence", locks.key_for("fenced"));
+    let guard = locks
+        .try_acquire("fenced", Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    guard.lost().await;
+    let err = guard.fencing_token().await.unwrap_err();
+    assert!(
+        matches!(err, LockError::Lost { ref name } if name == "fenced"),
+        "{err:?}"
+    );
+    let exists: bool = server.query(redis::cmd("EXISTS").arg(&fence_key));
+    assert!(!exists, "nothing drawn");
+    let next = locks.try_acquire("fenced", LONG).await.unwrap().unwrap();
+    let token = next.fencing_token().await.unwrap();
+    assert_eq!(next.fencing_token().await.unwrap(), token, "cached");
+    let stored: u64 = server.query(redis::cmd("GET").arg(&fence_key));
+    assert_eq!(stored, token);
+    // A counter lost with the server's data does not send tokens back: the server's clock
+    // keeps them above every earlier one.
+    let _: () = server.query(redis::cmd("DEL").arg(&fence_key));
+    assert!(next.release().await.unwrap());
+    let after = locks.try_acquire("fenced", LONG).await.unwrap().unwrap();
+    assert!(after.fencing_token().await.unwrap() > token);
+    assert!(after.release().await.unwrap());
 }

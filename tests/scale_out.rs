@@ -81,19 +81,30 @@ async fn cluster_names_spread_over_all_masters() {
 /// Moves `slot` from the master at `from` to the master at `to`, keys included, the way
 /// `redis-cli --cluster reshard` does.
 fn migrate_slot(cluster: &RedisCluster, slot: u16, from: usize, to: usize) {
+    start_migration(cluster, slot, from, to);
+    finish_migration(cluster, slot, from, to);
+}
+
+fn setslot(node: &RedisServer, slot: u16, how: &str, id: &str) {
+    let _: () = node.query(
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(how)
+            .arg(id),
+    );
+}
+
+/// Marks `slot` importing on `to` and migrating on `from`: from now on, a key of the slot
+/// that `from` does not have is answered with an ASK redirect to `to`.
+fn start_migration(cluster: &RedisCluster, slot: u16, from: usize, to: usize) {
+    setslot(&cluster.nodes[to], slot, "IMPORTING", &cluster.id_of(from));
+    setslot(&cluster.nodes[from], slot, "MIGRATING", &cluster.id_of(to));
+}
+
+/// Moves the slot's remaining keys and gives the slot to `to` on every node.
+fn finish_migration(cluster: &RedisCluster, slot: u16, from: usize, to: usize) {
     let (src, dst) = (&cluster.nodes[from], &cluster.nodes[to]);
-    let (src_id, dst_id) = (cluster.id_of(from), cluster.id_of(to));
-    let setslot = |node: &RedisServer, how: &str, id: &str| {
-        let _: () = node.query(
-            redis::cmd("CLUSTER")
-                .arg("SETSLOT")
-                .arg(slot)
-                .arg(how)
-                .arg(id),
-        );
-    };
-    setslot(dst, "IMPORTING", &src_id);
-    setslot(src, "MIGRATING", &dst_id);
     let keys: Vec<String> = src.query(
         redis::cmd("CLUSTER")
             .arg("GETKEYSINSLOT")
@@ -113,8 +124,78 @@ fn migrate_slot(cluster: &RedisCluster, slot: u16, from: usize, to: usize) {
         );
     }
     for node in cluster.nodes.iter() {
-        setslot(node, "NODE", &dst_id);
+        setslot(node, slot, "NODE", &cluster.id_of(to));
     }
+}
+
+#[tokio::test]
+async fn cluster_a_free_lock_is_taken_while_its_slot_migrates_and_by_the_deadline() {
+    let cluster = RedisCluster::start(3, 0);
+    let locks = LockManager::builder()
+        .cluster(cluster.urls())
+        .response_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let key = locks.key_for("migrating");
+    // A fencing counter in the slot, on the source, as a lock used before leaves one.
+    let before = locks.try_acquire("migrating", LONG).await.unwrap().unwrap();
+    let fence = before.fencing_token().await.unwrap();
+    assert!(before.release().await.unwrap());
+    let slot = cluster.slot(&key);
+    let from = cluster.master_of(&key);
+    let to = cluster
+        .masters()
+        .iter()
+        .map(|m| cluster.index_of(m.port))
+        .find(|&i| i != from)
+        .unwrap();
+    start_migration(&cluster, slot, from, to);
+    let wait = Duration::from_secs(3);
+    let started = tokio::time::Instant::now();
+    let guard = locks
+        .lock("migrating")
+        .ttl(LONG)
+        .wait(wait)
+        .acquire()
+        .await
+        .expect("a free lock is taken while its slot migrates");
+    assert!(
+        started.elapsed() < wait + Duration::from_secs(1),
+        "I4: returned after {:?}",
+        started.elapsed()
+    );
+    // The importing node serves the slot's keys only after ASKING.
+    let (value,): (Option<String>,) = redis::pipe()
+        .cmd("ASKING")
+        .ignore()
+        .cmd("GET")
+        .arg(&key)
+        .query(&mut cluster.nodes[to].conn())
+        .unwrap();
+    assert_eq!(
+        value.as_deref(),
+        Some(guard.token()),
+        "set on the importing node"
+    );
+    // Exclusive during the migration too, and extend and release follow the redirect.
+    let other = LockManager::builder()
+        .cluster(cluster.urls())
+        .build()
+        .await
+        .unwrap();
+    assert!(other
+        .try_acquire("migrating", LONG)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(guard.extend(LONG).await.unwrap());
+    assert!(guard.release().await.unwrap());
+    // Finish the migration; the fencing counter moves with the slot and keeps growing.
+    finish_migration(&cluster, slot, from, to);
+    let after = locks.try_acquire("migrating", LONG).await.unwrap().unwrap();
+    assert!(after.fencing_token().await.unwrap() > fence);
+    assert!(after.release().await.unwrap());
 }
 
 #[tokio::test]
@@ -442,6 +523,19 @@ async fn builder_refuses_unworkable_deployments_with_a_reason() {
                 .redlock([&url; 3])
                 .redlock_clock_drift(1.5, Duration::ZERO),
             "drift factor",
+        ),
+        // Zero would poll in a hot loop, or time out every command at once.
+        (
+            LockManager::builder()
+                .url(&url)
+                .max_poll_interval(Duration::ZERO),
+            "max_poll_interval",
+        ),
+        (
+            LockManager::builder()
+                .url(&url)
+                .response_timeout(Duration::ZERO),
+            "response_timeout",
         ),
     ] {
         match builder.build().await {

@@ -8,10 +8,12 @@
 //! command changes it. The deadline is therefore always dated from a send time:
 //!
 //! - A grant gives `acquired + usable` (the attempt that took the lock, never an earlier one).
-//! - A successful renewal sent at `s` moves the deadline to `s + usable` only if `s` is later
-//!   than the send time of the command that set the current one: the server applies one
+//! - A successful renewal sent at `s` moves the deadline to `s + usable` if `s` is later than
+//!   the send time of the command that set the current one: the server applies one
 //!   connection's commands in order, so the command sent last is the one whose expiry stands.
-//!   A reply to an older command changes nothing.
+//!   A reply to an older command can only shorten the deadline, to its own `s + usable`: if
+//!   it was applied last after all (a `NOSCRIPT` fallback sends its `EVAL` later than its
+//!   first try), the key expires no earlier than that.
 //! - A renewal in flight may be applied at any moment, before its reply is back, and set the
 //!   expiry to `T + ttl'` with `T` no earlier than its send. So from the moment it is sent it
 //!   caps the deadline at `max(basis send, its send) + ttl'`. Its answer lifts the cap: the
@@ -221,9 +223,9 @@ impl Lease {
             if sent > clock.basis {
                 clock.basis = sent;
                 clock.deadline = sent + usable;
-            } else if sent == clock.basis {
-                // Sent at the same instant as the command that set the deadline: either may
-                // have been applied last.
+            } else {
+                // Sent no later than the command that set the deadline: either may have been
+                // applied last, and the key lives at least until the earlier of the two ends.
                 clock.deadline = clock.deadline.min(sent + usable);
             }
         }

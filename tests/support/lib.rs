@@ -482,7 +482,8 @@ impl From<lock_core::LockError> for JobError {
 }
 
 /// A TCP proxy between clients and a Redis server that injects faults on demand: latency, a
-/// reply dropped after the server applied the command, all connections cut, or a blackhole.
+/// reply dropped after the server applied the command, a request held back and delivered late
+/// after its client's connection died, all connections cut, or a blackhole.
 /// Runs on the current tokio runtime; stops with it or on drop.
 pub struct FaultProxy {
     port: u16,
@@ -496,6 +497,7 @@ struct Faults {
     drop_replies: std::sync::atomic::AtomicUsize,
     blackhole: std::sync::atomic::AtomicBool,
     blackhole_after_drop: std::sync::atomic::AtomicBool,
+    hold_next_us: std::sync::atomic::AtomicU64,
     cut: tokio::sync::Notify,
 }
 
@@ -554,6 +556,17 @@ impl FaultProxy {
         self.drop_next_reply();
     }
 
+    /// The next request (whatever a client sends next, on any connection) sits in the network:
+    /// its client's connection is closed at once, and the request reaches the server `after`
+    /// that, on the old server-side connection, whose reply nobody reads. The client cannot
+    /// tell whether it ran; it runs later, after whatever the client sends meanwhile.
+    pub fn hold_next_request(&self, after: Duration) {
+        self.faults.hold_next_us.store(
+            after.as_micros().max(1) as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
     /// Closes every open connection at once (new ones are accepted).
     pub fn cut_all(&self) {
         self.faults.cut.notify_waiters();
@@ -587,14 +600,26 @@ async fn pump(
     let mut from_server = vec![0u8; 64 * 1024];
     let cut = faults.cut.notified();
     tokio::pin!(cut);
+    // Read when a chunk arrives, so that a change applies to the very next chunk.
+    let delay = || Duration::from_micros(faults.latency_us.load(SeqCst));
     loop {
-        let delay = Duration::from_micros(faults.latency_us.load(SeqCst));
         tokio::select! {
             () = &mut cut => return,
             n = client_rx.read(&mut from_client) => {
                 let Ok(n @ 1..) = n else { return };
                 if faults.blackhole.load(SeqCst) { continue; }
-                tokio::time::sleep(delay).await;
+                let hold = faults.hold_next_us.swap(0, SeqCst);
+                if hold > 0 {
+                    let held = from_client[..n].to_vec();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_micros(hold)).await;
+                        let _ = server_tx.write_all(&held).await;
+                        let mut reply = vec![0u8; 1024];
+                        let _ = tokio::time::timeout(Duration::from_secs(2), server_rx.read(&mut reply)).await;
+                    });
+                    return; // the client's side of the connection closes now
+                }
+                tokio::time::sleep(delay()).await;
                 if server_tx.write_all(&from_client[..n]).await.is_err() { return; }
             }
             n = server_rx.read(&mut from_server) => {
@@ -610,7 +635,7 @@ async fn pump(
                     }
                     return;
                 }
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep(delay()).await;
                 if client_tx.write_all(&from_server[..n]).await.is_err() { return; }
             }
         }
