@@ -12,15 +12,22 @@ pub(crate) struct LockKeys {
     /// `<prefix>{<name>}`: holds the owner token while the lock is held. Also the name of the
     /// pub/sub channel its releases are published on.
     pub(crate) lock: String,
-    /// `<prefix>{<name>}:fence`: the last fencing token drawn for this name.
-    pub(crate) fence: String,
 }
 
 impl LockKeys {
     pub(crate) fn new(prefix: &str, name: &str) -> Self {
-        let lock = format!("{prefix}{{{name}}}");
-        let fence = format!("{lock}:fence");
-        Self { lock, fence }
+        let mut lock = String::with_capacity(prefix.len() + name.len() + 2);
+        lock.push_str(prefix);
+        lock.push('{');
+        lock.push_str(name);
+        lock.push('}');
+        Self { lock }
+    }
+
+    /// `<prefix>{<name>}:fence`: the last fencing token drawn for this name. Made only when a
+    /// token is drawn.
+    pub(crate) fn fence(&self) -> String {
+        format!("{}:fence", self.lock)
     }
 }
 
@@ -32,6 +39,6 @@ mod tests {
     fn keys_share_a_hash_tag() {
         let k = LockKeys::new("lock:", "invoices:7");
         assert_eq!(k.lock, "lock:{invoices:7}");
-        assert_eq!(k.fence, "lock:{invoices:7}:fence");
+        assert_eq!(k.fence(), "lock:{invoices:7}:fence");
     }
 }

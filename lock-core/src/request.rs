@@ -151,9 +151,10 @@ impl<'a> LockRequest<'a> {
         let span = tracing::debug_span!("lock.acquire", lock = %self.name);
         let lease_len = self.max_hold.map_or(self.ttl, |max| max.min(self.ttl));
         let began = Instant::now();
+        let keys = self.shared.keys(&self.name);
         let acquisition = Acquisition {
             shared: self.shared,
-            keys: self.shared.keys(&self.name),
+            keys: &keys,
             name: &self.name,
             lease_len,
             began,
@@ -162,7 +163,7 @@ impl<'a> LockRequest<'a> {
             retried_broken: false,
         };
         match acquisition.run().instrument(span).await {
-            Outcome::Granted(grant) => Ok(Acquired::Guard(self.into_guard(grant))),
+            Outcome::Granted(grant) => Ok(Acquired::Guard(self.into_guard(keys, grant))),
             Outcome::Busy { waited } => Ok(Acquired::Busy {
                 name: self.name,
                 waited,
@@ -171,8 +172,7 @@ impl<'a> LockRequest<'a> {
         }
     }
 
-    fn into_guard(self, grant: Grant) -> LockGuard {
-        let keys = self.shared.keys(&self.name);
+    fn into_guard(self, keys: LockKeys, grant: Grant) -> LockGuard {
         let lease = self
             .shared
             .grant(self.name, keys, self.ttl, grant, self.min_hold);
@@ -219,7 +219,7 @@ enum Next {
 /// passes. Every attempt is bounded by the deadline plus one response timeout (I4).
 struct Acquisition<'a> {
     shared: &'a Arc<Shared>,
-    keys: LockKeys,
+    keys: &'a LockKeys,
     name: &'a str,
     lease_len: Duration,
     began: Instant,
@@ -240,7 +240,7 @@ impl Acquisition<'_> {
                 Step::Subscribe => {
                     // An attempt follows at once: the lock may have been released before the
                     // subscription was in place. With no time left to subscribe, it is the last.
-                    let subscribe = self.shared.watch(&self.keys);
+                    let subscribe = self.shared.watch(self.keys);
                     self.watch = timeout_at(self.deadline, subscribe).await.ok();
                     Step::Attempt
                 }
@@ -260,7 +260,7 @@ impl Acquisition<'_> {
         let bound = self.bound();
         let attempt =
             self.shared
-                .attempt(&self.keys, self.name, self.lease_len, self.watch.is_some());
+                .attempt(self.keys, self.name, self.lease_len, self.watch.is_some());
         let tried = timeout_at(bound, attempt)
             .await
             .unwrap_or_else(|_| Tried::Failed(no_answer_by_deadline(), None));

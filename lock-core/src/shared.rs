@@ -70,10 +70,34 @@ struct ReleaseJob {
 
 /// Armed while a command on a lock key is in flight or failed with an unknown outcome. Dropped
 /// armed (its future was cancelled, or the command may have been applied), it releases by
-/// token in the background. [`disarm`](Self::disarm) it once the outcome is known.
+/// token in the background. [`disarm`](Self::disarm) it once the outcome is known. It only
+/// borrows what it needs until it fires, so arming it costs nothing on the common path.
 pub(crate) struct CleanUp<'a> {
     shared: &'a Arc<Shared>,
-    job: Option<ReleaseJob>,
+    job: Option<PendingRelease<'a>>,
+}
+
+/// A [`ReleaseJob`] not yet made: the borrowed parts of one.
+struct PendingRelease<'a> {
+    keys: &'a LockKeys,
+    token: &'a str,
+    name: &'a str,
+    hold_until: Option<Instant>,
+    give_up: Instant,
+    quiet: bool,
+}
+
+impl PendingRelease<'_> {
+    fn to_job(&self) -> ReleaseJob {
+        ReleaseJob {
+            keys: self.keys.clone(),
+            token: self.token.to_owned(),
+            name: self.name.to_owned(),
+            hold_until: self.hold_until,
+            give_up: self.give_up,
+            quiet: self.quiet,
+        }
+    }
 }
 
 impl CleanUp<'_> {
@@ -84,7 +108,15 @@ impl CleanUp<'_> {
     fn into_orphan(mut self) -> Orphan {
         Orphan {
             shared: Arc::clone(self.shared),
-            job: self.job.take(),
+            job: self.job.take().map(|pending| pending.to_job()),
+        }
+    }
+}
+
+impl Drop for CleanUp<'_> {
+    fn drop(&mut self) {
+        if let Some(pending) = self.job.take() {
+            self.shared.spawn(None, pending.to_job());
         }
     }
 }
@@ -115,14 +147,6 @@ impl Orphan {
 }
 
 impl Drop for Orphan {
-    fn drop(&mut self) {
-        if let Some(job) = self.job.take() {
-            self.shared.spawn(None, job);
-        }
-    }
-}
-
-impl Drop for CleanUp<'_> {
     fn drop(&mut self) {
         if let Some(job) = self.job.take() {
             self.shared.spawn(None, job);
@@ -180,16 +204,17 @@ impl Shared {
         let sent = Instant::now();
         let cleanup = CleanUp {
             shared: self,
-            job: Some(ReleaseJob {
-                keys: keys.clone(),
-                token: token.clone(),
-                name: name.to_owned(),
+            job: Some(PendingRelease {
+                keys,
+                token: &token,
+                name,
                 hold_until: None,
                 give_up: sent + ttl,
                 quiet: true,
             }),
         };
-        match self.store.acquire(keys, &token, ttl, mark).await {
+        let answer = self.store.acquire(keys, &token, ttl, mark).await;
+        match answer {
             Ok(Attempt::Granted(usable)) => {
                 cleanup.disarm();
                 Tried::Granted(Grant {
@@ -302,11 +327,11 @@ impl Shared {
         true
     }
 
-    fn release_job(lease: &Lease) -> ReleaseJob {
-        ReleaseJob {
-            keys: lease.keys.clone(),
-            token: lease.token.clone(),
-            name: lease.name.clone(),
+    fn release_job(lease: &Lease) -> PendingRelease<'_> {
+        PendingRelease {
+            keys: &lease.keys,
+            token: &lease.token,
+            name: &lease.name,
             hold_until: lease.min_hold_end(),
             give_up: lease.deadline(),
             quiet: false,
@@ -346,7 +371,7 @@ impl Shared {
     /// to its ttl.
     pub(crate) fn release_in_background(self: &Arc<Self>, lease: &Lease) {
         let watchdog = lease.stop_watchdog();
-        self.spawn(watchdog, Self::release_job(lease));
+        self.spawn(watchdog, Self::release_job(lease).to_job());
     }
 
     fn spawn(self: &Arc<Self>, watchdog: Option<tokio::task::JoinHandle<()>>, job: ReleaseJob) {

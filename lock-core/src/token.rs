@@ -1,7 +1,5 @@
 //! Owner tokens: the random value stored in a lock key that proves who holds it.
 
-use std::fmt::Write as _;
-
 /// Number of random bytes in a token (128 bits).
 const TOKEN_BYTES: usize = 16;
 
@@ -15,9 +13,11 @@ pub(crate) fn new_token() -> String {
     // The OS CSPRNG only fails on platforms without one; a lock without an unguessable owner
     // token would be unsafe, so there is nothing sensible to fall back to.
     getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut token = String::with_capacity(TOKEN_BYTES * 2);
     for byte in bytes {
-        let _ = write!(token, "{byte:02x}");
+        token.push(char::from(HEX[usize::from(byte >> 4)]));
+        token.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
     token
 }

@@ -127,13 +127,14 @@ impl Server {
         clock_us: u64,
     ) -> Option<u64> {
         self.owned_by(&keys.lock, token, now)?;
+        let fence_key = keys.fence();
         let last = self
-            .live(&keys.fence, now)
+            .live(&fence_key, now)
             .and_then(|e| e.value.parse::<u64>().ok())
             .unwrap_or(0);
         let next = clock_us.max(last + 1);
         self.keys.insert(
-            keys.fence.clone(),
+            fence_key,
             Entry {
                 value: next.to_string(),
                 expires: now + FENCE_KEEP,

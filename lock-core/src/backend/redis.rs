@@ -254,7 +254,7 @@ impl Node for RedisNode {
                 .eval(&FENCE, |cmd| {
                     cmd.arg(2)
                         .arg(&keys.lock)
-                        .arg(&keys.fence)
+                        .arg(keys.fence())
                         .arg(token)
                         .arg(millis_ceil(FENCE_KEEP));
                 })
