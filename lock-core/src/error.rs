@@ -60,7 +60,8 @@ pub enum LockError {
 
     /// Redlock: fewer than a majority of the instances granted the lock in time, because
     /// instances were down or slow, or the lease was too short for the round trips plus clock
-    /// drift. No key of this attempt is left on any instance.
+    /// drift. What the attempt may have set is released at once (in the background, until its
+    /// ttl, where an instance did not answer).
     #[error(
         "lock `{name}`: only {granted} of the {needed} Redis instances needed granted it in time"
     )]

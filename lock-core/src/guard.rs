@@ -92,8 +92,9 @@ impl LockGuard {
     }
 
     /// The fencing token: a number that grows with every hold period of this name, drawn on
-    /// first call while the lock is held and cached afterwards. `Err(`[`LockError::Lost`](crate::LockError::Lost)`)`
-    /// when the lease is gone (nothing is drawn then).
+    /// first call while the lock is held and cached afterwards (also after the lease is lost:
+    /// it is the token of the hold period it was drawn in). `Err(`[`LockError::Lost`](crate::LockError::Lost)`)`
+    /// when the lease is gone before a token was drawn (nothing is drawn then).
     ///
     /// Send it with every write to the resource the lock protects, and have the resource
     /// refuse a token lower than the highest it has accepted. Then a holder whose lease ran out

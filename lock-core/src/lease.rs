@@ -29,7 +29,7 @@
 //! found gone or owned by another is lost for good.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::{Notify, OnceCell};
@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::keys::LockKeys;
+use crate::locked;
 
 /// What the server granted to the attempt that took a lock.
 pub(crate) struct Grant {
@@ -146,11 +147,6 @@ impl Drop for Renewing<'_> {
     }
 }
 
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update under these locks is a plain assignment: a poisoned value is still whole.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Lease {
     pub(crate) fn new(
         id: u64,
@@ -195,6 +191,9 @@ impl Lease {
         let ticket = clock.next_ticket;
         clock.next_ticket += 1;
         clock.in_flight.push((ticket, sent, usable));
+        drop(clock);
+        // The cap may bring the deadline closer: `lost()` must wake for the new one.
+        self.changed.notify_waiters();
         Renewing {
             lease: self,
             ticket,
@@ -292,5 +291,59 @@ impl Lease {
     /// cannot have been set earlier, so it is kept at least that long.
     pub(crate) fn min_hold_end(&self) -> Option<Instant> {
         self.min_hold.map(|min| self.acquired + min)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(ttl: Duration) -> Lease {
+        Lease::new(
+            1,
+            "n".to_owned(),
+            LockKeys::new("lock:", "n"),
+            ttl,
+            Grant {
+                token: "t".to_owned(),
+                sent: Instant::now(),
+                usable: ttl,
+            },
+            None,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lost_wakes_for_a_renewal_in_flight_that_shortens_the_lease() {
+        let lease = lease(Duration::from_secs(30));
+        let renewing = lease.renewing(Duration::from_secs(2));
+        assert!(
+            lease.remaining() <= Duration::from_secs(2),
+            "capped at once"
+        );
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(3), lease.lost())
+            .await
+            .expect("lost() resolves at the capped deadline, not the old one");
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        renewing.finish(Landed::Unknown);
+        assert!(lease.is_lost());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_renewal_sent_last_sets_the_deadline_and_older_replies_only_shorten_it() {
+        let lease = lease(Duration::from_secs(10));
+        let long = lease.renewing(Duration::from_secs(30));
+        tokio::time::advance(Duration::from_millis(5)).await;
+        let short = lease.renewing(Duration::from_millis(300));
+        short.finish(Landed::Applied(Duration::from_millis(300)));
+        long.finish(Landed::Applied(Duration::from_secs(30)));
+        assert_eq!(lease.remaining(), Duration::from_millis(300));
+        // An unknown outcome stays a cap for the rest of the lease.
+        let lost = lease.renewing(Duration::from_millis(100));
+        lost.finish(Landed::Unknown);
+        let next = lease.renewing(Duration::from_secs(30));
+        next.finish(Landed::Applied(Duration::from_secs(30)));
+        assert_eq!(lease.remaining(), Duration::from_millis(100));
     }
 }

@@ -98,3 +98,9 @@ pub use manager::{
 };
 pub use request::{LockRequest, DEFAULT_TTL};
 pub use validate::{MAX_NAME_LEN, MAX_TTL, MIN_TTL};
+
+/// Locks `m`, also when a thread panicked while holding it: every critical section in this
+/// crate leaves its data whole (plain assignments, single inserts and removes).
+pub(crate) fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use crate::backend::memory::MemoryNode;
 use crate::backend::redis::{RedisNode, Timeouts};
-use crate::backend::redlock::{Drift, Redlock};
+use crate::backend::redlock::Redlock;
 use crate::backend::single::Single;
+use crate::backend::Drift;
 use crate::keys::LockKeys;
 use crate::request::LockRequest;
 use crate::shared::{Settings, Shared};
-use crate::validate::{check_prefix, MIN_TTL};
+use crate::validate::{check_prefix, MAX_TTL, MIN_TTL};
 use crate::{LockError, LockGuard, Result};
 
 /// The default of [`LockManagerBuilder::max_poll_interval`].
@@ -81,7 +82,12 @@ impl LockManager {
     pub fn in_memory() -> LockManager {
         let node = Arc::new(MemoryNode::default());
         Self::from_shared(Shared::new(
-            Box::new(Single::new(Box::new(Arc::clone(&node)), "in-memory", false)),
+            Box::new(Single::new(
+                Box::new(Arc::clone(&node)),
+                "in-memory",
+                Drift::NONE,
+                false,
+            )),
             Box::new(node),
             Settings {
                 prefix: DEFAULT_KEY_PREFIX.to_owned(),
@@ -166,7 +172,7 @@ impl Default for LockManagerBuilder {
     fn default() -> Self {
         Self {
             targets: Vec::new(),
-            drift: Drift::DEFAULT,
+            drift: Drift::REDLOCK,
             prefix: DEFAULT_KEY_PREFIX.to_owned(),
             timeouts: Timeouts {
                 connect: Duration::from_secs(1),
@@ -189,7 +195,8 @@ impl LockManagerBuilder {
     /// (ttl minus the time the fan-out took minus clock drift, see
     /// [`redlock_clock_drift`](Self::redlock_clock_drift)). Every request goes to all
     /// instances in parallel, each bounded by the smaller of the response timeout and a tenth
-    /// of the ttl. A failed attempt is released everywhere at once.
+    /// of the ttl. A failed attempt is released at once on the instances that granted it or
+    /// did not answer.
     ///
     /// The manager starts when a majority is reachable; the others are retried on use.
     ///
@@ -261,9 +268,9 @@ impl LockManagerBuilder {
             ("response_timeout", self.timeouts.response),
             ("connect_timeout", self.timeouts.connect),
         ] {
-            if value < MIN_TTL {
+            if !(MIN_TTL..=MAX_TTL).contains(&value) {
                 return Err(invalid(&format!(
-                    "{what} is {value:?}; it must be at least 1ms"
+                    "{what} is {value:?}; it must be between 1ms and {MAX_TTL:?}"
                 )));
             }
         }
@@ -288,7 +295,8 @@ impl LockManagerBuilder {
             Target::Single(url) => {
                 let node = RedisNode::connect(&url, self.timeouts).await?;
                 let wake = Box::new(node.pubsub());
-                (Box::new(Single::new(Box::new(node), "redis", false)), wake)
+                let store = Single::new(Box::new(node), "redis", Drift::SERVER, false);
+                (Box::new(store), wake)
             }
             Target::Redlock(urls) => {
                 if urls.len() < 3 || urls.len() % 2 == 0 {
@@ -316,7 +324,9 @@ impl LockManagerBuilder {
                     let node = RedisNode::connect_cluster(&urls, self.timeouts).await?;
                     let wake = Box::new(node.pubsub());
                     // The cluster client sends a command again after an I/O error.
-                    let store = Single::new(Box::new(node), "redis-cluster", true);
+                    let resends = node.resends();
+                    let store =
+                        Single::new(Box::new(node), "redis-cluster", Drift::SERVER, resends);
                     (Box::new(store), wake)
                 }
                 #[cfg(not(feature = "cluster"))]

@@ -75,6 +75,7 @@ impl<'a> LockRequest<'a> {
     /// otherwise at least every [`max_poll_interval`](crate::LockManagerBuilder::max_poll_interval).
     /// Attempts that fail on a communication error are retried while the wait lasts. The
     /// acquire returns by the end of the wait plus at most one response timeout.
+    /// `Duration::MAX` waits as long as it takes.
     pub fn wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
         self
@@ -142,6 +143,13 @@ impl<'a> LockRequest<'a> {
         }
         if let Some(max) = self.max_hold {
             check_ttl("max_hold", max)?;
+            if let Some(min) = self.min_hold.filter(|&min| min > max) {
+                return Err(LockError::InvalidTtl {
+                    reason: format!(
+                        "min_hold ({min:?}) is longer than max_hold ({max:?}); the lease lapses when max_hold ends"
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -158,7 +166,7 @@ impl<'a> LockRequest<'a> {
             name: &self.name,
             lease_len,
             began,
-            deadline: began + wait,
+            deadline: later(began, wait),
             watch: None,
             retried_broken: false,
         };
@@ -334,7 +342,7 @@ impl Acquisition<'_> {
 
     /// No attempt runs past the deadline plus one response timeout (I4).
     fn bound(&self) -> Instant {
-        self.deadline + self.shared.settings().response_timeout
+        later(self.deadline, self.shared.settings().response_timeout)
     }
 
     /// After an error: another try while the wait lasts (a reconnect, a restart), else the
@@ -354,6 +362,12 @@ fn no_answer_by_deadline() -> LockError {
         std::io::ErrorKind::TimedOut,
         "no answer to the acquire attempt by the end of the wait plus the response timeout",
     )))
+}
+
+/// `t + d`, or a century after `t` when that overflows: `wait(Duration::MAX)` waits "forever".
+fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .unwrap_or_else(|| t + crate::validate::MAX_TTL)
 }
 
 /// Pause before retrying after a communication error.

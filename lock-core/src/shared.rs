@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -18,6 +18,7 @@ use tracing::Instrument as _;
 use crate::backend::{Attempt, Renewal, Store, Wake, Watch};
 use crate::keys::LockKeys;
 use crate::lease::{Grant, Landed, Lease};
+use crate::locked;
 use crate::tasks::Tasks;
 use crate::token::new_token;
 use crate::{LockError, Result};
@@ -154,10 +155,6 @@ impl Drop for Orphan {
     }
 }
 
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Shared {
     pub(crate) fn new(store: Box<dyn Store>, wake: Box<dyn Wake>, settings: Settings) -> Arc<Self> {
         Arc::new(Self {
@@ -213,8 +210,7 @@ impl Shared {
                 quiet: true,
             }),
         };
-        let answer = self.store.acquire(keys, &token, ttl, mark).await;
-        match answer {
+        match self.store.acquire(keys, &token, ttl, mark).await {
             Ok(Attempt::Granted(usable)) => {
                 cleanup.disarm();
                 Tried::Granted(Grant {
@@ -223,21 +219,36 @@ impl Shared {
                     usable,
                 })
             }
-            Ok(Attempt::Held(left)) => {
-                cleanup.disarm();
+            Ok(Attempt::Held { left, given_back }) => {
+                // Not given back (Redlock): the armed clean-up finishes it in the background.
+                if given_back {
+                    cleanup.disarm();
+                }
                 Tried::Held(left)
             }
-            Ok(Attempt::NoQuorum { granted, needed }) => {
-                // Redlock already gave back what it may have got.
-                cleanup.disarm();
+            Ok(Attempt::NoQuorum {
+                granted,
+                needed,
+                given_back,
+            }) => {
+                if given_back {
+                    cleanup.disarm();
+                }
                 Tried::NoQuorum { granted, needed }
             }
-            Err(e) if e.may_have_applied() => Tried::Failed(e, Some(cleanup.into_orphan())),
+            Err(e) if self.may_have_applied(&e) => Tried::Failed(e, Some(cleanup.into_orphan())),
             Err(e) => {
                 cleanup.disarm();
                 Tried::Failed(e, None)
             }
         }
+    }
+
+    /// Whether the command that failed with `e` may have been applied: see
+    /// [`LockError::may_have_applied`]. Always, on a store whose client re-sends commands by
+    /// itself: an error may follow a copy that was applied.
+    fn may_have_applied(&self, e: &LockError) -> bool {
+        self.store.replays() || e.may_have_applied()
     }
 
     /// Makes the lease of a granted attempt and tracks it for `shutdown`.
@@ -281,7 +292,7 @@ impl Shared {
                 Ok(false)
             }
             Err(e) => {
-                renewing.finish(if e.may_have_applied() {
+                renewing.finish(if self.may_have_applied(&e) {
                     Landed::Unknown
                 } else {
                     Landed::NotApplied

@@ -9,7 +9,8 @@
 //! - a reply lost after the command was applied (the client times out);
 //! - a connection cut with a command in flight: the client gets an error at once, and the
 //!   command is applied later, after commands sent on the new connection, or never;
-//! - a command duplicated (applied a second time, later);
+//! - a command re-sent by a client that retries by itself (the cluster client): applied twice,
+//!   the client hears only the second copy's reply;
 //! - a refused connection (nothing sent);
 //! - the server paused past the ttl (commands wait, keys expire meanwhile);
 //! - the server restarted, with or without its data.
@@ -20,18 +21,19 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::backend::memory::Server;
-use crate::backend::redlock::{Drift, Redlock};
+use crate::backend::redlock::Redlock;
 use crate::backend::single::Single;
-use crate::backend::{BoxFuture, Node, Store, Taken, Wake, Watch};
+use crate::backend::{BoxFuture, Drift, Node, Store, Taken, Wake, Watch};
 use crate::keys::LockKeys;
 use crate::lease::Lease;
+use crate::locked;
 use crate::shared::{Settings, Shared};
 use crate::{LockError, LockGuard, LockManager};
 
@@ -59,10 +61,6 @@ impl Rng {
     fn ms(&mut self, lo: u64, hi: u64) -> Duration {
         Duration::from_millis(lo + self.below(hi - lo + 1))
     }
-}
-
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How often each fault strikes a command, in percent, and how large delays are.
@@ -375,8 +373,13 @@ fn io_error(kind: std::io::ErrorKind, what: &str) -> LockError {
 enum Fate {
     Normal,
     LostReply,
-    Cut { land_after: Option<Duration> },
-    Duplicate { again_after: Duration },
+    Cut {
+        land_after: Option<Duration>,
+    },
+    /// Applied, its reply lost, and re-sent by the client: the reply is the second copy's.
+    Resent {
+        again_after: Duration,
+    },
 }
 
 impl SimConn {
@@ -400,7 +403,10 @@ impl SimConn {
         let server_generation = {
             let st = locked(&self.server.state);
             if st.down_until.is_some_and(|d| d > now) {
-                if let Op::Acquire { token, .. } = &op {
+                // A client that re-sends by itself cannot know a refusal came first: its errors
+                // never prove nothing was sent, and it cleans up after every one.
+                let resends = self.faults.duplicate > 0;
+                if let (Op::Acquire { token, .. }, false) = (&op, resends) {
                     locked(&self.server.truth).refused.insert(token.clone());
                 }
                 return Box::pin(async {
@@ -420,8 +426,8 @@ impl SimConn {
             } else if roll < f.cut + f.lost_reply {
                 Fate::LostReply
             } else if roll < f.cut + f.lost_reply + f.duplicate {
-                Fate::Duplicate {
-                    again_after: rng.ms(1, f.max_late_ms),
+                Fate::Resent {
+                    again_after: rng.ms(1, f.max_delay_ms + 1),
                 }
             } else {
                 Fate::Normal
@@ -463,11 +469,14 @@ impl SimConn {
         let epoch = conn.epoch;
         drop(conn);
         let (tx, rx) = oneshot::channel();
-        if let Fate::Duplicate { again_after } = fate {
-            self.server
-                .enqueue(apply_at + again_after, Arc::clone(&op), None);
-        }
-        self.server.enqueue(apply_at, op, Some(tx));
+        let (apply_at, reply_at) = match fate {
+            Fate::Resent { again_after } => {
+                self.server.enqueue(apply_at, Arc::clone(&op), None);
+                (apply_at + again_after, reply_at + again_after)
+            }
+            _ => (apply_at, reply_at),
+        };
+        self.server.enqueue(apply_at, Arc::clone(&op), Some(tx));
         let lost = matches!(fate, Fate::LostReply);
         Box::pin(async move {
             let answer = async {
@@ -475,6 +484,19 @@ impl SimConn {
                 tokio::time::sleep_until(reply_at).await;
                 if lost {
                     std::future::pending::<()>().await;
+                }
+                if let (Ok(Reply::Taken(Taken::Held(_))), Op::Acquire { keys, token, .. }) =
+                    (&reply, &*op)
+                {
+                    let own = locked(&self.server.state)
+                        .server
+                        .holder(&keys.lock, Instant::now())
+                        .is_some_and(|(holder, _)| holder == token);
+                    if own {
+                        locked(&self.server.truth).violation(
+                            "I5: an attempt was told `held` by its own key (a re-sent copy set it): the key is left to its ttl".to_owned(),
+                        );
+                    }
                 }
                 match reply {
                     Ok(reply) if locked(&self.conn).epoch == epoch => Ok(reply),
@@ -673,6 +695,7 @@ impl World {
             Box::new(Single::new(
                 Box::new(Arc::clone(&conns[0])),
                 "sim",
+                Drift::NONE,
                 self.faults.duplicate > 0,
             ))
         } else {
@@ -681,7 +704,7 @@ impl World {
                     .iter()
                     .map(|c| Box::new(Arc::clone(c)) as Box<dyn Node>)
                     .collect(),
-                Drift::DEFAULT,
+                Drift::REDLOCK,
                 RESPONSE_TIMEOUT,
             ))
         };

@@ -65,8 +65,9 @@ mod valid;
 /// - `manager`: the `LockManager` to use, as any expression giving a `LockManager`,
 ///   `&LockManager` or `Arc<LockManager>`: `manager = self.locks`. Default:
 ///   `lock_core::default_manager()`, else `Err(LockError::NotConfigured)`.
-/// - `guard`: binds `&LockGuard` under this name inside the body, for the fencing token or
-///   `lost()`: `guard = lock`.
+/// - `guard`: binds `&LockGuard` under this name inside the body, for the fencing token
+///   (`lock.fencing_token().await?`, drawn while the lock is held) or `lost()`:
+///   `guard = lock`.
 /// - `crate`: the path to lock-core if it is renamed in `Cargo.toml`:
 ///   `crate = "my_lock_core"`.
 ///

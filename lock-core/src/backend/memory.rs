@@ -12,13 +12,18 @@ use tokio::time::Instant;
 
 use super::{BoxFuture, Node, Taken, Wake, Watch};
 use crate::keys::LockKeys;
+use crate::locked;
 use crate::Result;
 
 /// How long a fence key outlives its last use (the `PX` that fence.lua sets).
 pub(crate) const FENCE_KEEP: Duration = Duration::from_secs(24 * 3600);
 
-/// The suffix a waiter appends to the holder's token (wait.lua).
+/// The suffix a waiter appends to the holder's token (acquire.lua).
 const MARK: char = '*';
+
+/// The suffix a `min_hold` release gives the token, so that no later extend finds it
+/// (release.lua).
+const RETIRED: char = '~';
 
 struct Entry {
     value: String,
@@ -51,7 +56,8 @@ impl Server {
         self.live_mut(key, now).filter(|e| owner(&e.value) == token)
     }
 
-    /// `SET NX PX`, and wait.lua's mark when `mark`.
+    /// acquire.lua: `SET NX PX`; a key already holding this attempt's own token (an earlier
+    /// copy of the same attempt) is ours too; the mark when `mark`.
     pub(crate) fn acquire(
         &mut self,
         now: Instant,
@@ -61,6 +67,9 @@ impl Server {
         mark: bool,
     ) -> Taken {
         if let Some(held) = self.live_mut(&keys.lock, now) {
+            if owner(&held.value) == token {
+                return Taken::Granted;
+            }
             if mark && !held.value.ends_with(MARK) {
                 held.value.push(MARK);
             }
@@ -93,6 +102,7 @@ impl Server {
             return (false, false);
         };
         if !keep.is_zero() {
+            held.value = format!("{token}{RETIRED}");
             held.expires = held.expires.min(now + keep);
             return (true, false);
         }
@@ -174,8 +184,7 @@ pub(crate) struct MemoryNode {
 
 impl MemoryNode {
     fn server(&self) -> MutexGuard<'_, Server> {
-        // Nothing panics while holding the lock, and every update is a single insert or remove.
-        self.server.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.server)
     }
 }
 

@@ -76,17 +76,60 @@ pub(crate) trait Node: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<u64>>>;
 }
 
+/// How far a server's clock may run from the client's over a lease, taken off every lease the
+/// local deadline counts on: `lease * factor + fixed`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Drift {
+    pub(crate) factor: f64,
+    pub(crate) fixed: Duration,
+}
+
+impl Drift {
+    /// Same clock (the in-process backend).
+    pub(crate) const NONE: Drift = Drift {
+        factor: 0.0,
+        fixed: Duration::ZERO,
+    };
+
+    /// One Redis server or cluster: its clock may run up to 0.1% faster than the client's (NTP
+    /// slews clocks by at most 0.05%), and it keeps expiries in whole milliseconds of its own
+    /// clock, which can end up to 1 ms before the client's count.
+    pub(crate) const SERVER: Drift = Drift {
+        factor: 0.001,
+        fixed: Duration::from_millis(1),
+    };
+
+    /// Redlock's default: independent masters, 1% + 2 ms (the algorithm's description).
+    pub(crate) const REDLOCK: Drift = Drift {
+        factor: 0.01,
+        fixed: Duration::from_millis(2),
+    };
+
+    pub(crate) fn of(&self, lease: Duration) -> Duration {
+        lease.mul_f64(self.factor) + self.fixed
+    }
+}
+
 /// A deployment's answer to an acquire attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Attempt {
     /// The lock is ours for this long, counted from when the attempt was sent.
     Granted(Duration),
-    /// Another owner holds it; their lease ends within this long, if known.
-    Held(Option<Duration>),
+    /// Another owner holds it; their lease ends within this long, if known. `given_back` as
+    /// below (always `true` where nothing of ours can have been set).
+    Held {
+        left: Option<Duration>,
+        given_back: bool,
+    },
     /// Redlock: not enough instances granted it in time, for reasons other than another owner
     /// (instances down or slow, or the lease too short for the round trips and clock drift).
-    /// Nothing of this attempt is left on any instance that answered.
-    NoQuorum { granted: usize, needed: usize },
+    /// `given_back`: every instance that granted it or did not answer confirmed the release;
+    /// otherwise the caller must finish it.
+    NoQuorum {
+        granted: usize,
+        needed: usize,
+        given_back: bool,
+    },
 }
 
 /// A deployment's answer to an extend.

@@ -2,7 +2,7 @@
 //!
 //! A waiter subscribes to the channel named like the lock key (one dedicated pub/sub connection
 //! per manager, opened on the first wait, never on the uncontended path), then makes every
-//! further attempt with wait.lua, which marks the holder's key. The release script `PUBLISH`es
+//! further attempt with acquire.lua, which marks the holder's key. The release script `PUBLISH`es
 //! on that channel when it deletes a marked key, so the waiter is woken by the release itself
 //! instead of polling, and a release nobody waits for publishes nothing.
 //!
@@ -45,7 +45,7 @@ struct Channel {
 type Channels = Arc<Mutex<HashMap<String, Channel>>>;
 
 fn lock(channels: &Channels) -> MutexGuard<'_, HashMap<String, Channel>> {
-    channels.lock().unwrap_or_else(|e| e.into_inner())
+    crate::locked(channels)
 }
 
 /// The pub/sub connection and the task that reads it.

@@ -31,8 +31,8 @@ impl LuaScript {
     }
 }
 
-static WAIT: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(include_str!("../scripts/wait.lua")));
+static ACQUIRE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../scripts/acquire.lua")));
 static RELEASE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new(include_str!("../scripts/release.lua")));
 static EXTEND: LazyLock<LuaScript> =
@@ -119,6 +119,16 @@ impl RedisNode {
         })
     }
 
+    /// Whether the client sends a command again by itself after an I/O error (the cluster
+    /// client does), so that one call may be applied twice.
+    pub(crate) fn resends(&self) -> bool {
+        match self.conn {
+            Conn::Single(_) => false,
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(_) => true,
+        }
+    }
+
     /// Release notifications through this server's pub/sub.
     pub(crate) fn pubsub(&self) -> PubSub {
         PubSub::new(Arc::clone(&self.notifier))
@@ -185,7 +195,10 @@ impl Node for RedisNode {
     ) -> BoxFuture<'a, Result<Taken>> {
         Box::pin(async move {
             let ttl_ms = millis_ceil(ttl);
-            if !mark {
+            // A plain SET NX cannot tell our own key from another's. That is enough where the
+            // client never re-sends (one server); the cluster client re-sends after I/O errors,
+            // so there, a copy of this attempt may already have set the key: the script says so.
+            if !mark && !self.resends() {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(&keys.lock)
                     .arg(token)
@@ -200,8 +213,12 @@ impl Node for RedisNode {
                 });
             }
             let reply: i64 = self
-                .eval(&WAIT, |cmd| {
-                    cmd.arg(1).arg(&keys.lock).arg(token).arg(ttl_ms);
+                .eval(&ACQUIRE, |cmd| {
+                    cmd.arg(1)
+                        .arg(&keys.lock)
+                        .arg(token)
+                        .arg(ttl_ms)
+                        .arg(if mark { "1" } else { "0" });
                 })
                 .await?;
             Ok(match reply {

@@ -16,28 +16,10 @@ use tokio::time::{timeout, Instant};
 
 use super::notify::PubSub;
 use super::redis::{RedisNode, Timeouts};
-use super::{Attempt, BoxFuture, Node, Renewal, Store, Taken};
+use super::{Attempt, BoxFuture, Drift, Node, Renewal, Store, Taken};
 use crate::keys::LockKeys;
 use crate::validate::MIN_TTL;
 use crate::{LockError, Result};
-
-/// How far the instances' clocks may run apart, as part of a lease.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Drift {
-    pub(crate) factor: f64,
-    pub(crate) fixed: Duration,
-}
-
-impl Drift {
-    pub(crate) const DEFAULT: Drift = Drift {
-        factor: 0.01,
-        fixed: Duration::from_millis(2),
-    };
-
-    pub(crate) fn of(&self, lease: Duration) -> Duration {
-        lease.mul_f64(self.factor) + self.fixed
-    }
-}
 
 pub(crate) struct Redlock {
     nodes: Vec<Box<dyn Node>>,
@@ -218,7 +200,10 @@ impl Store for Redlock {
                     .filter(|(_, a)| matches!(a, Answer::Ok(Taken::Granted) | Answer::Unknown(_)))
                     .map(|(node, _)| timeout(per_node, node.release(keys, token, Duration::ZERO))),
             );
-            give_back.await;
+            let given_back = give_back
+                .await
+                .iter()
+                .all(|released| matches!(released, Ok(Ok(_))));
             let failed = answers.iter().filter(|a| !a.is_ok()).count();
             tracing::debug!(
                 granted,
@@ -231,10 +216,14 @@ impl Store for Redlock {
                 return Ok(Attempt::NoQuorum {
                     granted,
                     needed: self.quorum,
+                    given_back,
                 });
             }
             // Other owners hold it on enough instances that no majority was possible.
-            Ok(Attempt::Held(None))
+            Ok(Attempt::Held {
+                left: None,
+                given_back,
+            })
         })
     }
 

@@ -1,26 +1,33 @@
 //! One server (or one Redis Cluster): a lock is held when its one node says so.
 //!
-//! A grant or renewal applied by the server at `T >= sent` expires at `T + ttl`, so the whole
-//! `ttl` counted from the send time is usable.
+//! A grant or renewal applied by the server at `T >= sent` expires at `T + ttl` on the server's
+//! clock, so the `ttl` counted from the send time is usable, less the server's clock drift.
 
 use std::time::Duration;
 
-use super::{Attempt, BoxFuture, Node, Renewal, Store, Taken};
+use super::{Attempt, BoxFuture, Drift, Node, Renewal, Store, Taken};
 use crate::keys::LockKeys;
 use crate::Result;
 
 pub(crate) struct Single {
     node: Box<dyn Node>,
     kind: &'static str,
+    drift: Drift,
     replays: bool,
 }
 
 impl Single {
     /// `replays`: see [`Store::replays`].
-    pub(crate) fn new(node: Box<dyn Node>, kind: &'static str, replays: bool) -> Self {
+    pub(crate) fn new(
+        node: Box<dyn Node>,
+        kind: &'static str,
+        drift: Drift,
+        replays: bool,
+    ) -> Self {
         Self {
             node,
             kind,
+            drift,
             replays,
         }
     }
@@ -36,8 +43,11 @@ impl Store for Single {
     ) -> BoxFuture<'a, Result<Attempt>> {
         Box::pin(async move {
             Ok(match self.node.acquire(keys, token, ttl, mark).await? {
-                Taken::Granted => Attempt::Granted(ttl),
-                Taken::Held(left) => Attempt::Held(left),
+                Taken::Granted => Attempt::Granted(self.usable(ttl)),
+                Taken::Held(left) => Attempt::Held {
+                    left,
+                    given_back: true,
+                },
             })
         })
     }
@@ -60,7 +70,7 @@ impl Store for Single {
         Box::pin(async move {
             Ok(if self.node.extend(keys, token, ttl).await? {
                 Renewal::Renewed {
-                    usable: ttl,
+                    usable: self.usable(ttl),
                     partial: false,
                 }
             } else {
@@ -78,7 +88,7 @@ impl Store for Single {
     }
 
     fn usable(&self, ttl: Duration) -> Duration {
-        ttl
+        ttl.saturating_sub(self.drift.of(ttl))
     }
 
     fn kind(&self) -> &'static str {

@@ -3,7 +3,7 @@
 -- ARGV[1] owner token
 -- ARGV[2] milliseconds the key must still live (min_hold); 0 deletes it now
 -- Returns 1 when our lease ended here, 0 when the key had expired or belongs to another owner.
--- A key that a waiter marked (token .. '*', see wait.lua) is published on the channel named
+-- A key that a waiter marked (token .. '*', see acquire.lua) is published on the channel named
 -- like the key when it is deleted; an unmarked one is not: nobody listens.
 local v = redis.call('GET', KEYS[1])
 local marked = v == ARGV[1] .. '*'
@@ -12,8 +12,10 @@ if v ~= ARGV[1] and not marked then
 end
 local keep = tonumber(ARGV[2])
 if keep > 0 then
-  -- Never lengthen the lease: only shorten it to the end of the minimum hold. Waiters learn the
-  -- new end from their next attempt.
+  -- Never lengthen the lease: only shorten it to the end of the minimum hold. The token is
+  -- retired ('~'), so that no extend still in flight can lengthen the key again. Waiters learn
+  -- the new end from their next attempt.
+  redis.call('SET', KEYS[1], ARGV[1] .. '~', 'KEEPTTL')
   if keep < redis.call('PTTL', KEYS[1]) then
     redis.call('PEXPIRE', KEYS[1], keep)
   end

@@ -1,0 +1,27 @@
+-- Take a lock; when another owner holds it, optionally mark it so its release is published.
+-- KEYS[1] lock key  <prefix>{<name>}   (value: the holder's token, plus '*' once a waiter waits)
+-- ARGV[1] a fresh owner token: this attempt's alone
+-- ARGV[2] lease in milliseconds
+-- ARGV[3] '1' to mark a held key (a waiter that subscribed to the key's channel), else '0'
+-- Returns 1 when the lock is ours: set now, or by an earlier copy of this same attempt (a
+-- client that re-sends after an I/O error, as the cluster client does; the token is this
+-- attempt's, so the lease still runs from this attempt's send). When another owner holds it,
+-- returns minus the milliseconds left on their lease (0 if unknown), so a waiter knows the
+-- latest moment worth trying again.
+-- The uncontended acquire on one server is a plain SET NX PX instead of this script, and the
+-- uncontended release publishes nothing.
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] or holder == ARGV[1] .. '*' then
+  return 1
+end
+if ARGV[3] == '1' and string.sub(holder, -1) ~= '*' then
+  redis.call('SET', KEYS[1], holder .. '*', 'KEEPTTL')
+end
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then
+  return -left
+end
+return 0
