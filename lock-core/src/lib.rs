@@ -27,25 +27,40 @@
 //!
 //! # The lease model
 //!
-//! A guard's whole promise is its lease. These invariants hold on one server, on a Redis
-//! Cluster without failover, and with Redlock while a majority of its instances keep their
-//! data; a deterministic fault simulator (delayed, lost, reordered and duplicated commands,
-//! servers paused and restarted) checks them after every step of 10,000 seeded runs on every
-//! `cargo test`:
+//! A guard's whole promise is its lease. These invariants hold on one server that keeps its
+//! data, on a Redis Cluster without failover, and with Redlock while a majority of its
+//! instances keep their data; they assume the server's clock runs within 0.1% of the client's
+//! (Redlock: the configured drift) and the client machine is not suspended while it holds a
+//! lock (its monotonic clock stops then). A deterministic fault simulator (delayed, lost,
+//! reordered and re-sent commands, servers paused and restarted) checks them after every step
+//! of 10,000 seeded runs on every `cargo test`:
 //!
 //! - **I1** A guard's local deadline is never later than the server's expiry. Every lease is
-//!   dated from the send time of the command that set it; a reply never moves the deadline
-//!   past what a command sent after it established, and a renewal in flight, or one whose
-//!   outcome is unknown, caps the deadline at what it would set if it landed.
+//!   dated from the send time of the command that set it, less a clock margin (0.1% + 1 ms on
+//!   one server or Cluster, for clock rates and Redis' whole-millisecond expiries; Redlock's
+//!   drift allowance); a reply to an older command can only shorten the deadline, and a
+//!   renewal in flight, or one whose outcome is unknown, caps it at what it would set if it
+//!   landed.
 //! - **I2** While a guard says it holds ([`is_lost`](LockGuard::is_lost) is `false` and
 //!   [`remaining`](LockGuard::remaining) is above zero), no other client can acquire the lock.
 //! - **I3** A new guard carries the lease the server granted to the attempt that took it
 //!   (the ttl minus that round trip), whatever errors came before in the same wait: every
 //!   attempt has its own token, and no key is ever granted twice.
 //! - **I4** `acquire` returns by the end of its wait plus at most one response timeout.
-//! - **I5** A command that was never sent is never cleaned up after; a command whose outcome is
-//!   unknown is undone by token in the background, and never past the moment its key would
-//!   have expired; [`LockManager::shutdown`] after an outage with nothing held returns at once.
+//! - **I5** An attempt refused before it was sent (a refused connection) or refused by the
+//!   server leaves nothing to clean up; one whose outcome is unknown is undone by token in the
+//!   background, retried no longer than its key would live; so [`LockManager::shutdown`] after
+//!   an outage with nothing held returns at once. On Redis Cluster, whose client re-sends
+//!   commands by itself, no error proves that nothing was sent: every failed attempt is
+//!   cleaned up.
+//!
+//! # Requirements
+//!
+//! Redis 6.0 or later (a waiter's mark keeps the key's expiry with `SET ... KEEPTTL`). Replicas
+//! of one service must run versions of lock-core that agree on the key format: this one marks
+//! a waited-for key by appending `*` to the holder's token, which earlier versions do not
+//! recognise as their own (their release then finds the key "not theirs" and leaves it to its
+//! ttl), so upgrade all replicas before they contend for the same locks.
 //!
 //! # Keys
 //!

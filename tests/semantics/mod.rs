@@ -425,6 +425,29 @@ pub(crate) async fn invalid_names_and_ttls_are_rejected(fx: Fixture) {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("min_hold"), "{err}");
+    // A minimum hold past the maximum could never be kept.
+    let err = m
+        .lock("ok")
+        .ttl(Duration::from_secs(10))
+        .auto_extend(true)
+        .min_hold(Duration::from_secs(5))
+        .max_hold(Duration::from_secs(2))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LockError::InvalidTtl { ref reason } if reason.contains("max_hold")),
+        "{err:?}"
+    );
+    // Waiting "forever" is a wait, not an overflow.
+    let g = m
+        .lock("forever")
+        .ttl(LONG)
+        .wait(Duration::MAX)
+        .acquire()
+        .await
+        .unwrap();
+    assert!(g.release().await.unwrap());
     // A leading `}` would empty the Cluster hash tag `{<name>}`.
     let err = m.try_acquire("}{", LONG).await.unwrap_err();
     assert!(matches!(err, LockError::InvalidName { .. }), "{err:?}");
