@@ -78,6 +78,16 @@ async fn cluster_names_spread_over_all_masters() {
     }
 }
 
+/// A master other than the one at `index`.
+fn other_master(cluster: &RedisCluster, index: usize) -> usize {
+    cluster
+        .masters()
+        .iter()
+        .map(|m| cluster.index_of(m.port))
+        .find(|&i| i != index)
+        .expect("a cluster of at least two masters")
+}
+
 /// Moves `slot` from the master at `from` to the master at `to`, keys included, the way
 /// `redis-cli --cluster reshard` does.
 fn migrate_slot(cluster: &RedisCluster, slot: u16, from: usize, to: usize) {
@@ -144,12 +154,7 @@ async fn cluster_a_free_lock_is_taken_while_its_slot_migrates_and_by_the_deadlin
     assert!(before.release().await.unwrap());
     let slot = cluster.slot(&key);
     let from = cluster.master_of(&key);
-    let to = cluster
-        .masters()
-        .iter()
-        .map(|m| cluster.index_of(m.port))
-        .find(|&i| i != from)
-        .unwrap();
+    let to = other_master(&cluster, from);
     start_migration(&cluster, slot, from, to);
     let wait = Duration::from_secs(3);
     let started = tokio::time::Instant::now();
@@ -214,12 +219,7 @@ async fn cluster_held_lock_follows_its_slot_through_a_resharding() {
     let guard = locks.try_acquire("moving", LONG).await.unwrap().unwrap();
     let key = locks.key_for("moving");
     let from = cluster.master_of(&key);
-    let to = cluster
-        .masters()
-        .iter()
-        .map(|m| cluster.index_of(m.port))
-        .find(|&i| i != from)
-        .unwrap();
+    let to = other_master(&cluster, from);
     migrate_slot(&cluster, cluster.slot(&key), from, to);
     assert_eq!(cluster.master_of(&key), to);
     let value: Option<String> = cluster.nodes[to].query(redis::cmd("GET").arg(&key));

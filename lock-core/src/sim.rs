@@ -515,6 +515,21 @@ impl SimConn {
     }
 }
 
+impl SimConn {
+    /// Sends `op` and takes its reply apart with `unpack`.
+    fn ask<T: Send + 'static>(
+        &self,
+        op: Op,
+        unpack: fn(Reply) -> Option<T>,
+    ) -> BoxFuture<'_, crate::Result<T>> {
+        let call = self.call(op);
+        Box::pin(async move {
+            let reply = call.await?;
+            Ok(unpack(reply).unwrap_or_else(|| panic!("{reply:?} answers another command")))
+        })
+    }
+}
+
 impl Node for SimConn {
     fn acquire<'a>(
         &'a self,
@@ -523,17 +538,16 @@ impl Node for SimConn {
         ttl: Duration,
         mark: bool,
     ) -> BoxFuture<'a, crate::Result<Taken>> {
-        let call = self.call(Op::Acquire {
-            keys: keys.clone(),
-            token: token.to_owned(),
+        let (keys, token) = (keys.clone(), token.to_owned());
+        let op = Op::Acquire {
+            keys,
+            token,
             ttl,
             mark,
-        });
-        Box::pin(async move {
-            match call.await? {
-                Reply::Taken(t) => Ok(t),
-                other => unreachable!("{other:?}"),
-            }
+        };
+        self.ask(op, |r| match r {
+            Reply::Taken(t) => Some(t),
+            _ => None,
         })
     }
 
@@ -543,17 +557,8 @@ impl Node for SimConn {
         token: &'a str,
         keep: Duration,
     ) -> BoxFuture<'a, crate::Result<bool>> {
-        let call = self.call(Op::Release {
-            keys: keys.clone(),
-            token: token.to_owned(),
-            keep,
-        });
-        Box::pin(async move {
-            match call.await? {
-                Reply::Yes(b) => Ok(b),
-                other => unreachable!("{other:?}"),
-            }
-        })
+        let (keys, token) = (keys.clone(), token.to_owned());
+        self.ask(Op::Release { keys, token, keep }, yes)
     }
 
     fn extend<'a>(
@@ -562,17 +567,8 @@ impl Node for SimConn {
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, crate::Result<bool>> {
-        let call = self.call(Op::Extend {
-            keys: keys.clone(),
-            token: token.to_owned(),
-            ttl,
-        });
-        Box::pin(async move {
-            match call.await? {
-                Reply::Yes(b) => Ok(b),
-                other => unreachable!("{other:?}"),
-            }
-        })
+        let (keys, token) = (keys.clone(), token.to_owned());
+        self.ask(Op::Extend { keys, token, ttl }, yes)
     }
 
     fn fence<'a>(
@@ -580,16 +576,18 @@ impl Node for SimConn {
         keys: &'a LockKeys,
         token: &'a str,
     ) -> BoxFuture<'a, crate::Result<Option<u64>>> {
-        let call = self.call(Op::Fence {
-            keys: keys.clone(),
-            token: token.to_owned(),
-        });
-        Box::pin(async move {
-            match call.await? {
-                Reply::Fence(f) => Ok(f),
-                other => unreachable!("{other:?}"),
-            }
+        let (keys, token) = (keys.clone(), token.to_owned());
+        self.ask(Op::Fence { keys, token }, |r| match r {
+            Reply::Fence(f) => Some(f),
+            _ => None,
         })
+    }
+}
+
+fn yes(reply: Reply) -> Option<bool> {
+    match reply {
+        Reply::Yes(b) => Some(b),
+        _ => None,
     }
 }
 
