@@ -79,15 +79,23 @@ async fn main() -> Result<(), LockError> {
         Ok(()) => println!("holder A  write accepted (this would be a lost update!)"),
         Err(e) => println!("holder A  write {e}"),
     }
-    match slow.fencing_token().await {
-        Ok(t) => println!("holder A  a new token now? {t} (this would be a bug!)"),
-        Err(e) => println!("holder A  a new token now? no: {e}"),
-    }
     println!(
         "holder A  release: {} (the lock is B's now and stays B's)",
         slow.release().await?
     );
     println!("holder B  release: {}", fast.release().await?);
+
+    // A holder that asks for its token only after its lease ran out gets no token at all.
+    let late = locks
+        .acquire("ledger", Duration::from_millis(100), Duration::from_secs(5))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    match late.fencing_token().await {
+        Ok(t) => {
+            println!("holder C  drew token {t} after its lease ran out (this would be a bug!)")
+        }
+        Err(e) => println!("holder C  asked for a token after its lease ran out: {e}"),
+    }
     println!("store     {:?}", store.state.lock().unwrap().1);
     Ok(())
 }
