@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use lock_core::{LockError, LockManager};
-use lock_test_support::{cancel_after_polls, eventually, RedisServer};
+use lock_test_support::{cancel_after_polls, eventually, FaultProxy, RedisServer};
 use tokio::time::Instant;
 
 mod semantics;
@@ -608,4 +608,238 @@ async fn waiters_recover_when_the_pubsub_connection_is_killed() {
             .unwrap();
         assert!(g.release().await.unwrap());
     }
+}
+
+// ---- Wake-ups (W1-W4 in lock-core's backend/notify.rs): regressions for the review's three
+// notifier defects. Each failed on the notifier before the rewrite. ----
+
+fn channels(server: &RedisServer) -> Vec<String> {
+    server.query(redis::cmd("PUBSUB").arg("CHANNELS"))
+}
+
+/// Defect 1 (W2): the pub/sub connect and SUBSCRIBE ran under one manager-wide lock, so with one
+/// Redlock instance paused, waiters on 6 different names got their free locks 0.4, 1.4, ...,
+/// 5.4 s after the release. Now nobody waits for a subscription, and a waiter is woken by any
+/// instance's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redlock_instance_serializes_no_waiters_of_other_names() {
+    let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let urls: Vec<String> = nodes.iter().map(RedisServer::url).collect();
+    let holder = LockManager::builder().redlock(&urls).build().await.unwrap();
+    let waiter = LockManager::builder().redlock(&urls).build().await.unwrap();
+    // A short ttl keeps the per-instance timeout (a tenth of it) short next to the paused one.
+    let ttl = Duration::from_secs(2);
+    let names: Vec<String> = (0..6).map(|i| format!("spread:{i}")).collect();
+    let mut held = Vec::new();
+    for name in &names {
+        held.push(holder.try_acquire(name, ttl).await.unwrap().unwrap());
+    }
+    nodes[0].pause();
+    let waiting: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let (waiter, name) = (waiter.clone(), name.clone());
+            tokio::spawn(async move {
+                let g = waiter
+                    .acquire(&name, ttl, Duration::from_secs(15))
+                    .await
+                    .expect("taken once released");
+                (Instant::now(), g)
+            })
+        })
+        .collect();
+    // Let every waiter settle in to wait, then release all six at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let released_at = Instant::now();
+    let releases: Vec<_> = held
+        .into_iter()
+        .map(|g| tokio::spawn(async move { g.release().await }))
+        .collect();
+    for released in releases {
+        assert!(
+            released.await.unwrap().unwrap(),
+            "released on the majority that is up"
+        );
+    }
+    let mut delays = Vec::new();
+    for w in waiting {
+        let (at, g) = w.await.unwrap();
+        delays.push(at.saturating_duration_since(released_at));
+        drop(g);
+    }
+    nodes[0].resume();
+    let worst = delays.iter().max().unwrap();
+    assert!(
+        *worst < Duration::from_millis(1500),
+        "each free lock taken soon after its release, none queued behind another: {delays:?}"
+    );
+}
+
+/// Defect 2 (W3): a wait that ended while its SUBSCRIBE was in flight left the channel
+/// subscribed with no waiter (8 of 10 did), growing with every distinct name. Now the
+/// subscription is undone as soon as it is confirmed.
+#[tokio::test]
+async fn waits_that_end_while_subscribing_leave_no_subscription_behind() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let holder = LockManager::connect(&server.url()).await.unwrap();
+    let waiter = LockManager::connect(&proxy.url()).await.unwrap();
+    // One whole wait first, so the pub/sub connection is up and only the SUBSCRIBEs are slow.
+    let warm = holder.try_acquire("warm", LONG).await.unwrap().unwrap();
+    let w = waiter.clone();
+    let waiting =
+        tokio::spawn(async move { w.acquire("warm", LONG, Duration::from_secs(10)).await });
+    assert!(
+        eventually(Duration::from_secs(5), || subscribers(
+            &server,
+            "lock:{warm}"
+        ) == 1)
+        .await
+    );
+    assert!(warm.release().await.unwrap());
+    assert!(waiting.await.unwrap().unwrap().release().await.unwrap());
+    let mut held = Vec::new();
+    for i in 0..10 {
+        held.push(
+            holder
+                .try_acquire(&format!("brief:{i}"), LONG)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // Every command through the proxy now takes 2 x 150 ms: a wait of 450 ms is refused once
+    // (300 ms), starts to subscribe, and ends before the subscription is confirmed.
+    proxy.set_latency(Duration::from_millis(150));
+    let waits: Vec<_> = (0..10)
+        .map(|i| {
+            let w = waiter.clone();
+            tokio::spawn(async move {
+                w.acquire(&format!("brief:{i}"), LONG, Duration::from_millis(450))
+                    .await
+            })
+        })
+        .collect();
+    for wait in waits {
+        let err = wait.await.unwrap().unwrap_err();
+        assert!(matches!(err, LockError::Timeout { .. }), "{err:?}");
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || channels(&server).is_empty()).await,
+        "channels still subscribed with nobody waiting: {:?}",
+        channels(&server)
+    );
+    drop(held);
+}
+
+/// W3 at scale: 10,000 distinct names waited on and abandoned (timed out, or the acquire
+/// dropped at some await point) leave no subscription, and the manager keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_abandoned_waits_leave_no_subscription() {
+    let server = RedisServer::start();
+    let holder = LockManager::connect(&server.url()).await.unwrap();
+    let waiter = LockManager::connect(&server.url()).await.unwrap();
+    let _held = holder.try_acquire("crowd", LONG).await.unwrap().unwrap();
+    // One held lock per name would take 10,000 keys; a foreign key with a long ttl per name is
+    // the same to a waiter.
+    let mut pipe = redis::pipe();
+    for i in 0..10_000 {
+        pipe.cmd("SET")
+            .arg(format!("lock:{{crowd:{i}}}"))
+            .arg("foreign")
+            .arg("PX")
+            .arg(60_000)
+            .ignore();
+    }
+    let _: () = pipe.query(&mut server.conn()).unwrap();
+    let tasks: Vec<_> = (0..10_000u64)
+        .map(|i| {
+            let w = waiter.clone();
+            tokio::spawn(async move {
+                let name = format!("crowd:{i}");
+                if i % 2 == 0 {
+                    let r = w.acquire(&name, LONG, Duration::from_millis(5)).await;
+                    assert!(matches!(r, Err(LockError::Timeout { .. })), "{r:?}");
+                } else {
+                    let acquiring = w.acquire(&name, LONG, Duration::from_secs(30));
+                    assert!(cancel_after_polls(acquiring, 1 + i % 4).await.is_none());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || channels(&server).is_empty()).await,
+        "{} channels still subscribed",
+        channels(&server).len()
+    );
+    // Still works: a fresh wait is woken by its release.
+    let held = holder.try_acquire("after", LONG).await.unwrap().unwrap();
+    let w = waiter.clone();
+    let waiting =
+        tokio::spawn(async move { w.acquire("after", LONG, Duration::from_secs(10)).await });
+    assert!(
+        eventually(Duration::from_secs(5), || subscribers(
+            &server,
+            "lock:{after}"
+        ) == 1)
+        .await
+    );
+    assert!(held.release().await.unwrap());
+    assert!(waiting.await.unwrap().unwrap().release().await.unwrap());
+}
+
+/// Defect 3 (W4): after the pub/sub connection was killed, a stale "subscribed" flag skipped
+/// SUBSCRIBE: two waiters, NUMSUB 0, and the waiter woke by polling 1.5 s after the release.
+/// Now the driver reconnects and subscribes again, and the release wakes the waiter.
+#[tokio::test]
+async fn waiters_are_subscribed_again_after_the_pubsub_connection_is_killed() {
+    let server = RedisServer::start();
+    let holder = LockManager::connect(&server.url()).await.unwrap();
+    let waiter = never_polling(&server).await;
+    let held = holder.try_acquire("again", LONG).await.unwrap().unwrap();
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let w = waiter.clone();
+            tokio::spawn(async move {
+                let g = w.acquire("again", LONG, Duration::from_secs(30)).await;
+                (Instant::now(), g)
+            })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(5), || subscribers(
+            &server,
+            "lock:{again}"
+        ) == 1)
+        .await
+    );
+    let _: i64 = server.query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"));
+    assert!(
+        eventually(Duration::from_secs(5), || subscribers(
+            &server,
+            "lock:{again}"
+        ) == 1)
+        .await,
+        "subscribed again after the kill"
+    );
+    let released_at = Instant::now();
+    assert!(held.release().await.unwrap());
+    // One waiter takes it, woken by the message (the poll interval is a minute).
+    let mut results = Vec::new();
+    for w in waiting {
+        results.push(tokio::time::timeout(Duration::from_secs(2), w).await);
+    }
+    let (at, g) = results
+        .into_iter()
+        .find_map(|r| r.ok())
+        .expect("a waiter finished")
+        .unwrap();
+    assert!(
+        at.duration_since(released_at) < Duration::from_secs(1),
+        "woken by polling, not by the release"
+    );
+    assert!(g.unwrap().release().await.unwrap());
 }

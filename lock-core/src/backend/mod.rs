@@ -195,15 +195,15 @@ pub(crate) trait Store: Send + Sync {
 /// before each attempt; it fires when the lock may have become free.
 pub(crate) struct Watch {
     notify: Arc<Notify>,
-    /// Keeps the subscription alive while the waiter waits.
-    _interest: Option<notify::Interest>,
+    /// Keeps the registrations alive while the waiter waits (one per server notifying it).
+    _interests: Vec<notify::Interest>,
 }
 
 impl Watch {
-    pub(crate) fn new(notify: Arc<Notify>, interest: Option<notify::Interest>) -> Self {
+    pub(crate) fn new(notify: Arc<Notify>, interests: Vec<notify::Interest>) -> Self {
         Self {
             notify,
-            _interest: interest,
+            _interests: interests,
         }
     }
 

@@ -1,254 +1,279 @@
-//! Release notifications for waiters on the Redis backend.
+//! Release notifications for waiters on the Redis backends.
 //!
-//! A waiter subscribes to the channel named like the lock key (one dedicated pub/sub connection
-//! per manager, opened on the first wait, never on the uncontended path), then makes every
-//! further attempt with acquire.lua, which marks the holder's key. The release script `PUBLISH`es
-//! on that channel when it deletes a marked key, so the waiter is woken by the release itself
-//! instead of polling, and a release nobody waits for publishes nothing.
+//! A waiter registers interest in the channel named like the lock key, then makes every further
+//! attempt with acquire.lua, which marks the holder's key; the release script `PUBLISH`es on
+//! that channel when it deletes a marked key. So a waiter is woken by the release itself, and a
+//! release nobody waits for publishes nothing.
 //!
-//! A waiter enables its `Notified` before every attempt, and its first marking attempt comes
-//! after its subscription is confirmed. A release that Redis ran before that attempt leaves the
-//! lock free for it; one that ran after it finds the mark, and its message goes to the
-//! subscribed channel and reaches the enabled `Notified`.
+//! Waiters never touch the pub/sub connection. Registering is a table update plus a poke to one
+//! driver task per server, started on the first wait (never on the uncontended path), which
+//! owns the connection: it connects, subscribes the channels that have waiters and unsubscribes
+//! those that have none left, in batches, and forwards each message to the waiters of its
+//! channel. So:
 //!
-//! If the pub/sub connection breaks, every waiter is woken to try again, and waiters fall back
-//! to polling (capped, and never later than the holder's lease end) until the next wait opens a
-//! new connection.
+//! - **W1** a release wakes the live waiters of its lock by one message, whatever happens to
+//!   other names;
+//! - **W2** a slow, paused or dead server or connection delays nobody past
+//!   `max_poll_interval` (waiters poll meanwhile) and serializes no waiter behind another: no
+//!   waiter ever waits for a connect or a `SUBSCRIBE`;
+//! - **W3** when a wait ends (granted, timed out, or its future dropped at any await point), its
+//!   interest goes with it at once, and the driver unsubscribes the channels nobody waits on:
+//!   no channel, table entry or task of it remains;
+//! - **W4** when the connection breaks, every waiter is woken to try again, and the driver
+//!   reconnects and subscribes every channel that still has waiters; each confirmation wakes
+//!   that channel's waiters once more, so a release that happened meanwhile is not missed.
+//!
+//! A waiter's own `Notify` stores a permit when it is not waiting yet, so a message that
+//! arrives while it is busy with an attempt is not lost either.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_core::Stream;
-use redis::aio::PubSubSink;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::{BoxFuture, Wake, Watch};
 use crate::keys::LockKeys;
+use crate::locked;
 
-/// How long opening the pub/sub connection or a subscription may take before the waiter gives
-/// up on notifications and polls.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long connecting, or one `SUBSCRIBE`/`UNSUBSCRIBE`, may take before the driver gives up
+/// on the connection and starts over (waiters poll meanwhile).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Pause between connection attempts while the server cannot be reached: doubling up to the
+/// maximum.
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
 struct Channel {
-    /// Waiters registered on this channel right now.
-    interested: usize,
-    notify: Arc<Notify>,
+    /// The waiters on this channel, each with its own `Notify`.
+    waiters: HashMap<u64, Arc<Notify>>,
     /// Confirmed subscribed on the current connection.
     subscribed: bool,
 }
 
-type Channels = Arc<Mutex<HashMap<String, Channel>>>;
-
-fn lock(channels: &Channels) -> MutexGuard<'_, HashMap<String, Channel>> {
-    crate::locked(channels)
-}
-
-/// The pub/sub connection and the task that reads it.
-struct Link {
-    sink: PubSubSink,
-    alive: Arc<AtomicBool>,
-    reader: JoinHandle<()>,
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        self.reader.abort();
+impl Channel {
+    fn wake(&self) {
+        for waiter in self.waiters.values() {
+            waiter.notify_one();
+        }
     }
 }
 
+/// What the waiters and the driver share.
+#[derive(Default)]
+struct Table {
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Wakes the driver: a channel gained its first waiter or lost its last one.
+    poke: Notify,
+    next_id: AtomicU64,
+}
+
+/// Release notifications from one server: the interest table and its driver task.
 pub(crate) struct Notifier {
     client: redis::Client,
-    /// Held while subscribing or unsubscribing, so those commands reach Redis in the order in
-    /// which the table below was changed.
-    link: tokio::sync::Mutex<Option<Link>>,
-    channels: Channels,
+    table: Arc<Table>,
+    driver: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// A waiter's registration on one channel; dropping it may unsubscribe.
+/// A waiter's registration on one channel; dropping it removes it, at once and without I/O.
 pub(crate) struct Interest {
-    notifier: Arc<Notifier>,
+    table: Arc<Table>,
     channel: String,
-    notify: Arc<Notify>,
-}
-
-impl Interest {
-    pub(crate) fn notify(&self) -> &Arc<Notify> {
-        &self.notify
-    }
+    id: u64,
 }
 
 impl Notifier {
     pub(crate) fn new(client: redis::Client) -> Self {
         Self {
             client,
-            link: tokio::sync::Mutex::new(None),
-            channels: Arc::default(),
+            table: Arc::default(),
+            driver: Mutex::new(None),
         }
     }
 
-    /// Registers interest in releases published on `channel` and makes sure the channel is
-    /// subscribed. When Redis cannot be subscribed to, the interest still works: it is woken
-    /// only by connection loss, and the waiter polls.
-    pub(crate) async fn watch(self: &Arc<Self>, channel: &str) -> Interest {
-        let mut link = self.link.lock().await;
-        let (notify, subscribed) = {
-            let mut channels = lock(&self.channels);
-            let entry = channels
-                .entry(channel.to_owned())
-                .or_insert_with(|| Channel {
-                    interested: 0,
-                    notify: Arc::new(Notify::new()),
-                    subscribed: false,
-                });
-            entry.interested += 1;
-            (Arc::clone(&entry.notify), entry.subscribed)
+    /// Registers `waiter` for releases published on `channel`. Never waits: the driver
+    /// subscribes in the background and wakes `waiter` once the subscription is confirmed.
+    pub(crate) fn watch(&self, channel: &str, waiter: &Arc<Notify>) -> Interest {
+        let id = self.table.next_id.fetch_add(1, Ordering::Relaxed);
+        let first = {
+            let mut channels = locked(&self.table.channels);
+            let entry = channels.entry(channel.to_owned()).or_default();
+            entry.waiters.insert(id, Arc::clone(waiter));
+            entry.waiters.len() == 1 && !entry.subscribed
         };
-        let interest = Interest {
-            notifier: Arc::clone(self),
+        self.ensure_driver();
+        if first {
+            self.table.poke.notify_one();
+        }
+        Interest {
+            table: Arc::clone(&self.table),
             channel: channel.to_owned(),
-            notify,
-        };
-        if link
-            .as_ref()
-            .is_some_and(|l| !l.alive.load(Ordering::Acquire))
-        {
-            *link = None;
+            id,
         }
-        if link.is_none() {
-            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.connect()).await {
-                Ok(Ok(new)) => *link = Some(new),
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "no pub/sub connection; waiters poll");
-                    return interest;
-                }
-                Err(_) => {
-                    tracing::debug!("pub/sub connection timed out; waiters poll");
-                    return interest;
-                }
-            }
-        }
-        let Some(active) = link.as_mut() else {
-            return interest;
-        };
-        if !subscribed {
-            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, active.sink.subscribe(channel)).await {
-                Ok(Ok(())) => {
-                    if let Some(entry) = lock(&self.channels).get_mut(channel) {
-                        entry.subscribed = true;
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "subscribe failed; waiters poll");
-                    *link = None;
-                }
-                Err(_) => {
-                    tracing::debug!("subscribe timed out; waiters poll");
-                    *link = None;
-                }
-            }
-        }
-        interest
     }
 
-    /// Opens the pub/sub connection and starts its reader. Every channel counts as not
-    /// subscribed on it yet.
-    async fn connect(&self) -> redis::RedisResult<Link> {
-        let (sink, mut stream) = self.client.get_async_pubsub().await?.split();
-        for entry in lock(&self.channels).values_mut() {
-            entry.subscribed = false;
+    /// Starts the driver on the current runtime if it is not running (first wait, or it ended).
+    fn ensure_driver(&self) {
+        let mut driver = locked(&self.driver);
+        if driver.as_ref().is_some_and(|d| !d.is_finished()) {
+            return;
         }
-        let alive = Arc::new(AtomicBool::new(true));
-        let reader = tokio::spawn({
-            let channels = Arc::clone(&self.channels);
-            let alive = Arc::clone(&alive);
-            async move {
-                while let Some(msg) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
-                    if let Some(entry) = lock(&channels).get(msg.get_channel_name()) {
-                        entry.notify.notify_waiters();
-                    }
-                }
-                // The connection is gone: wake everyone so they try again (and re-subscribe).
-                alive.store(false, Ordering::Release);
-                for entry in lock(&channels).values_mut() {
-                    entry.subscribed = false;
-                    entry.notify.notify_waiters();
-                }
-                tracing::debug!("pub/sub connection closed");
-            }
-        });
-        Ok(Link {
-            sink,
-            alive,
-            reader,
-        })
-    }
-
-    /// Unsubscribes from `channel` if nobody registered on it since its last waiter left.
-    async fn forget(&self, channel: String) {
-        let mut link = self.link.lock().await;
-        let was_subscribed = {
-            let mut channels = lock(&self.channels);
-            match channels.get(&channel) {
-                Some(entry) if entry.interested == 0 => {
-                    channels.remove(&channel).is_some_and(|e| e.subscribed)
-                }
-                _ => return,
-            }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime: the waiter polls
         };
-        if let (true, Some(active)) = (was_subscribed, link.as_mut()) {
-            if tokio::time::timeout(SUBSCRIBE_TIMEOUT, active.sink.unsubscribe(&channel))
-                .await
-                .map_or(true, |r| r.is_err())
-            {
-                // Its state is unknown now; start over on the next wait.
-                *link = None;
-            }
+        let (client, table) = (self.client.clone(), Arc::clone(&self.table));
+        *driver = Some(handle.spawn(drive(client, table)));
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        if let Some(driver) = locked(&self.driver).take() {
+            driver.abort();
         }
     }
 }
 
 impl Drop for Interest {
     fn drop(&mut self) {
-        let last = {
-            let mut channels = lock(&self.notifier.channels);
-            match channels.get_mut(&self.channel) {
-                Some(entry) => {
-                    entry.interested -= 1;
-                    entry.interested == 0
-                }
-                None => false,
-            }
-        };
+        // Only the driver removes entries: a `SUBSCRIBE` of this channel may be in flight, and
+        // its confirmation must find the entry to know it has to unsubscribe again.
+        let last = locked(&self.table.channels)
+            .get_mut(&self.channel)
+            .is_some_and(|entry| {
+                entry.waiters.remove(&self.id);
+                entry.waiters.is_empty()
+            });
         if last {
-            // Outside a runtime the entry stays, unused, until the next wait on it.
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let notifier = Arc::clone(&self.notifier);
-                let channel = std::mem::take(&mut self.channel);
-                drop(handle.spawn(async move { notifier.forget(channel).await }));
-            }
+            self.table.poke.notify_one();
         }
     }
 }
 
-/// The [`Wake`] of the Redis deployments: a manager's one pub/sub connection.
-pub(crate) struct PubSub(Arc<Notifier>);
+/// The driver: owns the pub/sub connection for as long as the manager lives.
+async fn drive(client: redis::Client, table: Arc<Table>) {
+    let mut pause = RECONNECT_MIN;
+    loop {
+        // Nothing is subscribed without a connection: entries nobody waits on can go.
+        locked(&table.channels).retain(|_, entry| !entry.waiters.is_empty());
+        let connected = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub()).await;
+        let Ok(Ok(pubsub)) = connected else {
+            tracing::debug!("no pub/sub connection; waiters poll");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RECONNECT_MAX);
+            continue;
+        };
+        pause = RECONNECT_MIN;
+        let (mut sink, mut stream) = pubsub.split();
+        serve(&table, &mut sink, &mut stream).await;
+        // The connection is gone or failed a command: nothing is subscribed any more. Every
+        // waiter tries again now, and is woken again when its channel is subscribed anew.
+        let mut channels = locked(&table.channels);
+        for entry in channels.values_mut() {
+            entry.subscribed = false;
+            entry.wake();
+        }
+        drop(channels);
+        tracing::debug!("pub/sub connection lost; reconnecting");
+    }
+}
+
+/// Keeps the subscriptions in line with the table and forwards messages, until the connection
+/// fails.
+async fn serve(
+    table: &Table,
+    sink: &mut redis::aio::PubSubSink,
+    stream: &mut redis::aio::PubSubStream,
+) {
+    loop {
+        // What to change: channels with waiters not yet subscribed, and subscribed ones with
+        // none left (their entries go now; a waiter that comes back makes a new one).
+        let (subscribe, unsubscribe) = {
+            let mut channels = locked(&table.channels);
+            let subscribe: Vec<String> = channels
+                .iter()
+                .filter(|(_, e)| !e.subscribed && !e.waiters.is_empty())
+                .map(|(name, _)| name.clone())
+                .collect();
+            let unsubscribe: Vec<String> = channels
+                .iter()
+                .filter(|(_, e)| e.subscribed && e.waiters.is_empty())
+                .map(|(name, _)| name.clone())
+                .collect();
+            // Entries nobody waits on go now: unsubscribed just below, or never subscribed.
+            channels.retain(|_, e| !e.waiters.is_empty());
+            (subscribe, unsubscribe)
+        };
+        if !unsubscribe.is_empty()
+            && !matches!(
+                tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(&unsubscribe)).await,
+                Ok(Ok(()))
+            )
+        {
+            return;
+        }
+        if !subscribe.is_empty() {
+            if !matches!(
+                tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(&subscribe)).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
+            let mut channels = locked(&table.channels);
+            for name in &subscribe {
+                if let Some(entry) = channels.get_mut(name) {
+                    entry.subscribed = true;
+                    // Subscribed now: a release before this moment sent its message to nobody,
+                    // so the waiters try again at once.
+                    entry.wake();
+                }
+            }
+        }
+        let next = poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx));
+        let message = tokio::select! {
+            message = next => message,
+            () = table.poke.notified() => continue,
+        };
+        let Some(message) = message else {
+            return;
+        };
+        if let Some(entry) = locked(&table.channels).get(message.get_channel_name()) {
+            entry.wake();
+        }
+    }
+}
+
+/// The [`Wake`] of the Redis deployments: one server's notifier, or every instance's (Redlock:
+/// a waiter is woken by whichever instance publishes first, so losing one costs nothing).
+pub(crate) struct PubSub(Vec<Arc<Notifier>>);
 
 impl PubSub {
     pub(crate) fn new(notifier: Arc<Notifier>) -> Self {
-        Self(notifier)
+        Self(vec![notifier])
+    }
+
+    /// Every instance's notifications together.
+    pub(crate) fn all(parts: impl IntoIterator<Item = PubSub>) -> Self {
+        Self(parts.into_iter().flat_map(|p| p.0).collect())
     }
 }
 
 impl Wake for PubSub {
     fn watch<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Watch> {
-        Box::pin(async move {
-            let interest = self.0.watch(&keys.lock).await;
-            Watch::new(Arc::clone(interest.notify()), Some(interest))
-        })
+        let waiter = Arc::new(Notify::new());
+        let interests = self
+            .0
+            .iter()
+            .map(|notifier| notifier.watch(&keys.lock, &waiter))
+            .collect();
+        let watch = Watch::new(waiter, interests);
+        Box::pin(async move { watch })
     }
 }

@@ -55,8 +55,8 @@ impl Redlock {
     }
 
     /// Connects to every instance in parallel. Instances that cannot be reached now are
-    /// connected on first use; the manager starts if a majority answered. Release notifications
-    /// come from the first instance's pub/sub.
+    /// connected on first use; the manager starts if a majority answered. A waiter is woken by
+    /// the release message of whichever instance publishes it first.
     pub(crate) async fn connect(
         urls: &[String],
         timeouts: Timeouts,
@@ -83,7 +83,7 @@ impl Redlock {
         if reached < quorum {
             return Err(first_error.expect("some instance failed"));
         }
-        let pubsub = nodes[0].pubsub();
+        let pubsub = PubSub::all(nodes.iter().map(RedisNode::pubsub));
         let nodes = nodes
             .into_iter()
             .map(|n| Box::new(n) as Box<dyn Node>)
