@@ -44,6 +44,46 @@ async fn body_never_runs_twice_at_once_across_concurrent_calls() {
     assert_eq!(counter.load(Ordering::SeqCst), 24);
 }
 
+#[distributed_lock(key = "fair-count", ttl = "10s", wait = "20s", fair = true, manager = locks)]
+async fn count_in_turn(
+    locks: &LockManager,
+    turns: &std::sync::Mutex<Vec<u32>>,
+    me: u32,
+) -> Result<(), JobError> {
+    turns.lock().unwrap().push(me);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_true_serves_concurrent_calls_one_at_a_time_in_arrival_order() {
+    let (server, locks) = server_and_manager().await;
+    let turns = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let held = locks
+        .try_acquire("fair-count", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut calls = Vec::new();
+    for me in 0..5u32 {
+        let (locks, turns) = (locks.clone(), turns.clone());
+        calls.push(tokio::spawn(async move {
+            count_in_turn(&locks, &turns, me).await
+        }));
+        // Each call is in line before the next one arrives.
+        let in_line = || {
+            let fields: i64 = server.query(redis::cmd("HLEN").arg("lock:{fair-count}:q"));
+            fields - 1 == i64::from(me) + 1
+        };
+        assert!(lock_test_support::eventually(Duration::from_secs(5), in_line).await);
+    }
+    assert!(held.release().await.unwrap());
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(*turns.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+}
+
 #[distributed_lock(key = "tenant:{tenant}", ttl = "10s", manager = locks)]
 async fn meet(
     locks: &LockManager,

@@ -843,3 +843,98 @@ async fn waiters_are_subscribed_again_after_the_pubsub_connection_is_killed() {
     );
     assert!(g.unwrap().release().await.unwrap());
 }
+
+// ---- Fair handoff (`LockRequest::fair`): waiters in arrival order, across managers. ----
+
+fn in_line(server: &RedisServer, name: &str) -> i64 {
+    // The line's hash holds one field per ticket, plus the arrival counter `#`.
+    let fields: i64 = server.query(redis::cmd("HLEN").arg(format!("lock:{{{name}}}:q")));
+    (fields - 1).max(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_waiters_take_the_lock_in_arrival_order_across_managers() {
+    let server = RedisServer::start();
+    let mut managers = Vec::new();
+    for _ in 0..3 {
+        managers.push(LockManager::connect(&server.url()).await.unwrap());
+    }
+    let held = managers[0]
+        .try_acquire("line", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..6usize {
+        let (m, order) = (managers[i % 3].clone(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let g = m
+                .lock("line")
+                .ttl(LONG)
+                .wait(Duration::from_secs(20))
+                .fair(true)
+                .acquire()
+                .await
+                .unwrap();
+            order.lock().unwrap().push(i);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(g.release().await.unwrap());
+        }));
+        // The next one arrives once this one is in line.
+        assert!(
+            eventually(Duration::from_secs(5), || in_line(&server, "line")
+                == i as i64 + 1)
+            .await,
+            "waiter {i} in line"
+        );
+    }
+    assert!(held.release().await.unwrap());
+    for w in waiters {
+        w.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(in_line(&server, "line"), 0, "everyone left the line");
+}
+
+#[tokio::test]
+async fn a_fair_waiter_that_gives_up_leaves_the_line_at_once() {
+    let server = RedisServer::start();
+    let locks = never_polling(&server).await;
+    let held = locks.try_acquire("gone", LONG).await.unwrap().unwrap();
+    let w = locks.clone();
+    let quitter = tokio::spawn(async move {
+        w.lock("gone")
+            .ttl(LONG)
+            .wait(Duration::from_secs(30))
+            .fair(true)
+            .acquire()
+            .await
+            .map(drop)
+    });
+    assert!(eventually(Duration::from_secs(5), || in_line(&server, "gone") == 1).await);
+    quitter.abort();
+    assert!(
+        eventually(Duration::from_secs(2), || in_line(&server, "gone") == 0).await,
+        "the dropped waiter's ticket left the line (it would otherwise stay a minute)"
+    );
+    // The next fair waiter is not held up by it.
+    let w = locks.clone();
+    let next = tokio::spawn(async move {
+        w.lock("gone")
+            .ttl(LONG)
+            .wait(Duration::from_secs(30))
+            .fair(true)
+            .acquire()
+            .await
+    });
+    assert!(eventually(Duration::from_secs(5), || in_line(&server, "gone") == 1).await);
+    let released_at = Instant::now();
+    assert!(held.release().await.unwrap());
+    let g = next.await.unwrap().unwrap();
+    assert!(
+        released_at.elapsed() < Duration::from_secs(2),
+        "woken by the release"
+    );
+    assert!(g.release().await.unwrap());
+}

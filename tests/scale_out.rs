@@ -545,6 +545,16 @@ async fn builder_refuses_unworkable_deployments_with_a_reason() {
             other => panic!("expected InvalidConfig ({expect}), got {other:?}"),
         }
     }
+    // Fair mode keeps one line of waiters: Redlock's instances would each keep their own.
+    let redlock = LockManager::builder()
+        .redlock([&url; 3])
+        .build()
+        .await
+        .unwrap();
+    match redlock.lock("fair").fair(true).try_acquire().await {
+        Err(LockError::InvalidConfig { reason }) => assert!(reason.contains("fair"), "{reason}"),
+        other => panic!("expected InvalidConfig for fair mode on Redlock, got {other:?}"),
+    }
     // A minority of Redlock instances down at start-up is fine; a majority is not.
     let down = format!("redis://127.0.0.1:{}", lock_test_support::free_port());
     let m = LockManager::builder()

@@ -2,7 +2,8 @@
 //!
 //! A lock `name` lives at `<prefix>{<name>}`; its value is the holder's owner token (followed by
 //! `*` once a waiter has asked to be told of its release). Its fencing counter, created only
-//! when a guard asks for a fencing token, lives at `<prefix>{<name>}:fence`. Releases are
+//! when a guard asks for a fencing token, lives at `<prefix>{<name>}:fence`; fair waiters line
+//! up in `<prefix>{<name>}:q`. Releases are
 //! published on the channel named like the lock key. The braces are a Redis Cluster hash tag:
 //! every key of a lock hashes to one slot.
 
@@ -22,6 +23,12 @@ impl LockKeys {
         lock.push_str(name);
         lock.push('}');
         Self { lock }
+    }
+
+    /// `<prefix>{<name>}:q`: the line of fair waiters (a hash of tickets). Made only by fair
+    /// waiters, and gone a few poll intervals after the last one left.
+    pub(crate) fn queue(&self) -> String {
+        format!("{}:q", self.lock)
     }
 
     /// `<prefix>{<name>}:fence`: the last fencing token drawn for this name. Made only when a

@@ -15,6 +15,7 @@ pub struct Options {
     pub auto_extend: bool,
     pub min_hold: Option<Duration>,
     pub max_hold: Option<Duration>,
+    pub fair: bool,
 }
 
 /// Anything `manager = ...` may name: a `LockManager`, a reference to one, or an `Arc` of one.
@@ -61,7 +62,8 @@ pub async fn acquire(
         .lock(name)
         .ttl(options.ttl)
         .wait(options.wait)
-        .auto_extend(options.auto_extend);
+        .auto_extend(options.auto_extend)
+        .fair(options.fair);
     if let Some(min) = options.min_hold {
         request = request.min_hold(min);
     }

@@ -7,11 +7,11 @@ use std::time::Duration;
 use tokio::time::{timeout_at, Instant};
 use tracing::Instrument as _;
 
-use crate::backend::Watch;
+use crate::backend::{Ticket, Watch};
 use crate::keys::LockKeys;
 use crate::lease::Grant;
 use crate::shared::{Shared, Tried};
-use crate::token::random_u64;
+use crate::token::{new_token, random_u64};
 use crate::validate::{check_name, check_ttl, MIN_TTL};
 use crate::{watchdog, LockError, LockGuard, Result};
 
@@ -33,6 +33,7 @@ pub struct LockRequest<'a> {
     auto_extend: bool,
     min_hold: Option<Duration>,
     max_hold: Option<Duration>,
+    fair: bool,
 }
 
 impl std::fmt::Debug for LockRequest<'_> {
@@ -44,6 +45,7 @@ impl std::fmt::Debug for LockRequest<'_> {
             .field("auto_extend", &self.auto_extend)
             .field("min_hold", &self.min_hold)
             .field("max_hold", &self.max_hold)
+            .field("fair", &self.fair)
             .finish_non_exhaustive()
     }
 }
@@ -58,6 +60,7 @@ impl<'a> LockRequest<'a> {
             auto_extend: false,
             min_hold: None,
             max_hold: None,
+            fair: false,
         }
     }
 
@@ -106,6 +109,23 @@ impl<'a> LockRequest<'a> {
         self
     }
 
+    /// Serves waiters in arrival order (default off). Waiters line up in Redis
+    /// (`<prefix>{<name>}:q`, a hash of tickets in the lock's hash slot), so the order holds
+    /// across tasks, managers and processes: the lock is taken only by the first in line, and a
+    /// newcomer never overtakes a waiter, so nobody starves (the longest wait is about the line's
+    /// length times the hold time). Every attempt refreshes the waiter's ticket; a waiter that
+    /// stops (crashed, cancelled) leaves the line at once or, if it cannot say so, after three
+    /// poll intervals plus a response timeout. The price: every attempt runs a script, and a
+    /// free lock waits for whoever is first. Fairness is among fair requests: an unfair request
+    /// still takes a free lock whenever it sees one.
+    ///
+    /// One server or a cluster; a Redlock manager refuses it with
+    /// [`LockError::InvalidConfig`] (each instance would keep its own line).
+    pub fn fair(mut self, on: bool) -> Self {
+        self.fair = on;
+        self
+    }
+
     /// Takes the lock, waiting up to the request's `wait`. [`LockError::Busy`] when another
     /// owner holds it and `wait` is zero; [`LockError::Timeout`] when it is still held after
     /// waiting.
@@ -129,6 +149,11 @@ impl<'a> LockRequest<'a> {
 
     fn validate(&self) -> Result<()> {
         check_name(&self.name)?;
+        if self.fair && !self.shared.orders_fairly() {
+            return Err(LockError::InvalidConfig {
+                reason: "fair mode needs one server or a cluster: Redlock's instances would each keep their own line of waiters".to_owned(),
+            });
+        }
         check_ttl("ttl", self.ttl)?;
         if let Some(min) = self.min_hold {
             check_ttl("min_hold", min)?;
@@ -160,9 +185,20 @@ impl<'a> LockRequest<'a> {
         let lease_len = self.max_hold.map_or(self.ttl, |max| max.min(self.ttl));
         let began = Instant::now();
         let keys = self.shared.keys(&self.name);
+        let ticket = self.fair.then(new_token);
+        let mut line = ticket.as_deref().map(|id| Line {
+            shared: self.shared,
+            keys: &keys,
+            ticket: id,
+            left: false,
+        });
         let acquisition = Acquisition {
             shared: self.shared,
             keys: &keys,
+            ticket: ticket.as_deref().map(|id| Ticket {
+                id,
+                keep: line_keep(self.shared.settings()),
+            }),
             name: &self.name,
             lease_len,
             began,
@@ -170,7 +206,13 @@ impl<'a> LockRequest<'a> {
             watch: None,
             retried_broken: false,
         };
-        match acquisition.run().instrument(span).await {
+        let outcome = acquisition.run().instrument(span).await;
+        if let (Outcome::Granted(_), Some(line)) = (&outcome, line.as_mut()) {
+            // The winning attempt took the ticket out of the line itself.
+            line.left = true;
+        }
+        drop(line);
+        match outcome {
             Outcome::Granted(grant) => Ok(Acquired::Guard(self.into_guard(keys, grant))),
             Outcome::Busy { waited } => Ok(Acquired::Busy {
                 name: self.name,
@@ -228,6 +270,8 @@ enum Next {
 struct Acquisition<'a> {
     shared: &'a Arc<Shared>,
     keys: &'a LockKeys,
+    /// A fair acquisition's place in line.
+    ticket: Option<Ticket<'a>>,
     name: &'a str,
     lease_len: Duration,
     began: Instant,
@@ -266,9 +310,13 @@ impl Acquisition<'_> {
             n.enable();
         }
         let bound = self.bound();
-        let attempt =
-            self.shared
-                .attempt(self.keys, self.name, self.lease_len, self.watch.is_some());
+        let attempt = self.shared.attempt(
+            self.keys,
+            self.name,
+            self.lease_len,
+            self.watch.is_some(),
+            self.ticket,
+        );
         let tried = timeout_at(bound, attempt)
             .await
             .unwrap_or_else(|_| Tried::Failed(no_answer_by_deadline(), None));
@@ -362,6 +410,31 @@ fn no_answer_by_deadline() -> LockError {
         std::io::ErrorKind::TimedOut,
         "no answer to the acquire attempt by the end of the wait plus the response timeout",
     )))
+}
+
+/// A fair acquisition's ticket while it may be in line: when the acquisition ends without the
+/// lock (timed out, failed, or its future dropped), the ticket leaves the line in the
+/// background, so that the waiters behind it need not wait for it to expire.
+struct Line<'a> {
+    shared: &'a Arc<Shared>,
+    keys: &'a LockKeys,
+    ticket: &'a str,
+    left: bool,
+}
+
+impl Drop for Line<'_> {
+    fn drop(&mut self) {
+        if !self.left {
+            self.shared
+                .leave_in_background(self.keys.clone(), self.ticket.to_owned());
+        }
+    }
+}
+
+/// How long a fair ticket stays in line without an attempt refreshing it: a waiter attempts at
+/// least every `max_poll_interval`, each attempt within a response timeout.
+fn line_keep(settings: &crate::shared::Settings) -> Duration {
+    settings.poll_cap * 3 + settings.response_timeout
 }
 
 /// `t + d`, or a century after `t` when that overflows: `wait(Duration::MAX)` waits "forever".

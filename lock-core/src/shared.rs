@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::backend::{Attempt, Renewal, Store, Wake, Watch};
+use crate::backend::{Attempt, Renewal, Store, Ticket, Wake, Watch};
 use crate::keys::LockKeys;
 use crate::lease::{Grant, Landed, Lease};
 use crate::locked;
@@ -196,6 +196,7 @@ impl Shared {
         name: &str,
         ttl: Duration,
         mark: bool,
+        ticket: Option<Ticket<'_>>,
     ) -> Tried {
         let token = new_token();
         let sent = Instant::now();
@@ -210,7 +211,7 @@ impl Shared {
                 quiet: true,
             }),
         };
-        match self.store.acquire(keys, &token, ttl, mark).await {
+        match self.store.acquire(keys, &token, ttl, mark, ticket).await {
             Ok(Attempt::Granted(usable)) => {
                 cleanup.disarm();
                 Tried::Granted(Grant {
@@ -249,6 +250,25 @@ impl Shared {
     /// itself: an error may follow a copy that was applied.
     fn may_have_applied(&self, e: &LockError) -> bool {
         self.store.replays() || e.may_have_applied()
+    }
+
+    /// Whether fair acquisitions can be served (see [`Store::orders_fairly`]).
+    pub(crate) fn orders_fairly(&self) -> bool {
+        self.store.orders_fairly()
+    }
+
+    /// Takes a fair acquisition's ticket out of the line in the background, tracked for
+    /// `shutdown`; one try, as the ticket leaves the line by itself a few poll intervals later.
+    pub(crate) fn leave_in_background(self: &Arc<Self>, keys: LockKeys, ticket: String) {
+        let Ok(handle) = Handle::try_current() else {
+            return;
+        };
+        let shared = Arc::clone(self);
+        self.tasks.spawn(&handle, async move {
+            if let Err(e) = shared.store.leave(&keys, &ticket).await {
+                tracing::debug!(error = %e, "leaving the line failed; the ticket expires by itself");
+            }
+        });
     }
 
     /// Makes the lease of a granted attempt and tracks it for `shutdown`.

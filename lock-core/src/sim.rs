@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::backend::memory::Server;
 use crate::backend::redlock::Redlock;
 use crate::backend::single::Single;
-use crate::backend::{BoxFuture, Drift, Node, Store, Taken, Wake, Watch};
+use crate::backend::{BoxFuture, Drift, Node, Store, Taken, Ticket, Wake, Watch};
 use crate::keys::LockKeys;
 use crate::lease::Lease;
 use crate::locked;
@@ -86,6 +86,12 @@ enum Op {
         token: String,
         ttl: Duration,
         mark: bool,
+        /// A fair acquisition's ticket and how long it stays in line.
+        ticket: Option<(String, Duration)>,
+    },
+    Leave {
+        keys: LockKeys,
+        ticket: String,
     },
     Release {
         keys: LockKeys,
@@ -271,7 +277,15 @@ impl SimServer {
                 token,
                 ttl,
                 mark,
-            } => Reply::Taken(st.server.acquire(now, keys, token, *ttl, *mark)),
+                ticket,
+            } => {
+                let ticket = ticket.as_ref().map(|(id, keep)| Ticket { id, keep: *keep });
+                Reply::Taken(st.server.acquire(now, keys, token, *ttl, *mark, ticket))
+            }
+            Op::Leave { keys, ticket } => {
+                st.server.leave(keys, ticket);
+                Reply::Yes(true)
+            }
             Op::Release { keys, token, keep } => {
                 let truth = locked(&self.truth);
                 let cleanup_of_unsent =
@@ -329,6 +343,7 @@ fn describe(op: &Op) -> String {
             token,
             ttl,
             mark,
+            ..
         } => {
             format!(
                 "acquire {} {} ttl {ttl:?} mark {mark}",
@@ -343,6 +358,7 @@ fn describe(op: &Op) -> String {
             format!("extend {} {} ttl {ttl:?}", keys.lock, short(token))
         }
         Op::Fence { keys, token } => format!("fence {} {}", keys.lock, short(token)),
+        Op::Leave { keys, ticket } => format!("leave {} {}", keys.lock, short(ticket)),
     }
 }
 
@@ -537,6 +553,7 @@ impl Node for SimConn {
         token: &'a str,
         ttl: Duration,
         mark: bool,
+        ticket: Option<Ticket<'a>>,
     ) -> BoxFuture<'a, crate::Result<Taken>> {
         let (keys, token) = (keys.clone(), token.to_owned());
         let op = Op::Acquire {
@@ -544,11 +561,21 @@ impl Node for SimConn {
             token,
             ttl,
             mark,
+            ticket: ticket.map(|t| (t.id.to_owned(), t.keep)),
         };
         self.ask(op, |r| match r {
             Reply::Taken(t) => Some(t),
             _ => None,
         })
+    }
+
+    fn leave<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        ticket: &'a str,
+    ) -> BoxFuture<'a, crate::Result<()>> {
+        let (keys, ticket) = (keys.clone(), ticket.to_owned());
+        self.ask(Op::Leave { keys, ticket }, |_| Some(()))
     }
 
     fn release<'a>(
@@ -791,11 +818,13 @@ async fn client(world: Arc<World>, seed: u64, id: u64, names: u64) {
             rng.ms(50, 800)
         };
         let auto_extend = rng.chance(40);
+        let fair = world.quorum == 1 && rng.chance(25);
         let request = locks
             .lock(name.clone())
             .ttl(ttl)
             .wait(wait)
-            .auto_extend(auto_extend);
+            .auto_extend(auto_extend)
+            .fair(fair);
         let started = Instant::now();
         let cancel_after = rng.chance(10).then(|| rng.ms(0, 300));
         let result = match cancel_after {

@@ -24,6 +24,7 @@ pub(crate) struct Args {
     pub(crate) wait: Option<Arg<LitStr>>,
     pub(crate) on_busy: Option<Arg<LitStr>>,
     pub(crate) auto_extend: Option<Arg<LitBool>>,
+    pub(crate) fair: Option<Arg<LitBool>>,
     pub(crate) on_lost: Option<Arg<LitStr>>,
     pub(crate) min_hold: Option<Arg<LitStr>>,
     pub(crate) max_hold: Option<Arg<LitStr>>,
@@ -32,7 +33,7 @@ pub(crate) struct Args {
     pub(crate) krate: Option<Arg<LitStr>>,
 }
 
-pub(crate) const NAMES: &str = "`key`, `ttl`, `wait`, `on_busy`, `auto_extend`, `on_lost`, `min_hold`, `max_hold`, `manager`, `guard`, `crate`";
+pub(crate) const NAMES: &str = "`key`, `ttl`, `wait`, `on_busy`, `auto_extend`, `on_lost`, `min_hold`, `max_hold`, `fair`, `manager`, `guard`, `crate`";
 
 /// Adds `error` to `errors`.
 pub(crate) fn push(errors: &mut Option<syn::Error>, error: syn::Error) {
@@ -125,6 +126,15 @@ pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
                 other => push(
                     e,
                     syn::Error::new_spanned(other, "`auto_extend` takes `true` or `false`"),
+                ),
+            },
+            "fair" => match value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Bool(b), ..
+                }) => store(&mut args.fair, name, b, e),
+                other => push(
+                    e,
+                    syn::Error::new_spanned(other, "`fair` takes `true` or `false`"),
                 ),
             },
             "manager" => store(&mut args.manager, name, value, e),

@@ -114,6 +114,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
     let min_hold = option(config.min_hold_ms);
     let max_hold = option(config.max_hold_ms);
     let auto_extend = config.auto_extend;
+    let fair = config.fair;
     let skip_if_busy = config.skip.is_some();
     let on_busy = match config.skip {
         // Spanned at "skip", so a `T` without `Default` is reported there.
@@ -168,6 +169,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
                         auto_extend: #auto_extend,
                         min_hold: #min_hold,
                         max_hold: #max_hold,
+                        fair: #fair,
                     },
                 )
                 .await

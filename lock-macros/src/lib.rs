@@ -62,6 +62,8 @@ mod valid;
 ///   `ttl`): `min_hold = "10s"`.
 /// - `max_hold` (with `auto_extend`): stop renewing after this long, so a runaway job cannot
 ///   hold the lock forever: `max_hold = "1h"`.
+/// - `fair`: serve waiters in arrival order, across processes (see `LockRequest::fair`):
+///   `fair = true`.
 /// - `manager`: the `LockManager` to use, as any expression giving a `LockManager`,
 ///   `&LockManager` or `Arc<LockManager>`: `manager = self.locks`. Default:
 ///   `lock_core::default_manager()`, else `Err(LockError::NotConfigured)`.

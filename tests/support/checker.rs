@@ -40,6 +40,8 @@ struct Args {
     wait: Duration,
     hold_ms: u64,
     seed: u64,
+    fair: bool,
+    duration: Duration,
 }
 
 fn parse_args() -> Args {
@@ -62,6 +64,8 @@ fn parse_args() -> Args {
         wait: Duration::from_millis(num("--wait-ms", 10_000)),
         hold_ms: num("--hold-ms", 5),
         seed: num("--seed", u64::from(std::process::id())),
+        fair: num("--fair", 0) == 1,
+        duration: Duration::from_millis(num("--duration-ms", 3000)),
     }
 }
 
@@ -179,6 +183,48 @@ async fn main() {
                 tally.refused += 1
             }
             let _ = guard.release().await;
+        }
+        "contend" => {
+            // Every worker starts when the test says go, then takes the lock as often as it can
+            // for `duration`, holding it `hold_ms` each time: how the acquisitions spread over
+            // the workers, and the longest wait, show whether the lock is fair.
+            let go = format!("checker:{}:go", args.name);
+            let _: u64 = redis::cmd("INCR")
+                .arg(format!("checker:{}:ready", args.name))
+                .query_async(&mut resource.conn.clone())
+                .await
+                .unwrap();
+            while resource.get(&go).await == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let end = tokio::time::Instant::now() + args.duration;
+            let mut longest = Duration::ZERO;
+            while tokio::time::Instant::now() < end {
+                let asked = tokio::time::Instant::now();
+                let guard = match locks
+                    .lock(&args.name)
+                    .ttl(args.ttl)
+                    .wait(args.wait)
+                    .fair(args.fair)
+                    .acquire()
+                    .await
+                {
+                    Ok(guard) => guard,
+                    Err(_) => {
+                        tally.errors += 1;
+                        continue;
+                    }
+                };
+                longest = longest.max(asked.elapsed());
+                tally.acquisitions += 1;
+                let seen = resource.get(&resource.counter).await;
+                tokio::time::sleep(Duration::from_millis(args.hold_ms)).await;
+                resource.set(&resource.counter, seen + 1).await;
+                if guard.release().await.is_err() {
+                    tally.errors += 1;
+                }
+            }
+            println!("LONGEST_WAIT_MS {}", longest.as_millis());
         }
         "canary" => {
             for _ in 0..args.iterations {

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{BoxFuture, Node, Taken, Wake, Watch};
+use super::{BoxFuture, Node, Taken, Ticket, Wake, Watch};
 use crate::keys::LockKeys;
 use crate::locked;
 use crate::Result;
@@ -30,12 +30,20 @@ struct Entry {
     expires: Instant,
 }
 
-/// What the Redis scripts do, as one state machine over lock and fence keys.
+/// A line of fair waiters (fair.lua's hash): ticket -> (arrival, expiry).
+#[derive(Default)]
+struct Line {
+    tickets: HashMap<String, (u64, Instant)>,
+    arrivals: u64,
+}
+
+/// What the Redis scripts do, as one state machine over lock, fence and queue keys.
 #[derive(Default)]
 pub(crate) struct Server {
     keys: HashMap<String, Entry>,
     /// Size of `keys` after the last sweep of expired entries.
     swept_len: usize,
+    lines: HashMap<String, Line>,
 }
 
 /// The token a key's value belongs to, without a waiter's mark.
@@ -57,7 +65,7 @@ impl Server {
     }
 
     /// acquire.lua: `SET NX PX`; a key already holding this attempt's own token (an earlier
-    /// copy of the same attempt) is ours too; the mark when `mark`.
+    /// copy of the same attempt) is ours too; the mark when `mark`. With a ticket, fair.lua.
     pub(crate) fn acquire(
         &mut self,
         now: Instant,
@@ -65,7 +73,11 @@ impl Server {
         token: &str,
         ttl: Duration,
         mark: bool,
+        ticket: Option<Ticket<'_>>,
     ) -> Taken {
+        if let Some(ticket) = ticket {
+            return self.acquire_fair(now, keys, token, ttl, mark, ticket);
+        }
         if let Some(held) = self.live_mut(&keys.lock, now) {
             if owner(&held.value) == token {
                 return Taken::Granted;
@@ -88,6 +100,78 @@ impl Server {
             },
         );
         Taken::Granted
+    }
+
+    /// fair.lua.
+    fn acquire_fair(
+        &mut self,
+        now: Instant,
+        keys: &LockKeys,
+        token: &str,
+        ttl: Duration,
+        mark: bool,
+        ticket: Ticket<'_>,
+    ) -> Taken {
+        let queue = keys.queue();
+        let line = self.lines.entry(queue.clone()).or_default();
+        line.tickets.retain(|_, (_, expires)| *expires >= now);
+        let mine = line.tickets.get(ticket.id).map(|(arrival, _)| *arrival);
+        let first = line
+            .tickets
+            .iter()
+            .min_by_key(|(_, (arrival, _))| *arrival)
+            .map(|(id, (_, expires))| (id.clone(), *expires));
+        let others = line.tickets.len() - usize::from(mine.is_some());
+        let holder = self.live(&keys.lock, now).map(|e| owner(&e.value) == token);
+        let my_turn = first.as_ref().is_none_or(|(first, _)| first == ticket.id);
+        if holder == Some(true) || (holder.is_none() && my_turn) {
+            if holder.is_none() {
+                // Taken already marked while others wait: its release is published to them.
+                let mut value = token.to_owned();
+                if others > 0 {
+                    value.push(MARK);
+                }
+                self.keys.insert(
+                    keys.lock.clone(),
+                    Entry {
+                        value,
+                        expires: now + ttl,
+                    },
+                );
+            }
+            self.leave(keys, ticket.id);
+            return Taken::Granted;
+        }
+        let line = self.lines.get_mut(&queue).expect("made above");
+        let arrival = mine.unwrap_or_else(|| {
+            line.arrivals += 1;
+            line.arrivals
+        });
+        line.tickets
+            .insert(ticket.id.to_owned(), (arrival, now + ticket.keep));
+        match self.live_mut(&keys.lock, now) {
+            // Free, another ticket first: at most until that ticket would leave the line.
+            None => {
+                Taken::Held(first.map(|(_, expires)| (expires - now).max(Duration::from_millis(1))))
+            }
+            Some(held) => {
+                if mark && !held.value.ends_with(MARK) {
+                    held.value.push(MARK);
+                }
+                Taken::Held(Some(held.expires - now))
+            }
+        }
+    }
+
+    /// leave.lua.
+    pub(crate) fn leave(&mut self, keys: &LockKeys, ticket: &str) {
+        let queue = keys.queue();
+        if let Some(line) = self.lines.get_mut(&queue) {
+            line.tickets.remove(ticket);
+            if line.tickets.is_empty() {
+                self.lines.remove(&queue);
+            }
+        }
     }
 
     /// release.lua: `(ours, published)`.
@@ -164,6 +248,7 @@ impl Server {
     pub(crate) fn flush(&mut self) {
         self.keys.clear();
         self.swept_len = 0;
+        self.lines.clear();
     }
 }
 
@@ -195,11 +280,17 @@ impl Node for MemoryNode {
         token: &'a str,
         ttl: Duration,
         mark: bool,
+        ticket: Option<Ticket<'a>>,
     ) -> BoxFuture<'a, Result<Taken>> {
         let taken = self
             .server()
-            .acquire(Instant::now(), keys, token, ttl, mark);
+            .acquire(Instant::now(), keys, token, ttl, mark, ticket);
         Box::pin(async move { Ok(taken) })
+    }
+
+    fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>> {
+        self.server().leave(keys, ticket);
+        Box::pin(async { Ok(()) })
     }
 
     fn release<'a>(

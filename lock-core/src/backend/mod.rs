@@ -37,18 +37,32 @@ pub(crate) enum Taken {
     Held(Option<Duration>),
 }
 
+/// A fair acquisition's place in line: its ticket (the same for all its attempts), and how long
+/// the ticket stays in line unless an attempt refreshes it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) keep: Duration,
+}
+
 /// One server's atomic operations on a lock key. Every one is owner-checked, and none re-grants
 /// a key that already exists: a token is only ever set by `SET NX`.
 pub(crate) trait Node: Send + Sync {
     /// `SET key token NX PX ttl`. With `mark`, a refused attempt also marks the key so that its
-    /// release is published to waiters (only waiters pay for that).
+    /// release is published to waiters (only waiters pay for that). With a `ticket`, the lock is
+    /// taken only when it is free and the ticket is first in line; otherwise the ticket is put
+    /// in line (or kept there) (fair.lua).
     fn acquire<'a>(
         &'a self,
         keys: &'a LockKeys,
         token: &'a str,
         ttl: Duration,
         mark: bool,
+        ticket: Option<Ticket<'a>>,
     ) -> BoxFuture<'a, Result<Taken>>;
+
+    /// Takes `ticket` out of the line (leave.lua).
+    fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>>;
 
     /// Compare-and-delete. With `keep` above zero the key is only shortened to expire after
     /// `keep` (for `min_hold`), never lengthened. `true` when our lease ended here.
@@ -144,14 +158,24 @@ pub(crate) enum Renewal {
 
 /// A deployment: how the answers of its nodes make a lock.
 pub(crate) trait Store: Send + Sync {
-    /// One attempt with a token never sent before.
+    /// One attempt with a token never sent before; see [`Node::acquire`].
     fn acquire<'a>(
         &'a self,
         keys: &'a LockKeys,
         token: &'a str,
         ttl: Duration,
         mark: bool,
+        ticket: Option<Ticket<'a>>,
     ) -> BoxFuture<'a, Result<Attempt>>;
+
+    /// Takes a fair acquisition's ticket out of the line.
+    fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>>;
+
+    /// Whether this deployment can keep one line of fair waiters (Redlock cannot: each
+    /// instance would keep its own, and they could disagree on who is first).
+    fn orders_fairly(&self) -> bool {
+        true
+    }
 
     /// Compare-and-delete everywhere; see [`Node::release`].
     fn release<'a>(
@@ -227,8 +251,13 @@ impl<T: Node + ?Sized> Node for Arc<T> {
         token: &'a str,
         ttl: Duration,
         mark: bool,
+        ticket: Option<Ticket<'a>>,
     ) -> BoxFuture<'a, Result<Taken>> {
-        (**self).acquire(keys, token, ttl, mark)
+        (**self).acquire(keys, token, ttl, mark, ticket)
+    }
+
+    fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>> {
+        (**self).leave(keys, ticket)
     }
 
     fn release<'a>(

@@ -11,7 +11,7 @@ use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind};
 
 use super::memory::FENCE_KEEP;
 use super::notify::{Notifier, PubSub};
-use super::{BoxFuture, Node, Taken};
+use super::{BoxFuture, Node, Taken, Ticket};
 use crate::keys::LockKeys;
 use crate::validate::millis_ceil;
 use crate::Result;
@@ -33,6 +33,10 @@ impl LuaScript {
 
 static ACQUIRE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new(include_str!("../scripts/acquire.lua")));
+static FAIR: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../scripts/fair.lua")));
+static LEAVE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../scripts/leave.lua")));
 static RELEASE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new(include_str!("../scripts/release.lua")));
 static EXTEND: LazyLock<LuaScript> =
@@ -185,6 +189,15 @@ impl RedisNode {
     }
 }
 
+/// The answer of acquire.lua or fair.lua: 1 ours; else minus the milliseconds worth waiting at
+/// most (0 when unknown).
+fn taken(reply: i64) -> Taken {
+    match reply {
+        1 => Taken::Granted,
+        _ => Taken::Held((reply < 0).then(|| Duration::from_millis(reply.unsigned_abs()))),
+    }
+}
+
 impl Node for RedisNode {
     fn acquire<'a>(
         &'a self,
@@ -192,9 +205,26 @@ impl Node for RedisNode {
         token: &'a str,
         ttl: Duration,
         mark: bool,
+        ticket: Option<Ticket<'a>>,
     ) -> BoxFuture<'a, Result<Taken>> {
         Box::pin(async move {
             let ttl_ms = millis_ceil(ttl);
+            let mark_arg = if mark { "1" } else { "0" };
+            if let Some(ticket) = ticket {
+                let reply: i64 = self
+                    .eval(&FAIR, |cmd| {
+                        cmd.arg(2)
+                            .arg(&keys.lock)
+                            .arg(keys.queue())
+                            .arg(token)
+                            .arg(ttl_ms)
+                            .arg(ticket.id)
+                            .arg(millis_ceil(ticket.keep))
+                            .arg(mark_arg);
+                    })
+                    .await?;
+                return Ok(taken(reply));
+            }
             // A plain SET NX cannot tell our own key from another's. That is enough where the
             // client never re-sends (one server); the cluster client re-sends after I/O errors,
             // so there, a copy of this attempt may already have set the key: the script says so.
@@ -218,14 +248,21 @@ impl Node for RedisNode {
                         .arg(&keys.lock)
                         .arg(token)
                         .arg(ttl_ms)
-                        .arg(if mark { "1" } else { "0" });
+                        .arg(mark_arg);
                 })
                 .await?;
-            Ok(match reply {
-                1 => Taken::Granted,
-                // Minus the holder's remaining lease in ms, or 0 when unknown.
-                _ => Taken::Held((reply < 0).then(|| Duration::from_millis(reply.unsigned_abs()))),
-            })
+            Ok(taken(reply))
+        })
+    }
+
+    fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let _: i64 = self
+                .eval(&LEAVE, |cmd| {
+                    cmd.arg(1).arg(keys.queue()).arg(ticket);
+                })
+                .await?;
+            Ok(())
         })
     }
 

@@ -16,7 +16,7 @@ use tokio::time::{timeout, Instant};
 
 use super::notify::PubSub;
 use super::redis::{RedisNode, Timeouts};
-use super::{Attempt, BoxFuture, Drift, Node, Renewal, Store, Taken};
+use super::{Attempt, BoxFuture, Drift, Node, Renewal, Store, Taken, Ticket};
 use crate::keys::LockKeys;
 use crate::validate::MIN_TTL;
 use crate::{LockError, Result};
@@ -173,12 +173,15 @@ impl Store for Redlock {
         token: &'a str,
         ttl: Duration,
         mark: bool,
+        ticket: Option<Ticket<'a>>,
     ) -> BoxFuture<'a, Result<Attempt>> {
+        // Refused before any I/O (`orders_fairly`); a ticket here would be a bug.
+        debug_assert!(ticket.is_none(), "Redlock keeps no line of fair waiters");
         Box::pin(async move {
             let start = Instant::now();
             let answers = self
                 .fan_out(self.node_timeout(ttl), |node| {
-                    node.acquire(keys, token, ttl, mark)
+                    node.acquire(keys, token, ttl, mark, None)
                 })
                 .await;
             let granted = answers
@@ -225,6 +228,14 @@ impl Store for Redlock {
                 given_back,
             })
         })
+    }
+
+    fn leave<'a>(&'a self, _keys: &'a LockKeys, _ticket: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn orders_fairly(&self) -> bool {
+        false
     }
 
     fn release<'a>(

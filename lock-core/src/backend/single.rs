@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Attempt, BoxFuture, Drift, Node, Renewal, Store, Taken};
+use super::{Attempt, BoxFuture, Drift, Node, Renewal, Store, Taken, Ticket};
 use crate::keys::LockKeys;
 use crate::Result;
 
@@ -40,16 +40,23 @@ impl Store for Single {
         token: &'a str,
         ttl: Duration,
         mark: bool,
+        ticket: Option<Ticket<'a>>,
     ) -> BoxFuture<'a, Result<Attempt>> {
         Box::pin(async move {
-            Ok(match self.node.acquire(keys, token, ttl, mark).await? {
-                Taken::Granted => Attempt::Granted(self.usable(ttl)),
-                Taken::Held(left) => Attempt::Held {
-                    left,
-                    given_back: true,
+            Ok(
+                match self.node.acquire(keys, token, ttl, mark, ticket).await? {
+                    Taken::Granted => Attempt::Granted(self.usable(ttl)),
+                    Taken::Held(left) => Attempt::Held {
+                        left,
+                        given_back: true,
+                    },
                 },
-            })
+            )
         })
+    }
+
+    fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>> {
+        self.node.leave(keys, ticket)
     }
 
     fn release<'a>(

@@ -1,0 +1,71 @@
+-- A fair attempt: take the lock only when it is free and this acquisition is first in line.
+-- KEYS[1] lock key   <prefix>{<name>}
+-- KEYS[2] queue key  <prefix>{<name>}:q   (hash: ticket -> '<arrival> <expiry ms>', '#' -> arrivals)
+-- ARGV[1] a fresh owner token: this attempt's alone
+-- ARGV[2] lease in milliseconds
+-- ARGV[3] this acquisition's ticket (the same for all its attempts)
+-- ARGV[4] how long a ticket stays in line without being refreshed, in milliseconds
+-- ARGV[5] '1' to mark a held key so that its release is published (see acquire.lua), else '0'
+-- Returns 1 when the lock is ours (set now, or by an earlier copy of this attempt); when others
+-- are still in line, the key is taken already marked, so that its release is published to them.
+-- Otherwise this acquisition is in line (its ticket refreshed) and it returns minus the
+-- milliseconds worth waiting at most: the holder's lease left, or, when the lock is free but
+-- another ticket is first, the time that ticket has left unless its waiter refreshes it (a
+-- waiter that died leaves the line by then; a live one takes the lock and publishes its release).
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+-- Tickets whose waiter stopped refreshing them leave the line; find who is first.
+local first, first_arrival, first_expiry, mine = nil, nil, nil, nil
+local waiting = 0
+local line = redis.call('HGETALL', KEYS[2])
+for i = 1, #line, 2 do
+  local ticket, value = line[i], line[i + 1]
+  if ticket ~= '#' then
+    local space = string.find(value, ' ', 1, true)
+    local arrival = tonumber(string.sub(value, 1, space - 1))
+    local expiry = tonumber(string.sub(value, space + 1))
+    if expiry < now then
+      redis.call('HDEL', KEYS[2], ticket)
+    else
+      if ticket == ARGV[3] then
+        mine = arrival
+      else
+        waiting = waiting + 1
+      end
+      if first_arrival == nil or arrival < first_arrival then
+        first, first_arrival, first_expiry = ticket, arrival, expiry
+      end
+    end
+  end
+end
+local holder = redis.call('GET', KEYS[1])
+local ours = holder == ARGV[1] or holder == ARGV[1] .. '*'
+if ours or (not holder and (first == nil or first == ARGV[3])) then
+  if not ours then
+    local value = ARGV[1]
+    if waiting > 0 then
+      value = value .. '*'
+    end
+    redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+  end
+  if mine then
+    redis.call('HDEL', KEYS[2], ARGV[3])
+  end
+  return 1
+end
+if not mine then
+  mine = redis.call('HINCRBY', KEYS[2], '#', 1)
+end
+redis.call('HSET', KEYS[2], ARGV[3], string.format('%d %d', mine, now + tonumber(ARGV[4])))
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if not holder then
+  return -math.max(first_expiry - now, 1)
+end
+if ARGV[5] == '1' and string.sub(holder, -1) ~= '*' then
+  redis.call('SET', KEYS[1], holder .. '*', 'KEEPTTL')
+end
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then
+  return -left
+end
+return 0
