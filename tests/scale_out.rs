@@ -138,6 +138,63 @@ fn finish_migration(cluster: &RedisCluster, slot: u16, from: usize, to: usize) {
     }
 }
 
+/// On Redis 7 a release is announced with `SPUBLISH`, which reaches only the shard that owns the
+/// lock's slot, and waiters `SSUBSCRIBE` there: no message is copied to every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_releases_wake_waiters_through_the_owning_shard_only() {
+    let cluster = RedisCluster::start(3, 0);
+    let holder = LockManager::builder()
+        .cluster(cluster.urls())
+        .build()
+        .await
+        .unwrap();
+    // Polls once a minute: only a message can wake it in time.
+    let waiter = LockManager::builder()
+        .cluster(cluster.urls())
+        .max_poll_interval(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let key = holder.key_for("sharded");
+    let owner = cluster.master_of(&key);
+    let held = holder.try_acquire("sharded", LONG).await.unwrap().unwrap();
+    let w = waiter.clone();
+    let waiting =
+        tokio::spawn(async move { w.acquire("sharded", LONG, Duration::from_secs(30)).await });
+    let shard_subscribers = |node: usize| -> i64 {
+        let reply: (String, i64) =
+            cluster.nodes[node].query(redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(&key));
+        reply.1
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || shard_subscribers(owner) == 1).await,
+        "subscribed on the shard that owns the slot"
+    );
+    let released_at = tokio::time::Instant::now();
+    assert!(held.release().await.unwrap());
+    let g = waiting.await.unwrap().expect("woken by the release");
+    assert!(
+        released_at.elapsed() < Duration::from_secs(5),
+        "woken by the message, not by polling"
+    );
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        assert_eq!(
+            node.command_calls("publish"),
+            0,
+            "node {i}: no classic PUBLISH"
+        );
+    }
+    assert!(cluster.nodes[owner].command_calls("spublish") >= 1);
+    assert!(g.release().await.unwrap());
+    assert!(
+        eventually(Duration::from_secs(5), || shard_subscribers(owner) == 0).await,
+        "unsubscribed once nobody waits"
+    );
+}
+
+/// Defect 5: while a lock's slot migrated, a free lock could not be taken (the two-key acquire
+/// script got TRYAGAIN for the whole window), and `acquire(wait = 3s)` returned after 5.4 s.
+/// The one-key `SET NX` follows the ASK redirect to the importing node.
 #[tokio::test]
 async fn cluster_a_free_lock_is_taken_while_its_slot_migrates_and_by_the_deadline() {
     let cluster = RedisCluster::start(3, 0);

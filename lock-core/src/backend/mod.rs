@@ -24,6 +24,8 @@ pub(crate) mod memory;
 pub(crate) mod notify;
 pub(crate) mod redis;
 pub(crate) mod redlock;
+#[cfg(feature = "cluster")]
+pub(crate) mod sharded;
 pub(crate) mod single;
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

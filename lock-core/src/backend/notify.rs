@@ -43,12 +43,12 @@ use crate::locked;
 
 /// How long connecting, or one `SUBSCRIBE`/`UNSUBSCRIBE`, may take before the driver gives up
 /// on the connection and starts over (waiters poll meanwhile).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Pause between connection attempts while the server cannot be reached: doubling up to the
 /// maximum.
-const RECONNECT_MIN: Duration = Duration::from_millis(50);
-const RECONNECT_MAX: Duration = Duration::from_secs(1);
+pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(50);
+pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Channel {
@@ -66,13 +66,97 @@ impl Channel {
     }
 }
 
-/// What the waiters and the driver share.
+/// What the waiters and a driver share: who waits on which channel, and what is subscribed.
+/// Both drivers (classic pub/sub on one server, sharded pub/sub on a cluster) keep it the same
+/// way.
 #[derive(Default)]
-struct Table {
+pub(crate) struct Table {
     channels: Mutex<HashMap<String, Channel>>,
     /// Wakes the driver: a channel gained its first waiter or lost its last one.
     poke: Notify,
     next_id: AtomicU64,
+}
+
+impl Table {
+    /// Registers `waiter` on `channel`, and pokes the driver when it has to subscribe.
+    pub(crate) fn register(self: &Arc<Self>, channel: &str, waiter: &Arc<Notify>) -> Interest {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let first = {
+            let mut channels = locked(&self.channels);
+            let entry = channels.entry(channel.to_owned()).or_default();
+            entry.waiters.insert(id, Arc::clone(waiter));
+            entry.waiters.len() == 1 && !entry.subscribed
+        };
+        if first {
+            self.poke.notify_one();
+        }
+        Interest {
+            table: Arc::clone(self),
+            channel: channel.to_owned(),
+            id,
+        }
+    }
+
+    /// What to change on the server: channels with waiters not yet subscribed, and subscribed
+    /// ones with none left. Entries nobody waits on go now (they are unsubscribed by the
+    /// caller, or were never subscribed).
+    pub(crate) fn plan(&self) -> (Vec<String>, Vec<String>) {
+        let mut channels = locked(&self.channels);
+        let subscribe = channels
+            .iter()
+            .filter(|(_, e)| !e.subscribed && !e.waiters.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let unsubscribe = channels
+            .iter()
+            .filter(|(_, e)| e.subscribed && e.waiters.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        channels.retain(|_, e| !e.waiters.is_empty());
+        (subscribe, unsubscribe)
+    }
+
+    /// `channels` are subscribed now: a release before this moment sent its message to
+    /// nobody, so their waiters try again at once.
+    pub(crate) fn confirmed(&self, channels: &[String]) {
+        let mut table = locked(&self.channels);
+        for name in channels {
+            if let Some(entry) = table.get_mut(name) {
+                entry.subscribed = true;
+                entry.wake();
+            }
+        }
+    }
+
+    /// A message (or a fresh confirmation) on `channel`: its waiters try again.
+    pub(crate) fn wake(&self, channel: &str) {
+        if let Some(entry) = locked(&self.channels).get(channel) {
+            entry.wake();
+        }
+    }
+
+    /// The connection is gone: nothing is subscribed any more, and every waiter tries again.
+    pub(crate) fn lost(&self) {
+        let mut channels = locked(&self.channels);
+        channels.retain(|_, entry| !entry.waiters.is_empty());
+        for entry in channels.values_mut() {
+            entry.subscribed = false;
+            entry.wake();
+        }
+    }
+
+    /// Every waiter tries again (a connection somewhere closed), subscriptions unchanged.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn wake_all(&self) {
+        for entry in locked(&self.channels).values() {
+            entry.wake();
+        }
+    }
+
+    /// Waits until the table changes.
+    pub(crate) async fn changed(&self) {
+        self.poke.notified().await;
+    }
 }
 
 /// Release notifications from one server: the interest table and its driver task.
@@ -101,35 +185,15 @@ impl Notifier {
     /// Registers `waiter` for releases published on `channel`. Never waits: the driver
     /// subscribes in the background and wakes `waiter` once the subscription is confirmed.
     pub(crate) fn watch(&self, channel: &str, waiter: &Arc<Notify>) -> Interest {
-        let id = self.table.next_id.fetch_add(1, Ordering::Relaxed);
-        let first = {
-            let mut channels = locked(&self.table.channels);
-            let entry = channels.entry(channel.to_owned()).or_default();
-            entry.waiters.insert(id, Arc::clone(waiter));
-            entry.waiters.len() == 1 && !entry.subscribed
-        };
+        let interest = self.table.register(channel, waiter);
         self.ensure_driver();
-        if first {
-            self.table.poke.notify_one();
-        }
-        Interest {
-            table: Arc::clone(&self.table),
-            channel: channel.to_owned(),
-            id,
-        }
+        interest
     }
 
     /// Starts the driver on the current runtime if it is not running (first wait, or it ended).
     fn ensure_driver(&self) {
-        let mut driver = locked(&self.driver);
-        if driver.as_ref().is_some_and(|d| !d.is_finished()) {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return; // no runtime: the waiter polls
-        };
-        let (client, table) = (self.client.clone(), Arc::clone(&self.table));
-        *driver = Some(handle.spawn(drive(client, table)));
+        let (client, table) = (&self.client, &self.table);
+        ensure_running(&self.driver, || drive(client.clone(), Arc::clone(table)));
     }
 }
 
@@ -157,12 +221,27 @@ impl Drop for Interest {
     }
 }
 
+/// Starts `driver` on the current runtime unless it is running already. Without a runtime it
+/// does nothing: waiters then poll.
+pub(crate) fn ensure_running<F>(slot: &Mutex<Option<JoinHandle<()>>>, driver: impl FnOnce() -> F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut running = locked(slot);
+    if running.as_ref().is_some_and(|d| !d.is_finished()) {
+        return;
+    }
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        *running = Some(handle.spawn(driver()));
+    }
+}
+
 /// The driver: owns the pub/sub connection for as long as the manager lives.
 async fn drive(client: redis::Client, table: Arc<Table>) {
     let mut pause = RECONNECT_MIN;
     loop {
-        // Nothing is subscribed without a connection: entries nobody waits on can go.
-        locked(&table.channels).retain(|_, entry| !entry.waiters.is_empty());
+        // Nothing is subscribed without a connection.
+        table.lost();
         let connected = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub()).await;
         let Ok(Ok(pubsub)) = connected else {
             tracing::debug!("no pub/sub connection; waiters poll");
@@ -173,14 +252,9 @@ async fn drive(client: redis::Client, table: Arc<Table>) {
         pause = RECONNECT_MIN;
         let (mut sink, mut stream) = pubsub.split();
         serve(&table, &mut sink, &mut stream).await;
-        // The connection is gone or failed a command: nothing is subscribed any more. Every
-        // waiter tries again now, and is woken again when its channel is subscribed anew.
-        let mut channels = locked(&table.channels);
-        for entry in channels.values_mut() {
-            entry.subscribed = false;
-            entry.wake();
-        }
-        drop(channels);
+        // The connection is gone or failed a command: every waiter tries again now, and is
+        // woken again when its channel is subscribed anew.
+        table.lost();
         tracing::debug!("pub/sub connection lost; reconnecting");
     }
 }
@@ -193,24 +267,7 @@ async fn serve(
     stream: &mut redis::aio::PubSubStream,
 ) {
     loop {
-        // What to change: channels with waiters not yet subscribed, and subscribed ones with
-        // none left (their entries go now; a waiter that comes back makes a new one).
-        let (subscribe, unsubscribe) = {
-            let mut channels = locked(&table.channels);
-            let subscribe: Vec<String> = channels
-                .iter()
-                .filter(|(_, e)| !e.subscribed && !e.waiters.is_empty())
-                .map(|(name, _)| name.clone())
-                .collect();
-            let unsubscribe: Vec<String> = channels
-                .iter()
-                .filter(|(_, e)| e.subscribed && e.waiters.is_empty())
-                .map(|(name, _)| name.clone())
-                .collect();
-            // Entries nobody waits on go now: unsubscribed just below, or never subscribed.
-            channels.retain(|_, e| !e.waiters.is_empty());
-            (subscribe, unsubscribe)
-        };
+        let (subscribe, unsubscribe) = table.plan();
         if !unsubscribe.is_empty()
             && !matches!(
                 tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(&unsubscribe)).await,
@@ -226,37 +283,40 @@ async fn serve(
             ) {
                 return;
             }
-            let mut channels = locked(&table.channels);
-            for name in &subscribe {
-                if let Some(entry) = channels.get_mut(name) {
-                    entry.subscribed = true;
-                    // Subscribed now: a release before this moment sent its message to nobody,
-                    // so the waiters try again at once.
-                    entry.wake();
-                }
-            }
+            table.confirmed(&subscribe);
         }
         let next = poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx));
         let message = tokio::select! {
             message = next => message,
-            () = table.poke.notified() => continue,
+            () = table.changed() => continue,
         };
         let Some(message) = message else {
             return;
         };
-        if let Some(entry) = locked(&table.channels).get(message.get_channel_name()) {
-            entry.wake();
-        }
+        table.wake(message.get_channel_name());
     }
 }
 
-/// The [`Wake`] of the Redis deployments: one server's notifier, or every instance's (Redlock:
-/// a waiter is woken by whichever instance publishes first, so losing one costs nothing).
-pub(crate) struct PubSub(Vec<Arc<Notifier>>);
+/// Something that delivers release notifications for channels: a server's [`Notifier`], or a
+/// cluster's sharded one.
+pub(crate) trait Watcher: Send + Sync {
+    fn watch(&self, channel: &str, waiter: &Arc<Notify>) -> Interest;
+}
+
+impl Watcher for Notifier {
+    fn watch(&self, channel: &str, waiter: &Arc<Notify>) -> Interest {
+        Notifier::watch(self, channel, waiter)
+    }
+}
+
+/// The [`Wake`] of the Redis deployments: one server's notifier, a cluster's, or every
+/// Redlock instance's (a waiter is woken by whichever instance publishes first, so losing one
+/// costs nothing).
+pub(crate) struct PubSub(Vec<Arc<dyn Watcher>>);
 
 impl PubSub {
-    pub(crate) fn new(notifier: Arc<Notifier>) -> Self {
-        Self(vec![notifier])
+    pub(crate) fn new(watcher: Arc<dyn Watcher>) -> Self {
+        Self(vec![watcher])
     }
 
     /// Every instance's notifications together.
@@ -271,7 +331,7 @@ impl Wake for PubSub {
         let interests = self
             .0
             .iter()
-            .map(|notifier| notifier.watch(&keys.lock, &waiter))
+            .map(|watcher| watcher.watch(&keys.lock, &waiter))
             .collect();
         let watch = Watch::new(waiter, interests);
         Box::pin(async move { watch })

@@ -10,7 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind};
 
 use super::memory::FENCE_KEEP;
-use super::notify::{Notifier, PubSub};
+use super::notify::{Notifier, PubSub, Watcher};
 use super::{BoxFuture, Node, Taken, Ticket};
 use crate::keys::LockKeys;
 use crate::validate::millis_ceil;
@@ -61,8 +61,10 @@ enum Conn {
 
 pub(crate) struct RedisNode {
     conn: Conn,
-    /// Release notifications for waiters, on a second connection opened on the first wait.
-    notifier: Arc<Notifier>,
+    /// Release notifications for waiters, on a connection of their own opened on the first wait.
+    notifier: Arc<dyn Watcher>,
+    /// Releases are published with `SPUBLISH` (a Redis 7 cluster), else with `PUBLISH`.
+    sharded: bool,
 }
 
 impl RedisNode {
@@ -75,6 +77,7 @@ impl RedisNode {
         Ok(Self {
             conn: Conn::Single(conn),
             notifier: Arc::new(Notifier::new(client)),
+            sharded: false,
         })
     }
 
@@ -86,6 +89,7 @@ impl RedisNode {
         Ok(Self {
             conn: Conn::Single(conn),
             notifier: Arc::new(Notifier::new(client)),
+            sharded: false,
         })
     }
 
@@ -103,11 +107,13 @@ impl RedisNode {
     /// Connects to a Redis Cluster through `seeds`. Commands are routed by the lock key's hash
     /// slot, and MOVED/ASK redirections are followed by the cluster client.
     ///
-    /// Release notifications use a plain pub/sub connection to the first seed: a cluster
-    /// forwards `PUBLISH` to every node, so any node hears every release.
+    /// Release notifications are sharded on Redis 7 or later (`SPUBLISH` reaches only the
+    /// shard that owns the lock's slot, see `sharded.rs`). On older servers they use a plain
+    /// pub/sub connection to the first seed: a cluster copies `PUBLISH` to every node, so any
+    /// node hears every release.
     #[cfg(feature = "cluster")]
     pub(crate) async fn connect_cluster(seeds: &[String], timeouts: Timeouts) -> Result<Self> {
-        let conn = redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+        let mut conn = redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
             .connection_timeout(timeouts.connect)
             .response_timeout(timeouts.response)
             .retries(6)
@@ -116,10 +122,19 @@ impl RedisNode {
             .build()?
             .get_async_connection()
             .await?;
-        let first = redis::Client::open(seeds[0].as_str())?;
+        let sharded = super::sharded::supported(&mut conn).await;
+        let notifier: Arc<dyn Watcher> = if sharded {
+            Arc::new(super::sharded::ShardedNotifier::new(
+                seeds.to_vec(),
+                timeouts,
+            ))
+        } else {
+            Arc::new(Notifier::new(redis::Client::open(seeds[0].as_str())?))
+        };
         Ok(Self {
             conn: Conn::Cluster(conn),
-            notifier: Arc::new(Notifier::new(first)),
+            notifier,
+            sharded,
         })
     }
 
@@ -273,9 +288,14 @@ impl Node for RedisNode {
         keep: Duration,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
+            let publish = if self.sharded { "SPUBLISH" } else { "PUBLISH" };
             let released: i64 = self
                 .eval(&RELEASE, |cmd| {
-                    cmd.arg(1).arg(&keys.lock).arg(token).arg(millis_ceil(keep));
+                    cmd.arg(1)
+                        .arg(&keys.lock)
+                        .arg(token)
+                        .arg(millis_ceil(keep))
+                        .arg(publish);
                 })
                 .await?;
             Ok(released == 1)

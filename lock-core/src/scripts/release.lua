@@ -2,6 +2,8 @@
 -- KEYS[1] lock key
 -- ARGV[1] owner token
 -- ARGV[2] milliseconds the key must still live (min_hold); 0 deletes it now
+-- ARGV[3] 'SPUBLISH' on a Redis 7 cluster (the message reaches only the key's shard), else
+--         'PUBLISH' (or absent)
 -- Returns 1 when our lease ended here, 0 when the key had expired or belongs to another owner.
 -- A key that a waiter marked (token .. '*', see acquire.lua) is published on the channel named
 -- like the key when it is deleted; an unmarked one is not: nobody listens.
@@ -23,6 +25,6 @@ if keep > 0 then
 end
 redis.call('DEL', KEYS[1])
 if marked then
-  redis.call('PUBLISH', KEYS[1], '')
+  redis.call(ARGV[3] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH', KEYS[1], '')
 end
 return 1

@@ -1,0 +1,163 @@
+//! Sharded release notifications on a Redis Cluster of Redis 7 or later: the release script
+//! `SPUBLISH`es on the lock key's own name, which reaches only the shard that owns the key's
+//! slot (classic `PUBLISH` is copied to every node of the cluster), and waiters `SSUBSCRIBE`
+//! there.
+//!
+//! Like the classic [`Notifier`](super::notify::Notifier), one driver task owns the
+//! subscriptions and keeps them in line with the waiters' table (W1-W4 in notify.rs). Its
+//! connection is a cluster connection of its own, on RESP3: the cluster client routes each
+//! `SSUBSCRIBE` to the slot's node, follows the slot when it moves, and subscribes again after
+//! a reconnect; messages and confirmations come back as pushes.
+
+use std::sync::{Arc, Mutex};
+
+use redis::cluster::ClusterClientBuilder;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::notify::{
+    ensure_running, Interest, Table, Watcher, COMMAND_TIMEOUT, RECONNECT_MAX, RECONNECT_MIN,
+};
+use super::redis::Timeouts;
+use crate::locked;
+
+pub(crate) struct ShardedNotifier {
+    seeds: Vec<String>,
+    timeouts: Timeouts,
+    table: Arc<Table>,
+    driver: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ShardedNotifier {
+    pub(crate) fn new(seeds: Vec<String>, timeouts: Timeouts) -> Self {
+        Self {
+            seeds,
+            timeouts,
+            table: Arc::default(),
+            driver: Mutex::new(None),
+        }
+    }
+}
+
+impl Watcher for ShardedNotifier {
+    fn watch(&self, channel: &str, waiter: &Arc<Notify>) -> Interest {
+        let interest = self.table.register(channel, waiter);
+        ensure_running(&self.driver, || {
+            drive(self.seeds.clone(), self.timeouts, Arc::clone(&self.table))
+        });
+        interest
+    }
+}
+
+impl Drop for ShardedNotifier {
+    fn drop(&mut self) {
+        if let Some(driver) = locked(&self.driver).take() {
+            driver.abort();
+        }
+    }
+}
+
+async fn drive(seeds: Vec<String>, timeouts: Timeouts, table: Arc<Table>) {
+    let mut pause = RECONNECT_MIN;
+    loop {
+        table.lost();
+        let (pushes, received) = unbounded_channel();
+        let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(pushes)
+            .connection_timeout(timeouts.connect)
+            .response_timeout(timeouts.response)
+            .build();
+        let connected = match client {
+            Ok(client) => {
+                tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_connection()).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sharded notifications unavailable; waiters poll");
+                return;
+            }
+        };
+        let Ok(Ok(mut conn)) = connected else {
+            tracing::debug!("no cluster connection for notifications; waiters poll");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RECONNECT_MAX);
+            continue;
+        };
+        pause = RECONNECT_MIN;
+        serve(&table, &mut conn, received).await;
+        tracing::debug!("sharded notifications lost; reconnecting");
+    }
+}
+
+/// Keeps the shard subscriptions in line with the table and forwards pushes, until a command
+/// fails or the connection ends.
+async fn serve(
+    table: &Table,
+    conn: &mut redis::cluster_async::ClusterConnection,
+    mut received: UnboundedReceiver<PushInfo>,
+) {
+    loop {
+        let (subscribe, unsubscribe) = table.plan();
+        // One channel per command: shard channels of different slots live on different nodes.
+        for channel in &unsubscribe {
+            if !matches!(
+                tokio::time::timeout(COMMAND_TIMEOUT, conn.sunsubscribe(channel)).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
+        }
+        for channel in subscribe {
+            if !matches!(
+                tokio::time::timeout(COMMAND_TIMEOUT, conn.ssubscribe(&channel)).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
+            table.confirmed(&[channel]);
+        }
+        let push = tokio::select! {
+            push = received.recv() => push,
+            () = table.changed() => continue,
+        };
+        let Some(push) = push else {
+            return;
+        };
+        match push.kind {
+            // A message, or a subscription made again after a reconnect: try again now.
+            PushKind::SMessage | PushKind::SSubscribe => {
+                if let Some(Value::BulkString(channel)) = push.data.first() {
+                    if let Ok(channel) = std::str::from_utf8(channel) {
+                        table.wake(channel);
+                    }
+                }
+            }
+            // A node's connection closed: the client subscribes again; meanwhile, retry.
+            PushKind::Disconnection => table.wake_all(),
+            _ => {}
+        }
+    }
+}
+
+/// Whether the cluster's servers take `SSUBSCRIBE`/`SPUBLISH` (Redis 7 or later).
+pub(crate) async fn supported(conn: &mut redis::cluster_async::ClusterConnection) -> bool {
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+    // One node's answer: sent as is, INFO would go to every node and come back combined.
+    let mut info = redis::cmd("INFO");
+    info.arg("server");
+    let reply = conn
+        .route_command(
+            info,
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+        )
+        .await;
+    let info: Option<String> = reply.ok().and_then(|v| redis::from_redis_value(v).ok());
+    let major = info.and_then(|info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .and_then(|v| v.trim().split('.').next()?.parse::<u32>().ok())
+    });
+    major.is_some_and(|m| m >= 7)
+}
