@@ -496,7 +496,8 @@ async fn redlock_lease_too_short_for_the_fan_out_and_drift_fails_and_leaves_noth
         .build()
         .await
         .unwrap();
-    // drift = 1% of 2 ms + 2 ms > 2 ms: the lease is gone before it could be used.
+    // drift = 1% of 2 ms + 2 ms > 2 ms: the lease is gone before it could be used. A majority
+    // granted it (the attempt stops counting once it has one), and it is refused all the same.
     let err = locks
         .try_acquire("short", Duration::from_millis(2))
         .await
@@ -505,7 +506,7 @@ async fn redlock_lease_too_short_for_the_fan_out_and_drift_fails_and_leaves_noth
         matches!(
             err,
             LockError::NoQuorum {
-                granted: 3,
+                granted: 2..,
                 needed: 2,
                 ..
             }

@@ -205,6 +205,7 @@ impl<'a> LockRequest<'a> {
             deadline: later(began, wait),
             watch: None,
             retried_broken: false,
+            woken_by: "nothing",
         };
         let outcome = acquisition.run().instrument(span).await;
         if let (Outcome::Granted(_), Some(line)) = (&outcome, line.as_mut()) {
@@ -280,6 +281,9 @@ struct Acquisition<'a> {
     watch: Option<Watch>,
     /// The one immediate retry after a broken connection was used.
     retried_broken: bool,
+    /// What ended the last sleep ("message": a release or subscription notification, "timer":
+    /// the poll interval or the holder's lease end), reported with the grant.
+    woken_by: &'static str,
 }
 
 impl Acquisition<'_> {
@@ -323,12 +327,16 @@ impl Acquisition<'_> {
         match self.decide(tried).await {
             Next::Sleep(pause) => {
                 let pause = pause.min(self.deadline.saturating_duration_since(Instant::now()));
-                match notified.as_mut().as_pin_mut() {
-                    Some(n) => {
-                        let _ = tokio::time::timeout(pause, n).await;
+                self.woken_by = match notified.as_mut().as_pin_mut() {
+                    Some(n) => match tokio::time::timeout(pause, n).await {
+                        Ok(()) => "message",
+                        Err(_) => "timer",
+                    },
+                    None => {
+                        tokio::time::sleep(pause).await;
+                        "timer"
                     }
-                    None => tokio::time::sleep(pause).await,
-                }
+                };
                 Step::Attempt
             }
             Next::Go(step) => step,
@@ -342,6 +350,7 @@ impl Acquisition<'_> {
             Tried::Granted(grant) => {
                 tracing::debug!(
                     waited_ms = self.began.elapsed().as_millis() as u64,
+                    woken_by = self.woken_by,
                     "acquired"
                 );
                 Next::Go(Step::Done(Outcome::Granted(grant)))

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::time::{timeout, Instant};
 
 use super::notify::PubSub;
@@ -40,6 +41,16 @@ enum Answer<T> {
 impl<T> Answer<T> {
     fn is_ok(&self) -> bool {
         matches!(self, Answer::Ok(_))
+    }
+
+    /// One instance's reply, or its timeout.
+    fn of(reply: std::result::Result<Result<T>, tokio::time::error::Elapsed>) -> Self {
+        match reply {
+            Ok(Ok(answer)) => Answer::Ok(answer),
+            Ok(Err(e)) if e.may_have_applied() => Answer::Unknown(Some(e)),
+            Ok(Err(e)) => Answer::NotApplied(e),
+            Err(_elapsed) => Answer::Unknown(None),
+        }
     }
 }
 
@@ -107,15 +118,7 @@ impl Redlock {
                 .map(|node| timeout(per_node, op(node.as_ref()))),
         )
         .await;
-        replies
-            .into_iter()
-            .map(|reply| match reply {
-                Ok(Ok(answer)) => Answer::Ok(answer),
-                Ok(Err(e)) if e.may_have_applied() => Answer::Unknown(Some(e)),
-                Ok(Err(e)) => Answer::NotApplied(e),
-                Err(_elapsed) => Answer::Unknown(None),
-            })
-            .collect()
+        replies.into_iter().map(Answer::of).collect()
     }
 
     /// Counts owner-checked answers: `Ok(Some(values))` with a majority that said yes,
@@ -179,23 +182,49 @@ impl Store for Redlock {
         debug_assert!(ticket.is_none(), "Redlock keeps no line of fair waiters");
         Box::pin(async move {
             let start = Instant::now();
-            let answers = self
-                .fan_out(self.node_timeout(ttl), |node| {
-                    node.acquire(keys, token, ttl, mark, None)
-                })
-                .await;
-            let granted = answers
+            let per_node = self.node_timeout(ttl);
+            // Answers as they come: once a majority granted, a slow or paused instance costs
+            // nothing more (its command may still land: see below). A refusal waits for every
+            // answer (each bounded by the per-instance timeout), so that what it may have set is
+            // given back before it returns: returning early would leave copies landing on
+            // slower instances, keys that block them for a ttl.
+            let mut pending: FuturesUnordered<_> = self
+                .nodes
                 .iter()
-                .filter(|a| matches!(a, Answer::Ok(Taken::Granted)))
-                .count();
+                .enumerate()
+                .map(|(i, node)| async move {
+                    (
+                        i,
+                        timeout(per_node, node.acquire(keys, token, ttl, mark, None)).await,
+                    )
+                })
+                .collect();
+            let mut answers: Vec<Answer<Taken>> = (0..self.nodes.len())
+                .map(|_| Answer::Unknown(None))
+                .collect();
+            let mut granted = 0;
+            while let Some((i, reply)) = pending.next().await {
+                let answer = Answer::of(reply);
+                if matches!(answer, Answer::Ok(Taken::Granted)) {
+                    granted += 1;
+                }
+                answers[i] = answer;
+                if granted >= self.quorum {
+                    break;
+                }
+            }
+            let silent = pending.len();
+            drop(pending);
             let usable = self.usable(ttl);
             if granted >= self.quorum && start.elapsed() + MIN_TTL <= usable {
+                // An instance that had not answered yet may still set our token: the guard's
+                // release goes to every instance, and the key expires with its ttl anyway.
                 return Ok(Attempt::Granted(usable));
             }
             // Give back what we may have got (a lost reply may hide a grant), before answering.
             // Instances that refused, or never got the command, have nothing of ours. Bounded
-            // like the attempt: a slow instance keeps what it got until the ttl.
-            let per_node = self.node_timeout(ttl);
+            // like the attempt: what an instance does not confirm, the caller finishes in the
+            // background (`given_back: false`).
             let give_back = join_all(
                 self.nodes
                     .iter()
@@ -207,6 +236,7 @@ impl Store for Redlock {
                 .await
                 .iter()
                 .all(|released| matches!(released, Ok(Ok(_))));
+            tracing::debug!(silent, "redlock attempt decided");
             let failed = answers.iter().filter(|a| !a.is_ok()).count();
             tracing::debug!(
                 granted,
