@@ -6,10 +6,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::backend::memory::MemoryNode;
-use crate::backend::redis::{RedisNode, Timeouts};
+use crate::backend::redis::RedisNode;
 use crate::backend::redlock::Redlock;
 use crate::backend::single::Single;
 use crate::backend::Drift;
+use crate::backend::Timeouts;
 use crate::keys::LockKeys;
 use crate::request::LockRequest;
 use crate::shared::{Settings, Shared};

@@ -92,6 +92,13 @@ pub(crate) trait Node: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<u64>>>;
 }
 
+/// Connection settings of the Redis nodes (one server, a cluster, each Redlock instance).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    pub(crate) connect: Duration,
+    pub(crate) response: Duration,
+}
+
 /// How far a server's clock may run from the client's over a lease, taken off every lease the
 /// local deadline counts on: `lease * factor + fixed`.
 #[derive(Clone, Copy, Debug)]

@@ -11,7 +11,7 @@ use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind};
 
 use super::memory::FENCE_KEEP;
 use super::notify::{Notifier, PubSub, Watcher};
-use super::{BoxFuture, Node, Taken, Ticket};
+use super::{BoxFuture, Node, Taken, Ticket, Timeouts};
 use crate::keys::LockKeys;
 use crate::validate::millis_ceil;
 use crate::Result;
@@ -43,13 +43,6 @@ static EXTEND: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new(include_str!("../scripts/extend.lua")));
 static FENCE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new(include_str!("../scripts/fence.lua")));
-
-/// Connection settings of the single-server backend.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Timeouts {
-    pub(crate) connect: Duration,
-    pub(crate) response: Duration,
-}
 
 /// The command connection: one server, or a Redis Cluster.
 #[derive(Clone)]

@@ -16,7 +16,8 @@ use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::time::{timeout, Instant};
 
 use super::notify::PubSub;
-use super::redis::{RedisNode, Timeouts};
+use super::redis::RedisNode;
+use super::Timeouts;
 use super::{Attempt, BoxFuture, Drift, Node, Renewal, Store, Taken, Ticket};
 use crate::keys::LockKeys;
 use crate::validate::MIN_TTL;

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::notify::{
     ensure_running, Interest, Table, Watcher, COMMAND_TIMEOUT, RECONNECT_MAX, RECONNECT_MIN,
 };
-use super::redis::Timeouts;
+use super::Timeouts;
 use crate::locked;
 
 pub(crate) struct ShardedNotifier {
