@@ -938,3 +938,49 @@ async fn a_fair_waiter_that_gives_up_leaves_the_line_at_once() {
     );
     assert!(g.release().await.unwrap());
 }
+
+#[tokio::test]
+async fn a_briefly_kept_ticket_never_shortens_the_line_for_a_longer_kept_one() {
+    let server = RedisServer::start();
+    let holder = LockManager::connect(&server.url()).await.unwrap();
+    let manager = |poll: Duration| {
+        LockManager::builder()
+            .url(&server.url())
+            .max_poll_interval(poll)
+            .build()
+    };
+    // Tickets stay in line three poll intervals plus a response timeout: ~31 s and ~1.3 s.
+    let patient = manager(Duration::from_secs(10)).await.unwrap();
+    let hasty = manager(Duration::from_millis(100)).await.unwrap();
+    let held = holder.try_acquire("keep", LONG).await.unwrap().unwrap();
+    let first = tokio::spawn(async move {
+        patient
+            .lock("keep")
+            .ttl(LONG)
+            .wait(Duration::from_secs(60))
+            .fair(true)
+            .acquire()
+            .await
+    });
+    assert!(eventually(Duration::from_secs(5), || in_line(&server, "keep") == 1).await);
+    let err = hasty
+        .lock("keep")
+        .ttl(LONG)
+        .wait(Duration::from_millis(800))
+        .fair(true)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::Timeout { .. }), "{err:?}");
+    // Longer than the hasty ticket's keep: had its refreshes shortened the line's expiry, the
+    // patient waiter's ticket would be gone with it.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(
+        in_line(&server, "keep"),
+        1,
+        "the first waiter kept its place"
+    );
+    assert!(held.release().await.unwrap());
+    let g = first.await.unwrap().unwrap();
+    assert!(g.release().await.unwrap());
+}

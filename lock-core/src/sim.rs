@@ -283,7 +283,9 @@ impl SimServer {
                 Reply::Taken(st.server.acquire(now, keys, token, *ttl, *mark, ticket))
             }
             Op::Leave { keys, ticket } => {
-                st.server.leave(keys, ticket);
+                if st.server.leave(now, keys, ticket) {
+                    self.released.notify_waiters();
+                }
                 Reply::Yes(true)
             }
             Op::Release { keys, token, keep } => {

@@ -139,7 +139,7 @@ impl Server {
                     },
                 );
             }
-            self.leave(keys, ticket.id);
+            self.leave(now, keys, ticket.id);
             return Taken::Granted;
         }
         let line = self.lines.get_mut(&queue).expect("made above");
@@ -163,15 +163,18 @@ impl Server {
         }
     }
 
-    /// leave.lua.
-    pub(crate) fn leave(&mut self, keys: &LockKeys, ticket: &str) {
+    /// leave.lua: `true` when the waiters behind the ticket are to be told (it was in line and
+    /// the lock is free).
+    pub(crate) fn leave(&mut self, now: Instant, keys: &LockKeys, ticket: &str) -> bool {
         let queue = keys.queue();
-        if let Some(line) = self.lines.get_mut(&queue) {
-            line.tickets.remove(ticket);
-            if line.tickets.is_empty() {
-                self.lines.remove(&queue);
-            }
+        let Some(line) = self.lines.get_mut(&queue) else {
+            return false;
+        };
+        let was_in_line = line.tickets.remove(ticket).is_some();
+        if line.tickets.is_empty() {
+            self.lines.remove(&queue);
         }
+        was_in_line && self.live(&keys.lock, now).is_none()
     }
 
     /// release.lua: `(ours, published)`.
@@ -289,7 +292,9 @@ impl Node for MemoryNode {
     }
 
     fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>> {
-        self.server().leave(keys, ticket);
+        if self.server().leave(Instant::now(), keys, ticket) {
+            self.released.notify_waiters();
+        }
         Box::pin(async { Ok(()) })
     }
 

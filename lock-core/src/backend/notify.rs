@@ -135,14 +135,28 @@ impl Table {
         }
     }
 
-    /// The connection is gone: nothing is subscribed any more, and every waiter tries again.
+    /// The connection is gone: nothing is subscribed any more, and the waiters of what was
+    /// subscribed try again (a release may have gone unheard). The others were polling anyway:
+    /// waking them at every reconnect attempt while a server is down would be a storm.
     pub(crate) fn lost(&self) {
         let mut channels = locked(&self.channels);
         channels.retain(|_, entry| !entry.waiters.is_empty());
         for entry in channels.values_mut() {
+            if std::mem::take(&mut entry.subscribed) {
+                entry.wake();
+            }
+        }
+    }
+
+    /// The server dropped `channel`'s subscription (a shard channel whose slot moved): its
+    /// waiters try again, and the driver subscribes it anew.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn dropped(&self, channel: &str) {
+        if let Some(entry) = locked(&self.channels).get_mut(channel) {
             entry.subscribed = false;
             entry.wake();
         }
+        self.poke.notify_one();
     }
 
     /// Every waiter tries again (a connection somewhere closed), subscriptions unchanged.

@@ -265,9 +265,14 @@ impl Node for RedisNode {
 
     fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let publish = if self.sharded { "SPUBLISH" } else { "PUBLISH" };
             let _: i64 = self
                 .eval(&LEAVE, |cmd| {
-                    cmd.arg(1).arg(keys.queue()).arg(ticket);
+                    cmd.arg(2)
+                        .arg(keys.queue())
+                        .arg(&keys.lock)
+                        .arg(ticket)
+                        .arg(publish);
                 })
                 .await?;
             Ok(())

@@ -6,8 +6,9 @@
 //! Like the classic [`Notifier`](super::notify::Notifier), one driver task owns the
 //! subscriptions and keeps them in line with the waiters' table (W1-W4 in notify.rs). Its
 //! connection is a cluster connection of its own, on RESP3: the cluster client routes each
-//! `SSUBSCRIBE` to the slot's node, follows the slot when it moves, and subscribes again after
-//! a reconnect; messages and confirmations come back as pushes.
+//! `SSUBSCRIBE` to the slot's node and subscribes again after a reconnect; when a slot moves,
+//! the server drops its shard channels (an `sunsubscribe` push) and the driver subscribes them
+//! anew, on the slot's new node. Messages and confirmations come back as pushes.
 
 use std::sync::{Arc, Mutex};
 
@@ -131,6 +132,15 @@ async fn serve(
                 if let Some(Value::BulkString(channel)) = push.data.first() {
                     if let Ok(channel) = std::str::from_utf8(channel) {
                         table.wake(channel);
+                    }
+                }
+            }
+            // The server dropped it (its slot moved to another shard; redis-rs does not follow
+            // that): subscribe it again. Our own SUNSUBSCRIBE's confirmation finds no entry.
+            PushKind::SUnsubscribe => {
+                if let Some(Value::BulkString(channel)) = push.data.first() {
+                    if let Ok(channel) = std::str::from_utf8(channel) {
+                        table.dropped(channel);
                     }
                 }
             }

@@ -57,7 +57,11 @@ if not mine then
   mine = redis.call('HINCRBY', KEYS[2], '#', 1)
 end
 redis.call('HSET', KEYS[2], ARGV[3], string.format('%d %d', mine, now + tonumber(ARGV[4])))
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+-- The line lives as long as its longest-kept ticket: only ever lengthen its expiry (waiters of
+-- other managers may keep their tickets longer).
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
 if not holder then
   return -math.max(first_expiry - now, 1)
 end
