@@ -617,6 +617,22 @@ fn channels(server: &RedisServer) -> Vec<String> {
     server.query(redis::cmd("PUBSUB").arg("CHANNELS"))
 }
 
+/// One whole wait on `name`: `holder` takes it, a waiter on `waiter` subscribes, the release
+/// wakes it, and it takes the lock and gives it back.
+async fn wait_cycle(server: &RedisServer, holder: &LockManager, waiter: &LockManager, name: &str) {
+    let held = holder.try_acquire(name, LONG).await.unwrap().unwrap();
+    let (w, n) = (waiter.clone(), name.to_owned());
+    let waiting = tokio::spawn(async move { w.acquire(&n, LONG, Duration::from_secs(10)).await });
+    let channel = format!("lock:{{{name}}}");
+    assert!(
+        eventually(Duration::from_secs(5), || subscribers(server, &channel)
+            == 1)
+        .await
+    );
+    assert!(held.release().await.unwrap());
+    assert!(waiting.await.unwrap().unwrap().release().await.unwrap());
+}
+
 /// Defect 1 (W2): the pub/sub connect and SUBSCRIBE ran under one manager-wide lock, so with one
 /// Redlock instance paused, waiters on 6 different names got their free locks 0.4, 1.4, ...,
 /// 5.4 s after the release. Now nobody waits for a subscription, and a waiter is woken by any
@@ -685,19 +701,7 @@ async fn waits_that_end_while_subscribing_leave_no_subscription_behind() {
     let holder = LockManager::connect(&server.url()).await.unwrap();
     let waiter = LockManager::connect(&proxy.url()).await.unwrap();
     // One whole wait first, so the pub/sub connection is up and only the SUBSCRIBEs are slow.
-    let warm = holder.try_acquire("warm", LONG).await.unwrap().unwrap();
-    let w = waiter.clone();
-    let waiting =
-        tokio::spawn(async move { w.acquire("warm", LONG, Duration::from_secs(10)).await });
-    assert!(
-        eventually(Duration::from_secs(5), || subscribers(
-            &server,
-            "lock:{warm}"
-        ) == 1)
-        .await
-    );
-    assert!(warm.release().await.unwrap());
-    assert!(waiting.await.unwrap().unwrap().release().await.unwrap());
+    wait_cycle(&server, &holder, &waiter, "warm").await;
     let mut held = Vec::new();
     for i in 0..10 {
         held.push(
@@ -776,19 +780,7 @@ async fn ten_thousand_abandoned_waits_leave_no_subscription() {
         channels(&server).len()
     );
     // Still works: a fresh wait is woken by its release.
-    let held = holder.try_acquire("after", LONG).await.unwrap().unwrap();
-    let w = waiter.clone();
-    let waiting =
-        tokio::spawn(async move { w.acquire("after", LONG, Duration::from_secs(10)).await });
-    assert!(
-        eventually(Duration::from_secs(5), || subscribers(
-            &server,
-            "lock:{after}"
-        ) == 1)
-        .await
-    );
-    assert!(held.release().await.unwrap());
-    assert!(waiting.await.unwrap().unwrap().release().await.unwrap());
+    wait_cycle(&server, &holder, &waiter, "after").await;
 }
 
 /// Defect 3 (W4): after the pub/sub connection was killed, a stale "subscribed" flag skipped
