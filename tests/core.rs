@@ -838,6 +838,31 @@ async fn waiters_are_subscribed_again_after_the_pubsub_connection_is_killed() {
 
 // ---- Fair handoff (`LockRequest::fair`): waiters in arrival order, across managers. ----
 
+/// A fair acquire of `name` on `locks`, waiting up to `wait`.
+async fn fair_acquire(
+    locks: &LockManager,
+    name: &str,
+    wait: Duration,
+) -> lock_core::Result<lock_core::LockGuard> {
+    locks
+        .lock(name)
+        .ttl(LONG)
+        .wait(wait)
+        .fair(true)
+        .acquire()
+        .await
+}
+
+/// [`fair_acquire`] in a task of its own.
+fn spawn_fair(
+    locks: &LockManager,
+    name: &str,
+    wait: Duration,
+) -> tokio::task::JoinHandle<lock_core::Result<lock_core::LockGuard>> {
+    let (locks, name) = (locks.clone(), name.to_owned());
+    tokio::spawn(async move { fair_acquire(&locks, &name, wait).await })
+}
+
 fn in_line(server: &RedisServer, name: &str) -> i64 {
     // The line's hash holds one field per ticket, plus the arrival counter `#`.
     let fields: i64 = server.query(redis::cmd("HLEN").arg(format!("lock:{{{name}}}:q")));
@@ -861,12 +886,7 @@ async fn fair_waiters_take_the_lock_in_arrival_order_across_managers() {
     for i in 0..6usize {
         let (m, order) = (managers[i % 3].clone(), order.clone());
         waiters.push(tokio::spawn(async move {
-            let g = m
-                .lock("line")
-                .ttl(LONG)
-                .wait(Duration::from_secs(20))
-                .fair(true)
-                .acquire()
+            let g = fair_acquire(&m, "line", Duration::from_secs(20))
                 .await
                 .unwrap();
             order.lock().unwrap().push(i);
@@ -894,16 +914,7 @@ async fn a_fair_waiter_that_gives_up_leaves_the_line_at_once() {
     let server = RedisServer::start();
     let locks = never_polling(&server).await;
     let held = locks.try_acquire("gone", LONG).await.unwrap().unwrap();
-    let w = locks.clone();
-    let quitter = tokio::spawn(async move {
-        w.lock("gone")
-            .ttl(LONG)
-            .wait(Duration::from_secs(30))
-            .fair(true)
-            .acquire()
-            .await
-            .map(drop)
-    });
+    let quitter = spawn_fair(&locks, "gone", Duration::from_secs(30));
     assert!(eventually(Duration::from_secs(5), || in_line(&server, "gone") == 1).await);
     quitter.abort();
     assert!(
@@ -911,15 +922,7 @@ async fn a_fair_waiter_that_gives_up_leaves_the_line_at_once() {
         "the dropped waiter's ticket left the line (it would otherwise stay a minute)"
     );
     // The next fair waiter is not held up by it.
-    let w = locks.clone();
-    let next = tokio::spawn(async move {
-        w.lock("gone")
-            .ttl(LONG)
-            .wait(Duration::from_secs(30))
-            .fair(true)
-            .acquire()
-            .await
-    });
+    let next = spawn_fair(&locks, "gone", Duration::from_secs(30));
     assert!(eventually(Duration::from_secs(5), || in_line(&server, "gone") == 1).await);
     let released_at = Instant::now();
     assert!(held.release().await.unwrap());
@@ -945,22 +948,9 @@ async fn a_briefly_kept_ticket_never_shortens_the_line_for_a_longer_kept_one() {
     let patient = manager(Duration::from_secs(10)).await.unwrap();
     let hasty = manager(Duration::from_millis(100)).await.unwrap();
     let held = holder.try_acquire("keep", LONG).await.unwrap().unwrap();
-    let first = tokio::spawn(async move {
-        patient
-            .lock("keep")
-            .ttl(LONG)
-            .wait(Duration::from_secs(60))
-            .fair(true)
-            .acquire()
-            .await
-    });
+    let first = spawn_fair(&patient, "keep", Duration::from_secs(60));
     assert!(eventually(Duration::from_secs(5), || in_line(&server, "keep") == 1).await);
-    let err = hasty
-        .lock("keep")
-        .ttl(LONG)
-        .wait(Duration::from_millis(800))
-        .fair(true)
-        .acquire()
+    let err = fair_acquire(&hasty, "keep", Duration::from_millis(800))
         .await
         .unwrap_err();
     assert!(matches!(err, LockError::Timeout { .. }), "{err:?}");
