@@ -195,20 +195,6 @@ impl Notifier {
             driver: Mutex::new(None),
         }
     }
-
-    /// Registers `waiter` for releases published on `channel`. Never waits: the driver
-    /// subscribes in the background and wakes `waiter` once the subscription is confirmed.
-    pub(crate) fn watch(&self, channel: &str, waiter: &Arc<Notify>) -> Interest {
-        let interest = self.table.register(channel, waiter);
-        self.ensure_driver();
-        interest
-    }
-
-    /// Starts the driver on the current runtime if it is not running (first wait, or it ended).
-    fn ensure_driver(&self) {
-        let (client, table) = (&self.client, &self.table);
-        ensure_running(&self.driver, || drive(client.clone(), Arc::clone(table)));
-    }
 }
 
 impl Drop for Notifier {
@@ -318,8 +304,14 @@ pub(crate) trait Watcher: Send + Sync {
 }
 
 impl Watcher for Notifier {
+    /// Registers `waiter` for releases published on `channel`. Never waits: the driver
+    /// (started here on the first wait, or again if it ended) subscribes in the background and
+    /// wakes `waiter` once the subscription is confirmed.
     fn watch(&self, channel: &str, waiter: &Arc<Notify>) -> Interest {
-        Notifier::watch(self, channel, waiter)
+        let interest = self.table.register(channel, waiter);
+        let (client, table) = (&self.client, &self.table);
+        ensure_running(&self.driver, || drive(client.clone(), Arc::clone(table)));
+        interest
     }
 }
 
