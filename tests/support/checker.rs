@@ -253,13 +253,15 @@ async fn main() {
                     }
                     Err(e) => panic!("{e}"),
                 };
-                done += 1;
-                tally.acquisitions += 1;
+                // A lease lost before its token was drawn (Redis paused past the ttl) does no
+                // work: counted as an error, not as an acquisition, and tried again.
                 let Ok(fence) = guard.fencing_token().await else {
                     tally.errors += 1;
                     let _ = guard.release().await;
                     continue;
                 };
+                done += 1;
+                tally.acquisitions += 1;
                 let seen = resource.get(&resource.counter).await;
                 let fenced = resource.get(&resource.fenced).await;
                 tokio::time::sleep(Duration::from_micros(rng.below(args.hold_ms * 1000))).await;
