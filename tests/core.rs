@@ -691,6 +691,49 @@ async fn a_paused_redlock_instance_serializes_no_waiters_of_other_names() {
     );
 }
 
+/// With one Redlock instance paused, a waiter's refused attempt used to wait for the paused
+/// instance's per-instance timeout twice (for its answer, then to give back what it might have
+/// set), so a freed lock changed hands up to two timeouts (here 2 s) after its release, 1 s on
+/// average. Now a refusal by a majority decides the attempt at once and the paused instance's
+/// give-back runs in the background: every handoff takes one notification and one attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redlock_instance_does_not_slow_the_handoff_to_a_waiter() {
+    let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let urls: Vec<String> = nodes.iter().map(RedisServer::url).collect();
+    let locks = LockManager::builder().redlock(&urls).build().await.unwrap();
+    // A 10 s ttl gives each instance a 1 s timeout.
+    let ttl = Duration::from_secs(10);
+    let mut held = locks.try_acquire("handoff", ttl).await.unwrap().unwrap();
+    nodes[0].pause();
+    let mut delays = Vec::new();
+    for _ in 0..5 {
+        let waiter = locks.clone();
+        let waiting = tokio::spawn(async move {
+            let g = waiter
+                .acquire("handoff", ttl, Duration::from_secs(15))
+                .await
+                .expect("taken once released");
+            (Instant::now(), g)
+        });
+        // Long enough for the waiter to be refused, subscribe and settle in.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let released_at = Instant::now();
+        assert!(
+            held.release().await.unwrap(),
+            "released on the majority that is up"
+        );
+        let (at, next) = waiting.await.unwrap();
+        delays.push(at.saturating_duration_since(released_at));
+        held = next;
+    }
+    assert!(held.release().await.unwrap());
+    nodes[0].resume();
+    assert!(
+        delays.iter().all(|d| *d < Duration::from_millis(300)),
+        "every handoff well under the paused instance's 1 s timeout: {delays:?}"
+    );
+}
+
 /// Defect 2 (W3): a wait that ended while its SUBSCRIBE was in flight left the channel
 /// subscribed with no waiter (8 of 10 did), growing with every distinct name. Now the
 /// subscription is undone as soon as it is confirmed.

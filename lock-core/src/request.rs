@@ -262,8 +262,10 @@ enum Step {
 /// What an attempt's answer calls for.
 enum Next {
     Go(Step),
-    /// Wait for a release notification, at most this long, then attempt again.
-    Sleep(Duration),
+    /// Wait for a release notification, at most this long, then attempt again; the label
+    /// says what the pause was for if it runs out ("timer": a poll; "retry": a pause after a
+    /// failed attempt).
+    Sleep(Duration, &'static str),
 }
 
 /// The acquire loop: attempts, each with a fresh token, until one is granted or the deadline
@@ -282,7 +284,8 @@ struct Acquisition<'a> {
     /// The one immediate retry after a broken connection was used.
     retried_broken: bool,
     /// What ended the last sleep ("message": a release or subscription notification, "timer":
-    /// the poll interval or the holder's lease end), reported with the grant.
+    /// the poll interval or the holder's lease end, "retry": the pause after a failed attempt),
+    /// reported with the grant.
     woken_by: &'static str,
 }
 
@@ -325,16 +328,16 @@ impl Acquisition<'_> {
             .await
             .unwrap_or_else(|_| Tried::Failed(no_answer_by_deadline(), None));
         match self.decide(tried).await {
-            Next::Sleep(pause) => {
+            Next::Sleep(pause, timer) => {
                 let pause = pause.min(self.deadline.saturating_duration_since(Instant::now()));
                 self.woken_by = match notified.as_mut().as_pin_mut() {
                     Some(n) => match tokio::time::timeout(pause, n).await {
                         Ok(()) => "message",
-                        Err(_) => "timer",
+                        Err(_) => timer,
                     },
                     None => {
                         tokio::time::sleep(pause).await;
-                        "timer"
+                        timer
                     }
                 };
                 Step::Attempt
@@ -369,16 +372,28 @@ impl Acquisition<'_> {
                     // Woken by the release; else poll, no later than the holder's lease end
                     // (a crashed holder publishes nothing).
                     let poll = jittered(self.shared.settings().poll_cap);
-                    Next::Sleep(left.map_or(poll, |left| poll.min(left + MIN_TTL)))
+                    Next::Sleep(left.map_or(poll, |left| poll.min(left + MIN_TTL)), "timer")
                 }
             }
-            Tried::NoQuorum { granted, needed } => {
+            Tried::NoQuorum {
+                granted,
+                needed,
+                refused,
+            } => {
                 let e = LockError::NoQuorum {
                     name: self.name.to_owned(),
                     granted,
                     needed,
                 };
-                self.retry_after(e, out_of_time)
+                if granted > 0 && refused > 0 && !out_of_time {
+                    // A split vote: waiters woken by the same release took different instances,
+                    // and each has given its share back. Pauses of a few round trips, drawn at
+                    // random, let one of them take them all on the next try.
+                    tracing::debug!(granted, refused, "split vote; retrying shortly");
+                    Next::Sleep(split_pause(), "retry")
+                } else {
+                    self.retry_after(e, out_of_time)
+                }
             }
             Tried::Failed(e, orphan) if e.is_broken_connection() && !self.retried_broken => {
                 // The shared connection reconnects now: one more attempt right away is worth
@@ -409,7 +424,7 @@ impl Acquisition<'_> {
             return Next::Go(Step::Done(Outcome::Failed(e)));
         }
         tracing::debug!(error = %e, "retrying while the wait lasts");
-        Next::Sleep(jittered(ERROR_RETRY))
+        Next::Sleep(jittered(ERROR_RETRY), "retry")
     }
 }
 
@@ -454,6 +469,14 @@ fn later(t: Instant, d: Duration) -> Instant {
 
 /// Pause before retrying after a communication error.
 const ERROR_RETRY: Duration = Duration::from_millis(50);
+
+/// The longest pause after a split vote (Redlock): a few round trips on a LAN.
+const SPLIT_RETRY: Duration = Duration::from_millis(4);
+
+/// A pause drawn uniformly from zero to [`SPLIT_RETRY`].
+fn split_pause() -> Duration {
+    Duration::from_nanos(random_u64() % (SPLIT_RETRY.as_nanos() as u64 + 1))
+}
 
 /// A pause drawn uniformly from the upper half of `max`, so that pollers spread out.
 fn jittered(max: Duration) -> Duration {

@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::backend::{Attempt, Renewal, Store, Ticket, Wake, Watch};
+use crate::backend::{Attempt, Leftover, Renewal, Store, Ticket, Wake, Watch};
 use crate::keys::LockKeys;
 use crate::lease::{Grant, Landed, Lease};
 use crate::locked;
@@ -50,6 +50,7 @@ pub(crate) enum Tried {
     NoQuorum {
         granted: usize,
         needed: usize,
+        refused: usize,
     },
     /// With the attempt's token when the command may have set the key.
     Failed(LockError, Option<Orphan>),
@@ -130,6 +131,11 @@ pub(crate) struct Orphan {
 }
 
 impl Orphan {
+    /// Nothing of the attempt remains: no release needed.
+    fn disarm(mut self) {
+        self.job = None;
+    }
+
     /// Releases it now (on the connection that replaced a broken one), so that the next attempt
     /// does not find its own earlier key; left to the background if Redis does not answer.
     pub(crate) async fn release_now(mut self) {
@@ -220,27 +226,49 @@ impl Shared {
                     usable,
                 })
             }
-            Ok(Attempt::Held { left, given_back }) => {
-                // Not given back (Redlock): the armed clean-up finishes it in the background.
-                if given_back {
-                    cleanup.disarm();
-                }
+            Ok(Attempt::Held { left, leftover }) => {
+                self.finish(leftover, cleanup);
                 Tried::Held(left)
             }
             Ok(Attempt::NoQuorum {
                 granted,
                 needed,
-                given_back,
+                refused,
+                leftover,
             }) => {
-                if given_back {
-                    cleanup.disarm();
+                self.finish(leftover, cleanup);
+                Tried::NoQuorum {
+                    granted,
+                    needed,
+                    refused,
                 }
-                Tried::NoQuorum { granted, needed }
             }
             Err(e) if self.may_have_applied(&e) => Tried::Failed(e, Some(cleanup.into_orphan())),
             Err(e) => {
                 cleanup.disarm();
                 Tried::Failed(e, None)
+            }
+        }
+    }
+
+    /// Finishes what a refused attempt may have left set: nothing, a release by token in the
+    /// background, or the attempt's own late answers awaited in the background (tracked for
+    /// `shutdown`), with a release by token if they leave its outcome unknown.
+    fn finish(self: &Arc<Self>, leftover: Leftover, cleanup: CleanUp<'_>) {
+        match leftover {
+            Leftover::Nothing => cleanup.disarm(),
+            // Dropped armed, it releases the token in the background.
+            Leftover::Unknown => drop(cleanup),
+            Leftover::Later(rest) => {
+                let Ok(handle) = Handle::try_current() else {
+                    return; // the armed clean-up logs that the key expires with its ttl
+                };
+                let orphan = cleanup.into_orphan();
+                self.tasks.spawn(&handle, async move {
+                    if rest.await {
+                        orphan.disarm();
+                    } // else dropped armed: released by token in the background
+                });
             }
         }
     }

@@ -134,25 +134,46 @@ impl Drift {
 }
 
 /// A deployment's answer to an acquire attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Attempt {
     /// The lock is ours for this long, counted from when the attempt was sent.
     Granted(Duration),
-    /// Another owner holds it; their lease ends within this long, if known. `given_back` as
-    /// below (always `true` where nothing of ours can have been set).
+    /// Another owner holds it; their lease ends within this long, if known.
     Held {
         left: Option<Duration>,
-        given_back: bool,
+        leftover: Leftover,
     },
     /// Redlock: not enough instances granted it in time, for reasons other than another owner
     /// (instances down or slow, or the lease too short for the round trips and clock drift).
-    /// `given_back`: every instance that granted it or did not answer confirmed the release;
-    /// otherwise the caller must finish it.
+    /// `refused`: instances where another owner held it (with some `granted`, a split vote).
     NoQuorum {
         granted: usize,
         needed: usize,
-        given_back: bool,
+        refused: usize,
+        leftover: Leftover,
     },
+}
+
+/// What a refused attempt may have left set, for the caller to finish.
+pub(crate) enum Leftover {
+    /// Nothing: it was refused everywhere, or given back and the release confirmed.
+    Nothing,
+    /// Some server may hold the attempt's token: release it by token in the background.
+    Unknown,
+    /// The attempt was decided before every instance answered (Redlock): this awaits the late
+    /// answers and gives the attempt back where one granted or stayed silent, sending nothing
+    /// where it was refused. `true` once nothing of the attempt can remain anywhere; `false`
+    /// when something may, as for [`Leftover::Unknown`].
+    Later(BoxFuture<'static, bool>),
+}
+
+impl std::fmt::Debug for Leftover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Leftover::Nothing => "Nothing",
+            Leftover::Unknown => "Unknown",
+            Leftover::Later(_) => "Later(..)",
+        })
+    }
 }
 
 /// A deployment's answer to an extend.

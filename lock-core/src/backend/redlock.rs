@@ -3,12 +3,17 @@
 //! Every command fans out to all instances in parallel, each bounded by a per-node timeout.
 //! An acquisition holds when a majority (N/2+1) granted it while the lease is still valid:
 //! `ttl - elapsed - drift > 0`, with `drift = ttl * factor + fixed` (1% + 2 ms by default)
-//! for the clocks of the instances running at different rates. Otherwise the instances that
-//! granted it, or whose answer was lost, are released by token at once. Every attempt uses a
+//! for the clocks of the instances running at different rates. An attempt returns as soon as
+//! its answers decide it (a majority granted, or too many refused for one), so a slow or paused
+//! minority delays neither the winner nor the waiters it refuses. A failed attempt is released
+//! by token at once where it was granted; the replies still to come are awaited in the
+//! background, and it is given back where one granted or stayed silent (`Leftover::Later`).
+//! Every attempt uses a
 //! token never sent before and `SET NX`, so an instance never re-grants an older key: each
 //! grant is dated from this attempt's send. Release, extend and fence go to all instances.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -18,16 +23,124 @@ use tokio::time::{timeout, Instant};
 use super::notify::PubSub;
 use super::redis::RedisNode;
 use super::Timeouts;
-use super::{Attempt, BoxFuture, Drift, Node, Renewal, Store, Taken, Ticket};
+use super::{Attempt, BoxFuture, Drift, Leftover, Node, Renewal, Store, Taken, Ticket};
 use crate::keys::LockKeys;
 use crate::validate::MIN_TTL;
-use crate::{LockError, Result};
+use crate::{locked, LockError, Result};
 
 pub(crate) struct Redlock {
-    nodes: Vec<Box<dyn Node>>,
+    nodes: Vec<Arc<Instance>>,
     quorum: usize,
     drift: Drift,
     response_timeout: Duration,
+}
+
+/// While an instance does not answer in time, at most one command per this interval is sent to
+/// it, to find out when it answers again.
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+
+/// One instance, and whether it answers.
+///
+/// A paused instance answers nothing, yet a client keeps writing every command to its
+/// connection, where they pile up: on every attempt, every waiter adds a `SET` and then its
+/// give-back, and the growing write buffer takes the client's own CPU from the instances that
+/// do answer, until their commands time out too (measured: with 4,000 waiters on 1,000 names,
+/// most waits then failed). So once an instance has answered nothing at all for a whole
+/// per-instance timeout, it counts as down, as Redlock allows for a minority: commands are not
+/// sent to it (answered at once as not applied), except one probe per [`PROBE_EVERY`], until it
+/// answers again. A slow instance that still answers is not affected. A give-back of an attempt
+/// that was sent is always sent, on the same connection after it.
+struct Instance {
+    node: Box<dyn Node>,
+    health: Mutex<Health>,
+}
+
+struct Health {
+    /// When the instance last answered anything.
+    heard: Instant,
+    /// `Some(next probe)` while it answers nothing.
+    stalled: Option<Instant>,
+}
+
+impl Instance {
+    fn new(node: Box<dyn Node>) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            health: Mutex::new(Health {
+                heard: Instant::now(),
+                stalled: None,
+            }),
+        })
+    }
+
+    /// Whether to send a command now: the instance answers, or it is time for a probe.
+    fn may_send(&self) -> bool {
+        let mut health = locked(&self.health);
+        match health.stalled {
+            None => true,
+            Some(probe) => {
+                let now = Instant::now();
+                if now < probe {
+                    return false;
+                }
+                health.stalled = Some(now + PROBE_EVERY);
+                true
+            }
+        }
+    }
+
+    /// Notes the reply to a command sent at `sent`: an answer, or a timeout with nothing heard
+    /// from the instance since it was sent (it answers nothing).
+    fn heard<T>(&self, reply: &Reply<T>, sent: Instant) {
+        let mut health = locked(&self.health);
+        match reply {
+            Ok(Ok(_)) => {
+                health.heard = Instant::now();
+                health.stalled = None;
+            }
+            Err(_elapsed) if health.heard <= sent => {
+                health
+                    .stalled
+                    .get_or_insert_with(|| Instant::now() + PROBE_EVERY);
+            }
+            _ => {}
+        }
+    }
+
+    /// The answer of a command not sent: as if the instance refused the connection.
+    fn skipped(&self, index: usize) -> LockError {
+        LockError::Redis(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            format!(
+                "Redlock instance {index} did not answer in time; not sent until it answers again"
+            ),
+        )))
+    }
+}
+
+/// The replies to one command sent to every instance, each with its instance's index.
+type Replies<T> = FuturesUnordered<BoxFuture<'static, (usize, Reply<T>)>>;
+
+/// Awaits replies the caller no longer needs, so that each instance's health hears of them.
+/// Each is bounded by its per-instance timeout.
+fn finish_in_background<T: Send + 'static>(mut pending: Replies<T>) {
+    if pending.is_empty() {
+        return;
+    }
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        drop(handle.spawn(async move { while pending.next().await.is_some() {} }));
+    }
+}
+
+/// One instance's reply to a command, or its timeout.
+type Reply<T> = std::result::Result<Result<T>, tokio::time::error::Elapsed>;
+
+/// Releases an attempt's token on one instance, bounded by `per_node`: whether it confirmed.
+async fn give_back(node: &dyn Node, keys: &LockKeys, token: &str, per_node: Duration) -> bool {
+    matches!(
+        timeout(per_node, node.release(keys, token, Duration::ZERO)).await,
+        Ok(Ok(_))
+    )
 }
 
 /// One instance's answer to a fanned-out command.
@@ -40,10 +153,6 @@ enum Answer<T> {
 }
 
 impl<T> Answer<T> {
-    fn is_ok(&self) -> bool {
-        matches!(self, Answer::Ok(_))
-    }
-
     /// One instance's reply, or its timeout.
     fn of(reply: std::result::Result<Result<T>, tokio::time::error::Elapsed>) -> Self {
         match reply {
@@ -59,7 +168,7 @@ impl Redlock {
     pub(crate) fn new(nodes: Vec<Box<dyn Node>>, drift: Drift, response_timeout: Duration) -> Self {
         let quorum = nodes.len() / 2 + 1;
         Self {
-            nodes,
+            nodes: nodes.into_iter().map(Instance::new).collect(),
             quorum,
             drift,
             response_timeout,
@@ -108,18 +217,95 @@ impl Redlock {
         self.response_timeout.min((ttl / 10).max(MIN_TTL * 2))
     }
 
-    async fn fan_out<'a, T, F, Fut>(&'a self, per_node: Duration, op: F) -> Vec<Answer<T>>
+    /// Sends `op` to every instance that answers (see [`Instance`]) in parallel, each bounded by
+    /// `per_node`: the replies, each with its instance's index, in the order they come. Each
+    /// reply is noted in its instance's health when it comes, so replies still to come once the
+    /// caller has its answer are awaited in the background ([`finish_in_background`]).
+    fn send<T, Op>(&self, per_node: Duration, keys: &LockKeys, token: &str, op: Op) -> Replies<T>
     where
-        F: Fn(&'a dyn Node) -> Fut,
-        Fut: Future<Output = Result<T>>,
+        T: Send + 'static,
+        Op: for<'b> Fn(&'b dyn Node, &'b LockKeys, &'b str) -> BoxFuture<'b, Result<T>>
+            + Copy
+            + Send
+            + 'static,
     {
-        let replies = join_all(
-            self.nodes
-                .iter()
-                .map(|node| timeout(per_node, op(node.as_ref()))),
-        )
-        .await;
-        replies.into_iter().map(Answer::of).collect()
+        let owned = Arc::new((keys.clone(), token.to_owned()));
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, instance)| {
+                let (at, sent) = (Instant::now(), instance.may_send());
+                let (instance, owned) = (Arc::clone(instance), Arc::clone(&owned));
+                Box::pin(async move {
+                    let reply = if sent {
+                        let (keys, token) = &*owned;
+                        timeout(per_node, op(instance.node.as_ref(), keys, token)).await
+                    } else {
+                        Ok(Err(instance.skipped(i)))
+                    };
+                    instance.heard(&reply, at);
+                    (i, reply)
+                }) as BoxFuture<'static, (usize, Reply<T>)>
+            })
+            .collect()
+    }
+
+    /// Collects the replies of `pending` as they come until they decide the command: a
+    /// majority said yes (`is_yes`), or so many said no that no majority is possible. A slow or
+    /// paused minority then costs nothing. `None` for an instance not heard from by then: its
+    /// reply is still in `pending`, and its command may still land, in order after anything
+    /// this client sent that instance before.
+    async fn gather<T, Fut>(
+        &self,
+        pending: &mut FuturesUnordered<Fut>,
+        is_yes: impl Fn(&T) -> bool,
+    ) -> Vec<Option<Answer<T>>>
+    where
+        Fut: Future<Output = (usize, Reply<T>)>,
+    {
+        let total = self.nodes.len();
+        let mut answers: Vec<Option<Answer<T>>> = (0..total).map(|_| None).collect();
+        let (mut yes, mut no) = (0, 0);
+        while let Some((i, reply)) = pending.next().await {
+            let answer = Answer::of(reply);
+            if let Answer::Ok(value) = &answer {
+                if is_yes(value) {
+                    yes += 1;
+                } else {
+                    no += 1;
+                }
+            }
+            answers[i] = Some(answer);
+            if yes >= self.quorum || no > total - self.quorum {
+                break;
+            }
+        }
+        answers
+    }
+
+    /// An owner-checked command (`None` is a no) to every instance, until the answers decide
+    /// it; an instance not heard from by then counts as unknown.
+    async fn fan_out<T, Op>(
+        &self,
+        per_node: Duration,
+        keys: &LockKeys,
+        token: &str,
+        op: Op,
+    ) -> Vec<Answer<Option<T>>>
+    where
+        T: Send + 'static,
+        Op: for<'b> Fn(&'b dyn Node, &'b LockKeys, &'b str) -> BoxFuture<'b, Result<Option<T>>>
+            + Copy
+            + Send
+            + 'static,
+    {
+        let mut pending = self.send(per_node, keys, token, op);
+        let answers = self.gather(&mut pending, Option::is_some).await;
+        finish_in_background(pending);
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Answer::Unknown(None)))
+            .collect()
     }
 
     /// Counts owner-checked answers: `Ok(Some(values))` with a majority that said yes,
@@ -184,79 +370,96 @@ impl Store for Redlock {
         Box::pin(async move {
             let start = Instant::now();
             let per_node = self.node_timeout(ttl);
-            // Answers as they come: once a majority granted, a slow or paused instance costs
-            // nothing more (its command may still land: see below). A refusal waits for every
-            // answer (each bounded by the per-instance timeout), so that what it may have set is
-            // given back before it returns: returning early would leave copies landing on
-            // slower instances, keys that block them for a ttl.
-            let mut pending: FuturesUnordered<_> = self
-                .nodes
-                .iter()
-                .enumerate()
-                .map(|(i, node)| async move {
-                    (
-                        i,
-                        timeout(per_node, node.acquire(keys, token, ttl, mark, None)).await,
-                    )
-                })
-                .collect();
-            let mut answers: Vec<Answer<Taken>> = (0..self.nodes.len())
-                .map(|_| Answer::Unknown(None))
-                .collect();
-            let mut granted = 0;
-            while let Some((i, reply)) = pending.next().await {
-                let answer = Answer::of(reply);
-                if matches!(answer, Answer::Ok(Taken::Granted)) {
-                    granted += 1;
-                }
-                answers[i] = answer;
-                if granted >= self.quorum {
-                    break;
+            // Replies still to come when the attempt is decided are awaited after it returns.
+            let mut pending = self.send(per_node, keys, token, move |node, keys, token| {
+                node.acquire(keys, token, ttl, mark, None)
+            });
+            let answers = self
+                .gather(&mut pending, |taken| *taken == Taken::Granted)
+                .await;
+            let (mut granted, mut refused) = (0, 0);
+            for answer in &answers {
+                match answer {
+                    Some(Answer::Ok(Taken::Granted)) => granted += 1,
+                    Some(Answer::Ok(Taken::Held(_))) => refused += 1,
+                    _ => {}
                 }
             }
-            let silent = pending.len();
-            drop(pending);
             let usable = self.usable(ttl);
             if granted >= self.quorum && start.elapsed() + MIN_TTL <= usable {
                 // An instance that had not answered yet may still set our token: the guard's
                 // release goes to every instance, and the key expires with its ttl anyway.
+                finish_in_background(pending);
                 return Ok(Attempt::Granted(usable));
             }
-            // Give back what we may have got (a lost reply may hide a grant), before answering.
-            // Instances that refused, or never got the command, have nothing of ours. Bounded
-            // like the attempt: what an instance does not confirm, the caller finishes in the
-            // background (`given_back: false`).
-            let give_back = join_all(
-                self.nodes
+            // Given back at once where it was granted, so that our own keys never stand in the
+            // way of the next attempt.
+            let given_back = join_all(
+                answers
                     .iter()
-                    .zip(&answers)
-                    .filter(|(_, a)| matches!(a, Answer::Ok(Taken::Granted) | Answer::Unknown(_)))
-                    .map(|(node, _)| timeout(per_node, node.release(keys, token, Duration::ZERO))),
-            );
-            let given_back = give_back
-                .await
-                .iter()
-                .all(|released| matches!(released, Ok(Ok(_))));
-            tracing::debug!(silent, "redlock attempt decided");
-            let failed = answers.iter().filter(|a| !a.is_ok()).count();
+                    .enumerate()
+                    .filter(|(_, a)| matches!(a, Some(Answer::Ok(Taken::Granted))))
+                    .map(|(i, _)| give_back(self.nodes[i].node.as_ref(), keys, token, per_node)),
+            )
+            .await
+            .into_iter()
+            .all(|confirmed| confirmed);
+            // Instances that did not answer in time, failed after sending, or were not heard
+            // from before the answers decided: slow now, so waiting for them would only stall
+            // this waiter. Their late replies are awaited after it returns, and the attempt is
+            // given back only where one granted or stayed silent: a healthy minority that
+            // answers a moment late costs no command, and a paused one gets its release on the
+            // same connection, after the SET.
+            let unsure: Vec<usize> = (0..answers.len())
+                .filter(|&i| matches!(answers[i], Some(Answer::Unknown(_))))
+                .collect();
             tracing::debug!(
                 granted,
-                failed,
+                refused,
+                unsure = unsure.len(),
+                silent = pending.len(),
                 quorum = self.quorum,
                 "redlock attempt refused"
             );
-            if granted + failed >= self.quorum {
+            let leftover = if unsure.is_empty() && pending.is_empty() {
+                if given_back {
+                    Leftover::Nothing
+                } else {
+                    Leftover::Unknown
+                }
+            } else {
+                let (nodes, keys, token) = (self.nodes.clone(), keys.clone(), token.to_owned());
+                Leftover::Later(Box::pin(async move {
+                    let mut all_back = given_back;
+                    for i in unsure {
+                        all_back &=
+                            give_back(nodes[i].node.as_ref(), &keys, &token, per_node).await;
+                    }
+                    while let Some((i, reply)) = pending.next().await {
+                        if !matches!(
+                            Answer::of(reply),
+                            Answer::Ok(Taken::Held(_)) | Answer::NotApplied(_)
+                        ) {
+                            all_back &=
+                                give_back(nodes[i].node.as_ref(), &keys, &token, per_node).await;
+                        }
+                    }
+                    all_back
+                }))
+            };
+            if refused <= self.nodes.len() - self.quorum {
                 // A majority was within reach but did not hold: too slow, or instances failed.
                 return Ok(Attempt::NoQuorum {
                     granted,
                     needed: self.quorum,
-                    given_back,
+                    refused,
+                    leftover,
                 });
             }
             // Other owners hold it on enough instances that no majority was possible.
             Ok(Attempt::Held {
                 left: None,
-                given_back,
+                leftover,
             })
         })
     }
@@ -277,9 +480,16 @@ impl Store for Redlock {
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let answers = self
-                .fan_out(self.response_timeout, |node| async move {
-                    Ok(node.release(keys, token, keep).await?.then_some(()))
-                })
+                .fan_out(
+                    self.response_timeout,
+                    keys,
+                    token,
+                    move |node, keys, token| {
+                        Box::pin(
+                            async move { Ok(node.release(keys, token, keep).await?.then_some(())) },
+                        )
+                    },
+                )
                 .await;
             Ok(self.decide(answers, "release")?.is_some())
         })
@@ -293,9 +503,16 @@ impl Store for Redlock {
     ) -> BoxFuture<'a, Result<Renewal>> {
         Box::pin(async move {
             let answers = self
-                .fan_out(self.node_timeout(ttl), |node| async move {
-                    Ok(node.extend(keys, token, ttl).await?.then_some(()))
-                })
+                .fan_out(
+                    self.node_timeout(ttl),
+                    keys,
+                    token,
+                    move |node, keys, token| {
+                        Box::pin(
+                            async move { Ok(node.extend(keys, token, ttl).await?.then_some(())) },
+                        )
+                    },
+                )
                 .await;
             let partial = answers.iter().any(|a| matches!(a, Answer::Unknown(_)));
             // A renewal slower than its own validity leaves a deadline already in the past.
@@ -318,7 +535,9 @@ impl Store for Redlock {
     ) -> BoxFuture<'a, Result<Option<u64>>> {
         Box::pin(async move {
             let answers = self
-                .fan_out(self.response_timeout, |node| node.fence(keys, token))
+                .fan_out(self.response_timeout, keys, token, |node, keys, token| {
+                    node.fence(keys, token)
+                })
                 .await;
             Ok(self
                 .decide(answers, "fence")?

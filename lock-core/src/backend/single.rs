@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Attempt, BoxFuture, Drift, Node, Renewal, Store, Taken, Ticket};
+use super::{Attempt, BoxFuture, Drift, Leftover, Node, Renewal, Store, Taken, Ticket};
 use crate::keys::LockKeys;
 use crate::Result;
 
@@ -48,7 +48,7 @@ impl Store for Single {
                     Taken::Granted => Attempt::Granted(self.usable(ttl)),
                     Taken::Held(left) => Attempt::Held {
                         left,
-                        given_back: true,
+                        leftover: Leftover::Nothing,
                     },
                 },
             )
