@@ -192,6 +192,62 @@ async fn cluster_releases_wake_waiters_through_the_owning_shard_only() {
     );
 }
 
+/// Sharded notifications need every primary on Redis 7: the version used to be read from one
+/// random primary, so a cluster in the middle of a rolling upgrade could get `SPUBLISH` in its
+/// release script on a Redis 6 primary, where it fails. Every primary is asked now, and when one
+/// does not tell (here: `INFO` denied to the client on one primary), the classic `PUBLISH` is
+/// used, which every version takes and every node hears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_falls_back_to_classic_notifications_unless_every_primary_is_redis_7() {
+    let cluster = RedisCluster::start(3, 0);
+    let key = lock_core::LockManager::in_memory().key_for("mixed");
+    let owner = cluster.master_of(&key);
+    let silent = (owner + 1) % 3;
+    let _: () =
+        cluster.nodes[silent].query(redis::cmd("ACL").arg("SETUSER").arg("default").arg("-info"));
+    let holder = LockManager::builder()
+        .cluster(cluster.urls())
+        .build()
+        .await
+        .unwrap();
+    let waiter = LockManager::builder()
+        .cluster(cluster.urls())
+        .max_poll_interval(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let held = holder.try_acquire("mixed", LONG).await.unwrap().unwrap();
+    let w = waiter.clone();
+    let waiting =
+        tokio::spawn(async move { w.acquire("mixed", LONG, Duration::from_secs(30)).await });
+    // Marked by the waiter's second attempt, after it subscribed.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let v: Option<String> = cluster.nodes[owner].query(redis::cmd("GET").arg(&key));
+            v.is_some_and(|v| v.ends_with('*'))
+        })
+        .await
+    );
+    let released_at = tokio::time::Instant::now();
+    assert!(held.release().await.unwrap());
+    let g = waiting.await.unwrap().expect("woken by the release");
+    assert!(
+        released_at.elapsed() < Duration::from_secs(5),
+        "woken by the message, not by polling"
+    );
+    let _: () = cluster.nodes[silent].query(
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg("+info"),
+    );
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        assert_eq!(node.command_calls("spublish"), 0, "node {i}: no SPUBLISH");
+    }
+    assert!(cluster.nodes[owner].command_calls("publish") >= 1);
+    assert!(g.release().await.unwrap());
+}
+
 /// Defect 5: while a lock's slot migrated, a free lock could not be taken (the two-key acquire
 /// script got TRYAGAIN for the whole window), and `acquire(wait = 3s)` returned after 5.4 s.
 /// The one-key `SET NX` follows the ASK redirect to the importing node.

@@ -62,6 +62,12 @@
 //! recognise as their own (their release then finds the key "not theirs" and leaves it to its
 //! ttl), so upgrade all replicas before they contend for the same locks.
 //!
+//! On Redis Cluster, releases are announced with sharded pub/sub (`SPUBLISH`) when every primary
+//! runs Redis 7 or later when the manager starts, else (or when some primary does not tell its
+//! version) with classic `PUBLISH`. Build managers again after upgrading the last primary to get
+//! sharded notifications; do not add a Redis 6 primary to a cluster whose managers use them (its
+//! releases would fail there).
+//!
 //! # Keys
 //!
 //! The lock `name` lives at `<prefix>{<name>}` (default prefix `lock:`); its value is the

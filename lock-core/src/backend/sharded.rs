@@ -151,23 +151,58 @@ async fn serve(
     }
 }
 
-/// Whether the cluster's servers take `SSUBSCRIBE`/`SPUBLISH` (Redis 7 or later).
+/// Whether every primary of the cluster takes `SSUBSCRIBE`/`SPUBLISH` (Redis 7 or later).
+///
+/// Every primary is asked, and the oldest decides: a release script that `SPUBLISH`es on a
+/// Redis 6 primary (a cluster in the middle of a rolling upgrade) would fail. A primary that
+/// does not answer is asked again, a few times; if some primary's version stays unknown, the
+/// classic `PUBLISH`, which every version takes, is used.
 pub(crate) async fn supported(conn: &mut redis::cluster_async::ClusterConnection) -> bool {
-    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-    // One node's answer: sent as is, INFO would go to every node and come back combined.
+    const TRIES: u32 = 3;
+    for attempt in 1..=TRIES {
+        match oldest_primary(conn).await {
+            Some(major) => return major >= 7,
+            None if attempt < TRIES => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            None => {}
+        }
+    }
+    tracing::warn!(
+        "could not read the Redis version of every cluster primary; release notifications use \
+         PUBLISH, which reaches every node"
+    );
+    false
+}
+
+/// The lowest major version among the cluster's primaries, if each of them told it.
+async fn oldest_primary(conn: &mut redis::cluster_async::ClusterConnection) -> Option<u32> {
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
     let mut info = redis::cmd("INFO");
     info.arg("server");
+    // No response policy: one answer per primary, keyed by its address.
     let reply = conn
         .route_command(
             info,
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+            RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
         )
-        .await;
-    let info: Option<String> = reply.ok().and_then(|v| redis::from_redis_value(v).ok());
-    let major = info.and_then(|info| {
-        info.lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
-            .and_then(|v| v.trim().split('.').next()?.parse::<u32>().ok())
-    });
-    major.is_some_and(|m| m >= 7)
+        .await
+        .ok()?;
+    let Value::Map(answers) = reply else {
+        return None;
+    };
+    let mut oldest: Option<u32> = None;
+    for (_address, answer) in answers {
+        let info: String = redis::from_redis_value(answer).ok()?;
+        let major = major_version(&info)?;
+        oldest = Some(oldest.map_or(major, |o| o.min(major)));
+    }
+    oldest
+}
+
+/// The major version in an `INFO server` reply.
+fn major_version(info: &str) -> Option<u32> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .and_then(|v| v.trim().split('.').next()?.parse().ok())
 }
