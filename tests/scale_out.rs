@@ -235,17 +235,107 @@ async fn cluster_falls_back_to_classic_notifications_unless_every_primary_is_red
         released_at.elapsed() < Duration::from_secs(5),
         "woken by the message, not by polling"
     );
-    let _: () = cluster.nodes[silent].query(
-        redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("default")
-            .arg("+info"),
-    );
+    let _: () =
+        cluster.nodes[silent].query(redis::cmd("ACL").arg("SETUSER").arg("default").arg("+info"));
     for (i, node) in cluster.nodes.iter().enumerate() {
         assert_eq!(node.command_calls("spublish"), 0, "node {i}: no SPUBLISH");
     }
     assert!(cluster.nodes[owner].command_calls("publish") >= 1);
     assert!(g.release().await.unwrap());
+}
+
+/// A node that hangs when the first waiter arrives used to cost every shard's notifications:
+/// the notification driver gave its cluster connection 1 s to connect to every seed, while the
+/// client waits up to its connect timeout (1 s) for the hung one, so the driver never
+/// connected, and waiters on healthy shards were left to poll (27.5 s here, of a one-minute
+/// poll). The driver now lets the client give up on the hung node and start with the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_paused_shard_delays_no_notification_on_the_other_shards() {
+    let cluster = RedisCluster::start(3, 0);
+    // The healthy shards keep serving their slots while one is down.
+    for node in &cluster.nodes {
+        let _: () = node.query(
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("cluster-require-full-coverage")
+                .arg("no"),
+        );
+    }
+    let holder = LockManager::builder()
+        .cluster(cluster.urls())
+        .build()
+        .await
+        .unwrap();
+    // Polls once a minute: only a message can wake it in time.
+    let waiter = LockManager::builder()
+        .cluster(cluster.urls())
+        .max_poll_interval(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let (paused, healthy) = (0, 1);
+    // Six names on the shard that will hang, one on a healthy shard (last).
+    let on = |shard: usize, count: usize| -> Vec<String> {
+        (0..)
+            .map(|i| format!("shard:{i}"))
+            .filter(|name| cluster.master_of(&holder.key_for(name)) == shard)
+            .take(count)
+            .collect()
+    };
+    let mut names = on(paused, 6);
+    names.extend(on(healthy, 1));
+    let key = holder.key_for(&names[6]);
+    let mut held = Vec::new();
+    for name in &names {
+        held.push(holder.try_acquire(name, LONG).await.unwrap().unwrap());
+    }
+    cluster.nodes[paused].pause();
+    let waits: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let (w, name) = (waiter.clone(), name.clone());
+            tokio::spawn(async move { w.acquire(&name, LONG, Duration::from_secs(30)).await })
+        })
+        .collect();
+    let subscribers = || -> i64 {
+        let reply: (String, i64) =
+            cluster.nodes[healthy].query(redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(&key));
+        reply.1
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || subscribers() == 1).await,
+        "subscribed on the healthy shard while another hangs"
+    );
+    // Stays subscribed while the paused shard's SSUBSCRIBEs time out (1 s each), again and again.
+    let watched = tokio::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(4) {
+        assert_eq!(
+            subscribers(),
+            1,
+            "unsubscribed {:?} into the paused shard's timeouts",
+            watched.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let released_at = tokio::time::Instant::now();
+    assert!(held.pop().unwrap().release().await.unwrap());
+    let mut waits = waits;
+    let g = waits
+        .pop()
+        .unwrap()
+        .await
+        .unwrap()
+        .expect("woken by the release");
+    let took = released_at.elapsed();
+    cluster.nodes[paused].resume();
+    assert!(
+        took < Duration::from_secs(3),
+        "woken by the message on the healthy shard, not by polling: {took:?}"
+    );
+    assert!(g.release().await.unwrap());
+    for w in waits {
+        w.abort();
+    }
 }
 
 /// Defect 5: while a lock's slot migrated, a free lock could not be taken (the two-key acquire

@@ -71,9 +71,14 @@ async fn drive(seeds: Vec<String>, timeouts: Timeouts, table: Arc<Table>) {
             .connection_timeout(timeouts.connect)
             .response_timeout(timeouts.response)
             .build();
+        // The client connects to the seeds in parallel, each within the connect timeout, and
+        // starts with those that answered: a hung node must be given up on by the client
+        // first, or the driver could never connect (and no waiter on any shard be notified)
+        // while one node hangs.
         let connected = match client {
             Ok(client) => {
-                tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_connection()).await
+                let within = timeouts.connect * 2 + COMMAND_TIMEOUT;
+                tokio::time::timeout(within, client.get_async_connection()).await
             }
             Err(e) => {
                 tracing::warn!(error = %e, "sharded notifications unavailable; waiters poll");
