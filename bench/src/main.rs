@@ -77,9 +77,8 @@ impl Floor {
         let mut conn = self.conn.clone();
         let released: i64 = redis::cmd("EVALSHA")
             .arg(&self.release_sha)
-            .arg(2)
+            .arg(1)
             .arg(&key)
-            .arg(format!("{key}:q"))
             .arg(token)
             .arg(0)
             .query_async(&mut conn)

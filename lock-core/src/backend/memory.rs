@@ -334,7 +334,7 @@ impl Node for MemoryNode {
 }
 
 impl Wake for MemoryNode {
-    fn watch<'a>(&'a self, _keys: &'a LockKeys, _ticket: Option<&'a str>) -> BoxFuture<'a, Watch> {
+    fn watch<'a>(&'a self, _keys: &'a LockKeys) -> BoxFuture<'a, Watch> {
         let watch = Watch::new(Arc::clone(&self.released), Vec::new());
         Box::pin(async move { watch })
     }

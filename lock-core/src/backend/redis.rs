@@ -289,9 +289,8 @@ impl Node for RedisNode {
             let publish = if self.sharded { "SPUBLISH" } else { "PUBLISH" };
             let released: i64 = self
                 .eval(&RELEASE, |cmd| {
-                    cmd.arg(2)
+                    cmd.arg(1)
                         .arg(&keys.lock)
-                        .arg(keys.queue())
                         .arg(token)
                         .arg(millis_ceil(keep))
                         .arg(publish);
