@@ -952,6 +952,64 @@ async fn fair_waiters_take_the_lock_in_arrival_order_across_managers() {
     assert_eq!(in_line(&server, "line"), 0, "everyone left the line");
 }
 
+/// A release used to wake every fair waiter of its lock, and each ran the line script again,
+/// though only the first in line may take the lock (at 64 waiters, a 5 ms handoff). The release
+/// message now names the first ticket in line, and only that waiter tries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_wakes_only_the_first_fair_waiter_in_line() {
+    let server = RedisServer::start();
+    let locks = never_polling(&server).await;
+    let held = locks.try_acquire("next", LONG).await.unwrap().unwrap();
+    let mut waiters = Vec::new();
+    for i in 0..8 {
+        waiters.push(spawn_fair(&locks, "next", Duration::from_secs(30)));
+        assert!(eventually(Duration::from_secs(5), || in_line(&server, "next") == i + 1).await);
+    }
+    // Every waiter has subscribed and marked the key, and sleeps.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _: () = server.query(redis::cmd("CONFIG").arg("RESETSTAT"));
+    assert!(held.release().await.unwrap());
+    let first = waiters.remove(0).await.unwrap().unwrap();
+    // Time for any other waiter to try, had it been woken.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        server.command_calls("evalsha"),
+        2,
+        "the release and the first waiter's attempt, no other waiter's"
+    );
+    assert_eq!(in_line(&server, "next"), 7);
+    assert!(first.release().await.unwrap());
+    // The rest follow in order, each woken by the release before it.
+    for w in waiters {
+        assert!(w.await.unwrap().unwrap().release().await.unwrap());
+    }
+}
+
+/// The release message names the first fair ticket in line, kept in the holder's value; when
+/// that waiter gives up, leaving the line names the next one there, or the release would wake
+/// nobody (the next waiter polls once a minute here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_first_fair_waiter_gives_up_the_release_wakes_the_next() {
+    let server = RedisServer::start();
+    let locks = never_polling(&server).await;
+    let held = locks.try_acquire("after", LONG).await.unwrap().unwrap();
+    let first = spawn_fair(&locks, "after", Duration::from_secs(30));
+    assert!(eventually(Duration::from_secs(5), || in_line(&server, "after") == 1).await);
+    let second = spawn_fair(&locks, "after", Duration::from_secs(30));
+    assert!(eventually(Duration::from_secs(5), || in_line(&server, "after") == 2).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.abort();
+    assert!(eventually(Duration::from_secs(2), || in_line(&server, "after") == 1).await);
+    let released_at = Instant::now();
+    assert!(held.release().await.unwrap());
+    let g = second.await.unwrap().unwrap();
+    assert!(
+        released_at.elapsed() < Duration::from_secs(2),
+        "woken by the release"
+    );
+    assert!(g.release().await.unwrap());
+}
+
 #[tokio::test]
 async fn a_fair_waiter_that_gives_up_leaves_the_line_at_once() {
     let server = RedisServer::start();

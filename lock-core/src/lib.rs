@@ -60,7 +60,9 @@
 //! of one service must run versions of lock-core that agree on the key format: this one marks
 //! a waited-for key by appending `*` to the holder's token, which earlier versions do not
 //! recognise as their own (their release then finds the key "not theirs" and leaves it to its
-//! ttl), so upgrade all replicas before they contend for the same locks.
+//! ttl); and fair waiters of this version name their ticket after the `*`, which versions
+//! before it do not recognise either. Upgrade all replicas before they contend for the same
+//! locks.
 //!
 //! On Redis Cluster, releases are announced with sharded pub/sub (`SPUBLISH`) when every primary
 //! runs Redis 7 or later when the manager starts, else (or when some primary does not tell its
@@ -71,7 +73,8 @@
 //! # Keys
 //!
 //! The lock `name` lives at `<prefix>{<name>}` (default prefix `lock:`); its value is the
-//! holder's owner token (followed by `*` once a waiter has asked to be woken by its release).
+//! holder's owner token (followed by `*` once a waiter has asked to be woken by its release, then
+//! by the first fair waiter's ticket, if any: the release's message names it).
 //! The fencing counter, created by the first [`LockGuard::fencing_token`] call for a name,
 //! lives at `<prefix>{<name>}:fence` and expires a day after its last use. The braces are a
 //! Redis Cluster hash tag: both keys of a lock hash to one slot, so a deployment can move from

@@ -299,7 +299,7 @@ impl Acquisition<'_> {
                 Step::Subscribe => {
                     // An attempt follows at once: the lock may have been released before the
                     // subscription was in place. With no time left to subscribe, it is the last.
-                    let subscribe = self.shared.watch(self.keys);
+                    let subscribe = self.shared.watch(self.keys, self.ticket.map(|t| t.id));
                     self.watch = timeout_at(self.deadline, subscribe).await.ok();
                     Step::Attempt
                 }

@@ -315,8 +315,8 @@ impl Shared {
     }
 
     /// Waits for release notifications on `keys`, for a waiter.
-    pub(crate) async fn watch(&self, keys: &LockKeys) -> Watch {
-        self.wake.watch(keys).await
+    pub(crate) async fn watch(&self, keys: &LockKeys, ticket: Option<&str>) -> Watch {
+        self.wake.watch(keys, ticket).await
     }
 
     /// Owner-checked renewal for `ttl` from now. `Ok(false)` (and the lease lost for good)

@@ -621,7 +621,7 @@ fn yes(reply: Reply) -> Option<bool> {
 }
 
 impl Wake for SimConn {
-    fn watch<'a>(&'a self, _keys: &'a LockKeys) -> BoxFuture<'a, Watch> {
+    fn watch<'a>(&'a self, _keys: &'a LockKeys, _ticket: Option<&'a str>) -> BoxFuture<'a, Watch> {
         let watch = Watch::new(Arc::clone(&self.server.released), Vec::new());
         Box::pin(async move { watch })
     }

@@ -1,7 +1,9 @@
 //! The in-process server: the same operations and semantics as the Redis scripts, on
 //! `tokio::time`, so handlers can be unit-tested without a server (also under
 //! `tokio::time::pause()`). [`Server`] is the state machine alone; the deterministic fault
-//! simulator puts faults between it and the client.
+//! simulator puts faults between it and the client. One difference, in who is woken, not in
+//! who holds: a release wakes every waiter in the process, so the mark is the `*` alone (the
+//! scripts add the first fair ticket in line after it, for the release message to name).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -334,7 +336,7 @@ impl Node for MemoryNode {
 }
 
 impl Wake for MemoryNode {
-    fn watch<'a>(&'a self, _keys: &'a LockKeys) -> BoxFuture<'a, Watch> {
+    fn watch<'a>(&'a self, _keys: &'a LockKeys, _ticket: Option<&'a str>) -> BoxFuture<'a, Watch> {
         let watch = Watch::new(Arc::clone(&self.released), Vec::new());
         Box::pin(async move { watch })
     }

@@ -270,7 +270,9 @@ impl Watch {
 pub(crate) trait Wake: Send + Sync {
     /// Starts watching `keys` for releases. Called by a waiter after its first refused
     /// attempt, so the uncontended path never pays for it.
-    fn watch<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Watch>;
+    /// A fair waiter passes its `ticket`: a release message that names another fair waiter
+    /// first in line need not wake it.
+    fn watch<'a>(&'a self, keys: &'a LockKeys, ticket: Option<&'a str>) -> BoxFuture<'a, Watch>;
 }
 
 /// A node shared with something else (the in-process node is also its own [`Wake`]).
@@ -318,7 +320,7 @@ impl<T: Node + ?Sized> Node for Arc<T> {
 }
 
 impl<T: Wake + ?Sized> Wake for Arc<T> {
-    fn watch<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Watch> {
-        (**self).watch(keys)
+    fn watch<'a>(&'a self, keys: &'a LockKeys, ticket: Option<&'a str>) -> BoxFuture<'a, Watch> {
+        (**self).watch(keys, ticket)
     }
 }

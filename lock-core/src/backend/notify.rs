@@ -12,7 +12,8 @@
 //! channel. So:
 //!
 //! - **W1** a release wakes the live waiters of its lock by one message, whatever happens to
-//!   other names;
+//!   other names (of a fair lock's line, only the first: the message names its ticket, as
+//!   only it may take the lock);
 //! - **W2** a slow, paused or dead server or connection delays nobody past
 //!   `max_poll_interval` (waiters poll meanwhile) and serializes no waiter behind another: no
 //!   waiter ever waits for a connect or a `SUBSCRIBE`;
@@ -52,16 +53,27 @@ pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Channel {
-    /// The waiters on this channel, each with its own `Notify`.
-    waiters: HashMap<u64, Arc<Notify>>,
+    /// The waiters on this channel, each with its own `Notify`, and a fair waiter's ticket.
+    waiters: HashMap<u64, (Arc<Notify>, Option<String>)>,
     /// Confirmed subscribed on the current connection.
     subscribed: bool,
 }
 
 impl Channel {
     fn wake(&self) {
-        for waiter in self.waiters.values() {
+        for (waiter, _) in self.waiters.values() {
             waiter.notify_one();
+        }
+    }
+
+    /// A release message: it names the first fair waiter in line, if any. Only that one may
+    /// take the lock now, so the other fair waiters sleep on (their next poll keeps their
+    /// place); waiters without a ticket may take it and are woken.
+    fn wake_for(&self, next: &str) {
+        for (waiter, ticket) in self.waiters.values() {
+            if next.is_empty() || ticket.as_deref().is_none_or(|t| t == next) {
+                waiter.notify_one();
+            }
         }
     }
 }
@@ -78,13 +90,21 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    /// Registers `waiter` on `channel`, and pokes the driver when it has to subscribe.
-    pub(crate) fn register(self: &Arc<Self>, channel: &str, waiter: &Arc<Notify>) -> Interest {
+    /// Registers `waiter` (a fair one with its `ticket`) on `channel`, and pokes the driver
+    /// when it has to subscribe.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        channel: &str,
+        waiter: &Arc<Notify>,
+        ticket: Option<&str>,
+    ) -> Interest {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let first = {
             let mut channels = locked(&self.channels);
             let entry = channels.entry(channel.to_owned()).or_default();
-            entry.waiters.insert(id, Arc::clone(waiter));
+            entry
+                .waiters
+                .insert(id, (Arc::clone(waiter), ticket.map(str::to_owned)));
             entry.waiters.len() == 1 && !entry.subscribed
         };
         if first {
@@ -128,10 +148,11 @@ impl Table {
         }
     }
 
-    /// A message (or a fresh confirmation) on `channel`: its waiters try again.
-    pub(crate) fn wake(&self, channel: &str) {
+    /// A release message on `channel`, naming the first fair waiter in line or empty: the
+    /// waiters that may take the lock now try again.
+    pub(crate) fn wake(&self, channel: &str, message: &str) {
         if let Some(entry) = locked(&self.channels).get(channel) {
-            entry.wake();
+            entry.wake_for(message);
         }
     }
 
@@ -293,22 +314,23 @@ async fn serve(
         let Some(message) = message else {
             return;
         };
-        table.wake(message.get_channel_name());
+        let next: String = message.get_payload().unwrap_or_default();
+        table.wake(message.get_channel_name(), &next);
     }
 }
 
 /// Something that delivers release notifications for channels: a server's [`Notifier`], or a
 /// cluster's sharded one.
 pub(crate) trait Watcher: Send + Sync {
-    fn watch(&self, channel: &str, waiter: &Arc<Notify>) -> Interest;
+    fn watch(&self, channel: &str, waiter: &Arc<Notify>, ticket: Option<&str>) -> Interest;
 }
 
 impl Watcher for Notifier {
     /// Registers `waiter` for releases published on `channel`. Never waits: the driver
     /// (started here on the first wait, or again if it ended) subscribes in the background and
     /// wakes `waiter` once the subscription is confirmed.
-    fn watch(&self, channel: &str, waiter: &Arc<Notify>) -> Interest {
-        let interest = self.table.register(channel, waiter);
+    fn watch(&self, channel: &str, waiter: &Arc<Notify>, ticket: Option<&str>) -> Interest {
+        let interest = self.table.register(channel, waiter, ticket);
         let (client, table) = (&self.client, &self.table);
         ensure_running(&self.driver, || drive(client.clone(), Arc::clone(table)));
         interest
@@ -332,12 +354,12 @@ impl PubSub {
 }
 
 impl Wake for PubSub {
-    fn watch<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Watch> {
+    fn watch<'a>(&'a self, keys: &'a LockKeys, ticket: Option<&'a str>) -> BoxFuture<'a, Watch> {
         let waiter = Arc::new(Notify::new());
         let interests = self
             .0
             .iter()
-            .map(|watcher| watcher.watch(&keys.lock, &waiter))
+            .map(|watcher| watcher.watch(&keys.lock, &waiter, ticket))
             .collect();
         let watch = Watch::new(waiter, interests);
         Box::pin(async move { watch })

@@ -43,8 +43,8 @@ impl ShardedNotifier {
 }
 
 impl Watcher for ShardedNotifier {
-    fn watch(&self, channel: &str, waiter: &Arc<Notify>) -> Interest {
-        let interest = self.table.register(channel, waiter);
+    fn watch(&self, channel: &str, waiter: &Arc<Notify>, ticket: Option<&str>) -> Interest {
+        let interest = self.table.register(channel, waiter, ticket);
         ensure_running(&self.driver, || {
             drive(self.seeds.clone(), self.timeouts, Arc::clone(&self.table))
         });
@@ -132,11 +132,18 @@ async fn serve(
             return;
         };
         match push.kind {
-            // A message, or a subscription made again after a reconnect: try again now.
+            // A message (naming the first fair waiter in line, or empty), or a subscription
+            // made again after a reconnect (everyone tries again): try again now.
             PushKind::SMessage | PushKind::SSubscribe => {
                 if let Some(Value::BulkString(channel)) = push.data.first() {
                     if let Ok(channel) = std::str::from_utf8(channel) {
-                        table.wake(channel);
+                        let next = match (push.kind, push.data.get(1)) {
+                            (PushKind::SMessage, Some(Value::BulkString(next))) => {
+                                std::str::from_utf8(next).unwrap_or("")
+                            }
+                            _ => "",
+                        };
+                        table.wake(channel, next);
                     }
                 }
             }

@@ -1,5 +1,6 @@
 -- Take a lock; when another owner holds it, optionally mark it so its release is published.
--- KEYS[1] lock key  <prefix>{<name>}   (value: the holder's token, plus '*' once a waiter waits)
+-- KEYS[1] lock key  <prefix>{<name>}   (value: the holder's token, plus '*' once a waiter waits,
+--                                       then the first fair ticket in line, if any: fair.lua)
 -- ARGV[1] a fresh owner token: this attempt's alone
 -- ARGV[2] lease in milliseconds
 -- ARGV[3] '1' to mark a held key (a waiter that subscribed to the key's channel), else '0'
@@ -14,10 +15,10 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 1
 end
 local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] or holder == ARGV[1] .. '*' then
+if holder == ARGV[1] or string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. '*' then
   return 1
 end
-if ARGV[3] == '1' and string.sub(holder, -1) ~= '*' then
+if ARGV[3] == '1' and not string.find(holder, '*', 1, true) then
   redis.call('SET', KEYS[1], holder .. '*', 'KEEPTTL')
 end
 local left = redis.call('PTTL', KEYS[1])

@@ -3,8 +3,9 @@
 -- ARGV[1] owner token
 -- ARGV[2] new lease in milliseconds, counted from now
 -- Returns 1 when renewed, 0 when the key had expired or belongs to another owner.
+-- Ours: the token, or the token marked by a waiter ('*', then maybe a fair ticket).
 local v = redis.call('GET', KEYS[1])
-if v ~= ARGV[1] and v ~= ARGV[1] .. '*' then
+if v ~= ARGV[1] and (not v or string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. '*') then
   return 0
 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])

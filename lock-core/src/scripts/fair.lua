@@ -8,6 +8,8 @@
 -- ARGV[5] '1' to mark a held key so that its release is published (see acquire.lua), else '0'
 -- Returns 1 when the lock is ours (set now, or by an earlier copy of this attempt); when others
 -- are still in line, the key is taken already marked, so that its release is published to them.
+-- A marked key's value names the first ticket in line after the '*' (kept up to date by every
+-- fair attempt): its release's message names it, and only that waiter wakes.
 -- Otherwise this acquisition is in line (its ticket refreshed) and it returns minus the
 -- milliseconds worth waiting at most: the holder's lease left, or, when the lock is free but
 -- another ticket is first, the time that ticket has left unless its waiter refreshes it (a
@@ -16,6 +18,8 @@ local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 -- Tickets whose waiter stopped refreshing them leave the line; find who is first.
 local first, first_arrival, first_expiry, mine = nil, nil, nil, nil
+-- The first of the others, who is next once this acquisition takes the lock.
+local after, after_arrival = nil, nil
 local waiting = 0
 local line = redis.call('HGETALL', KEYS[2])
 for i = 1, #line, 2 do
@@ -31,6 +35,9 @@ for i = 1, #line, 2 do
         mine = arrival
       else
         waiting = waiting + 1
+        if after_arrival == nil or arrival < after_arrival then
+          after, after_arrival = ticket, arrival
+        end
       end
       if first_arrival == nil or arrival < first_arrival then
         first, first_arrival, first_expiry = ticket, arrival, expiry
@@ -39,12 +46,12 @@ for i = 1, #line, 2 do
   end
 end
 local holder = redis.call('GET', KEYS[1])
-local ours = holder == ARGV[1] or holder == ARGV[1] .. '*'
+local ours = holder and (holder == ARGV[1] or string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. '*')
 if ours or (not holder and (first == nil or first == ARGV[3])) then
   if not ours then
     local value = ARGV[1]
     if waiting > 0 then
-      value = value .. '*'
+      value = value .. '*' .. after
     end
     redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
   end
@@ -65,8 +72,14 @@ end
 if not holder then
   return -math.max(first_expiry - now, 1)
 end
-if ARGV[5] == '1' and string.sub(holder, -1) ~= '*' then
-  redis.call('SET', KEYS[1], holder .. '*', 'KEEPTTL')
+-- Mark the holder's key (once this waiter listens), naming the first ticket in line.
+local star = string.find(holder, '*', 1, true)
+if ARGV[5] == '1' or star then
+  local base = star and string.sub(holder, 1, star - 1) or holder
+  local marked = base .. '*' .. (first or ARGV[3])
+  if holder ~= marked then
+    redis.call('SET', KEYS[1], marked, 'KEEPTTL')
+  end
 end
 local left = redis.call('PTTL', KEYS[1])
 if left > 0 then

@@ -9,8 +9,9 @@
 -- the counter lives, tokens grow by it; once it has expired (ARGV[2] after its last use) or was
 -- lost with the server's data, the clock still puts every new token above every earlier one.
 -- Tokens stay below 2^53, so Lua's numbers hold them exactly.
+-- Ours: the token, or the token marked by a waiter ('*', then maybe a fair ticket).
 local v = redis.call('GET', KEYS[1])
-if v ~= ARGV[1] and v ~= ARGV[1] .. '*' then
+if v ~= ARGV[1] and (not v or string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. '*') then
   return 0
 end
 local now = redis.call('TIME')

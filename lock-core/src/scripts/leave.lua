@@ -3,10 +3,36 @@
 -- KEYS[2] lock key   <prefix>{<name>}
 -- ARGV[1] the acquisition's ticket
 -- ARGV[2] 'SPUBLISH' on a Redis 7 cluster, else 'PUBLISH'
--- Returns 1 when the ticket was in line. When the lock is free, the waiters behind the ticket
--- are told (on the lock's channel, as a release would): the next one may take it now.
+-- Returns 1 when the ticket was in line. If it was first, the first live ticket left in line is
+-- told: named in the holder's marked value (fair.lua), so that the release wakes it; or, when
+-- the lock is free, on the lock's channel (as a release would): it may take the lock now.
 local left = redis.call('HDEL', KEYS[1], ARGV[1])
-if left == 1 and redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call(ARGV[2] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH', KEYS[2], '')
+if left == 0 then
+  return 0
 end
-return left
+local holder = redis.call('GET', KEYS[2])
+local star = holder and string.find(holder, '*', 1, true)
+if holder and not (star and string.sub(holder, star + 1) == ARGV[1]) then
+  return 1
+end
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local first, first_arrival = '', nil
+local line = redis.call('HGETALL', KEYS[1])
+for i = 1, #line, 2 do
+  if line[i] ~= '#' then
+    local value = line[i + 1]
+    local space = string.find(value, ' ', 1, true)
+    local arrival = tonumber(string.sub(value, 1, space - 1))
+    local expiry = tonumber(string.sub(value, space + 1))
+    if expiry >= now and (first_arrival == nil or arrival < first_arrival) then
+      first, first_arrival = line[i], arrival
+    end
+  end
+end
+if holder then
+  redis.call('SET', KEYS[2], string.sub(holder, 1, star) .. first, 'KEEPTTL')
+else
+  redis.call(ARGV[2] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH', KEYS[2], first)
+end
+return 1

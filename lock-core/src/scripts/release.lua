@@ -6,9 +6,11 @@
 --         'PUBLISH' (or absent)
 -- Returns 1 when our lease ended here, 0 when the key had expired or belongs to another owner.
 -- A key that a waiter marked (token .. '*', see acquire.lua) is published on the channel named
--- like the key when it is deleted; an unmarked one is not: nobody listens.
+-- like the key when it is deleted; an unmarked one is not: nobody listens. The message is what
+-- follows the '*': the first ticket in the line of fair waiters, which fair.lua keeps there
+-- (only that waiter may take the lock now, so only it need wake), or nothing.
 local v = redis.call('GET', KEYS[1])
-local marked = v == ARGV[1] .. '*'
+local marked = v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. '*'
 if v ~= ARGV[1] and not marked then
   return 0
 end
@@ -25,6 +27,7 @@ if keep > 0 then
 end
 redis.call('DEL', KEYS[1])
 if marked then
-  redis.call(ARGV[3] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH', KEYS[1], '')
+  local first = string.sub(v, #ARGV[1] + 2)
+  redis.call(ARGV[3] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH', KEYS[1], first)
 end
 return 1
