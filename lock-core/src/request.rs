@@ -205,6 +205,7 @@ impl<'a> LockRequest<'a> {
             deadline: later(began, wait),
             watch: None,
             retried_broken: false,
+            splits: 0,
             woken_by: "nothing",
         };
         let outcome = acquisition.run().instrument(span).await;
@@ -266,6 +267,9 @@ enum Next {
     /// says what the pause was for if it runs out ("timer": a poll; "retry": a pause after a
     /// failed attempt).
     Sleep(Duration, &'static str),
+    /// Pause this long whatever happens, then attempt again (after a split vote: the other
+    /// waiters' give-backs publish too, and waking on those would keep them all in step).
+    Pause(Duration),
 }
 
 /// The acquire loop: attempts, each with a fresh token, until one is granted or the deadline
@@ -283,6 +287,8 @@ struct Acquisition<'a> {
     watch: Option<Watch>,
     /// The one immediate retry after a broken connection was used.
     retried_broken: bool,
+    /// Split votes in a row (Redlock), each answered with a short random pause.
+    splits: u32,
     /// What ended the last sleep ("message": a release or subscription notification, "timer":
     /// the poll interval or the holder's lease end, "retry": the pause after a failed attempt),
     /// reported with the grant.
@@ -342,11 +348,20 @@ impl Acquisition<'_> {
                 };
                 Step::Attempt
             }
+            Next::Pause(pause) => {
+                let pause = pause.min(self.deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(pause).await;
+                self.woken_by = "retry";
+                Step::Attempt
+            }
             Next::Go(step) => step,
         }
     }
 
     async fn decide(&mut self, tried: Tried) -> Next {
+        if !matches!(tried, Tried::NoQuorum { .. }) {
+            self.splits = 0;
+        }
         let now = Instant::now();
         let out_of_time = now >= self.deadline;
         match tried {
@@ -385,12 +400,14 @@ impl Acquisition<'_> {
                     granted,
                     needed,
                 };
-                if granted > 0 && refused > 0 && !out_of_time {
+                if granted > 0 && refused > 0 && !out_of_time && self.splits < MAX_SPLITS {
                     // A split vote: waiters woken by the same release took different instances,
                     // and each has given its share back. Pauses of a few round trips, drawn at
-                    // random, let one of them take them all on the next try.
+                    // random, let one of them take them all on the next try. A few in a row at
+                    // most: the same answers also come from a holder that only a minority sees.
+                    self.splits += 1;
                     tracing::debug!(granted, refused, "split vote; retrying shortly");
-                    Next::Sleep(split_pause(), "retry")
+                    Next::Pause(split_pause())
                 } else {
                     self.retry_after(e, out_of_time)
                 }
@@ -472,6 +489,9 @@ const ERROR_RETRY: Duration = Duration::from_millis(50);
 
 /// The longest pause after a split vote (Redlock): a few round trips on a LAN.
 const SPLIT_RETRY: Duration = Duration::from_millis(4);
+
+/// Split votes in a row answered with a short pause; after that, the usual error pause.
+const MAX_SPLITS: u32 = 3;
 
 /// A pause drawn uniformly from zero to [`SPLIT_RETRY`].
 fn split_pause() -> Duration {

@@ -39,6 +39,9 @@ pub(crate) struct Redlock {
 /// it, to find out when it answers again.
 const PROBE_EVERY: Duration = Duration::from_millis(50);
 
+/// The shortest silence that counts an instance as not answering.
+const STALLED_AFTER: Duration = Duration::from_millis(100);
+
 /// One instance, and whether it answers.
 ///
 /// A paused instance answers nothing, yet a client keeps writing every command to its
@@ -46,10 +49,13 @@ const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// give-back, and the growing write buffer takes the client's own CPU from the instances that
 /// do answer, until their commands time out too (measured: with 4,000 waiters on 1,000 names,
 /// most waits then failed). So once an instance has answered nothing at all for a whole
-/// per-instance timeout, it counts as down, as Redlock allows for a minority: commands are not
-/// sent to it (answered at once as not applied), except one probe per [`PROBE_EVERY`], until it
-/// answers again. A slow instance that still answers is not affected. A give-back of an attempt
-/// that was sent is always sent, on the same connection after it.
+/// per-instance timeout (of [`STALLED_AFTER`] or more), it counts as down, as Redlock allows
+/// for a minority: commands are not sent to it (answered at once as not applied), except one
+/// probe per [`PROBE_EVERY`], until it answers again. A slow instance that still answers is not
+/// affected. A give-back of an attempt that was sent is always sent, on the same connection
+/// after it; but a guard's release or extend is not sent while the instance counts as down, so
+/// a key of ours that lands there late stays until its ttl (the instance is one of a minority;
+/// the lock is never held twice for it).
 struct Instance {
     node: Box<dyn Node>,
     health: Mutex<Health>,
@@ -89,16 +95,25 @@ impl Instance {
         }
     }
 
-    /// Notes the reply to a command sent at `sent`: an answer, or a timeout with nothing heard
-    /// from the instance since it was sent (it answers nothing).
-    fn heard<T>(&self, reply: &Reply<T>, sent: Instant) {
+    /// Notes the reply to a command sent at `sent` and given `waited` to answer: an answer, or
+    /// a timeout of at least [`STALLED_AFTER`] with nothing heard from the instance since the
+    /// command was sent (it answers nothing). A shorter timeout (a lock with a short ttl gets
+    /// short per-instance timeouts) says nothing about an instance that is merely a few
+    /// milliseconds away.
+    fn heard<T>(&self, reply: &Reply<T>, sent: Instant, waited: Duration) {
+        let answered = match reply {
+            Ok(Ok(_)) => true,
+            // An error reply from the server is an answer too.
+            Ok(Err(LockError::Redis(e))) => matches!(e.kind(), redis::ErrorKind::Server(_)),
+            _ => false,
+        };
         let mut health = locked(&self.health);
         match reply {
-            Ok(Ok(_)) => {
+            _ if answered => {
                 health.heard = Instant::now();
                 health.stalled = None;
             }
-            Err(_elapsed) if health.heard <= sent => {
+            Err(_elapsed) if waited >= STALLED_AFTER && health.heard <= sent => {
                 health
                     .stalled
                     .get_or_insert_with(|| Instant::now() + PROBE_EVERY);
@@ -243,7 +258,7 @@ impl Redlock {
                     } else {
                         Ok(Err(instance.skipped(i)))
                     };
-                    instance.heard(&reply, at);
+                    instance.heard(&reply, at, per_node);
                     (i, reply)
                 }) as BoxFuture<'static, (usize, Reply<T>)>
             })
