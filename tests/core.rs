@@ -985,6 +985,40 @@ async fn a_release_wakes_only_the_first_fair_waiter_in_line() {
     }
 }
 
+/// 64 fair waiters taking turns (1 ms holds) with a one-minute poll interval: every handoff
+/// must come from a release message naming the next waiter, as a missed one would stall for
+/// the holder's 30 s lease. (In the bench, with the default 250 ms poll, a waiter's poll
+/// occasionally fires just before its message arrives and takes the lock itself.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_fair_waiters_hand_over_by_messages_alone() {
+    let server = RedisServer::start();
+    let locks = never_polling(&server).await;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..64)
+        .map(|_| {
+            let locks = locks.clone();
+            tokio::spawn(async move {
+                for _ in 0..6 {
+                    let g = fair_acquire(&locks, "turns", Duration::from_secs(60))
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    assert!(g.release().await.unwrap());
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "384 handoffs with no stall on a poll or a lease end: {:?}",
+        started.elapsed()
+    );
+}
+
 /// The release message names the first fair ticket in line, kept in the holder's value; when
 /// that waiter gives up, leaving the line names the next one there, or the release would wake
 /// nobody (the next waiter polls once a minute here).
