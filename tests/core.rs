@@ -906,6 +906,22 @@ fn spawn_fair(
     tokio::spawn(async move { fair_acquire(&locks, &name, wait).await })
 }
 
+/// Releases `held` and checks that `waiter` (which polls once a minute) is woken by it and
+/// takes the lock, then releases that too.
+async fn released_wakes(
+    held: lock_core::LockGuard,
+    waiter: tokio::task::JoinHandle<lock_core::Result<lock_core::LockGuard>>,
+) {
+    let released_at = Instant::now();
+    assert!(held.release().await.unwrap());
+    let g = waiter.await.unwrap().unwrap();
+    assert!(
+        released_at.elapsed() < Duration::from_secs(2),
+        "woken by the release"
+    );
+    assert!(g.release().await.unwrap());
+}
+
 fn in_line(server: &RedisServer, name: &str) -> i64 {
     // The line's hash holds one field per ticket, plus the arrival counter `#`.
     let fields: i64 = server.query(redis::cmd("HLEN").arg(format!("lock:{{{name}}}:q")));
@@ -1034,14 +1050,7 @@ async fn when_the_first_fair_waiter_gives_up_the_release_wakes_the_next() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     first.abort();
     assert!(eventually(Duration::from_secs(2), || in_line(&server, "after") == 1).await);
-    let released_at = Instant::now();
-    assert!(held.release().await.unwrap());
-    let g = second.await.unwrap().unwrap();
-    assert!(
-        released_at.elapsed() < Duration::from_secs(2),
-        "woken by the release"
-    );
-    assert!(g.release().await.unwrap());
+    released_wakes(held, second).await;
 }
 
 #[tokio::test]
@@ -1059,14 +1068,7 @@ async fn a_fair_waiter_that_gives_up_leaves_the_line_at_once() {
     // The next fair waiter is not held up by it.
     let next = spawn_fair(&locks, "gone", Duration::from_secs(30));
     assert!(eventually(Duration::from_secs(5), || in_line(&server, "gone") == 1).await);
-    let released_at = Instant::now();
-    assert!(held.release().await.unwrap());
-    let g = next.await.unwrap().unwrap();
-    assert!(
-        released_at.elapsed() < Duration::from_secs(2),
-        "woken by the release"
-    );
-    assert!(g.release().await.unwrap());
+    released_wakes(held, next).await;
 }
 
 #[tokio::test]

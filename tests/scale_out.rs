@@ -138,23 +138,29 @@ fn finish_migration(cluster: &RedisCluster, slot: u16, from: usize, to: usize) {
     }
 }
 
-/// On Redis 7 a release is announced with `SPUBLISH`, which reaches only the shard that owns the
-/// lock's slot, and waiters `SSUBSCRIBE` there: no message is copied to every node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_releases_wake_waiters_through_the_owning_shard_only() {
-    let cluster = RedisCluster::start(3, 0);
+/// Two managers on `cluster`: a holder's, and a waiter's that polls once a minute, so that only
+/// a release message wakes it in time.
+async fn holder_and_waiter(cluster: &RedisCluster) -> (LockManager, LockManager) {
     let holder = LockManager::builder()
         .cluster(cluster.urls())
         .build()
         .await
         .unwrap();
-    // Polls once a minute: only a message can wake it in time.
     let waiter = LockManager::builder()
         .cluster(cluster.urls())
         .max_poll_interval(Duration::from_secs(60))
         .build()
         .await
         .unwrap();
+    (holder, waiter)
+}
+
+/// On Redis 7 a release is announced with `SPUBLISH`, which reaches only the shard that owns the
+/// lock's slot, and waiters `SSUBSCRIBE` there: no message is copied to every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_releases_wake_waiters_through_the_owning_shard_only() {
+    let cluster = RedisCluster::start(3, 0);
+    let (holder, waiter) = holder_and_waiter(&cluster).await;
     let key = holder.key_for("sharded");
     let owner = cluster.master_of(&key);
     let held = holder.try_acquire("sharded", LONG).await.unwrap().unwrap();
@@ -205,17 +211,7 @@ async fn cluster_falls_back_to_classic_notifications_unless_every_primary_is_red
     let silent = (owner + 1) % 3;
     let _: () =
         cluster.nodes[silent].query(redis::cmd("ACL").arg("SETUSER").arg("default").arg("-info"));
-    let holder = LockManager::builder()
-        .cluster(cluster.urls())
-        .build()
-        .await
-        .unwrap();
-    let waiter = LockManager::builder()
-        .cluster(cluster.urls())
-        .max_poll_interval(Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
+    let (holder, waiter) = holder_and_waiter(&cluster).await;
     let held = holder.try_acquire("mixed", LONG).await.unwrap().unwrap();
     let w = waiter.clone();
     let waiting =
@@ -261,18 +257,7 @@ async fn cluster_a_paused_shard_delays_no_notification_on_the_other_shards() {
                 .arg("no"),
         );
     }
-    let holder = LockManager::builder()
-        .cluster(cluster.urls())
-        .build()
-        .await
-        .unwrap();
-    // Polls once a minute: only a message can wake it in time.
-    let waiter = LockManager::builder()
-        .cluster(cluster.urls())
-        .max_poll_interval(Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
+    let (holder, waiter) = holder_and_waiter(&cluster).await;
     let (paused, healthy) = (0, 1);
     // Six names on the shard that will hang, one on a healthy shard (last).
     let on = |shard: usize, count: usize| -> Vec<String> {
