@@ -509,6 +509,15 @@ fn servers(n: usize) -> Vec<RedisServer> {
     (0..n).map(|_| RedisServer::start()).collect()
 }
 
+/// A Redlock manager over `servers`.
+async fn redlock(servers: &[RedisServer]) -> LockManager {
+    LockManager::builder()
+        .redlock(urls(servers))
+        .build()
+        .await
+        .unwrap()
+}
+
 fn urls(servers: &[RedisServer]) -> Vec<String> {
     servers.iter().map(|s| s.url()).collect()
 }
@@ -589,11 +598,7 @@ async fn redlock_acquires_exactly_when_a_majority_is_free_for_every_subset() {
 #[tokio::test]
 async fn redlock_instances_down_or_slow_count_as_refusals() {
     let mut nodes = servers(5);
-    let locks = LockManager::builder()
-        .redlock(urls(&nodes))
-        .build()
-        .await
-        .unwrap();
+    let locks = redlock(&nodes).await;
     nodes[0].kill();
     nodes[1].kill();
     let g = locks
@@ -640,11 +645,7 @@ fn lock_commands(node: &RedisServer) -> u64 {
 #[tokio::test]
 async fn redlock_sends_a_silent_instance_only_probes_and_uses_it_again_once_it_answers() {
     let nodes = servers(3);
-    let locks = LockManager::builder()
-        .redlock(urls(&nodes))
-        .build()
-        .await
-        .unwrap();
+    let locks = redlock(&nodes).await;
     // A 1 s ttl gives each instance a 100 ms timeout.
     let ttl = Duration::from_secs(1);
     nodes[0].pause();
@@ -690,11 +691,7 @@ async fn redlock_sends_a_silent_instance_only_probes_and_uses_it_again_once_it_a
 #[tokio::test]
 async fn redlock_lease_too_short_for_the_fan_out_and_drift_fails_and_leaves_nothing() {
     let nodes = servers(3);
-    let locks = LockManager::builder()
-        .redlock(urls(&nodes))
-        .build()
-        .await
-        .unwrap();
+    let locks = redlock(&nodes).await;
     // drift = 1% of 2 ms + 2 ms > 2 ms: the lease is gone before it could be used. A majority
     // granted it (the attempt stops counting once it has one), and it is refused all the same.
     let err = locks
