@@ -592,22 +592,24 @@ async fn bad_input_sweep_gets_typed_errors_and_leaves_nothing() {
     let closed = format!("redis://127.0.0.1:{}", lock_test_support::free_port());
     assert!(matches!(
         LockManager::connect(&closed).await,
-        Err(LockError::Redis(_))
+        Err(LockError::Connect { .. })
     ));
     let secured = RedisServer::start_with(&["--requirepass", "p"]);
     let wrong = format!("redis://:nope@127.0.0.1:{}", secured.port());
     assert!(matches!(
         LockManager::connect(&wrong).await,
-        Err(LockError::Redis(_))
+        Err(LockError::Connect { .. })
     ));
     let tls = format!("rediss://127.0.0.1:{}", server.port());
     match LockManager::connect(&tls).await {
-        Err(LockError::Redis(e)) => assert!(e.to_string().to_lowercase().contains("tls"), "{e}"),
+        Err(e @ LockError::InvalidConfig { .. }) => {
+            assert!(e.to_string().contains("needs TLS"), "{e}")
+        }
         other => panic!("expected a TLS error, got {other:?}"),
     }
     let not_a_url = LockManager::connect("http://example").await;
     assert!(
-        matches!(not_a_url, Err(LockError::Redis(_))),
+        matches!(not_a_url, Err(LockError::InvalidUrl { .. })),
         "{not_a_url:?}"
     );
 }

@@ -82,10 +82,78 @@ pub enum LockError {
         pending: usize,
     },
 
+    /// A server url that does not parse; nothing was contacted. The message shows the url
+    /// (its password masked) and the forms accepted.
+    #[error("invalid Redis url `{url}`: {reason}; accepted forms: redis://[user:password@]host[:port][/db], rediss://... (TLS), redis+unix:///path/to/socket[?db=N]")]
+    InvalidUrl {
+        /// The url as given, with any password replaced by `****`.
+        url: String,
+        /// What the url parser said.
+        reason: String,
+    },
+
+    /// The manager could not connect to (or authenticate with) a server while it was built.
+    #[error("could not connect to Redis at `{url}`: {source}")]
+    Connect {
+        /// The server's url, with any password replaced by `****`.
+        url: String,
+        /// What went wrong.
+        source: redis::RedisError,
+    },
+
     /// Communication with Redis failed, or Redis answered with an error
     /// (wrong password, unreachable host, timeout, ...).
     #[error("redis error: {0}")]
     Redis(#[from] redis::RedisError),
+}
+
+/// `url` with its password replaced by `****` (in the user info, or a `pass=`/`password=`
+/// query parameter of a `redis+unix://` url): urls go into error messages and logs, passwords
+/// must not.
+pub(crate) fn masked(url: &str) -> String {
+    let mut out = match url.find("://") {
+        Some(scheme_end) => {
+            let rest = &url[scheme_end + 3..];
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => {
+                    let user_info = &rest[..at];
+                    // `redis://secret@host`: a lone user info is taken as the password.
+                    let user = user_info.split_once(':').map_or("", |(user, _)| user);
+                    format!("{}://{user}:****@{}", &url[..scheme_end], &rest[at + 1..])
+                }
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    };
+    if let Some(query) = out.find('?') {
+        let params: Vec<String> = out[query + 1..]
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key @ ("pass" | "password"), _)) => format!("{key}=****"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        out = format!("{}?{}", &out[..query], params.join("&"));
+    }
+    out
+}
+
+/// The error of a url that does not parse.
+pub(crate) fn invalid_url(url: &str, e: &redis::RedisError) -> LockError {
+    LockError::InvalidUrl {
+        url: masked(url),
+        reason: e.to_string(),
+    }
+}
+
+/// The error of a server that could not be reached while building.
+pub(crate) fn connect_failed(url: &str, source: redis::RedisError) -> LockError {
+    LockError::Connect {
+        url: masked(url),
+        source,
+    }
 }
 
 impl LockError {
@@ -132,5 +200,28 @@ impl From<LockError> for std::io::Error {
             _ => std::io::ErrorKind::Other,
         };
         std::io::Error::new(kind, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masked;
+
+    #[test]
+    fn passwords_never_reach_a_message() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("redis://app:s3cret@db:6379/2", "redis://app:****@db:6379/2"),
+            ("redis://:s3cret@db", "redis://:****@db"),
+            ("rediss://s3cret@db:6380", "rediss://:****@db:6380"),
+            ("redis://app:p@ss@db", "redis://app:****@db"),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=s3cret",
+                "redis+unix:///run/redis.sock?db=1&pass=****",
+            ),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(masked(url), shown);
+        }
     }
 }

@@ -69,8 +69,9 @@ impl LockManager {
     /// `rediss://...` (with TLS support compiled into the redis crate) or
     /// `redis+unix:///path/to/socket`.
     ///
-    /// The connection is made (and authenticated) now: a wrong address or password is an
-    /// [`LockError::Redis`] here.
+    /// The connection is made (and authenticated) now: a url that does not parse is a
+    /// [`LockError::InvalidUrl`], and a server that cannot be reached or refuses the password a
+    /// [`LockError::Connect`], each naming the url with its password masked.
     pub async fn connect(url: &str) -> Result<LockManager> {
         Self::builder().url(url).build().await
     }

@@ -12,9 +12,27 @@ use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind};
 use super::memory::FENCE_KEEP;
 use super::notify::{Notifier, PubSub, Watcher};
 use super::{BoxFuture, Node, Taken, Ticket, Timeouts};
+use crate::error::{connect_failed, invalid_url};
 use crate::keys::LockKeys;
 use crate::validate::millis_ceil;
 use crate::Result;
+
+/// A client for `url`, or an error that shows the url (password masked) and the forms accepted.
+fn open(url: &str) -> Result<redis::Client> {
+    redis::Client::open(url).map_err(|e| {
+        if url.starts_with("rediss") && e.to_string().contains("TLS") {
+            // A well-formed url this build cannot serve.
+            crate::LockError::InvalidConfig {
+                reason: format!(
+                    "`{}` needs TLS, which this build of the redis crate lacks ({e})",
+                    crate::error::masked(url)
+                ),
+            }
+        } else {
+            invalid_url(url, &e)
+        }
+    })
+}
 
 /// A Lua script with its SHA1, computed once per process.
 pub(crate) struct LuaScript {
@@ -64,9 +82,10 @@ impl RedisNode {
     /// Connects (and authenticates) now, so a wrong url or password fails here, not at the
     /// first lock.
     pub(crate) async fn connect(url: &str, timeouts: Timeouts) -> Result<Self> {
-        let client = redis::Client::open(url)?;
-        let conn =
-            ConnectionManager::new_with_config(client.clone(), Self::config(timeouts)).await?;
+        let client = open(url)?;
+        let conn = ConnectionManager::new_with_config(client.clone(), Self::config(timeouts))
+            .await
+            .map_err(|e| connect_failed(url, e))?;
         Ok(Self {
             conn: Conn::Single(conn),
             notifier: Arc::new(Notifier::new(client)),
@@ -77,8 +96,9 @@ impl RedisNode {
     /// Like [`connect`](Self::connect), but connects on first use (for a Redlock instance that
     /// is down when the manager starts: the others can still form a quorum).
     pub(crate) fn connect_lazy(url: &str, timeouts: Timeouts) -> Result<Self> {
-        let client = redis::Client::open(url)?;
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), Self::config(timeouts))?;
+        let client = open(url)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), Self::config(timeouts))
+            .map_err(|e| connect_failed(url, e))?;
         Ok(Self {
             conn: Conn::Single(conn),
             notifier: Arc::new(Notifier::new(client)),
@@ -106,15 +126,24 @@ impl RedisNode {
     /// node hears every release.
     #[cfg(feature = "cluster")]
     pub(crate) async fn connect_cluster(seeds: &[String], timeouts: Timeouts) -> Result<Self> {
+        for seed in seeds {
+            open(seed)?;
+        }
+        let everywhere = || {
+            let masked: Vec<String> = seeds.iter().map(|s| crate::error::masked(s)).collect();
+            masked.join(", ")
+        };
         let mut conn = redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
             .connection_timeout(timeouts.connect)
             .response_timeout(timeouts.response)
             .retries(6)
             .min_retry_wait(10)
             .max_retry_wait(200)
-            .build()?
+            .build()
+            .map_err(|e| invalid_url(&everywhere(), &e))?
             .get_async_connection()
-            .await?;
+            .await
+            .map_err(|e| connect_failed(&everywhere(), e))?;
         let sharded = super::sharded::supported(&mut conn).await;
         let notifier: Arc<dyn Watcher> = if sharded {
             Arc::new(super::sharded::ShardedNotifier::new(
@@ -122,7 +151,7 @@ impl RedisNode {
                 timeouts,
             ))
         } else {
-            Arc::new(Notifier::new(redis::Client::open(seeds[0].as_str())?))
+            Arc::new(Notifier::new(open(&seeds[0])?))
         };
         Ok(Self {
             conn: Conn::Cluster(conn),
