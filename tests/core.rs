@@ -1147,3 +1147,76 @@ async fn url_and_connection_errors_say_where_without_the_password() {
         .unwrap_err();
     shows(&e, "127.0.0.1:");
 }
+
+/// Lazy start: a manager builds while its server is down (a service can boot during a Redis
+/// outage); the first acquire fails with the connection error, a waiting one retries until the
+/// server is back, and a url that does not parse still fails the build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_manager_builds_while_redis_is_down_and_works_once_it_is_up() {
+    let mut server = RedisServer::start();
+    server.kill();
+    let eager = LockManager::connect(&server.url()).await.unwrap_err();
+    assert!(matches!(eager, LockError::Connect { .. }), "{eager:?}");
+    let locks = LockManager::builder()
+        .url(&server.url())
+        .lazy(true)
+        .build()
+        .await
+        .expect("builds without contacting Redis");
+    let e = locks.try_acquire("lazy", LONG).await.unwrap_err();
+    assert!(matches!(e, LockError::Redis(_)), "{e:?}");
+    let l = locks.clone();
+    let waiting =
+        tokio::spawn(async move { l.acquire("lazy", LONG, Duration::from_secs(10)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart();
+    let g = waiting.await.unwrap().expect("taken once Redis is up");
+    assert!(g.release().await.unwrap());
+    // Redlock too: every instance down at build.
+    let down: Vec<String> = (0..3)
+        .map(|_| format!("redis://127.0.0.1:{}", free_port()))
+        .collect();
+    let redlock = LockManager::builder()
+        .redlock(&down)
+        .lazy(true)
+        .build()
+        .await
+        .expect("builds without contacting any instance");
+    assert!(redlock.try_acquire("lazy", LONG).await.is_err());
+    let bad = LockManager::builder()
+        .url("redis://localhost:notaport")
+        .lazy(true)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(bad, LockError::InvalidUrl { .. }), "{bad:?}");
+}
+
+/// `client(..)`: the service's own `redis::Client` (its address, credentials and settings) for
+/// commands and for release notifications; a client for a server that is down names its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_uses_the_services_own_client() {
+    let server = RedisServer::start_with(&["--requirepass", "right"]);
+    let client =
+        redis::Client::open(format!("redis://:right@127.0.0.1:{}", server.port())).unwrap();
+    let locks = LockManager::builder().client(client).build().await.unwrap();
+    let held = locks.try_acquire("own", LONG).await.unwrap().unwrap();
+    let w = locks.clone();
+    let waiting =
+        tokio::spawn(async move { w.acquire("own", LONG, Duration::from_secs(10)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(held.release().await.unwrap());
+    let g = waiting.await.unwrap().unwrap();
+    assert!(g.release().await.unwrap());
+    let port = free_port();
+    let down = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let e = LockManager::builder()
+        .client(down)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, LockError::Connect { url, .. } if url.contains(&port.to_string())),
+        "{e:?}"
+    );
+}

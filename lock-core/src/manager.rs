@@ -168,6 +168,7 @@ pub struct LockManagerBuilder {
     prefix: String,
     timeouts: Timeouts,
     poll_cap: Duration,
+    lazy: bool,
 }
 
 impl Default for LockManagerBuilder {
@@ -181,6 +182,7 @@ impl Default for LockManagerBuilder {
                 response: DEFAULT_RESPONSE_TIMEOUT,
             },
             poll_cap: DEFAULT_MAX_POLL_INTERVAL,
+            lazy: false,
         }
     }
 }
@@ -189,6 +191,24 @@ impl LockManagerBuilder {
     /// One Redis server; see [`LockManager::connect`] for the url forms.
     pub fn url(mut self, url: &str) -> Self {
         self.targets.push(Target::Single(url.to_owned()));
+        self
+    }
+
+    /// One Redis server, through the service's own client, with its settings (address,
+    /// credentials, TLS, protocol). The manager opens connections of its own from it: one for
+    /// commands and, on the first wait, one for release notifications.
+    pub fn client(mut self, client: redis::Client) -> Self {
+        self.targets.push(Target::Client(client));
+        self
+    }
+
+    /// Builds without contacting Redis (default `false`): the first command connects, so a
+    /// server that is down makes that command fail (or a waiting acquire retry until its
+    /// deadline), not the start-up. Urls are still checked at `build`. One server (by url or
+    /// [`client`](Self::client)) and Redlock; a Redis Cluster is always contacted at `build`,
+    /// to learn its slots.
+    pub fn lazy(mut self, on: bool) -> Self {
+        self.lazy = on;
         self
     }
 
@@ -281,12 +301,12 @@ impl LockManagerBuilder {
             (Some(target), true) => target,
             (None, _) => {
                 return Err(invalid(
-                    "no server given: call `.url(..)`, `.redlock(..)` or `.cluster(..)` on the builder",
+                    "no server given: call `.url(..)`, `.client(..)`, `.redlock(..)` or `.cluster(..)` on the builder",
                 ))
             }
             (Some(_), false) => {
                 return Err(invalid(
-                    "more than one deployment given: call only one of `.url(..)`, `.redlock(..)`, `.cluster(..)`",
+                    "more than one deployment given: call only one of `.url(..)`, `.client(..)`, `.redlock(..)`, `.cluster(..)`",
                 ))
             }
         };
@@ -295,7 +315,21 @@ impl LockManagerBuilder {
             Box<dyn crate::backend::Wake>,
         ) = match target {
             Target::Single(url) => {
-                let node = RedisNode::connect(&url, self.timeouts).await?;
+                let node = if self.lazy {
+                    RedisNode::connect_lazy(&url, self.timeouts)?
+                } else {
+                    RedisNode::connect(&url, self.timeouts).await?
+                };
+                let wake = Box::new(node.pubsub());
+                let store = Single::new(Box::new(node), "redis", Drift::SERVER, false);
+                (Box::new(store), wake)
+            }
+            Target::Client(client) => {
+                let node = if self.lazy {
+                    RedisNode::of_client_lazy(client, self.timeouts)?
+                } else {
+                    RedisNode::of_client(client, self.timeouts).await?
+                };
                 let wake = Box::new(node.pubsub());
                 let store = Single::new(Box::new(node), "redis", Drift::SERVER, false);
                 (Box::new(store), wake)
@@ -314,7 +348,8 @@ impl LockManagerBuilder {
                         "the Redlock clock drift factor must be at least 0 and below 1",
                     ));
                 }
-                let (store, wake) = Redlock::connect(&urls, self.timeouts, self.drift).await?;
+                let (store, wake) =
+                    Redlock::connect(&urls, self.timeouts, self.drift, self.lazy).await?;
                 (Box::new(store), Box::new(wake))
             }
             Target::Cluster(urls) => {
@@ -355,6 +390,7 @@ impl LockManagerBuilder {
 #[derive(Debug, Clone)]
 enum Target {
     Single(String),
+    Client(redis::Client),
     Redlock(Vec<String>),
     Cluster(Vec<String>),
 }

@@ -17,6 +17,11 @@ use crate::keys::LockKeys;
 use crate::validate::millis_ceil;
 use crate::Result;
 
+/// Where a client connects, for errors (a client holds no url, and never a password here).
+fn address(client: &redis::Client) -> String {
+    client.get_connection_info().addr().to_string()
+}
+
 /// A client for `url`, or an error that shows the url (password masked) and the forms accepted.
 fn open(url: &str) -> Result<redis::Client> {
     redis::Client::open(url).map_err(|e| {
@@ -82,28 +87,43 @@ impl RedisNode {
     /// Connects (and authenticates) now, so a wrong url or password fails here, not at the
     /// first lock.
     pub(crate) async fn connect(url: &str, timeouts: Timeouts) -> Result<Self> {
-        let client = open(url)?;
-        let conn = ConnectionManager::new_with_config(client.clone(), Self::config(timeouts))
-            .await
-            .map_err(|e| connect_failed(url, e))?;
-        Ok(Self {
-            conn: Conn::Single(conn),
-            notifier: Arc::new(Notifier::new(client)),
-            sharded: false,
-        })
+        Self::connect_as(open(url)?, timeouts, url).await
     }
 
-    /// Like [`connect`](Self::connect), but connects on first use (for a Redlock instance that
-    /// is down when the manager starts: the others can still form a quorum).
+    /// [`connect`](Self::connect) with the caller's own client (and its settings).
+    pub(crate) async fn of_client(client: redis::Client, timeouts: Timeouts) -> Result<Self> {
+        let address = address(&client);
+        Self::connect_as(client, timeouts, &address).await
+    }
+
+    /// Connects `client`; an error names it as `named` (a url, masked there, or an address).
+    async fn connect_as(client: redis::Client, timeouts: Timeouts, named: &str) -> Result<Self> {
+        let conn = ConnectionManager::new_with_config(client.clone(), Self::config(timeouts))
+            .await
+            .map_err(|e| connect_failed(named, e))?;
+        Ok(Self::with(client, Conn::Single(conn)))
+    }
+
+    /// Like [`connect`](Self::connect), but connects on first use (a lazy manager, or a
+    /// Redlock instance that is down when the manager starts: the others can still form a
+    /// quorum). Only the url is checked now.
     pub(crate) fn connect_lazy(url: &str, timeouts: Timeouts) -> Result<Self> {
-        let client = open(url)?;
+        Self::of_client_lazy(open(url)?, timeouts)
+    }
+
+    /// [`connect_lazy`](Self::connect_lazy) with the caller's own client.
+    pub(crate) fn of_client_lazy(client: redis::Client, timeouts: Timeouts) -> Result<Self> {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), Self::config(timeouts))
-            .map_err(|e| connect_failed(url, e))?;
-        Ok(Self {
-            conn: Conn::Single(conn),
+            .map_err(|e| connect_failed(&address(&client), e))?;
+        Ok(Self::with(client, Conn::Single(conn)))
+    }
+
+    fn with(client: redis::Client, conn: Conn) -> Self {
+        Self {
+            conn,
             notifier: Arc::new(Notifier::new(client)),
             sharded: false,
-        })
+        }
     }
 
     fn config(timeouts: Timeouts) -> ConnectionManagerConfig {

@@ -197,7 +197,15 @@ impl Redlock {
         urls: &[String],
         timeouts: Timeouts,
         drift: Drift,
+        lazy: bool,
     ) -> Result<(Self, PubSub)> {
+        if lazy {
+            let nodes = urls
+                .iter()
+                .map(|url| RedisNode::connect_lazy(url, timeouts))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Self::of_nodes(nodes, timeouts, drift));
+        }
         let attempts = join_all(urls.iter().map(|url| RedisNode::connect(url, timeouts))).await;
         let quorum = urls.len() / 2 + 1;
         let mut nodes = Vec::with_capacity(urls.len());
@@ -219,12 +227,16 @@ impl Redlock {
         if reached < quorum {
             return Err(first_error.expect("some instance failed"));
         }
+        Ok(Self::of_nodes(nodes, timeouts, drift))
+    }
+
+    fn of_nodes(nodes: Vec<RedisNode>, timeouts: Timeouts, drift: Drift) -> (Self, PubSub) {
         let pubsub = PubSub::all(nodes.iter().map(RedisNode::pubsub));
         let nodes = nodes
             .into_iter()
             .map(|n| Box::new(n) as Box<dyn Node>)
             .collect();
-        Ok((Self::new(nodes, drift, timeouts.response), pubsub))
+        (Self::new(nodes, drift, timeouts.response), pubsub)
     }
 
     /// Small relative to the lease, so one slow instance cannot eat the validity time.
