@@ -1220,3 +1220,153 @@ async fn a_manager_uses_the_services_own_client() {
         "{e:?}"
     );
 }
+
+/// A throwaway CA, and a server and a client certificate it signed (for 127.0.0.1), made with
+/// the `openssl` command line tool in a directory of their own.
+struct Certificates {
+    dir: std::path::PathBuf,
+}
+
+impl Certificates {
+    fn make() -> Self {
+        let dir = std::env::temp_dir().join(format!("lock-tests-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("the openssl command line tool");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=lock-tests CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
+        for who in ["server", "client"] {
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                &format!("{who}.key"),
+                "-out",
+                &format!("{who}.csr"),
+            ]);
+            openssl(&[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                &format!("{who}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                "san.ext",
+                "-out",
+                &format!("{who}.crt"),
+            ]);
+        }
+        Self { dir }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_str().unwrap().to_owned()
+    }
+
+    fn read(&self, file: &str) -> Vec<u8> {
+        std::fs::read(self.dir.join(file)).unwrap()
+    }
+}
+
+impl Drop for Certificates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// TLS (feature `tls`): a `redis-server` with a TLS port and certificates the test makes, which
+/// requires client certificates. With the test's CA and a client certificate passed through
+/// `client(..)`, locks, waits and releases work over `rediss://`; without a client certificate
+/// the server refuses, and a CA the system does not trust fails verification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_work_over_tls_with_a_ca_and_a_client_certificate() {
+    let certs = Certificates::make();
+    let tls_port = free_port();
+    let server = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &certs.path("server.crt"),
+        "--tls-key-file",
+        &certs.path("server.key"),
+        "--tls-ca-cert-file",
+        &certs.path("ca.crt"),
+        "--tls-auth-clients",
+        "yes",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let tls = |client_tls: Option<redis::ClientTlsConfig>| {
+        redis::Client::build_with_tls(
+            url.as_str(),
+            redis::TlsCertificates {
+                client_tls,
+                root_cert: Some(certs.read("ca.crt")),
+            },
+        )
+        .unwrap()
+    };
+    let client_cert = || {
+        Some(redis::ClientTlsConfig {
+            client_cert: certs.read("client.crt"),
+            client_key: certs.read("client.key"),
+        })
+    };
+    let locks = LockManager::builder()
+        .client(tls(client_cert()))
+        .build()
+        .await
+        .expect("connects over TLS");
+    let held = locks.try_acquire("tls", LONG).await.unwrap().unwrap();
+    let w = locks.clone();
+    let waiting =
+        tokio::spawn(async move { w.acquire("tls", LONG, Duration::from_secs(10)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(held.release().await.unwrap());
+    let g = waiting
+        .await
+        .unwrap()
+        .expect("woken over the TLS pub/sub connection");
+    assert_eq!(server.lock_keys(), vec![locks.key_for("tls")]);
+    assert!(g.release().await.unwrap());
+    // No client certificate: the server refuses the handshake.
+    let e = LockManager::builder()
+        .client(tls(None))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LockError::Connect { .. }), "{e:?}");
+    // The system's trust store does not know the test's CA.
+    let e = LockManager::connect(&url).await.unwrap_err();
+    assert!(matches!(e, LockError::Connect { .. }), "{e:?}");
+}

@@ -66,7 +66,9 @@ impl LockManager {
     }
 
     /// Connects to one Redis server: `redis://[user:password@]host[:port][/db]`,
-    /// `rediss://...` (with TLS support compiled into the redis crate) or
+    /// `rediss://...` (with lock-core's `tls` feature: rustls, verified against the system's
+    /// trust store; for your own CA or a client certificate, pass a client made with
+    /// `redis::Client::build_with_tls` to [`LockManagerBuilder::client`]) or
     /// `redis+unix:///path/to/socket`.
     ///
     /// The connection is made (and authenticated) now: a url that does not parse is a
@@ -198,7 +200,7 @@ impl LockManagerBuilder {
     /// credentials, TLS, protocol). The manager opens connections of its own from it: one for
     /// commands and, on the first wait, one for release notifications.
     pub fn client(mut self, client: redis::Client) -> Self {
-        self.targets.push(Target::Client(client));
+        self.targets.push(Target::Client(Box::new(client)));
         self
     }
 
@@ -326,9 +328,9 @@ impl LockManagerBuilder {
             }
             Target::Client(client) => {
                 let node = if self.lazy {
-                    RedisNode::of_client_lazy(client, self.timeouts)?
+                    RedisNode::of_client_lazy(*client, self.timeouts)?
                 } else {
-                    RedisNode::of_client(client, self.timeouts).await?
+                    RedisNode::of_client(*client, self.timeouts).await?
                 };
                 let wake = Box::new(node.pubsub());
                 let store = Single::new(Box::new(node), "redis", Drift::SERVER, false);
@@ -390,7 +392,7 @@ impl LockManagerBuilder {
 #[derive(Debug, Clone)]
 enum Target {
     Single(String),
-    Client(redis::Client),
+    Client(Box<redis::Client>),
     Redlock(Vec<String>),
     Cluster(Vec<String>),
 }
