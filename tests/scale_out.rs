@@ -6,7 +6,7 @@ mod semantics;
 use std::time::Duration;
 
 use lock_core::{LockError, LockManager};
-use lock_test_support::{eventually, RedisCluster, RedisServer};
+use lock_test_support::{eventually, valkey_server, RedisCluster, RedisServer};
 use semantics::{Fixture, LONG};
 
 /// Runs every semantic test on one deployment, each with its own key prefix.
@@ -21,6 +21,48 @@ macro_rules! run_all {
     };
 }
 semantic_tests!(run_all);
+
+// ---- Valkey -------------------------------------------------------------------------------
+
+/// The semantic suite on `valkey-server` (the open-source fork many managed services now run):
+/// one server, Redlock over 3 and a cluster of 3 masters. Skipped when no valkey-server is
+/// installed, except under `LOCK_TESTS_VALKEY=required`, which `.ci/run` sets after installing
+/// one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_passes_the_semantic_suite() {
+    let Some(valkey) = valkey_server() else {
+        eprintln!("no valkey-server installed: the Valkey suite is skipped");
+        return;
+    };
+    let version = std::process::Command::new(&valkey)
+        .arg("--version")
+        .output()
+        .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&version.stdout).trim());
+    let one = RedisServer::start_binary(&valkey, &[]);
+    let url = one.url();
+    run_semantic_suite(|prefix| {
+        let url = url.clone();
+        Box::pin(async move { Fixture::single(&url, prefix).await })
+    })
+    .await;
+    let masters: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::start_binary(&valkey, &[]))
+        .collect();
+    let urls = urls(&masters);
+    run_semantic_suite(|prefix| {
+        let urls = urls.clone();
+        Box::pin(async move { Fixture::redlock(&urls, prefix).await })
+    })
+    .await;
+    let cluster = RedisCluster::start_binary(&valkey, 3, 0);
+    let urls = cluster.urls();
+    run_semantic_suite(|prefix| {
+        let urls = urls.clone();
+        Box::pin(async move { Fixture::cluster(&urls, prefix).await })
+    })
+    .await;
+}
 
 // ---- Redis Cluster ----------------------------------------------------------------------
 

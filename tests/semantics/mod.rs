@@ -29,6 +29,15 @@ impl Fixture {
         }
     }
 
+    /// Two managers on one server, with keys under `prefix` (tests share the server).
+    pub(crate) async fn single(url: &str, prefix: &str) -> Self {
+        let manager = || LockManager::builder().url(url).key_prefix(prefix).build();
+        Self {
+            locks: manager().await.unwrap(),
+            other: manager().await.unwrap(),
+        }
+    }
+
     /// Two managers on a Redis Cluster, with keys under `prefix` (tests share one cluster).
     pub(crate) async fn cluster(urls: &[String], prefix: &str) -> Self {
         let manager = || {

@@ -14,6 +14,28 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     extra_args: Vec<String>,
+    /// `redis-server`, or a `valkey-server` binary.
+    binary: String,
+}
+
+/// The `valkey-server` binary to test against: `$VALKEY_SERVER`, else `valkey-server` on PATH,
+/// else none. With `LOCK_TESTS_VALKEY=required` (as `.ci/run` sets it), a missing one panics
+/// instead, so that CI cannot skip the Valkey tests.
+pub fn valkey_server() -> Option<String> {
+    let found = std::env::var("VALKEY_SERVER").ok().or_else(|| {
+        Command::new("valkey-server")
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| "valkey-server".to_owned())
+    });
+    if found.is_none() && std::env::var("LOCK_TESTS_VALKEY").as_deref() == Ok("required") {
+        panic!(
+            "LOCK_TESTS_VALKEY=required, but no valkey-server: set VALKEY_SERVER or put it on PATH"
+        );
+    }
+    found
 }
 
 const INSTALL_HINT: &str = "`redis-server` was not found on PATH. The integration tests start \
@@ -36,6 +58,12 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments, e.g. `["--requirepass", "s3cret"]`.
     pub fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_binary("redis-server", extra_args)
+    }
+
+    /// Starts `binary` (`redis-server`, or a `valkey-server`: see [`valkey_server`]) with extra
+    /// arguments.
+    pub fn start_binary(binary: &str, extra_args: &[&str]) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         // A port found free can be taken before the server binds it: try a few.
         let mut last_error = String::new();
@@ -44,6 +72,7 @@ impl RedisServer {
                 child: None,
                 port: free_port(),
                 extra_args: extra_args.clone(),
+                binary: binary.to_owned(),
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -56,7 +85,7 @@ impl RedisServer {
     fn spawn(&mut self) -> Result<(), String> {
         let port = self.port.to_string();
         let dir = std::env::temp_dir();
-        let child = Command::new("redis-server")
+        let child = Command::new(&self.binary)
             .args(["--port", &port, "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--dir", dir.to_str().expect("temp dir is UTF-8")])
@@ -267,6 +296,11 @@ impl RedisCluster {
     /// `masters` masters with `replicas` replicas each; node timeout 1 s, failover always
     /// allowed. Waits until every node reports `cluster_state:ok`.
     pub fn start(masters: usize, replicas: usize) -> Self {
+        Self::start_binary("redis-server", masters, replicas)
+    }
+
+    /// [`start`](Self::start) with `binary` for the nodes (a `valkey-server`).
+    pub fn start_binary(binary: &str, masters: usize, replicas: usize) -> Self {
         // A directory of its own for the nodes' cluster config files: a stale file from an
         // earlier run on the same port would make a node rejoin an old cluster.
         static CLUSTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -280,16 +314,19 @@ impl RedisCluster {
         let conf = format!("{}/nodes-{{port}}.conf", conf_dir.display());
         let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|_| {
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &conf,
-                    "--cluster-node-timeout",
-                    "1000",
-                    "--cluster-replica-validity-factor",
-                    "0",
-                ])
+                RedisServer::start_binary(
+                    binary,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &conf,
+                        "--cluster-node-timeout",
+                        "1000",
+                        "--cluster-replica-validity-factor",
+                        "0",
+                    ],
+                )
             })
             .collect();
         let mut create = Command::new("redis-cli");
