@@ -197,6 +197,22 @@ async fn holder_and_waiter(cluster: &RedisCluster) -> (LockManager, LockManager)
     (holder, waiter)
 }
 
+/// Releases `held` and returns the guard `waiting` (a waiter that polls once a minute) takes
+/// then, checking that the release message woke it.
+async fn handed_over(
+    held: lock_core::LockGuard,
+    waiting: tokio::task::JoinHandle<lock_core::Result<lock_core::LockGuard>>,
+) -> lock_core::LockGuard {
+    let released_at = tokio::time::Instant::now();
+    assert!(held.release().await.unwrap());
+    let g = waiting.await.unwrap().expect("woken by the release");
+    assert!(
+        released_at.elapsed() < Duration::from_secs(5),
+        "woken by the message, not by polling"
+    );
+    g
+}
+
 /// On Redis 7 a release is announced with `SPUBLISH`, which reaches only the shard that owns the
 /// lock's slot, and waiters `SSUBSCRIBE` there: no message is copied to every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,13 +234,7 @@ async fn cluster_releases_wake_waiters_through_the_owning_shard_only() {
         eventually(Duration::from_secs(5), || shard_subscribers(owner) == 1).await,
         "subscribed on the shard that owns the slot"
     );
-    let released_at = tokio::time::Instant::now();
-    assert!(held.release().await.unwrap());
-    let g = waiting.await.unwrap().expect("woken by the release");
-    assert!(
-        released_at.elapsed() < Duration::from_secs(5),
-        "woken by the message, not by polling"
-    );
+    let g = handed_over(held, waiting).await;
     for (i, node) in cluster.nodes.iter().enumerate() {
         assert_eq!(
             node.command_calls("publish"),
@@ -266,13 +276,7 @@ async fn cluster_falls_back_to_classic_notifications_unless_every_primary_is_red
         })
         .await
     );
-    let released_at = tokio::time::Instant::now();
-    assert!(held.release().await.unwrap());
-    let g = waiting.await.unwrap().expect("woken by the release");
-    assert!(
-        released_at.elapsed() < Duration::from_secs(5),
-        "woken by the message, not by polling"
-    );
+    let g = handed_over(held, waiting).await;
     let _: () =
         cluster.nodes[silent].query(redis::cmd("ACL").arg("SETUSER").arg("default").arg("+info"));
     for (i, node) in cluster.nodes.iter().enumerate() {
