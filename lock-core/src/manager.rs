@@ -316,26 +316,16 @@ impl LockManagerBuilder {
             Box<dyn crate::backend::Store>,
             Box<dyn crate::backend::Wake>,
         ) = match target {
-            Target::Single(url) => {
-                let node = if self.lazy {
-                    RedisNode::connect_lazy(&url, self.timeouts)?
-                } else {
-                    RedisNode::connect(&url, self.timeouts).await?
-                };
-                let wake = Box::new(node.pubsub());
-                let store = Single::new(Box::new(node), "redis", Drift::SERVER, false);
-                (Box::new(store), wake)
-            }
-            Target::Client(client) => {
-                let node = if self.lazy {
-                    RedisNode::of_client_lazy(*client, self.timeouts)?
-                } else {
-                    RedisNode::of_client(*client, self.timeouts).await?
-                };
-                let wake = Box::new(node.pubsub());
-                let store = Single::new(Box::new(node), "redis", Drift::SERVER, false);
-                (Box::new(store), wake)
-            }
+            Target::Single(url) => one_server(if self.lazy {
+                RedisNode::connect_lazy(&url, self.timeouts)?
+            } else {
+                RedisNode::connect(&url, self.timeouts).await?
+            }),
+            Target::Client(client) => one_server(if self.lazy {
+                RedisNode::of_client_lazy(*client, self.timeouts)?
+            } else {
+                RedisNode::of_client(*client, self.timeouts).await?
+            }),
             Target::Redlock(urls) => {
                 if urls.len() < 3 || urls.len() % 2 == 0 {
                     return Err(invalid(&format!(
@@ -386,6 +376,18 @@ impl LockManagerBuilder {
             },
         )))
     }
+}
+
+/// The store and wake-ups of one Redis server.
+fn one_server(
+    node: RedisNode,
+) -> (
+    Box<dyn crate::backend::Store>,
+    Box<dyn crate::backend::Wake>,
+) {
+    let wake = Box::new(node.pubsub());
+    let store = Single::new(Box::new(node), "redis", Drift::SERVER, false);
+    (Box::new(store), wake)
 }
 
 /// One deployment named on the builder.

@@ -68,6 +68,13 @@ struct Health {
     stalled: Option<Instant>,
 }
 
+impl Health {
+    fn answered(&mut self) {
+        self.heard = Instant::now();
+        self.stalled = None;
+    }
+}
+
 impl Instance {
     fn new(node: Box<dyn Node>) -> Arc<Self> {
         Arc::new(Self {
@@ -101,17 +108,12 @@ impl Instance {
     /// short per-instance timeouts) says nothing about an instance that is merely a few
     /// milliseconds away.
     fn heard<T>(&self, reply: &Reply<T>, sent: Instant, waited: Duration) {
-        let answered = match reply {
-            Ok(Ok(_)) => true,
-            // An error reply from the server is an answer too.
-            Ok(Err(LockError::Redis(e))) => matches!(e.kind(), redis::ErrorKind::Server(_)),
-            _ => false,
-        };
         let mut health = locked(&self.health);
         match reply {
-            _ if answered => {
-                health.heard = Instant::now();
-                health.stalled = None;
+            // An error reply from the server is an answer too.
+            Ok(Ok(_)) => health.answered(),
+            Ok(Err(LockError::Redis(e))) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+                health.answered();
             }
             Err(_elapsed) if waited >= STALLED_AFTER && health.heard <= sent => {
                 health
