@@ -88,6 +88,12 @@ impl RedisServer {
         let child = Command::new(&self.binary)
             .args(["--port", &port, "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            // Nothing on disk, ever: a replica loads its first sync straight from the socket,
+            // and no server starts from another's file (`dump.rdb` in the shared temp dir).
+            .args(["--repl-diskless-load", "on-empty-db"])
+            // A replica's first sync starts at once (the default waits 5 s for more replicas).
+            .args(["--repl-diskless-sync-delay", "0"])
+            .args(["--dbfilename", &format!("lock-tests-{port}.rdb")])
             .args(["--dir", dir.to_str().expect("temp dir is UTF-8")])
             .args(["--logfile", ""])
             // `{port}` in an extra argument stands for this server's port (per-node files).
@@ -481,6 +487,252 @@ impl RedisCluster {
     }
 }
 
+impl RedisServer {
+    /// A replica of `primary` (`--replicaof`), once its replication link is up.
+    pub fn start_replica_of(primary: &RedisServer) -> Self {
+        Self::start_replica_of_port(primary.port())
+    }
+
+    /// A replica of whatever listens on `127.0.0.1:<port>` (a primary, or a proxy to one).
+    pub fn start_replica_of_port(port: u16) -> Self {
+        let port = port.to_string();
+        let replica = Self::start_with(&["--replicaof", "127.0.0.1", &port]);
+        replica.wait_replicating(Duration::from_secs(10));
+        // After its first sync, a primary holds the stream back until the replica's first
+        // acknowledgement (up to a second later): until then, `WAIT` counts it out. Write a
+        // probe and wait until this replica has it.
+        let primary = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut primary = primary
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect to the primary");
+        let probe = "lock-tests:replication-probe";
+        let _: () = redis::cmd("SET")
+            .arg(probe)
+            .arg(1)
+            .query(&mut primary)
+            .unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut primary)
+            .unwrap();
+        let written = offset(&info, "master_repl_offset:");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while offset(
+            &replica.query::<String>(redis::cmd("INFO").arg("replication")),
+            "slave_repl_offset:",
+        ) < written
+        {
+            assert!(Instant::now() < deadline, "the replica never caught up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _: () = redis::cmd("DEL").arg(probe).query(&mut primary).unwrap();
+        replica
+    }
+
+    /// Waits until this replica's link to its primary is up and the first sync is done.
+    pub fn wait_replicating(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let info: String = self.query(redis::cmd("INFO").arg("replication"));
+            if info.contains("master_link_status:up") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica on port {} not linked within {within:?}:\n{info}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The number after `field` in an `INFO` reply, or 0.
+fn offset(info: &str, field: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `redis-server --sentinel` processes monitoring one primary under one master name; stopped
+/// on drop. Failover is fast: the primary counts as down after `down_after`.
+pub struct Sentinels {
+    nodes: Vec<SentinelNode>,
+    pub master: String,
+}
+
+struct SentinelNode {
+    child: Child,
+    port: u16,
+    conf: std::path::PathBuf,
+}
+
+impl Drop for SentinelNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.conf);
+    }
+}
+
+impl Sentinels {
+    /// `n` sentinels (quorum: a majority) watching the primary at `127.0.0.1:<primary>` as
+    /// `master`, once each of them knows the others and `replicas` replicas, so that a failover
+    /// can start at once.
+    pub fn start(n: usize, master: &str, primary: u16, replicas: usize) -> Self {
+        Self::start_with(n, master, primary, replicas, Duration::from_secs(4))
+    }
+
+    /// [`start`](Self::start) with Sentinel's `failover-timeout`: also how long a replica may
+    /// replicate from another address than the primary's (a proxy) before Sentinel points it
+    /// at the primary itself, and half the pause before a failed election is tried again.
+    pub fn start_with(
+        n: usize,
+        master: &str,
+        primary: u16,
+        replicas: usize,
+        failover_timeout: Duration,
+    ) -> Self {
+        let down_after = 400;
+        let failover_timeout = failover_timeout.as_millis();
+        let quorum = n / 2 + 1;
+        let nodes = (0..n)
+            .map(|_| {
+                let port = free_port();
+                let conf = std::env::temp_dir().join(format!(
+                    "lock-tests-sentinel-{}-{port}.conf",
+                    std::process::id()
+                ));
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "port {port}\nbind 127.0.0.1\nlogfile \"\"\ndir {dir}\n\
+                         sentinel monitor {master} 127.0.0.1 {primary} {quorum}\n\
+                         sentinel down-after-milliseconds {master} {down_after}\n\
+                         sentinel failover-timeout {master} {failover_timeout}\n\
+                         sentinel parallel-syncs {master} 1\n",
+                        dir = std::env::temp_dir().display(),
+                    ),
+                )
+                .expect("write the sentinel config");
+                let child = Command::new("redis-server")
+                    .arg(&conf)
+                    .arg("--sentinel")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("{INSTALL_HINT} ({e})"));
+                SentinelNode { child, port, conf }
+            })
+            .collect();
+        let sentinels = Self {
+            nodes,
+            master: master.to_owned(),
+        };
+        sentinels.wait_ready(replicas, Duration::from_secs(20));
+        sentinels
+    }
+
+    /// `redis://127.0.0.1:<port>` of each sentinel.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    fn ask<T: redis::FromRedisValue>(&self, index: usize, cmd: &redis::Cmd) -> Option<T> {
+        let client = redis::Client::open(self.urls()[index].as_str()).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        cmd.query(&mut conn).ok()
+    }
+
+    fn wait_ready(&self, replicas: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        let others = (self.nodes.len() - 1).to_string();
+        let replicas = replicas.to_string();
+        loop {
+            let ready = (0..self.nodes.len()).all(|i| {
+                let fields: Option<Vec<String>> =
+                    self.ask(i, redis::cmd("SENTINEL").arg("MASTER").arg(&self.master));
+                let Some(fields) = fields else { return false };
+                let field = |name: &str| {
+                    fields
+                        .chunks(2)
+                        .find(|kv| kv[0] == name)
+                        .map(|kv| kv[1].clone())
+                };
+                field("num-other-sentinels") == Some(others.clone())
+                    && field("num-slaves") == Some(replicas.clone())
+            });
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sentinels did not find each other and the replicas within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The primary's port, as the first sentinel that answers names it.
+    pub fn primary_port(&self) -> Option<u16> {
+        (0..self.nodes.len()).find_map(|i| {
+            let addr: Option<(String, String)> = self.ask(
+                i,
+                redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(&self.master),
+            );
+            addr.and_then(|(_, port)| port.parse().ok())
+        })
+    }
+
+    /// Waits until every sentinel names the primary at `port`.
+    pub fn wait_agreed(&self, port: u16, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let agreed = (0..self.nodes.len()).all(|i| {
+                let addr: Option<(String, String)> = self.ask(
+                    i,
+                    redis::cmd("SENTINEL")
+                        .arg("GET-MASTER-ADDR-BY-NAME")
+                        .arg(&self.master),
+                );
+                addr.is_some_and(|(_, p)| p == port.to_string())
+            });
+            if agreed {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinels did not all name port {port} within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the sentinels name a primary other than `old`, and returns its port.
+    pub fn wait_failover(&self, old: u16, within: Duration) -> u16 {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(port) = self.primary_port().filter(|&p| p != old) {
+                return port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no failover away from port {old} within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// Polls `check` every few milliseconds until it holds or `within` runs out; returns whether
 /// it held. For conditions that cannot be awaited directly (a key expiring in Redis).
 pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
@@ -560,6 +812,10 @@ impl FaultProxy {
             }
         });
         Self { port, faults, task }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `redis://127.0.0.1:<proxy port>`.
@@ -657,6 +913,8 @@ async fn pump(
                     return; // the client's side of the connection closes now
                 }
                 tokio::time::sleep(delay()).await;
+                // Still on the wire when the blackhole began: gone too.
+                if faults.blackhole.load(SeqCst) { continue; }
                 if server_tx.write_all(&from_client[..n]).await.is_err() { return; }
             }
             n = server_rx.read(&mut from_server) => {
@@ -673,6 +931,7 @@ async fn pump(
                     return;
                 }
                 tokio::time::sleep(delay()).await;
+                if faults.blackhole.load(SeqCst) { continue; }
                 if client_tx.write_all(&from_server[..n]).await.is_err() { return; }
             }
         }
