@@ -15,7 +15,8 @@
 //! - (c) contended handoff: 8 waiters on one name, each holding ~1 ms: time from a release
 //!   completing to the next acquire succeeding, and acquisitions per second;
 //! - (d) lock-core's client-side cost on the in-process backend;
-//! - (e) Redlock over 5 local masters against one master.
+//! - (e) Redlock over 5 local masters against one master;
+//! - (g) `min_replicas(1, ..)` against the same primary without it, one replica on loopback.
 //!
 //! Implementations are interleaved in rounds, so drift on a shared machine hits them alike.
 
@@ -896,6 +897,49 @@ async fn main() {
             us(percentile(s, 0.5)),
             us(percentile(s, 0.99)),
             us(percentile(s, 0.5)) / us(percentile(&one, 0.5))
+        );
+    }
+    println!();
+
+    // (g) min_replicas(1) against the plain manager, on one primary with one replica.
+    let primary = RedisServer::start();
+    let _replica = RedisServer::start_replica_of(&primary);
+    let plain = LockManager::connect(&primary.url()).await.unwrap();
+    let replicated = LockManager::builder()
+        .url(&primary.url())
+        .min_replicas(1, Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _round in 0..20 {
+        for (manager, samples) in [(&plain, &mut without), (&replicated, &mut with)] {
+            for i in 0..redlock_pairs / 20 {
+                let name = format!("g:{}", i % 64);
+                let start = Instant::now();
+                let g = manager.try_acquire(&name, TTL).await.unwrap().unwrap();
+                assert!(g.release().await.unwrap());
+                samples.push(start.elapsed());
+            }
+        }
+    }
+    without.sort();
+    with.sort();
+    println!("(g) min_replicas(1) vs plain, one replica on loopback, acquire+release, {redlock_pairs} pairs each (interleaved)");
+    println!(
+        "  {:<32} {:>9} {:>9} {:>12}",
+        "", "p50 µs", "p99 µs", "p50 / plain"
+    );
+    for (label, s) in [
+        ("lock-core", &without),
+        ("lock-core, min_replicas(1)", &with),
+    ] {
+        println!(
+            "  {:<32} {:>9.1} {:>9.1} {:>11.2}x",
+            label,
+            us(percentile(s, 0.5)),
+            us(percentile(s, 0.99)),
+            us(percentile(s, 0.5)) / us(percentile(&without, 0.5))
         );
     }
     println!();

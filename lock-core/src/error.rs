@@ -74,6 +74,21 @@ pub enum LockError {
         needed: usize,
     },
 
+    /// [`min_replicas`](crate::LockManagerBuilder::min_replicas): the primary applied a grant,
+    /// a fencing-counter increment or an extend, but fewer replicas than wanted acknowledged it
+    /// in time, so a failover could lose it. A grant is given back at once (the lock is not
+    /// held) and a waiting acquire tries again until its deadline; a fencing token is not
+    /// handed out; an extend does not move the lease's deadline (the watchdog tries again).
+    #[error("lock `{name}`: only {acked} of the {wanted} replicas wanted acknowledged the write in time")]
+    NotReplicated {
+        /// The lock name as given, without the key prefix.
+        name: String,
+        /// Replicas that acknowledged it within the timeout.
+        acked: usize,
+        /// The `min_replicas` asked for.
+        wanted: usize,
+    },
+
     /// [`LockManager::shutdown`](crate::LockManager::shutdown) ran out of time with releases
     /// still in flight; their keys expire with their TTL.
     #[error("shutdown timed out with {pending} lock release(s) still in flight")]
@@ -159,10 +174,13 @@ pub(crate) fn connect_failed(url: &str, source: redis::RedisError) -> LockError 
 impl LockError {
     /// Whether the command that failed with this error may have been applied by the server,
     /// now or later: it was sent and no answer came back (a timeout, a connection that broke
-    /// with the command in flight). `false` when nothing was sent (a refused connection) or the
+    /// with the command in flight), or it was applied on the primary only
+    /// ([`LockError::NotReplicated`]). `false` when nothing was sent (a refused connection) or the
     /// server answered with an error (it did not run the command).
     pub(crate) fn may_have_applied(&self) -> bool {
         match self {
+            // Applied on the primary, not (yet) on enough replicas.
+            LockError::NotReplicated { .. } => true,
             LockError::Redis(e) => {
                 !(e.is_connection_refusal()
                     || matches!(

@@ -25,6 +25,13 @@ impl LockKeys {
         Self { lock }
     }
 
+    /// The lock name, as given (the prefix has no braces, so the name runs from the first `{`
+    /// to the last `}`).
+    pub(crate) fn name(&self) -> &str {
+        let open = self.lock.find('{').map_or(0, |i| i + 1);
+        &self.lock[open..self.lock.len() - 1]
+    }
+
     /// `<prefix>{<name>}:q`: the line of fair waiters (a hash of tickets). Made only by fair
     /// waiters, and gone a few poll intervals after the last one left.
     pub(crate) fn queue(&self) -> String {
@@ -47,5 +54,7 @@ mod tests {
         let k = LockKeys::new("lock:", "invoices:7");
         assert_eq!(k.lock, "lock:{invoices:7}");
         assert_eq!(k.fence(), "lock:{invoices:7}:fence");
+        assert_eq!(k.name(), "invoices:7");
+        assert_eq!(LockKeys::new("", "a{b}c}").name(), "a{b}c}");
     }
 }

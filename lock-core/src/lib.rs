@@ -54,6 +54,20 @@
 //!   commands by itself, no error proves that nothing was sent: every failed attempt is
 //!   cleaned up.
 //!
+//! A failover (Sentinel, Cluster) promotes a replica, and replication is asynchronous: a lock
+//! the old primary granted just before it failed can be missing on the new one. The guard then
+//! learns it at its next renewal and reports itself lost, but until then I2 does not hold for
+//! it. With [`LockManagerBuilder::min_replicas`], a grant counts only once replicas
+//! acknowledged it, so it survives a failover that promotes one of them.
+//!
+//! # Features
+//!
+//! - `macros` (default): the `#[distributed_lock]` attribute.
+//! - `cluster`: [`LockManagerBuilder::cluster`], Redis Cluster.
+//! - `sentinel`: [`LockManagerBuilder::sentinel`], a primary found through Redis Sentinel and
+//!   followed across failovers.
+//! - `tls`: `rediss://` urls, through rustls.
+//!
 //! # Requirements
 //!
 //! Redis 6.0 or later (a waiter's mark keeps the key's expiry with `SET ... KEEPTTL`). Replicas

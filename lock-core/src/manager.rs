@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::backend::memory::MemoryNode;
-use crate::backend::redis::RedisNode;
+use crate::backend::redis::{MinReplicas, RedisNode};
 use crate::backend::redlock::Redlock;
 use crate::backend::single::Single;
 use crate::backend::Drift;
@@ -171,6 +171,7 @@ pub struct LockManagerBuilder {
     timeouts: Timeouts,
     poll_cap: Duration,
     lazy: bool,
+    min_replicas: Option<MinReplicas>,
 }
 
 impl Default for LockManagerBuilder {
@@ -185,6 +186,7 @@ impl Default for LockManagerBuilder {
             },
             poll_cap: DEFAULT_MAX_POLL_INTERVAL,
             lazy: false,
+            min_replicas: None,
         }
     }
 }
@@ -207,10 +209,79 @@ impl LockManagerBuilder {
     /// Builds without contacting Redis (default `false`): the first command connects, so a
     /// server that is down makes that command fail (or a waiting acquire retry until its
     /// deadline), not the start-up. Urls are still checked at `build`. One server (by url or
-    /// [`client`](Self::client)) and Redlock; a Redis Cluster is always contacted at `build`,
-    /// to learn its slots.
+    /// [`client`](Self::client)), Sentinel and Redlock; a Redis Cluster is always contacted at
+    /// `build`, to learn its slots.
     pub fn lazy(mut self, on: bool) -> Self {
         self.lazy = on;
+        self
+    }
+
+    /// A primary with replicas behind Redis Sentinel: `master_name` as the sentinels know it,
+    /// and the sentinels' urls (`redis://host:26379`, any number; each is asked in turn).
+    /// The primary is found through them (unless [`lazy`](Self::lazy), at `build`) and found
+    /// again whenever a command, or the connection of release notifications, fails in a way
+    /// that suggests a failover (a dropped, refused or timed-out connection, or `READONLY` from
+    /// a demoted primary); commands, scripts and waiters' subscriptions then move to the new
+    /// primary; a command that failed that way is sent once more, to the new primary, when
+    /// the sentinels name one. The primary is connected to with the database, user name,
+    /// password and TLS (`rediss://`) of the first sentinel url.
+    ///
+    /// Replication is asynchronous: a lock granted just before the primary fails can be
+    /// missing on the replica promoted in its place, and then another owner can take it. The
+    /// guard that held it learns so at its next renewal and reports itself lost; with
+    /// [`min_replicas`](Self::min_replicas) such a grant does not count in the first place.
+    /// A manager that can still reach a deposed primary (cut off from the sentinels, or paused
+    /// and resumed before it was demoted) keeps using it until a command fails there, so two
+    /// managers may grant the same name on two servers for that long; `min_replicas` (or the
+    /// server's own `min-replicas-to-write`) stops a primary cut off from its replicas from
+    /// granting.
+    /// Needs the `sentinel` feature.
+    pub fn sentinel<I: IntoIterator<Item = S>, S: AsRef<str>>(
+        mut self,
+        master_name: &str,
+        sentinels: I,
+    ) -> Self {
+        self.targets.push(Target::Sentinel(
+            master_name.to_owned(),
+            sentinels
+                .into_iter()
+                .map(|u| u.as_ref().to_owned())
+                .collect(),
+        ));
+        self
+    }
+
+    /// A grant counts only once `n` replicas of the primary acknowledged it (`WAIT n timeout`,
+    /// in the same round trip as the grant, on a connection lent to that command alone, so
+    /// that a lagging replica holds up no other command). So do fencing-counter increments
+    /// and extends. When fewer acknowledge within `timeout`, the grant is given back at once
+    /// and the attempt fails with [`LockError::NotReplicated`] (a waiting acquire tries again
+    /// until its deadline); a fencing token is not handed out; an extend leaves the lease's
+    /// deadline where it was, and the watchdog tries again. Releases are not waited for.
+    ///
+    /// What it buys: a lock granted this way survives the primary's crash as long as the
+    /// replica promoted in its place is one of those that acknowledged it. Sentinel promotes,
+    /// among the replicas of the best `replica-priority`, the one that has processed the most
+    /// of the primary's stream; a Cluster's replicas with more of it start their election
+    /// earlier. With `n` equal to the number of replicas, every candidate has the grant. A
+    /// primary cut off from its replicas (and so from the side that elects a new one) can no
+    /// longer grant: its `WAIT`s time out. What it does not buy: `WAIT` is not a consensus
+    /// protocol. A promoted replica that had not acknowledged the grant (`n` smaller than the
+    /// number of replicas and a lagging one chosen, or a failover forced by hand), replicas
+    /// that restart without persistence, or a release that was not replicated before the crash
+    /// (the lock comes back on the new primary, held by nobody, until its ttl) remain possible.
+    /// It costs one primary-to-replica round trip per grant and renewal, and with too few
+    /// replicas answering, up to `timeout` per attempt.
+    ///
+    /// `build` checks that the server accepts `WAIT` (an ACL or a proxy may refuse it) unless
+    /// [`lazy`](Self::lazy); a refused `WAIT` later counts as no acknowledgement. One server,
+    /// Sentinel or Cluster; not Redlock (its instances have no replicas to wait for). `n` from
+    /// 1, `timeout` from 1 ms.
+    pub fn min_replicas(mut self, n: usize, timeout: Duration) -> Self {
+        self.min_replicas = Some(MinReplicas {
+            replicas: n,
+            timeout,
+        });
         self
     }
 
@@ -298,17 +369,35 @@ impl LockManagerBuilder {
                 )));
             }
         }
+        if let Some(want) = self.min_replicas {
+            if want.replicas == 0 {
+                return Err(invalid(
+                    "min_replicas(0, ..) waits for no replica; leave min_replicas out instead",
+                ));
+            }
+            if !(MIN_TTL..=MAX_TTL).contains(&want.timeout) {
+                return Err(invalid(&format!(
+                    "the min_replicas timeout is {:?}; it must be between 1ms and {MAX_TTL:?}",
+                    want.timeout
+                )));
+            }
+            if self.targets.iter().any(|t| matches!(t, Target::Redlock(_))) {
+                return Err(invalid(
+                    "min_replicas does not apply to Redlock: its instances are independent masters with no replicas to wait for",
+                ));
+            }
+        }
         let mut targets = self.targets;
         let target = match (targets.pop(), targets.is_empty()) {
             (Some(target), true) => target,
             (None, _) => {
                 return Err(invalid(
-                    "no server given: call `.url(..)`, `.client(..)`, `.redlock(..)` or `.cluster(..)` on the builder",
+                    "no server given: call `.url(..)`, `.client(..)`, `.sentinel(..)`, `.redlock(..)` or `.cluster(..)` on the builder",
                 ))
             }
             (Some(_), false) => {
                 return Err(invalid(
-                    "more than one deployment given: call only one of `.url(..)`, `.client(..)`, `.redlock(..)`, `.cluster(..)`",
+                    "more than one deployment given: call only one of `.url(..)`, `.client(..)`, `.sentinel(..)`, `.redlock(..)`, `.cluster(..)`",
                 ))
             }
         };
@@ -316,16 +405,34 @@ impl LockManagerBuilder {
             Box<dyn crate::backend::Store>,
             Box<dyn crate::backend::Wake>,
         ) = match target {
-            Target::Single(url) => one_server(if self.lazy {
-                RedisNode::connect_lazy(&url, self.timeouts)?
-            } else {
-                RedisNode::connect(&url, self.timeouts).await?
-            }),
-            Target::Client(client) => one_server(if self.lazy {
-                RedisNode::of_client_lazy(*client, self.timeouts)?
-            } else {
-                RedisNode::of_client(*client, self.timeouts).await?
-            }),
+            Target::Single(url) => {
+                one_server(
+                    if self.lazy {
+                        RedisNode::connect_lazy(&url, self.timeouts)?
+                    } else {
+                        RedisNode::connect(&url, self.timeouts).await?
+                    },
+                    self.min_replicas,
+                    self.timeouts,
+                    "redis",
+                    self.lazy,
+                )
+                .await?
+            }
+            Target::Client(client) => {
+                one_server(
+                    if self.lazy {
+                        RedisNode::of_client_lazy(*client, self.timeouts)?
+                    } else {
+                        RedisNode::of_client(*client, self.timeouts).await?
+                    },
+                    self.min_replicas,
+                    self.timeouts,
+                    "redis",
+                    self.lazy,
+                )
+                .await?
+            }
             Target::Redlock(urls) => {
                 if urls.len() < 3 || urls.len() % 2 == 0 {
                     return Err(invalid(&format!(
@@ -344,13 +451,42 @@ impl LockManagerBuilder {
                     Redlock::connect(&urls, self.timeouts, self.drift, self.lazy).await?;
                 (Box::new(store), Box::new(wake))
             }
+            Target::Sentinel(master, urls) => {
+                if urls.is_empty() {
+                    return Err(invalid("`.sentinel(..)` needs at least one sentinel url"));
+                }
+                #[cfg(feature = "sentinel")]
+                {
+                    let node =
+                        RedisNode::connect_sentinel(&master, &urls, self.timeouts, self.lazy)
+                            .await?;
+                    one_server(
+                        node,
+                        self.min_replicas,
+                        self.timeouts,
+                        "redis-sentinel",
+                        self.lazy,
+                    )
+                    .await?
+                }
+                #[cfg(not(feature = "sentinel"))]
+                {
+                    let _ = master;
+                    return Err(invalid(
+                        "Redis Sentinel support is not compiled in: enable lock-core's `sentinel` feature",
+                    ));
+                }
+            }
             Target::Cluster(urls) => {
                 if urls.is_empty() {
                     return Err(invalid("`.cluster(..)` needs at least one node url"));
                 }
                 #[cfg(feature = "cluster")]
                 {
-                    let node = RedisNode::connect_cluster(&urls, self.timeouts).await?;
+                    let mut node = RedisNode::connect_cluster(&urls, self.timeouts).await?;
+                    if let Some(want) = self.min_replicas {
+                        node = node.min_replicas(want, self.timeouts, true).await?;
+                    }
                     let wake = Box::new(node.pubsub());
                     // The cluster client sends a command again after an I/O error.
                     let resends = node.resends();
@@ -372,22 +508,35 @@ impl LockManagerBuilder {
             Settings {
                 prefix: self.prefix,
                 poll_cap: self.poll_cap,
-                response_timeout: self.timeouts.response,
+                // A reply may come after the wait for the replicas.
+                response_timeout: self.timeouts.response
+                    + self
+                        .min_replicas
+                        .map_or(Duration::ZERO, |want| want.timeout),
             },
         )))
     }
 }
 
 /// The store and wake-ups of one Redis server.
-fn one_server(
-    node: RedisNode,
-) -> (
+async fn one_server(
+    mut node: RedisNode,
+    min_replicas: Option<MinReplicas>,
+    timeouts: Timeouts,
+    kind: &'static str,
+    lazy: bool,
+) -> Result<(
     Box<dyn crate::backend::Store>,
     Box<dyn crate::backend::Wake>,
-) {
+)> {
+    if let Some(want) = min_replicas {
+        node = node.min_replicas(want, timeouts, !lazy).await?;
+    }
     let wake = Box::new(node.pubsub());
-    let store = Single::new(Box::new(node), "redis", Drift::SERVER, false);
-    (Box::new(store), wake)
+    // A Sentinel connection sends a command again after a failover.
+    let replays = node.resends();
+    let store = Single::new(Box::new(node), kind, Drift::SERVER, replays);
+    Ok((Box::new(store), wake))
 }
 
 /// One deployment named on the builder.
@@ -397,6 +546,7 @@ enum Target {
     Client(Box<redis::Client>),
     Redlock(Vec<String>),
     Cluster(Vec<String>),
+    Sentinel(String, Vec<String>),
 }
 
 static DEFAULT_MANAGER: RwLock<Option<LockManager>> = RwLock::new(None);

@@ -243,6 +243,12 @@ impl Shared {
                     refused,
                 }
             }
+            Err(e @ LockError::NotReplicated { .. }) => {
+                // Granted by the primary alone: given back now (which wakes waiters), so that
+                // nothing of the attempt is left; the background does it if this fails.
+                cleanup.into_orphan().release_now().await;
+                Tried::Failed(e, None)
+            }
             Err(e) if self.may_have_applied(&e) => Tried::Failed(e, Some(cleanup.into_orphan())),
             Err(e) => {
                 cleanup.disarm();

@@ -24,6 +24,8 @@ pub(crate) mod memory;
 pub(crate) mod notify;
 pub(crate) mod redis;
 pub(crate) mod redlock;
+#[cfg(feature = "sentinel")]
+pub(crate) mod sentinel;
 #[cfg(feature = "cluster")]
 pub(crate) mod sharded;
 pub(crate) mod single;

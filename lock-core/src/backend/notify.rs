@@ -194,9 +194,35 @@ impl Table {
     }
 }
 
+/// Where a [`Notifier`] connects: one server, or whichever the sentinels name as primary.
+#[derive(Clone)]
+pub(crate) enum Dial {
+    Client(Box<redis::Client>),
+    #[cfg(feature = "sentinel")]
+    Sentinel(Arc<super::sentinel::Primary>),
+}
+
+impl Dial {
+    /// The server to connect to; with Sentinel, after the connection of `lost` (a
+    /// generation) broke, the primary as the sentinels name it now.
+    async fn client(&self, lost: Option<u64>) -> redis::RedisResult<(redis::Client, u64)> {
+        match self {
+            Dial::Client(client) => {
+                let _ = lost;
+                Ok(((**client).clone(), 0))
+            }
+            #[cfg(feature = "sentinel")]
+            Dial::Sentinel(primary) => match lost {
+                Some(generation) => primary.lookup(generation).await,
+                None => primary.client().await,
+            },
+        }
+    }
+}
+
 /// Release notifications from one server: the interest table and its driver task.
 pub(crate) struct Notifier {
-    client: redis::Client,
+    dial: Dial,
     table: Arc<Table>,
     driver: Mutex<Option<JoinHandle<()>>>,
 }
@@ -209,9 +235,9 @@ pub(crate) struct Interest {
 }
 
 impl Notifier {
-    pub(crate) fn new(client: redis::Client) -> Self {
+    pub(crate) fn new(dial: Dial) -> Self {
         Self {
-            client,
+            dial,
             table: Arc::default(),
             driver: Mutex::new(None),
         }
@@ -258,12 +284,19 @@ where
 }
 
 /// The driver: owns the pub/sub connection for as long as the manager lives.
-async fn drive(client: redis::Client, table: Arc<Table>) {
+async fn drive(dial: Dial, table: Arc<Table>) {
     let mut pause = RECONNECT_MIN;
+    // The generation of the server whose connection broke last (Sentinel: look it up again).
+    let mut lost = None;
     loop {
         // Nothing is subscribed without a connection.
         table.lost();
-        let connected = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub()).await;
+        let connected = tokio::time::timeout(COMMAND_TIMEOUT, async {
+            let (client, generation) = dial.client(lost).await?;
+            lost = Some(generation);
+            client.get_async_pubsub().await
+        })
+        .await;
         let Ok(Ok(pubsub)) = connected else {
             tracing::debug!("no pub/sub connection; waiters poll");
             tokio::time::sleep(pause).await;
@@ -331,8 +364,8 @@ impl Watcher for Notifier {
     /// wakes `waiter` once the subscription is confirmed.
     fn watch(&self, channel: &str, waiter: &Arc<Notify>, ticket: Option<&str>) -> Interest {
         let interest = self.table.register(channel, waiter, ticket);
-        let (client, table) = (&self.client, &self.table);
-        ensure_running(&self.driver, || drive(client.clone(), Arc::clone(table)));
+        let (dial, table) = (&self.dial, &self.table);
+        ensure_running(&self.driver, || drive(dial.clone(), Arc::clone(table)));
         interest
     }
 }

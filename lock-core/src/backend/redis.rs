@@ -3,19 +3,20 @@
 //! deployments. Each operation is one command: `SET NX PX` for an uncontended acquire, one
 //! script for the rest (`EVALSHA`, with `EVAL` after `NOSCRIPT`).
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind};
+use redis::{Cmd, ErrorKind, FromRedisValue, Pipeline, ServerErrorKind, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::memory::FENCE_KEEP;
-use super::notify::{Notifier, PubSub, Watcher};
+use super::notify::{Dial, Notifier, PubSub, Watcher};
 use super::{BoxFuture, Node, Taken, Ticket, Timeouts};
 use crate::error::{connect_failed, invalid_url};
 use crate::keys::LockKeys;
 use crate::validate::millis_ceil;
-use crate::Result;
+use crate::{locked, LockError, Result};
 
 /// Where a client connects, for errors (a client holds no url, and never a password here).
 fn address(client: &redis::Client) -> String {
@@ -73,6 +74,65 @@ enum Conn {
     Single(ConnectionManager),
     #[cfg(feature = "cluster")]
     Cluster(redis::cluster_async::ClusterConnection),
+    /// The primary named by Sentinel, whichever server that is now.
+    #[cfg(feature = "sentinel")]
+    Sentinel(Arc<super::sentinel::Following>),
+}
+
+/// `min_replicas(n, timeout)`: a grant, fence increment or extend counts once `replicas`
+/// replicas acknowledged it, waiting at most `timeout` for them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MinReplicas {
+    pub(crate) replicas: usize,
+    pub(crate) timeout: Duration,
+}
+
+/// The most connections for commands followed by `WAIT` a manager opens; more such commands at
+/// once wait for one to come free (within their attempt's time bound).
+const REPLICATED_CONNECTIONS: usize = 64;
+
+/// The connections of the commands that must be replicated. `WAIT` holds up every later
+/// command of its connection until it returns, so each such command has a connection to itself
+/// for its round trip, lent from this pool: a lagging replica delays only the grants and
+/// renewals waiting for it, each by at most the timeout, and never a release (which uses the
+/// main connection). `WAIT` counts the acknowledgements of its connection's latest write,
+/// which is this command's, or a write after an earlier copy's (acquire.lua).
+struct Replicated {
+    want: MinReplicas,
+    /// The settings of these connections: the reply comes after the wait for the replicas.
+    timeouts: Timeouts,
+    /// Connections not lent now.
+    idle: Mutex<Vec<Conn>>,
+    /// One per connection lent: at most [`REPLICATED_CONNECTIONS`].
+    lendable: Arc<Semaphore>,
+}
+
+/// A connection lent for one command. It goes back to the pool only once that command has its
+/// answer ([`Lent::answered`]): one dropped in flight, or failed, may still be blocked in
+/// `WAIT`, so it is closed instead.
+struct Lent<'a> {
+    conn: Option<Conn>,
+    pool: &'a Replicated,
+    answered: bool,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Lent<'_> {
+    fn conn(&self) -> &Conn {
+        self.conn.as_ref().expect("lent until dropped")
+    }
+
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take().filter(|_| self.answered) {
+            locked(&self.pool.idle).push(conn);
+        }
+    }
 }
 
 pub(crate) struct RedisNode {
@@ -81,6 +141,20 @@ pub(crate) struct RedisNode {
     notifier: Arc<dyn Watcher>,
     /// Releases are published with `SPUBLISH` (a Redis 7 cluster), else with `PUBLISH`.
     sharded: bool,
+    /// With `min_replicas`: the connections of the commands followed by `WAIT`.
+    replicated: Option<Replicated>,
+    /// Where the connections go, to open more of them.
+    source: Source,
+}
+
+/// Where a node's connections go.
+#[derive(Clone)]
+enum Source {
+    Client(Box<redis::Client>),
+    #[cfg(feature = "cluster")]
+    Cluster(Vec<String>),
+    #[cfg(feature = "sentinel")]
+    Sentinel(Arc<super::sentinel::Primary>),
 }
 
 impl RedisNode {
@@ -121,9 +195,86 @@ impl RedisNode {
     fn with(client: redis::Client, conn: Conn) -> Self {
         Self {
             conn,
-            notifier: Arc::new(Notifier::new(client)),
+            notifier: Arc::new(Notifier::new(Dial::Client(Box::new(client.clone())))),
             sharded: false,
+            replicated: None,
+            source: Source::Client(Box::new(client)),
         }
+    }
+
+    /// From now on, a grant, a fence increment or an extend counts only once `want.replicas`
+    /// replicas acknowledged it (`WAIT`), each on a connection lent to it alone. Unless
+    /// `check` is false (a lazy manager), asks the server now whether it accepts `WAIT` (an
+    /// ACL or a proxy may refuse it).
+    pub(crate) async fn min_replicas(
+        mut self,
+        want: MinReplicas,
+        timeouts: Timeouts,
+        check: bool,
+    ) -> Result<Self> {
+        let replicated = Replicated {
+            want,
+            timeouts: Timeouts {
+                response: timeouts.response + want.timeout,
+                ..timeouts
+            },
+            idle: Mutex::new(Vec::new()),
+            lendable: Arc::new(Semaphore::new(REPLICATED_CONNECTIONS)),
+        };
+        if check {
+            let lent = self.lend(&replicated).await?;
+            let probe: redis::RedisResult<i64> = lent
+                .conn()
+                .send(&Request::One(redis::cmd("WAIT").arg(0).arg(1)))
+                .await;
+            if let Err(e) = probe {
+                return Err(LockError::InvalidConfig {
+                    reason: format!(
+                        "min_replicas needs the WAIT command, and the server refused it: {e}"
+                    ),
+                });
+            }
+            lent.answered();
+        }
+        self.replicated = Some(replicated);
+        Ok(self)
+    }
+
+    /// A connection of `pool` for one command: an idle one, or a new one (connected on first
+    /// use) while fewer than [`REPLICATED_CONNECTIONS`] are lent.
+    async fn lend<'a>(&self, pool: &'a Replicated) -> Result<Lent<'a>> {
+        let slot = Arc::clone(&pool.lendable)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let idle = locked(&pool.idle).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.open(pool.timeouts).await?,
+        };
+        Ok(Lent {
+            conn: Some(conn),
+            pool,
+            answered: false,
+            _slot: slot,
+        })
+    }
+
+    /// Another connection to where this node's connections go.
+    async fn open(&self, timeouts: Timeouts) -> Result<Conn> {
+        Ok(match &self.source {
+            Source::Client(client) => Conn::Single(
+                ConnectionManager::new_lazy_with_config((**client).clone(), Self::config(timeouts))
+                    .map_err(|e| connect_failed(&address(client), e))?,
+            ),
+            #[cfg(feature = "cluster")]
+            Source::Cluster(seeds) => Conn::Cluster(Self::cluster_conn(seeds, timeouts).await?),
+            #[cfg(feature = "sentinel")]
+            Source::Sentinel(primary) => Conn::Sentinel(Arc::new(super::sentinel::Following::new(
+                Arc::clone(primary),
+                Self::config(timeouts),
+            ))),
+        })
     }
 
     fn config(timeouts: Timeouts) -> ConnectionManagerConfig {
@@ -149,11 +300,35 @@ impl RedisNode {
         for seed in seeds {
             open(seed)?;
         }
+        let mut conn = Self::cluster_conn(seeds, timeouts).await?;
+        let sharded = super::sharded::supported(&mut conn).await;
+        let notifier: Arc<dyn Watcher> = if sharded {
+            Arc::new(super::sharded::ShardedNotifier::new(
+                seeds.to_vec(),
+                timeouts,
+            ))
+        } else {
+            Arc::new(Notifier::new(Dial::Client(Box::new(open(&seeds[0])?))))
+        };
+        Ok(Self {
+            conn: Conn::Cluster(conn),
+            notifier,
+            sharded,
+            replicated: None,
+            source: Source::Cluster(seeds.to_vec()),
+        })
+    }
+
+    #[cfg(feature = "cluster")]
+    async fn cluster_conn(
+        seeds: &[String],
+        timeouts: Timeouts,
+    ) -> Result<redis::cluster_async::ClusterConnection> {
         let everywhere = || {
             let masked: Vec<String> = seeds.iter().map(|s| crate::error::masked(s)).collect();
             masked.join(", ")
         };
-        let mut conn = redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+        redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
             .connection_timeout(timeouts.connect)
             .response_timeout(timeouts.response)
             .retries(6)
@@ -163,30 +338,44 @@ impl RedisNode {
             .map_err(|e| invalid_url(&everywhere(), &e))?
             .get_async_connection()
             .await
-            .map_err(|e| connect_failed(&everywhere(), e))?;
-        let sharded = super::sharded::supported(&mut conn).await;
-        let notifier: Arc<dyn Watcher> = if sharded {
-            Arc::new(super::sharded::ShardedNotifier::new(
-                seeds.to_vec(),
-                timeouts,
-            ))
-        } else {
-            Arc::new(Notifier::new(open(&seeds[0])?))
-        };
+            .map_err(|e| connect_failed(&everywhere(), e))
+    }
+
+    /// The primary of `master` as the `sentinels` name it, followed across failovers: see
+    /// sentinel.rs. Unless `lazy`, the primary is found (and its role checked) now.
+    #[cfg(feature = "sentinel")]
+    pub(crate) async fn connect_sentinel(
+        master: &str,
+        sentinels: &[String],
+        timeouts: Timeouts,
+        lazy: bool,
+    ) -> Result<Self> {
+        let primary = Arc::new(super::sentinel::Primary::new(master, sentinels, timeouts)?);
+        if !lazy {
+            super::sentinel::check(&primary).await?;
+        }
+        let following =
+            super::sentinel::Following::new(Arc::clone(&primary), Self::config(timeouts));
         Ok(Self {
-            conn: Conn::Cluster(conn),
-            notifier,
-            sharded,
+            conn: Conn::Sentinel(Arc::new(following)),
+            notifier: Arc::new(Notifier::new(Dial::Sentinel(Arc::clone(&primary)))),
+            sharded: false,
+            replicated: None,
+            source: Source::Sentinel(primary),
         })
     }
 
     /// Whether the client sends a command again by itself after an I/O error (the cluster
-    /// client does), so that one call may be applied twice.
+    /// client does, and so does a Sentinel connection after a failover), so that one call may
+    /// be applied twice.
     pub(crate) fn resends(&self) -> bool {
         match self.conn {
             Conn::Single(_) => false,
             #[cfg(feature = "cluster")]
             Conn::Cluster(_) => true,
+            // Sent again to a new primary after a failover.
+            #[cfg(feature = "sentinel")]
+            Conn::Sentinel(_) => true,
         }
     }
 
@@ -203,23 +392,137 @@ impl RedisNode {
         script: &LuaScript,
         args: impl Fn(&mut Cmd),
     ) -> Result<T> {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&script.sha1);
-        args(&mut cmd);
-        match self.query(&cmd).await {
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                let mut cmd = redis::cmd("EVAL");
-                cmd.arg(script.body);
-                args(&mut cmd);
-                Ok(self.query(&cmd).await?)
-            }
-            other => Ok(other?),
-        }
+        Ok(run_script(&self.conn, script, args, None).await?.0)
+    }
+
+    /// [`eval`](Self::eval) of a script whose write must reach the replicas: with
+    /// `min_replicas`, followed by `WAIT` in the same round trip, on a connection for such
+    /// commands. `applied` tells from the reply whether the script wrote what must be
+    /// replicated; if it did and too few replicas acknowledged it in time, the answer is
+    /// [`LockError::NotReplicated`] (what the script did stays done on the primary).
+    async fn eval_replicated<T: FromRedisValue>(
+        &self,
+        keys: &LockKeys,
+        script: &LuaScript,
+        args: impl Fn(&mut Cmd),
+        applied: impl Fn(&T) -> bool,
+    ) -> Result<T> {
+        let Some(replicated) = &self.replicated else {
+            return self.eval(script, args).await;
+        };
+        let lent = self.lend(replicated).await?;
+        let (reply, acked) = run_script(lent.conn(), script, args, Some(replicated.want)).await?;
+        lent.answered();
+        check_acked(keys, replicated.want, applied(&reply), acked)?;
+        Ok(reply)
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
-        match &self.conn {
-            Conn::Single(conn) => cmd.query_async(&mut conn.clone()).await,
+        self.conn.send(&Request::One(cmd)).await
+    }
+}
+
+/// `script` with `args` on `conn` (see [`RedisNode::eval`]), followed by `WAIT` when `wait`
+/// is given: its reply, and how many replicas acknowledged it (0 without `wait`).
+async fn run_script<T: FromRedisValue>(
+    conn: &Conn,
+    script: &LuaScript,
+    args: impl Fn(&mut Cmd),
+    wait: Option<MinReplicas>,
+) -> Result<(T, usize)> {
+    let command = |name: &str, first: &str| {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(first);
+        args(&mut cmd);
+        cmd
+    };
+    match send_waited(conn, &command("EVALSHA", &script.sha1), wait).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            Ok(send_waited(conn, &command("EVAL", script.body), wait).await?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// `cmd`, then `WAIT` in the same round trip when `wait` is given.
+async fn send_waited<T: FromRedisValue>(
+    conn: &Conn,
+    cmd: &Cmd,
+    wait: Option<MinReplicas>,
+) -> redis::RedisResult<(T, usize)> {
+    let Some(want) = wait else {
+        return Ok((conn.send(&Request::One(cmd)).await?, 0));
+    };
+    let mut pipe = redis::pipe();
+    pipe.add_command(cmd.clone())
+        .cmd("WAIT")
+        .arg(want.replicas)
+        // `WAIT n 0` would wait forever.
+        .arg(millis_ceil(want.timeout).max(1));
+    // Each reply on its own: the command's error is the command's, and a refused `WAIT`
+    // (checked at `build`, but an ACL can change) counts as no acknowledgement, so a grant it
+    // followed is given back.
+    pipe.ignore_errors();
+    let (reply, waited): (Value, Value) = conn.send(&Request::Waited(&pipe)).await?;
+    let reply = redis::from_redis_value(reply.extract_error()?)?;
+    let acked = match waited.extract_error() {
+        Ok(n) => redis::from_redis_value(n)?,
+        Err(e) => {
+            tracing::warn!(error = %e, "WAIT refused; counting no replica");
+            0
+        }
+    };
+    Ok((reply, acked))
+}
+
+/// [`LockError::NotReplicated`] when a write was `applied` and fewer than wanted replicas
+/// acknowledged it.
+fn check_acked(keys: &LockKeys, want: MinReplicas, applied: bool, acked: usize) -> Result<()> {
+    if applied && acked < want.replicas {
+        return Err(LockError::NotReplicated {
+            name: keys.name().to_owned(),
+            acked,
+            wanted: want.replicas,
+        });
+    }
+    Ok(())
+}
+
+/// What [`Conn::send`] sends: one command, or one followed by `WAIT`.
+enum Request<'a> {
+    One(&'a Cmd),
+    Waited(&'a Pipeline),
+}
+
+impl Request<'_> {
+    async fn on<T: FromRedisValue>(
+        &self,
+        conn: &mut impl redis::aio::ConnectionLike,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Request::One(cmd) => cmd.query_async(conn).await,
+            Request::Waited(pipe) => pipe.query_async(conn).await,
+        }
+    }
+}
+
+impl Conn {
+    async fn send<T: FromRedisValue>(&self, request: &Request<'_>) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(conn) => request.on(&mut conn.clone()).await,
+            #[cfg(feature = "sentinel")]
+            Conn::Sentinel(following) => {
+                let (mut conn, generation) = following.conn().await?;
+                let answer = request.on(&mut conn).await;
+                if let Err(e) = &answer {
+                    // This command and the next go to the new primary, if there is one.
+                    if following.failed(e, generation).await {
+                        let (mut conn, _) = following.conn().await?;
+                        return request.on(&mut conn).await;
+                    }
+                }
+                answer
+            }
             #[cfg(feature = "cluster")]
             Conn::Cluster(conn) => {
                 // The cluster client follows MOVED/ASK itself, but its retries can run out
@@ -229,7 +532,7 @@ impl RedisNode {
                 let mut pause = Duration::from_millis(50);
                 let mut tries = 0;
                 loop {
-                    match cmd.query_async(&mut conn.clone()).await {
+                    match request.on(&mut conn.clone()).await {
                         Err(e)
                             if tries < 4 && (e.is_cluster_error() || e.is_connection_refusal()) =>
                         {
@@ -249,10 +552,15 @@ impl RedisNode {
 /// The answer of acquire.lua or fair.lua: 1 ours; else minus the milliseconds worth waiting at
 /// most (0 when unknown).
 fn taken(reply: i64) -> Taken {
-    match reply {
-        1 => Taken::Granted,
-        _ => Taken::Held((reply < 0).then(|| Duration::from_millis(reply.unsigned_abs()))),
+    if granted(&reply) {
+        return Taken::Granted;
     }
+    Taken::Held((reply < 0).then(|| Duration::from_millis(reply.unsigned_abs())))
+}
+
+/// Whether acquire.lua or fair.lua granted the lock.
+fn granted(reply: &i64) -> bool {
+    *reply == 1
 }
 
 impl Node for RedisNode {
@@ -269,16 +577,21 @@ impl Node for RedisNode {
             let mark_arg = if mark { "1" } else { "0" };
             if let Some(ticket) = ticket {
                 let reply: i64 = self
-                    .eval(&FAIR, |cmd| {
-                        cmd.arg(2)
-                            .arg(&keys.lock)
-                            .arg(keys.queue())
-                            .arg(token)
-                            .arg(ttl_ms)
-                            .arg(ticket.id)
-                            .arg(millis_ceil(ticket.keep))
-                            .arg(mark_arg);
-                    })
+                    .eval_replicated(
+                        keys,
+                        &FAIR,
+                        |cmd| {
+                            cmd.arg(2)
+                                .arg(&keys.lock)
+                                .arg(keys.queue())
+                                .arg(token)
+                                .arg(ttl_ms)
+                                .arg(ticket.id)
+                                .arg(millis_ceil(ticket.keep))
+                                .arg(mark_arg);
+                        },
+                        granted,
+                    )
                     .await?;
                 return Ok(taken(reply));
             }
@@ -292,7 +605,17 @@ impl Node for RedisNode {
                     .arg("NX")
                     .arg("PX")
                     .arg(ttl_ms);
-                let set: Option<String> = self.query(&cmd).await?;
+                let set: Option<String> = match &self.replicated {
+                    None => self.query(&cmd).await?,
+                    Some(replicated) => {
+                        let lent = self.lend(replicated).await?;
+                        let wait = Some(replicated.want);
+                        let (set, acked) = send_waited(lent.conn(), &cmd, wait).await?;
+                        lent.answered();
+                        check_acked(keys, replicated.want, Option::is_some(&set), acked)?;
+                        set
+                    }
+                };
                 return Ok(if set.is_some() {
                     Taken::Granted
                 } else {
@@ -300,13 +623,18 @@ impl Node for RedisNode {
                 });
             }
             let reply: i64 = self
-                .eval(&ACQUIRE, |cmd| {
-                    cmd.arg(1)
-                        .arg(&keys.lock)
-                        .arg(token)
-                        .arg(ttl_ms)
-                        .arg(mark_arg);
-                })
+                .eval_replicated(
+                    keys,
+                    &ACQUIRE,
+                    |cmd| {
+                        cmd.arg(1)
+                            .arg(&keys.lock)
+                            .arg(token)
+                            .arg(ttl_ms)
+                            .arg(mark_arg);
+                    },
+                    granted,
+                )
                 .await?;
             Ok(taken(reply))
         })
@@ -357,9 +685,14 @@ impl Node for RedisNode {
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let extended: i64 = self
-                .eval(&EXTEND, |cmd| {
-                    cmd.arg(1).arg(&keys.lock).arg(token).arg(millis_ceil(ttl));
-                })
+                .eval_replicated(
+                    keys,
+                    &EXTEND,
+                    |cmd| {
+                        cmd.arg(1).arg(&keys.lock).arg(token).arg(millis_ceil(ttl));
+                    },
+                    |&reply| reply == 1,
+                )
                 .await?;
             Ok(extended == 1)
         })
@@ -372,13 +705,18 @@ impl Node for RedisNode {
     ) -> BoxFuture<'a, Result<Option<u64>>> {
         Box::pin(async move {
             let fence: u64 = self
-                .eval(&FENCE, |cmd| {
-                    cmd.arg(2)
-                        .arg(&keys.lock)
-                        .arg(keys.fence())
-                        .arg(token)
-                        .arg(millis_ceil(FENCE_KEEP));
-                })
+                .eval_replicated(
+                    keys,
+                    &FENCE,
+                    |cmd| {
+                        cmd.arg(2)
+                            .arg(&keys.lock)
+                            .arg(keys.fence())
+                            .arg(token)
+                            .arg(millis_ceil(FENCE_KEEP));
+                    },
+                    |&fence| fence > 0,
+                )
                 .await?;
             Ok((fence > 0).then_some(fence))
         })

@@ -16,6 +16,10 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] or string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. '*' then
+  -- A write of our own, after the first copy's: a `WAIT` that follows on this connection
+  -- (min_replicas) then covers the grant too (replication is ordered). The expiry only moves
+  -- later, and the lease is still dated from this attempt's send.
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
 if ARGV[3] == '1' and not string.find(holder, '*', 1, true) then

@@ -54,6 +54,10 @@ if ours or (not holder and (first == nil or first == ARGV[3])) then
       value = value .. '*' .. after
     end
     redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+  else
+    -- Set by an earlier copy of this attempt: a write of our own, so that a `WAIT` after it on
+    -- this connection covers the grant too (see acquire.lua).
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
   end
   if mine then
     redis.call('HDEL', KEYS[2], ARGV[3])
