@@ -1194,6 +1194,7 @@ async fn a_lazy_manager_builds_while_redis_is_down_and_works_once_it_is_up() {
 
 /// `client(..)`: the service's own `redis::Client` (its address, credentials and settings) for
 /// commands and for release notifications; a client for a server that is down names its address.
+/// `redlock_clients(..)`: the same for Redlock's masters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_uses_the_services_own_client() {
     let server = RedisServer::start_with(&["--requirepass", "right"]);
@@ -1219,6 +1220,43 @@ async fn a_manager_uses_the_services_own_client() {
         matches!(&e, LockError::Connect { url, .. } if url.contains(&port.to_string())),
         "{e:?}"
     );
+
+    // Redlock over three of the service's clients, each with its own password: a lock is
+    // held on all three (a majority would do), and a second manager is refused.
+    let masters: Vec<RedisServer> = (0..3)
+        .map(|i| RedisServer::start_with(&["--requirepass", &format!("pw{i}")]))
+        .collect();
+    let clients = || {
+        masters.iter().enumerate().map(|(i, m)| {
+            redis::Client::open(format!("redis://:pw{i}@127.0.0.1:{}", m.port())).unwrap()
+        })
+    };
+    let redlock = LockManager::builder()
+        .redlock_clients(clients())
+        .build()
+        .await
+        .unwrap();
+    let other = LockManager::builder()
+        .redlock_clients(clients())
+        .build()
+        .await
+        .unwrap();
+    let held = redlock.try_acquire("own", LONG).await.unwrap().unwrap();
+    for (i, master) in masters.iter().enumerate() {
+        let mut conn = master.conn();
+        let _: () = redis::cmd("AUTH")
+            .arg(format!("pw{i}"))
+            .query(&mut conn)
+            .unwrap();
+        let value: Option<String> = redis::cmd("GET")
+            .arg(redlock.key_for("own"))
+            .query(&mut conn)
+            .unwrap();
+        assert!(value.is_some(), "held on every master");
+    }
+    assert!(other.try_acquire("own", LONG).await.unwrap().is_none());
+    assert!(held.release().await.unwrap());
+    assert!(other.try_acquire("own", LONG).await.unwrap().is_some());
 }
 
 /// A throwaway CA, and a server and a client certificate it signed (for 127.0.0.1), made with

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::backend::memory::MemoryNode;
-use crate::backend::redis::{MinReplicas, RedisNode};
+use crate::backend::redis::{Endpoint, MinReplicas, RedisNode};
 use crate::backend::redlock::Redlock;
 use crate::backend::single::Single;
 use crate::backend::Drift;
@@ -298,7 +298,21 @@ impl LockManagerBuilder {
     /// In this mode [`LockGuard::fencing_token`] is not a fence: see its documentation.
     pub fn redlock<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, urls: I) -> Self {
         self.targets.push(Target::Redlock(
-            urls.into_iter().map(|u| u.as_ref().to_owned()).collect(),
+            urls.into_iter()
+                .map(|u| Endpoint::Url(u.as_ref().to_owned()))
+                .collect(),
+        ));
+        self
+    }
+
+    /// [`redlock`](Self::redlock) over the service's own clients, one per master, with their
+    /// settings (credentials, TLS, protocol), as [`client`](Self::client) is for one server.
+    pub fn redlock_clients<I: IntoIterator<Item = redis::Client>>(mut self, clients: I) -> Self {
+        self.targets.push(Target::Redlock(
+            clients
+                .into_iter()
+                .map(|c| Endpoint::Client(Box::new(c)))
+                .collect(),
         ));
         self
     }
@@ -433,11 +447,11 @@ impl LockManagerBuilder {
                 )
                 .await?
             }
-            Target::Redlock(urls) => {
-                if urls.len() < 3 || urls.len() % 2 == 0 {
+            Target::Redlock(instances) => {
+                if instances.len() < 3 || instances.len() % 2 == 0 {
                     return Err(invalid(&format!(
                         "Redlock needs an odd number of independent masters, at least 3; got {}",
-                        urls.len()
+                        instances.len()
                     )));
                 }
                 let factor_ok =
@@ -448,7 +462,7 @@ impl LockManagerBuilder {
                     ));
                 }
                 let (store, wake) =
-                    Redlock::connect(&urls, self.timeouts, self.drift, self.lazy).await?;
+                    Redlock::connect(&instances, self.timeouts, self.drift, self.lazy).await?;
                 (Box::new(store), Box::new(wake))
             }
             Target::Sentinel(master, urls) => {
@@ -544,7 +558,7 @@ async fn one_server(
 enum Target {
     Single(String),
     Client(Box<redis::Client>),
-    Redlock(Vec<String>),
+    Redlock(Vec<Endpoint>),
     Cluster(Vec<String>),
     Sentinel(String, Vec<String>),
 }

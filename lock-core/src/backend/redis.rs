@@ -79,6 +79,31 @@ enum Conn {
     Sentinel(Arc<super::sentinel::Following>),
 }
 
+/// Where one server is: a url, or the service's own client.
+#[derive(Clone, Debug)]
+pub(crate) enum Endpoint {
+    Url(String),
+    Client(Box<redis::Client>),
+}
+
+impl Endpoint {
+    /// See [`RedisNode::connect`] and [`RedisNode::of_client`].
+    pub(crate) async fn connect(&self, timeouts: Timeouts) -> Result<RedisNode> {
+        match self {
+            Endpoint::Url(url) => RedisNode::connect(url, timeouts).await,
+            Endpoint::Client(client) => RedisNode::of_client((**client).clone(), timeouts).await,
+        }
+    }
+
+    /// See [`RedisNode::connect_lazy`] and [`RedisNode::of_client_lazy`].
+    pub(crate) fn connect_lazy(&self, timeouts: Timeouts) -> Result<RedisNode> {
+        match self {
+            Endpoint::Url(url) => RedisNode::connect_lazy(url, timeouts),
+            Endpoint::Client(client) => RedisNode::of_client_lazy((**client).clone(), timeouts),
+        }
+    }
+}
+
 /// `min_replicas(n, timeout)`: a grant, fence increment or extend counts once `replicas`
 /// replicas acknowledged it, waiting at most `timeout` for them.
 #[derive(Clone, Copy, Debug)]

@@ -21,7 +21,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::time::{timeout, Instant};
 
 use super::notify::PubSub;
-use super::redis::RedisNode;
+use super::redis::{Endpoint, RedisNode};
 use super::Timeouts;
 use super::{Attempt, BoxFuture, Drift, Leftover, Node, Renewal, Store, Taken, Ticket};
 use crate::keys::LockKeys;
@@ -196,24 +196,24 @@ impl Redlock {
     /// connected on first use; the manager starts if a majority answered. A waiter is woken by
     /// the release message of whichever instance publishes it first.
     pub(crate) async fn connect(
-        urls: &[String],
+        instances: &[Endpoint],
         timeouts: Timeouts,
         drift: Drift,
         lazy: bool,
     ) -> Result<(Self, PubSub)> {
         if lazy {
-            let nodes = urls
+            let nodes = instances
                 .iter()
-                .map(|url| RedisNode::connect_lazy(url, timeouts))
+                .map(|at| at.connect_lazy(timeouts))
                 .collect::<Result<Vec<_>>>()?;
             return Ok(Self::of_nodes(nodes, timeouts, drift));
         }
-        let attempts = join_all(urls.iter().map(|url| RedisNode::connect(url, timeouts))).await;
-        let quorum = urls.len() / 2 + 1;
-        let mut nodes = Vec::with_capacity(urls.len());
+        let attempts = join_all(instances.iter().map(|at| at.connect(timeouts))).await;
+        let quorum = instances.len() / 2 + 1;
+        let mut nodes = Vec::with_capacity(instances.len());
         let mut reached = 0;
         let mut first_error = None;
-        for (url, attempt) in urls.iter().zip(attempts) {
+        for (at, attempt) in instances.iter().zip(attempts) {
             match attempt {
                 Ok(node) => {
                     reached += 1;
@@ -222,7 +222,7 @@ impl Redlock {
                 Err(e) => {
                     tracing::warn!(error = %e, "a Redlock instance is unreachable; retrying it on use");
                     first_error.get_or_insert(e);
-                    nodes.push(RedisNode::connect_lazy(url, timeouts)?);
+                    nodes.push(at.connect_lazy(timeouts)?);
                 }
             }
         }
