@@ -40,6 +40,7 @@ impl FencedStore {
 #[tokio::main]
 async fn main() -> Result<(), LockError> {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let mut on_redis = true;
     let locks = match LockManager::builder()
         .url(&url)
         .key_prefix("fenced_writes:")
@@ -49,6 +50,7 @@ async fn main() -> Result<(), LockError> {
         Ok(locks) => locks,
         Err(e) => {
             println!("no Redis at {url} ({e}); using the in-process backend");
+            on_redis = false;
             LockManager::in_memory()
         }
     };
@@ -97,5 +99,15 @@ async fn main() -> Result<(), LockError> {
         Err(e) => println!("holder C  asked for a token after its lease ran out: {e}"),
     }
     println!("store     {:?}", store.state.lock().unwrap().1);
+    locks.shutdown(Duration::from_secs(2)).await?;
+    if on_redis {
+        // The example's keys, its fencing counter included.
+        let removed = tokio::task::spawn_blocking(move || {
+            lock_test_support::remove_keys(&url, "fenced_writes:")
+        })
+        .await
+        .expect("clean-up panicked")?;
+        println!("removed the example's {removed} key(s)");
+    }
     Ok(())
 }

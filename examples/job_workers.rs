@@ -141,6 +141,11 @@ fn main() {
         last_tick = tick;
         println!("{line}");
     }
+    // The workers' keys, fencing counters included.
+    match lock_test_support::remove_keys(&url, "job_workers:") {
+        Ok(n) => println!("\nremoved the example's {n} key(s)"),
+        Err(e) => eprintln!("could not remove the example's keys: {e}"),
+    }
     if failed {
         std::process::exit(1);
     }

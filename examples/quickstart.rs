@@ -15,8 +15,9 @@ use lock_core::{LockError, LockManager};
 #[tokio::main]
 async fn main() -> Result<(), LockError> {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    // A prefix of its own keeps the example's keys apart from anything else on the server.
-    // The fencing counter persists, so its tokens keep growing from run to run.
+    // A prefix of its own keeps the example's keys apart from anything else on the server; the
+    // example deletes them before it exits.
+    let on_redis;
     let locks = match LockManager::builder()
         .url(&url)
         .key_prefix("quickstart:")
@@ -25,10 +26,12 @@ async fn main() -> Result<(), LockError> {
     {
         Ok(locks) => {
             println!("using Redis at {url}");
+            on_redis = true;
             locks
         }
         Err(e) => {
             println!("no Redis at {url} ({e}); using the in-process backend");
+            on_redis = false;
             LockManager::in_memory()
         }
     };
@@ -41,7 +44,10 @@ async fn main() -> Result<(), LockError> {
     );
 
     match locks.acquire("report", ttl, Duration::ZERO).await {
-        Err(LockError::Busy { name }) => println!("worker B  `{name}` is busy, not waiting"),
+        Err(LockError::Busy { name, holder }) => println!(
+            "worker B  `{name}` is busy (held by {}), not waiting",
+            holder.as_deref().unwrap_or("someone")
+        ),
         other => println!("worker B  unexpected: {other:?}"),
     }
 
@@ -69,5 +75,16 @@ async fn main() -> Result<(), LockError> {
 
     let err = locks.acquire("", ttl, Duration::ZERO).await.unwrap_err();
     println!("bad input is refused before any I/O: {err}");
-    locks.shutdown(Duration::from_secs(2)).await
+    locks.shutdown(Duration::from_secs(2)).await?;
+    if on_redis {
+        // A released lock leaves its fencing counter (a day, so that tokens keep growing
+        // across holders); the example removes it.
+        let removed = tokio::task::spawn_blocking(move || {
+            lock_test_support::remove_keys(&url, "quickstart:")
+        })
+        .await
+        .expect("clean-up panicked")?;
+        println!("removed the example's {removed} key(s)");
+    }
+    Ok(())
 }

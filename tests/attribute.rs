@@ -305,7 +305,7 @@ async fn busy_and_wait_outcomes() {
         .unwrap();
     let busy = no_wait(&locks).await.unwrap_err();
     assert!(
-        matches!(busy, JobError::Lock(LockError::Busy { ref name }) if name == "busy"),
+        matches!(busy, JobError::Lock(LockError::Busy { ref name, .. }) if name == "busy"),
         "{busy:?}"
     );
     let timeout = waits_200ms(&locks).await.unwrap_err();

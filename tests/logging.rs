@@ -71,6 +71,11 @@ fn logs_at_every_level_never_contain_the_token() {
         tokens.push(next.token().to_owned());
         assert!(!stale.release().await.unwrap());
         drop(next);
+        // An operator frees a lock whoever holds it: a WARN naming the lock and the evicted.
+        let evicted = locks.try_acquire("evicted", LONG).await.unwrap().unwrap();
+        tokens.push(evicted.token().to_owned());
+        assert!(locks.force_release("evicted").await.unwrap());
+        assert!(!evicted.release().await.unwrap());
         locks.shutdown(Duration::from_secs(2)).await.unwrap();
     });
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
@@ -79,7 +84,26 @@ fn logs_at_every_level_never_contain_the_token() {
         "logging works: {logs}"
     );
     assert!(logs.contains("logged"), "events name the lock");
+    // `<holder>|<ms>|<random>`: the holder id may show, the random part (the secret) never.
     for token in tokens {
-        assert!(!logs.contains(&token), "a token leaked into the logs");
+        let secret = token.rsplit('|').next().unwrap();
+        assert_eq!(secret.len(), 32);
+        assert!(!logs.contains(secret), "a token leaked into the logs");
     }
+    // Every WARN names its lock, and the holder it concerns.
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert!(warnings.len() >= 3, "{logs}");
+    for line in &warnings {
+        assert!(line.contains("lock="), "{line}");
+        assert!(
+            line.contains("holder=") || line.contains("evicted="),
+            "{line}"
+        );
+    }
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains("force-released") && l.contains("lock=evicted")),
+        "{logs}"
+    );
 }

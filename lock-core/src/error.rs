@@ -10,10 +10,14 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum LockError {
     /// Another owner holds the lock and the request was not to wait.
-    #[error("lock `{name}` is held by another owner")]
+    #[error("lock `{name}` is held by another owner{}", .holder.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
     Busy {
         /// The lock name as given, without the key prefix.
         name: String,
+        /// The holder id of that owner
+        /// ([`holder_id`](crate::LockManagerBuilder::holder_id)), when it could be read: one
+        /// more command, sent only when the answer is `Busy`.
+        holder: Option<String>,
     },
 
     /// Another owner still held the lock when the wait ran out.

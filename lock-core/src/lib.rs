@@ -25,6 +25,79 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Getting started
+//!
+//! ```toml
+//! [dependencies]
+//! lock-core = "0.1"   # optional features: "cluster", "sentinel", "tls" (see Features)
+//! tokio = { version = "1", features = ["rt-multi-thread", "macros", "time"] }
+//! ```
+//!
+//! Build one manager at start-up, make it the default for `#[distributed_lock]`, and give the
+//! locks back on exit. With `on_busy = "skip"` a handler returns `Ok(Default::default())`
+//! without running when another replica holds the lock: return an `Option` to tell a run
+//! (`Some`) from a skip (`None`).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use lock_core::{distributed_lock, LockError, LockManager};
+//!
+//! #[derive(Debug)]
+//! enum JobError {
+//!     Lock(LockError),
+//! }
+//!
+//! impl From<LockError> for JobError {
+//!     fn from(e: LockError) -> Self {
+//!         JobError::Lock(e)
+//!     }
+//! }
+//!
+//! /// One replica at a time per tenant; `Ok(None)` when another replica is on it.
+//! #[distributed_lock(key = "invoices:{tenant}", ttl = "30s", on_busy = "skip")]
+//! async fn bill(tenant: u64) -> Result<Option<u64>, JobError> {
+//!     Ok(Some(tenant * 100))
+//! }
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), LockError> {
+//!     let locks = LockManager::builder()
+//!         .url("redis://127.0.0.1:6379")
+//!         .holder_id("billing-worker-7") // what `lockctl list` shows; default hostname:pid
+//!         .build()
+//!         .await?;
+//!     lock_core::set_default_manager(locks.clone());
+//!     match bill(7).await {
+//!         Ok(Some(total)) => println!("billed {total}"),
+//!         Ok(None) => println!("another replica is billing tenant 7"),
+//!         Err(e) => eprintln!("{e:?}"),
+//!     }
+//!     // Stops watchdogs and releases what is still held (dropped guards included).
+//!     locks.shutdown(Duration::from_secs(5)).await
+//! }
+//! ```
+//!
+//! Handlers can be tested without a server: [`LockManager::in_memory`] has the same semantics
+//! in process, on `tokio::time`, so leases run out under paused time too.
+//!
+//! ```
+//! # use std::time::Duration;
+//! # use lock_core::LockManager;
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() {
+//!     tokio::time::pause();
+//!     let locks = LockManager::in_memory();
+//!     let held = locks.try_acquire("report", Duration::from_secs(30)).await.unwrap().unwrap();
+//!     assert!(locks.try_acquire("report", Duration::from_secs(30)).await.unwrap().is_none());
+//!     tokio::time::advance(Duration::from_secs(31)).await; // the lease runs out
+//!     assert!(held.is_lost());
+//!     assert!(locks.try_acquire("report", Duration::from_secs(30)).await.unwrap().is_some());
+//! }
+//! ```
+//!
+//! Operators see who holds what with [`LockManager::inspect`], [`LockManager::list`] and the
+//! `lockctl` binary, and free a stuck lock with [`LockManager::force_release`].
+//!
 //! # The lease model
 //!
 //! A guard's whole promise is its lease. These invariants hold on one server that keeps its
@@ -110,6 +183,7 @@ mod guard;
 mod keys;
 mod lease;
 mod manager;
+mod ops;
 mod request;
 mod shared;
 #[cfg(test)]
@@ -134,6 +208,7 @@ pub use manager::{
     default_manager, set_default_manager, LockManager, LockManagerBuilder, DEFAULT_KEY_PREFIX,
     DEFAULT_MAX_POLL_INTERVAL,
 };
+pub use ops::LockInfo;
 pub use request::{LockRequest, DEFAULT_TTL};
 pub use validate::{MAX_NAME_LEN, MAX_TTL, MIN_TTL};
 

@@ -61,6 +61,10 @@ impl fmt::Debug for LockManager {
 }
 
 impl LockManager {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
@@ -97,6 +101,7 @@ impl LockManager {
                 prefix: DEFAULT_KEY_PREFIX.to_owned(),
                 poll_cap: DEFAULT_MAX_POLL_INTERVAL,
                 response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+                holder: crate::token::default_holder(),
             },
         ))
     }
@@ -172,6 +177,7 @@ pub struct LockManagerBuilder {
     poll_cap: Duration,
     lazy: bool,
     min_replicas: Option<MinReplicas>,
+    holder: Option<String>,
 }
 
 impl Default for LockManagerBuilder {
@@ -187,6 +193,7 @@ impl Default for LockManagerBuilder {
             poll_cap: DEFAULT_MAX_POLL_INTERVAL,
             lazy: false,
             min_replicas: None,
+            holder: None,
         }
     }
 }
@@ -213,6 +220,16 @@ impl LockManagerBuilder {
     /// `build`, to learn its slots.
     pub fn lazy(mut self, on: bool) -> Self {
         self.lazy = on;
+        self
+    }
+
+    /// Who this manager's locks say holds them (default `hostname:pid`), as
+    /// [`LockManager::inspect`], [`LockManager::list`], `lockctl` and `LockError::Busy` show it.
+    /// It rides inside the owner token, so it costs no command; `*`, `|`, whitespace and
+    /// control characters become `_`, and it is cut to 255 bytes. Not a secret, and not
+    /// checked: any client can claim any id.
+    pub fn holder_id(mut self, id: impl Into<String>) -> Self {
+        self.holder = Some(id.into());
         self
     }
 
@@ -527,6 +544,10 @@ impl LockManagerBuilder {
                     + self
                         .min_replicas
                         .map_or(Duration::ZERO, |want| want.timeout),
+                holder: self
+                    .holder
+                    .as_deref()
+                    .map_or_else(crate::token::default_holder, crate::token::clean_holder),
             },
         )))
     }

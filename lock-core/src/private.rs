@@ -72,7 +72,9 @@ pub async fn acquire(
     }
     match request.acquire().await {
         Ok(guard) => Ok(Some(guard)),
-        Err(LockError::Busy { name } | LockError::Timeout { name, .. }) if options.skip_if_busy => {
+        Err(LockError::Busy { name, .. } | LockError::Timeout { name, .. })
+            if options.skip_if_busy =>
+        {
             tracing::debug!(lock = %name, "busy; skipping the job");
             Ok(None)
         }

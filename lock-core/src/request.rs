@@ -131,9 +131,13 @@ impl<'a> LockRequest<'a> {
     /// waiting.
     pub async fn acquire(self) -> Result<LockGuard> {
         let wait = self.wait;
+        let shared = self.shared;
         match self.run(wait).await? {
             Acquired::Guard(guard) => Ok(guard),
-            Acquired::Busy { name, .. } if wait.is_zero() => Err(LockError::Busy { name }),
+            Acquired::Busy { name, .. } if wait.is_zero() => {
+                let holder = shared.holder_of(&name).await;
+                Err(LockError::Busy { name, holder })
+            }
             Acquired::Busy { name, waited } => Err(LockError::Timeout { name, waited }),
         }
     }

@@ -15,12 +15,12 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::backend::{Attempt, Leftover, Renewal, Store, Ticket, Wake, Watch};
+use crate::backend::{Attempt, Found, Leftover, Renewal, Store, Ticket, Wake, Watch};
 use crate::keys::LockKeys;
 use crate::lease::{Grant, Landed, Lease};
 use crate::locked;
 use crate::tasks::Tasks;
-use crate::token::new_token;
+use crate::token::owner_token;
 use crate::{LockError, Result};
 
 /// Settings of a manager that its requests read.
@@ -31,6 +31,8 @@ pub(crate) struct Settings {
     pub(crate) poll_cap: Duration,
     /// How long one command may wait for its reply.
     pub(crate) response_timeout: Duration,
+    /// Who this manager's locks say holds them (`holder_id`), made fit for a token.
+    pub(crate) holder: String,
 }
 
 pub(crate) struct Shared {
@@ -204,7 +206,7 @@ impl Shared {
         mark: bool,
         ticket: Option<Ticket<'_>>,
     ) -> Tried {
-        let token = new_token();
+        let token = owner_token(&self.settings.holder);
         let sent = Instant::now();
         let cleanup = CleanUp {
             shared: self,
@@ -286,6 +288,27 @@ impl Shared {
         self.store.replays() || e.may_have_applied()
     }
 
+    /// An operator's look at a lock key (see `LockManager::inspect`).
+    pub(crate) async fn peek(&self, keys: &LockKeys) -> Result<Option<Found>> {
+        self.store.peek(keys).await
+    }
+
+    /// Who holds `name`, if it can be told (for `LockError::Busy`): best effort, one command.
+    pub(crate) async fn holder_of(&self, name: &str) -> Option<String> {
+        let found = self.store.peek(&self.keys(name)).await.ok()??;
+        crate::token::holder_of(&found.value).map(|(holder, _)| holder)
+    }
+
+    /// Frees a lock whoever holds it (see `LockManager::force_release`): the evicted value.
+    pub(crate) async fn evict(&self, keys: &LockKeys) -> Result<Option<String>> {
+        self.store.evict(keys).await
+    }
+
+    /// The lock keys matching a `SCAN` pattern (see `LockManager::list`).
+    pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<(String, Found)>> {
+        self.store.scan(pattern).await
+    }
+
     /// Whether fair acquisitions can be served (see [`Store::orders_fairly`]).
     pub(crate) fn orders_fairly(&self) -> bool {
         self.store.orders_fairly()
@@ -341,7 +364,7 @@ impl Shared {
             }
             Ok(Renewal::NotOurs) => {
                 renewing.finish(Landed::NotApplied);
-                tracing::warn!(lock = %lease.name, "lease lost: the key expired or another owner holds it");
+                tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), "lease lost: the key expired or another owner holds it");
                 lease.mark_lost();
                 Ok(false)
             }
@@ -373,7 +396,7 @@ impl Shared {
                 match self.store.fence(&lease.keys, &lease.token).await? {
                     Some(fence) => Ok(fence),
                     None => {
-                        tracing::warn!(lock = %lease.name, "no fencing token: the key expired or another owner holds it");
+                        tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), "no fencing token: the key expired or another owner holds it");
                         lease.mark_lost();
                         Err(lost())
                     }
@@ -419,11 +442,11 @@ impl Shared {
         match &released {
             Ok(true) => tracing::debug!(lock = %lease.name, "released"),
             Ok(false) => tracing::warn!(
-                lock = %lease.name,
+                lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token),
                 "release found the lock expired or held by another owner"
             ),
             Err(e) => {
-                tracing::warn!(lock = %lease.name, error = %e, "release failed; retrying in the background until the key expires");
+                tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), error = %e, "release failed; retrying in the background until the key expires");
                 return released;
             }
         }
@@ -442,7 +465,7 @@ impl Shared {
     fn spawn(self: &Arc<Self>, watchdog: Option<tokio::task::JoinHandle<()>>, job: ReleaseJob) {
         let Ok(handle) = Handle::try_current() else {
             tracing::warn!(
-                lock = %job.name,
+                lock = %job.name, holder = %crate::token::holder_or_unknown(&job.token),
                 "lock released outside a tokio runtime; the key expires with its ttl"
             );
             return;
@@ -471,7 +494,7 @@ impl Shared {
                 Ok(true) => tracing::debug!(lock = %job.name, "released in the background"),
                 Ok(false) if job.quiet => {}
                 Ok(false) => tracing::warn!(
-                    lock = %job.name,
+                    lock = %job.name, holder = %crate::token::holder_or_unknown(&job.token),
                     "release found the lock expired or held by another owner"
                 ),
                 Err(e) if Instant::now() + pause < job.give_up => {
@@ -481,7 +504,7 @@ impl Shared {
                     continue;
                 }
                 Err(e) => tracing::warn!(
-                    lock = %job.name,
+                    lock = %job.name, holder = %crate::token::holder_or_unknown(&job.token),
                     error = %e,
                     "release failed; the key expires with its ttl"
                 ),

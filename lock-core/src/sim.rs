@@ -742,6 +742,7 @@ impl World {
                 prefix: "sim:".to_owned(),
                 poll_cap: Duration::from_millis(50),
                 response_timeout: RESPONSE_TIMEOUT,
+                holder: "sim".to_owned(),
             },
         ))
     }

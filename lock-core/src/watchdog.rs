@@ -44,7 +44,7 @@ async fn run(shared: Arc<Shared>, lease: Arc<Lease>, max_hold: Option<Duration>)
         match shared.extend(&lease, renew_for).await {
             Ok(true) => {
                 if reported_lost {
-                    tracing::warn!(lock = %lease.name, "lease renewed after Redis answered again; held again");
+                    tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), "lease renewed after Redis answered again; held again");
                     reported_lost = false;
                 }
                 tracing::trace!(lock = %lease.name, renewed_ms = renew_for.as_millis() as u64, "lease renewed");
@@ -56,12 +56,12 @@ async fn run(shared: Arc<Shared>, lease: Arc<Lease>, max_hold: Option<Duration>)
                 let left = lease.remaining();
                 if left.is_zero() {
                     if !reported_lost {
-                        tracing::warn!(lock = %lease.name, error = %e, "lease lost: could not renew it before it ran out; still trying");
+                        tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), error = %e, "lease lost: could not renew it before it ran out; still trying");
                         reported_lost = true;
                     }
                     pause = (period / 4).max(MIN_TTL);
                 } else {
-                    tracing::warn!(lock = %lease.name, error = %e, left_ms = left.as_millis() as u64, "lease renewal failed; retrying");
+                    tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), error = %e, left_ms = left.as_millis() as u64, "lease renewal failed; retrying");
                     // Retry sooner than a full period, while the lease still runs.
                     pause = (period / 4).min(left / 2).max(MIN_TTL);
                 }
@@ -71,6 +71,6 @@ async fn run(shared: Arc<Shared>, lease: Arc<Lease>, max_hold: Option<Duration>)
     tracing::debug!(lock = %lease.name, "max_hold reached; the lease will lapse");
     sleep_until(lease.deadline()).await;
     if !lease.is_finished() {
-        tracing::warn!(lock = %lease.name, "lease lapsed after max_hold");
+        tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), "lease lapsed after max_hold");
     }
 }

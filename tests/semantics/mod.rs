@@ -82,6 +82,7 @@ macro_rules! semantic_tests {
         $runner!(
             second_acquire_is_refused_while_held_and_succeeds_right_after_release,
             acquire_without_wait_is_busy_and_names_the_lock,
+            operators_see_who_holds_what_and_free_it_with_the_fence_advanced,
             locks_are_not_reentrant,
             release_after_expiry_returns_false_and_leaves_the_new_owner_intact,
             extend_renews_the_lease,
@@ -128,10 +129,81 @@ pub(crate) async fn acquire_without_wait_is_busy_and_names_the_lock(fx: Fixture)
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, LockError::Busy { name } if name == "reports"),
+        matches!(&err, LockError::Busy { name, .. } if name == "reports"),
         "{err:?}"
     );
     assert!(err.to_string().contains("`reports`"), "{err}");
+    // The holder's id rides in its token: `Busy` names it.
+    let pid = format!(":{}", std::process::id());
+    assert!(
+        matches!(&err, LockError::Busy { holder: Some(h), .. } if h.ends_with(&pid)),
+        "{err:?}"
+    );
+}
+
+/// `inspect`, `list` and `force_release`: who holds what, and freeing it whoever holds it.
+pub(crate) async fn operators_see_who_holds_what_and_free_it_with_the_fence_advanced(fx: Fixture) {
+    let pid = format!(":{}", std::process::id());
+    let started = std::time::SystemTime::now() - Duration::from_secs(1);
+    let guard = fx.locks.try_acquire("ops:a", LONG).await.unwrap().unwrap();
+    let info = fx.other.inspect("ops:a").await.unwrap().expect("held");
+    assert_eq!(info.name, "ops:a");
+    assert!(info.holder.ends_with(&pid), "{info:?}");
+    let remaining = info.remaining.expect("an expiry");
+    assert!(
+        remaining <= LONG && remaining > LONG - Duration::from_secs(10),
+        "{info:?}"
+    );
+    let at = info.acquired_at.expect("a time");
+    assert!(
+        at >= started && at <= std::time::SystemTime::now(),
+        "{info:?}"
+    );
+    assert!(!info.waited_for);
+    assert_eq!(fx.other.inspect("ops:free").await.unwrap(), None);
+
+    let b = fx.locks.try_acquire("ops:b", LONG).await.unwrap().unwrap();
+    let c = fx
+        .locks
+        .try_acquire("elsewhere", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    let fence = guard.fencing_token().await.unwrap();
+    let names: Vec<String> = fx
+        .other
+        .list("ops:*")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["ops:a", "ops:b"]);
+    assert_eq!(fx.other.list("*").await.unwrap().len(), 3);
+
+    assert!(fx.other.force_release("ops:a").await.unwrap());
+    assert!(
+        !fx.other.force_release("ops:a").await.unwrap(),
+        "already free"
+    );
+    // The evicted guard finds out at its next renewal, and cannot release the next owner's lock.
+    assert!(!guard.extend(LONG).await.unwrap());
+    assert!(guard.is_lost());
+    let next = fx
+        .other
+        .try_acquire("ops:a", LONG)
+        .await
+        .unwrap()
+        .expect("free");
+    assert!(
+        next.fencing_token().await.unwrap() > fence,
+        "the fence moved on"
+    );
+    assert!(!guard.release().await.unwrap());
+    for g in [next, b, c] {
+        assert!(g.release().await.unwrap());
+    }
+    assert!(fx.other.list("*").await.unwrap().is_empty());
 }
 
 pub(crate) async fn locks_are_not_reentrant(fx: Fixture) {
@@ -307,8 +379,10 @@ pub(crate) async fn fencing_tokens_strictly_increase_over_1000_acquisitions_incl
     for i in 0..1000 {
         let m = if i % 2 == 0 { &fx.locks } else { &fx.other };
         let short = i % 100 == 0;
+        // Short enough to expire before the next acquisition, long enough to draw a token
+        // first on a loaded machine (with min_replicas: two replica round trips).
         let ttl = if short {
-            Duration::from_millis(5)
+            Duration::from_millis(50)
         } else {
             LONG
         };
@@ -355,8 +429,11 @@ pub(crate) async fn tokens_are_unique_over_100000_acquisitions(fx: Fixture) {
     let mut all = HashSet::new();
     for t in tasks {
         for token in t.await.unwrap() {
-            assert_eq!(token.len(), 32, "128 bits as hex");
-            assert!(all.insert(token), "a token repeated");
+            // `<holder>|<ms>|<random>`: the random part alone must never repeat.
+            let random = token.rsplit('|').next().unwrap().to_owned();
+            assert_eq!(random.len(), 32, "128 bits as hex: {token}");
+            assert!(random.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+            assert!(all.insert(random), "a token repeated");
         }
     }
     assert_eq!(all.len(), TASKS * EACH);

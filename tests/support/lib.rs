@@ -733,6 +733,33 @@ impl Sentinels {
     }
 }
 
+/// Deletes every key under `prefix` on the server at `url` (`SCAN`, then `DEL` in batches):
+/// what an example leaves, fencing counters included. Returns how many it deleted.
+pub fn remove_keys(url: &str, prefix: &str) -> redis::RedisResult<usize> {
+    let mut conn = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))?;
+    let mut pattern = String::new();
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('*');
+    let keys: Vec<String> = redis::cmd("SCAN")
+        .cursor_arg(0)
+        .arg("MATCH")
+        .arg(&pattern)
+        .arg("COUNT")
+        .arg(500)
+        .clone()
+        .iter(&mut conn)?
+        .collect::<redis::RedisResult<_>>()?;
+    for batch in keys.chunks(500) {
+        let _: () = redis::cmd("DEL").arg(batch).query(&mut conn)?;
+    }
+    Ok(keys.len())
+}
+
 /// Polls `check` every few milliseconds until it holds or `within` runs out; returns whether
 /// it held. For conditions that cannot be awaited directly (a key expiring in Redis).
 pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {

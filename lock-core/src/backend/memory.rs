@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{BoxFuture, Node, Taken, Ticket, Wake, Watch};
+use super::{BoxFuture, Found, Node, Taken, Ticket, Wake, Watch};
 use crate::keys::LockKeys;
 use crate::locked;
 use crate::Result;
@@ -242,6 +242,45 @@ impl Server {
         Some(next)
     }
 
+    /// An operator's look at a lock key: its value and remaining life.
+    pub(crate) fn peek(&self, now: Instant, key: &str) -> Option<Found> {
+        self.live(key, now).map(|e| Found {
+            value: e.value.clone(),
+            left: Some(e.expires - now),
+        })
+    }
+
+    /// force.lua: deletes the lock key whoever holds it and advances its fencing counter.
+    pub(crate) fn evict(&mut self, now: Instant, keys: &LockKeys, clock_us: u64) -> Option<String> {
+        let value = self.live(&keys.lock, now)?.value.clone();
+        self.keys.remove(&keys.lock);
+        let fence_key = keys.fence();
+        let last = self
+            .live(&fence_key, now)
+            .and_then(|e| e.value.parse::<u64>().ok())
+            .unwrap_or(0);
+        self.keys.insert(
+            fence_key,
+            Entry {
+                value: clock_us.max(last + 1).to_string(),
+                expires: now + FENCE_KEEP,
+            },
+        );
+        Some(value)
+    }
+
+    /// The live lock keys (not fencing counters or lines) that `matches`.
+    pub(crate) fn lock_keys(&self, now: Instant, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|(k, e)| e.expires > now && k.ends_with('}') && matches(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// The owner token in `key` and when it expires, if it is live.
     #[cfg(test)]
     pub(crate) fn holder(&self, key: &str, now: Instant) -> Option<(&str, Instant)> {
@@ -333,6 +372,49 @@ impl Node for MemoryNode {
             .fence(Instant::now(), keys, token, wall_clock_us());
         Box::pin(async move { Ok(fence) })
     }
+
+    fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>> {
+        let found = self.server().peek(Instant::now(), &keys.lock);
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn evict<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<String>>> {
+        let evicted = self.server().evict(Instant::now(), keys, wall_clock_us());
+        if evicted.is_some() {
+            self.released.notify_waiters();
+        }
+        Box::pin(async move { Ok(evicted) })
+    }
+
+    fn scan<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<Vec<(String, Found)>>> {
+        let now = Instant::now();
+        let server = self.server();
+        let found = server
+            .lock_keys(now, |key| glob(pattern, key))
+            .into_iter()
+            .filter_map(|key| {
+                let found = server.peek(now, &key)?;
+                Some((key, found))
+            })
+            .collect();
+        Box::pin(async move { Ok(found) })
+    }
+}
+
+/// Redis' `MATCH` glob, for what `list` needs: `*`, `?` and `\` escapes (no classes).
+fn glob(pattern: &str, text: &str) -> bool {
+    fn go(p: &[char], t: &[char]) -> bool {
+        match p.first() {
+            None => t.is_empty(),
+            Some('*') => (0..=t.len()).any(|i| go(&p[1..], &t[i..])),
+            Some('?') => !t.is_empty() && go(&p[1..], &t[1..]),
+            Some('\\') if p.len() > 1 => t.first() == Some(&p[1]) && go(&p[2..], &t[1..]),
+            Some(c) => t.first() == Some(c) && go(&p[1..], &t[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    go(&p, &t)
 }
 
 impl Wake for MemoryNode {

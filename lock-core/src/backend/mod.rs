@@ -49,6 +49,22 @@ pub(crate) struct Ticket<'a> {
     pub(crate) keep: Duration,
 }
 
+/// A lock key as an operator sees it: its value (the holder's token, with a waiter's mark) and
+/// how long it still lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub(crate) value: String,
+    /// `None` when the key has no expiry (not one of ours).
+    pub(crate) left: Option<Duration>,
+}
+
+/// The error of an operator command a deployment cannot serve.
+fn unsupported(what: &str) -> crate::LockError {
+    crate::LockError::InvalidConfig {
+        reason: format!("{what} is not supported by this backend"),
+    }
+}
+
 /// One server's atomic operations on a lock key. Every one is owner-checked, and none re-grants
 /// a key that already exists: a token is only ever set by `SET NX`.
 pub(crate) trait Node: Send + Sync {
@@ -92,6 +108,26 @@ pub(crate) trait Node: Send + Sync {
         keys: &'a LockKeys,
         token: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>>>;
+
+    /// The lock key's value and remaining life, if it exists (operators: `inspect`).
+    fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>> {
+        let _ = keys;
+        Box::pin(async { Err(unsupported("inspect")) })
+    }
+
+    /// Deletes the lock key whoever holds it, advances its fencing counter and wakes its
+    /// waiters (force.lua): the value it had, if it existed.
+    fn evict<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<String>>> {
+        let _ = keys;
+        Box::pin(async { Err(unsupported("force_release")) })
+    }
+
+    /// Every lock key matching `pattern` (a `SCAN MATCH` glob over whole keys), with what
+    /// [`peek`](Self::peek) tells of it; on every primary.
+    fn scan<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<Vec<(String, Found)>>> {
+        let _ = pattern;
+        Box::pin(async { Err(unsupported("list")) })
+    }
 }
 
 /// Connection settings of the Redis nodes (one server, a cluster, each Redlock instance).
@@ -232,6 +268,15 @@ pub(crate) trait Store: Send + Sync {
         token: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>>>;
 
+    /// See [`Node::peek`]; Redlock: the value a majority holds.
+    fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>>;
+
+    /// See [`Node::evict`], everywhere.
+    fn evict<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<String>>>;
+
+    /// See [`Node::scan`]; Redlock: the keys a majority holds.
+    fn scan<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<Vec<(String, Found)>>>;
+
     /// The part of a lease of `ttl`, sent at some instant, that the local deadline may count on
     /// from that instant.
     fn usable(&self, ttl: Duration) -> Duration;
@@ -318,6 +363,18 @@ impl<T: Node + ?Sized> Node for Arc<T> {
         token: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>>> {
         (**self).fence(keys, token)
+    }
+
+    fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>> {
+        (**self).peek(keys)
+    }
+
+    fn evict<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<String>>> {
+        (**self).evict(keys)
+    }
+
+    fn scan<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<Vec<(String, Found)>>> {
+        (**self).scan(pattern)
     }
 }
 

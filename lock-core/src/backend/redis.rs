@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::memory::FENCE_KEEP;
 use super::notify::{Dial, Notifier, PubSub, Watcher};
-use super::{BoxFuture, Node, Taken, Ticket, Timeouts};
+use super::{BoxFuture, Found, Node, Taken, Ticket, Timeouts};
 use crate::error::{connect_failed, invalid_url};
 use crate::keys::LockKeys;
 use crate::validate::millis_ceil;
@@ -67,6 +67,11 @@ static EXTEND: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new(include_str!("../scripts/extend.lua")));
 static FENCE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new(include_str!("../scripts/fence.lua")));
+static FORCE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../scripts/force.lua")));
+
+/// Keys asked for per `SCAN` call, and peeked at per round trip, by `list`.
+const SCAN_BATCH: usize = 500;
 
 /// The command connection: one server, or a Redis Cluster.
 #[derive(Clone)]
@@ -445,6 +450,109 @@ impl RedisNode {
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
         self.conn.send(&Request::One(cmd)).await
     }
+
+    /// `GET` and `PTTL` of each of `keys`, in one round trip (each key's pair atomic).
+    async fn peek_all(&self, keys: &[String]) -> Result<Vec<Option<Found>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        // One key per pipeline on a cluster (the keys live in many slots); all at once
+        // elsewhere.
+        let per = if self.is_cluster() {
+            1
+        } else {
+            keys.len().max(1)
+        };
+        for chunk in keys.chunks(per) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+            }
+            let replies: Vec<(Option<String>, i64)> = {
+                let flat: Vec<Value> = self.conn.send(&Request::Pipe(&pipe)).await?;
+                flat.chunks(2)
+                    .map(|pair| {
+                        Ok((
+                            redis::from_redis_value(pair[0].clone())?,
+                            redis::from_redis_value(pair[1].clone())?,
+                        ))
+                    })
+                    .collect::<redis::RedisResult<_>>()?
+            };
+            out.extend(replies.into_iter().map(|(value, left)| {
+                value.map(|value| Found {
+                    value,
+                    left: u64::try_from(left).ok().map(Duration::from_millis),
+                })
+            }));
+        }
+        Ok(out)
+    }
+
+    fn is_cluster(&self) -> bool {
+        match self.conn {
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The primaries to `SCAN`: one (`None`, this connection's server) or, on a cluster,
+    /// each master's address.
+    async fn primaries(&self) -> Result<Vec<Option<(String, u16)>>> {
+        match &self.conn {
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(conn) => {
+                use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+                let reply = conn
+                    .clone()
+                    .route_command(
+                        redis::cmd("PING"),
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                    )
+                    .await?;
+                let Value::Map(answers) = reply else {
+                    return Ok(vec![None]);
+                };
+                let mut out = Vec::new();
+                for (address, _) in answers {
+                    let address: String =
+                        redis::from_redis_value(address).map_err(redis::RedisError::from)?;
+                    let Some((host, port)) = address.rsplit_once(':') else {
+                        continue;
+                    };
+                    if let Ok(port) = port.parse() {
+                        out.push(Some((host.to_owned(), port)));
+                    }
+                }
+                Ok(out)
+            }
+            _ => Ok(vec![None]),
+        }
+    }
+
+    /// `cmd` on this connection's server, or on a cluster's node at `at`.
+    async fn on<T: FromRedisValue>(&self, at: Option<&(String, u16)>, cmd: Cmd) -> Result<T> {
+        match (&self.conn, at) {
+            #[cfg(feature = "cluster")]
+            (Conn::Cluster(conn), Some((host, port))) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let reply = conn
+                    .clone()
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        }),
+                    )
+                    .await?;
+                Ok(redis::from_redis_value(reply).map_err(redis::RedisError::from)?)
+            }
+            _ => {
+                let _ = at;
+                Ok(self.query(&cmd).await?)
+            }
+        }
+    }
 }
 
 /// `script` with `args` on `conn` (see [`RedisNode::eval`]), followed by `WAIT` when `wait`
@@ -488,7 +596,7 @@ async fn send_waited<T: FromRedisValue>(
     // (checked at `build`, but an ACL can change) counts as no acknowledgement, so a grant it
     // followed is given back.
     pipe.ignore_errors();
-    let (reply, waited): (Value, Value) = conn.send(&Request::Waited(&pipe)).await?;
+    let (reply, waited): (Value, Value) = conn.send(&Request::Pipe(&pipe)).await?;
     let reply = redis::from_redis_value(reply.extract_error()?)?;
     let acked = match waited.extract_error() {
         Ok(n) => redis::from_redis_value(n)?,
@@ -516,7 +624,7 @@ fn check_acked(keys: &LockKeys, want: MinReplicas, applied: bool, acked: usize) 
 /// What [`Conn::send`] sends: one command, or one followed by `WAIT`.
 enum Request<'a> {
     One(&'a Cmd),
-    Waited(&'a Pipeline),
+    Pipe(&'a Pipeline),
 }
 
 impl Request<'_> {
@@ -526,7 +634,7 @@ impl Request<'_> {
     ) -> redis::RedisResult<T> {
         match self {
             Request::One(cmd) => cmd.query_async(conn).await,
-            Request::Waited(pipe) => pipe.query_async(conn).await,
+            Request::Pipe(pipe) => pipe.query_async(conn).await,
         }
     }
 }
@@ -744,6 +852,66 @@ impl Node for RedisNode {
                 )
                 .await?;
             Ok((fence > 0).then_some(fence))
+        })
+    }
+
+    fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>> {
+        Box::pin(async move {
+            Ok(self
+                .peek_all(std::slice::from_ref(&keys.lock))
+                .await?
+                .pop()
+                .flatten())
+        })
+    }
+
+    fn evict<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            let publish = if self.sharded { "SPUBLISH" } else { "PUBLISH" };
+            self.eval(&FORCE, |cmd| {
+                cmd.arg(2)
+                    .arg(&keys.lock)
+                    .arg(keys.fence())
+                    .arg(millis_ceil(FENCE_KEEP))
+                    .arg(publish);
+            })
+            .await
+        })
+    }
+
+    fn scan<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<Vec<(String, Found)>>> {
+        Box::pin(async move {
+            let mut keys = Vec::new();
+            for at in self.primaries().await? {
+                let mut cursor = 0u64;
+                loop {
+                    let mut cmd = redis::cmd("SCAN");
+                    cmd.arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(SCAN_BATCH);
+                    let (next, found): (u64, Vec<String>) = self.on(at.as_ref(), cmd).await?;
+                    keys.extend(found);
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+            keys.sort();
+            keys.dedup();
+            let mut out = Vec::with_capacity(keys.len());
+            for batch in keys.chunks(SCAN_BATCH) {
+                let found = self.peek_all(batch).await?;
+                out.extend(
+                    batch
+                        .iter()
+                        .zip(found)
+                        .filter_map(|(key, found)| Some((key.clone(), found?))),
+                );
+            }
+            Ok(out)
         })
     }
 }

@@ -23,7 +23,7 @@ use tokio::time::{timeout, Instant};
 use super::notify::PubSub;
 use super::redis::{Endpoint, RedisNode};
 use super::Timeouts;
-use super::{Attempt, BoxFuture, Drift, Leftover, Node, Renewal, Store, Taken, Ticket};
+use super::{Attempt, BoxFuture, Drift, Found, Leftover, Node, Renewal, Store, Taken, Ticket};
 use crate::keys::LockKeys;
 use crate::validate::MIN_TTL;
 use crate::{locked, LockError, Result};
@@ -574,11 +574,96 @@ impl Store for Redlock {
         })
     }
 
+    fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>> {
+        Box::pin(async move {
+            let answers = self.everywhere(|node| node.peek(keys)).await?;
+            Ok(self.agreed(answers.into_iter().flatten()))
+        })
+    }
+
+    fn evict<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            let answers = self.everywhere(|node| node.evict(keys)).await?;
+            Ok(answers.into_iter().flatten().next())
+        })
+    }
+
+    fn scan<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<Vec<(String, Found)>>> {
+        Box::pin(async move {
+            let answers = self.everywhere(|node| node.scan(pattern)).await?;
+            let mut by_key: std::collections::BTreeMap<String, Vec<Found>> = Default::default();
+            for (key, found) in answers.into_iter().flatten() {
+                by_key.entry(key).or_default().push(found);
+            }
+            Ok(by_key
+                .into_iter()
+                .filter_map(|(key, found)| Some((key, self.agreed(found)?)))
+                .collect())
+        })
+    }
+
     fn usable(&self, ttl: Duration) -> Duration {
         ttl.saturating_sub(self.drift.of(ttl))
     }
 
     fn kind(&self) -> &'static str {
         "redlock"
+    }
+}
+
+impl Redlock {
+    /// An operator command on every instance, each within the response timeout: the answers
+    /// of those that gave one, or the first error when fewer than a majority did (what the
+    /// others hold cannot be told).
+    async fn everywhere<'a, T>(
+        &'a self,
+        op: impl Fn(&'a dyn Node) -> BoxFuture<'a, Result<T>>,
+    ) -> Result<Vec<T>> {
+        let replies = join_all(
+            self.nodes
+                .iter()
+                .map(|instance| timeout(self.response_timeout, op(&*instance.node))),
+        )
+        .await;
+        let mut answers = Vec::with_capacity(replies.len());
+        let mut first_error = None;
+        for reply in replies {
+            match reply {
+                Ok(Ok(answer)) => answers.push(answer),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {}
+            }
+        }
+        if answers.len() < self.quorum {
+            return Err(first_error.unwrap_or_else(|| {
+                LockError::Redis(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "fewer than a majority of the Redlock instances answered",
+                )))
+            }));
+        }
+        Ok(answers)
+    }
+
+    /// The lock as a majority of instances hold it (the same owner token, marks aside), with
+    /// the shortest remaining life among them; `None` when no token has a majority.
+    fn agreed(&self, found: impl IntoIterator<Item = Found>) -> Option<Found> {
+        let mut tokens: Vec<(String, Vec<Found>)> = Vec::new();
+        for f in found {
+            let token = f.value.split('*').next().unwrap_or_default().to_owned();
+            match tokens.iter_mut().find(|(t, _)| *t == token) {
+                Some((_, same)) => same.push(f),
+                None => tokens.push((token, vec![f])),
+            }
+        }
+        let (_, same) = tokens
+            .into_iter()
+            .find(|(_, same)| same.len() >= self.quorum)?;
+        let left = same.iter().map(|f| f.left).min().flatten();
+        let mut first = same.into_iter().next()?;
+        first.left = left;
+        Some(first)
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Attempt, BoxFuture, Drift, Leftover, Node, Renewal, Store, Taken, Ticket};
+use super::{Attempt, BoxFuture, Drift, Found, Leftover, Node, Renewal, Store, Taken, Ticket};
 use crate::keys::LockKeys;
 use crate::Result;
 
@@ -92,6 +92,18 @@ impl Store for Single {
         token: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>>> {
         self.node.fence(keys, token)
+    }
+
+    fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>> {
+        self.node.peek(keys)
+    }
+
+    fn evict<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<String>>> {
+        self.node.evict(keys)
+    }
+
+    fn scan<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<Vec<(String, Found)>>> {
+        self.node.scan(pattern)
     }
 
     fn usable(&self, ttl: Duration) -> Duration {

@@ -1,0 +1,109 @@
+//! What operators ask of a deployment: who holds a lock, which locks are held, and freeing one
+//! whoever holds it. None of it is on the path of acquiring or releasing.
+
+use std::time::{Duration, SystemTime};
+
+use crate::backend::Found;
+use crate::token::holder_of;
+use crate::validate::check_name;
+use crate::{LockManager, Result};
+
+/// A held lock, as [`LockManager::inspect`] and [`LockManager::list`] see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockInfo {
+    /// The lock name, without the key prefix.
+    pub name: String,
+    /// The holder id of the manager that took it
+    /// ([`holder_id`](crate::LockManagerBuilder::holder_id), default `hostname:pid`), or
+    /// `"unknown"` for a lock taken by a version of lock-core that did not record it.
+    pub holder: String,
+    /// When the holder took it, by the holder's clock (`None` when unknown).
+    pub acquired_at: Option<SystemTime>,
+    /// How long the key still lives, by the server (`None`: it has no expiry, so it was not
+    /// set by lock-core).
+    pub remaining: Option<Duration>,
+    /// Whether a waiter has asked to be woken by its release.
+    pub waited_for: bool,
+}
+
+impl LockInfo {
+    fn of(name: String, found: Found) -> Self {
+        let (holder, acquired_at) = match holder_of(&found.value) {
+            Some((holder, at)) => (holder, Some(at)),
+            None => ("unknown".to_owned(), None),
+        };
+        LockInfo {
+            name,
+            holder,
+            acquired_at,
+            remaining: found.left,
+            waited_for: found.value.contains('*'),
+        }
+    }
+}
+
+/// `s` with Redis glob characters escaped, so that it matches only itself.
+fn glob_escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl LockManager {
+    /// Who holds `name`, since when and for how long still; `None` when it is free. One round
+    /// trip (on Redlock, one to each instance: the holder a majority agrees on).
+    pub async fn inspect(&self, name: &str) -> Result<Option<LockInfo>> {
+        check_name(name)?;
+        let keys = self.shared().keys(name);
+        let found = self.shared().peek(&keys).await?;
+        Ok(found.map(|found| LockInfo::of(name.to_owned(), found)))
+    }
+
+    /// Every held lock whose name matches `pattern`, a glob (`*` any run of characters, `?`
+    /// one, `\` escapes the next; `"*"` for all), sorted by name. It `SCAN`s every
+    /// primary in batches of 500 keys (never `KEYS`, which would stall the server), then
+    /// reads each lock in batches; locks taken or released meanwhile may or may not show.
+    pub async fn list(&self, pattern: &str) -> Result<Vec<LockInfo>> {
+        let prefix = &self.shared().settings().prefix;
+        let key_pattern = format!("{}{{{pattern}}}", glob_escaped(prefix));
+        let found = self.shared().scan(&key_pattern).await?;
+        let mut locks: Vec<LockInfo> = found
+            .into_iter()
+            .filter_map(|(key, found)| {
+                let name = key.strip_prefix(prefix.as_str())?;
+                let name = name.strip_prefix('{')?.strip_suffix('}')?;
+                Some(LockInfo::of(name.to_owned(), found))
+            })
+            .collect();
+        locks.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(locks)
+    }
+
+    /// Frees `name` whoever holds it: `true` when it was held. For an operator, when a holder
+    /// is stuck or gone; it is logged at WARN with the holder it evicted.
+    ///
+    /// In one script: the key is deleted, the fencing counter moves past every token drawn so
+    /// far (so the evicted holder's fenced writes are refused from now on), and waiters are
+    /// woken. The evicted guard still believes it holds until it next talks to Redis: with
+    /// `auto_extend`, its next renewal finds the key gone and reports the lease lost; without
+    /// it, it holds until its own deadline. That is what fencing tokens are for.
+    pub async fn force_release(&self, name: &str) -> Result<bool> {
+        check_name(name)?;
+        let keys = self.shared().keys(name);
+        let evicted = self.shared().evict(&keys).await?;
+        match &evicted {
+            Some(value) => {
+                let holder = crate::token::holder_or_unknown(value);
+                tracing::warn!(lock = %name, evicted = %holder, "force-released; the fencing counter was advanced");
+            }
+            None => tracing::info!(lock = %name, "force-release found the lock free"),
+        }
+        Ok(evicted.is_some())
+    }
+}

@@ -1,0 +1,25 @@
+-- Free a lock whoever holds it (an operator's force-release), advance its fencing counter so
+-- that the evicted holder's fenced writes are refused, and wake its waiters.
+-- KEYS[1] lock key   <prefix>{<name>}
+-- KEYS[2] fence key  <prefix>{<name>}:fence
+-- ARGV[1] how long the fence key outlives its last use, in milliseconds (as fence.lua)
+-- ARGV[2] 'PUBLISH', or 'SPUBLISH' on a Redis 7 cluster
+-- Returns the evicted value (the holder's token, maybe marked), or false when it was free.
+-- The fencing counter moves as fence.lua would move it for a new holder (the larger of the
+-- last token + 1 and the server's clock in microseconds), so every token drawn before this
+-- one, including the evicted holder's, is below it.
+local v = redis.call('GET', KEYS[1])
+if not v then
+  return false
+end
+redis.call('DEL', KEYS[1])
+local now = redis.call('TIME')
+local token = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if last and last >= token then
+  token = last + 1
+end
+redis.call('SET', KEYS[2], string.format('%.0f', token), 'PX', ARGV[1])
+-- An empty message wakes every waiter, fair ones included.
+redis.call(ARGV[2], KEYS[1], '')
+return v

@@ -1,0 +1,135 @@
+//! `lockctl` run as a process against a real redis-server, as an operator would run it.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use lock_core::LockManager;
+use lock_test_support::RedisServer;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn lockctl(server: &RedisServer, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lockctl"))
+        .args(["--url", &server.url()])
+        .args(args)
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("run lockctl")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockctl_lists_shows_and_force_releases_live_locks() {
+    let server = RedisServer::start();
+    let worker = LockManager::builder()
+        .url(&server.url())
+        .holder_id("billing-worker-7")
+        .build()
+        .await
+        .unwrap();
+    let invoices = worker
+        .lock("invoices:42")
+        .ttl(LONG)
+        .auto_extend(true)
+        .acquire()
+        .await
+        .unwrap();
+    let _reports = worker.try_acquire("reports:daily", LONG).await.unwrap();
+    let fence = invoices.fencing_token().await.unwrap();
+
+    // list: a table with both, and the holder id.
+    let out = tokio::task::spawn_blocking({
+        let url = server.url();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_lockctl"))
+                .args(["--url", &url, "list"])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let table = stdout(&out);
+    eprintln!("{table}");
+    assert_eq!(out.status.code(), Some(0));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{table}");
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[1].starts_with("invoices:42") && lines[1].contains("billing-worker-7"));
+    assert!(lines[2].starts_with("reports:daily"));
+
+    // A pattern, and JSON.
+    let out = lockctl(&server, &["--json", "list", "invoices:*"]);
+    assert_eq!(out.status.code(), Some(0));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!(rows[0]["name"], "invoices:42");
+    assert_eq!(rows[0]["holder"], "billing-worker-7");
+    let remaining = rows[0]["remaining_ms"].as_u64().unwrap();
+    assert!(remaining > 50_000 && remaining <= 60_000, "{rows}");
+    assert!(rows[0]["acquired_at_ms"].as_u64().unwrap() > 0);
+    let out = lockctl(&server, &["list", "nothing:*"]);
+    assert_eq!(out.status.code(), Some(1), "no lock matched");
+
+    // show
+    let out = lockctl(&server, &["show", "invoices:42"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("billing-worker-7"));
+    let out = lockctl(&server, &["show", "free:one"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("free"));
+
+    // release needs --force; with it, the holder is evicted and learns so.
+    let out = lockctl(&server, &["release", "invoices:42"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert!(!invoices.is_lost());
+    let out = lockctl(&server, &["release", "invoices:42", "--force"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("evicted billing-worker-7"),
+        "{}",
+        stdout(&out)
+    );
+    let out = lockctl(&server, &["release", "invoices:42", "--force"]);
+    assert_eq!(out.status.code(), Some(1), "already free");
+    assert!(!invoices.extend(LONG).await.unwrap());
+    assert!(invoices.is_lost());
+    let next = worker
+        .try_acquire("invoices:42", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(next.fencing_token().await.unwrap() > fence);
+
+    // Errors: nobody listening, and a url that does not parse.
+    let down = format!("redis://127.0.0.1:{}", lock_test_support::free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_lockctl"))
+        .args(["--url", &down, "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&down));
+    let out = Command::new(env!("CARGO_BIN_EXE_lockctl"))
+        .args(["--url", "nonsense", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // REDIS_URL and --prefix.
+    let other = LockManager::builder()
+        .url(&server.url())
+        .key_prefix("jobs:")
+        .build()
+        .await
+        .unwrap();
+    let _g = other.try_acquire("nightly", LONG).await.unwrap().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lockctl"))
+        .env("REDIS_URL", server.url())
+        .args(["--prefix", "jobs:", "show", "nightly"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
