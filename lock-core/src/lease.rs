@@ -53,6 +53,8 @@ pub(crate) struct Lease {
     /// Key of this lease in the manager's table of held locks.
     pub(crate) id: u64,
     pub(crate) name: String,
+    /// The `lock` label of its metrics.
+    pub(crate) label: String,
     pub(crate) keys: LockKeys,
     pub(crate) token: String,
     /// The lease requested at acquire time.
@@ -151,6 +153,7 @@ impl Lease {
     pub(crate) fn new(
         id: u64,
         name: String,
+        label: String,
         keys: LockKeys,
         ttl: Duration,
         grant: Grant,
@@ -159,6 +162,7 @@ impl Lease {
         Self {
             id,
             name,
+            label,
             keys,
             token: grant.token,
             ttl,
@@ -301,6 +305,7 @@ mod tests {
     fn lease(ttl: Duration) -> Lease {
         Lease::new(
             1,
+            "n".to_owned(),
             "n".to_owned(),
             LockKeys::new("lock:", "n"),
             ttl,

@@ -140,6 +140,25 @@
 //! - `sentinel`: [`LockManagerBuilder::sentinel`], a primary found through Redis Sentinel and
 //!   followed across failovers.
 //! - `tls`: `rediss://` urls, through rustls.
+//! - `metrics`: the series below, through the [`metrics`](https://docs.rs/metrics) facade; install
+//!   any recorder (`metrics-exporter-prometheus` serves them for Prometheus: see
+//!   `examples/metrics.rs`).
+//!
+//! # Metrics
+//!
+//! Every series has the label `lock`, bounded by the kinds of locks rather than the locks: the
+//! attribute's key template with its placeholders as `{}` (`invoices:{}`), a label set with
+//! [`LockRequest::metrics_label`], or else the name up to its first `:` (`reports:daily` is
+//! `reports`; a name without `:` is its own label).
+//!
+//! | name | kind | labels, and what it counts |
+//! |---|---|---|
+//! | `lock_acquire_total` | counter | `lock`, `outcome` = `acquired`, `busy`, `timeout`, `error` |
+//! | `lock_wait_seconds` | histogram | `lock`: from the request to the grant |
+//! | `lock_hold_seconds` | histogram | `lock`: from the grant to the release, drop or shutdown |
+//! | `lock_extend_total` | counter | `lock`, `outcome` = `renewed`, `not_ours`, `error` |
+//! | `lock_lost_total` | counter | `lock`: leases found taken over, or not renewed before they ran out |
+//! | `lock_held` | gauge | `lock`: locks this process holds now |
 //!
 //! # Requirements
 //!
@@ -183,6 +202,7 @@ mod guard;
 mod keys;
 mod lease;
 mod manager;
+mod metrics;
 mod ops;
 mod request;
 mod shared;

@@ -16,6 +16,8 @@ pub struct Options {
     pub min_hold: Option<Duration>,
     pub max_hold: Option<Duration>,
     pub fair: bool,
+    /// The key template with its placeholders as `{}`: the metrics label.
+    pub label: Option<&'static str>,
 }
 
 /// Anything `manager = ...` may name: a `LockManager`, a reference to one, or an `Arc` of one.
@@ -69,6 +71,9 @@ pub async fn acquire(
     }
     if let Some(max) = options.max_hold {
         request = request.max_hold(max);
+    }
+    if let Some(label) = options.label {
+        request = request.metrics_label(label);
     }
     match request.acquire().await {
         Ok(guard) => Ok(Some(guard)),

@@ -332,13 +332,15 @@ impl Shared {
     pub(crate) fn grant(
         &self,
         name: String,
+        label: String,
         keys: LockKeys,
         ttl: Duration,
         grant: Grant,
         min_hold: Option<Duration>,
     ) -> Arc<Lease> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let lease = Arc::new(Lease::new(id, name, keys, ttl, grant, min_hold));
+        crate::metrics::held(&label);
+        let lease = Arc::new(Lease::new(id, name, label, keys, ttl, grant, min_hold));
         locked(&self.held).insert(id, Arc::clone(&lease));
         lease
     }
@@ -360,10 +362,15 @@ impl Shared {
                 } else {
                     Landed::Applied(usable)
                 });
+                crate::metrics::extend(&lease.label, "renewed");
                 Ok(true)
             }
             Ok(Renewal::NotOurs) => {
                 renewing.finish(Landed::NotApplied);
+                crate::metrics::extend(&lease.label, "not_ours");
+                if !lease.is_lost() {
+                    crate::metrics::lost(&lease.label);
+                }
                 tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), "lease lost: the key expired or another owner holds it");
                 lease.mark_lost();
                 Ok(false)
@@ -374,6 +381,7 @@ impl Shared {
                 } else {
                     Landed::NotApplied
                 });
+                crate::metrics::extend(&lease.label, "error");
                 Err(e)
             }
         }
@@ -411,6 +419,7 @@ impl Shared {
         if !lease.claim() {
             return false;
         }
+        crate::metrics::released(&lease.label, lease.acquired.elapsed());
         locked(&self.held).remove(&lease.id);
         true
     }
@@ -518,6 +527,7 @@ impl Shared {
         let leases: Vec<Arc<Lease>> = locked(&self.held).drain().map(|(_, l)| l).collect();
         for lease in leases {
             if lease.claim() {
+                crate::metrics::released(&lease.label, lease.acquired.elapsed());
                 lease.mark_lost();
                 self.release_in_background(&lease);
             }

@@ -93,6 +93,11 @@ fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
         Key::Template { fmt, args } => quote!(::std::format!(#fmt #(, #args)*)),
         Key::Expr(expr) => quote!(::std::string::ToString::to_string(&(#expr))),
     };
+    // Metrics are labelled by the template, not by each key it makes.
+    let label = match &config.key {
+        Key::Template { fmt, .. } => quote!(::core::option::Option::Some(#fmt)),
+        Key::Expr(_) => quote!(::core::option::Option::None),
+    };
     let manager_expr = match &config.manager {
         Some(expr) => quote!(&(#expr)),
         None => quote!(&(match #krate::__private::default_manager() {
@@ -170,6 +175,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
                         min_hold: #min_hold,
                         max_hold: #max_hold,
                         fair: #fair,
+                        label: #label,
                     },
                 )
                 .await
