@@ -1408,3 +1408,57 @@ async fn locks_work_over_tls_with_a_ca_and_a_client_certificate() {
     let e = LockManager::connect(&url).await.unwrap_err();
     assert!(matches!(e, LockError::Connect { .. }), "{e:?}");
 }
+
+/// `force_release` wakes the waiters by message, fair ones included, like a release: with a
+/// one-minute poll interval and a holder lease of a minute, only the message can wake them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_release_wakes_the_waiters_at_once() {
+    let server = RedisServer::start();
+    let manager = || {
+        LockManager::builder()
+            .url(&server.url())
+            .max_poll_interval(Duration::from_secs(60))
+            .build()
+    };
+    let (holder, waiters) = (manager().await.unwrap(), manager().await.unwrap());
+    for fair in [false, true] {
+        let name = format!("stuck:{fair}");
+        let stuck = holder
+            .lock(name.clone())
+            .ttl(Duration::from_secs(60))
+            .acquire()
+            .await
+            .unwrap();
+        let waiter = {
+            let (waiters, name) = (waiters.clone(), name.clone());
+            tokio::spawn(async move {
+                waiters
+                    .lock(name)
+                    .ttl(LONG)
+                    .wait(Duration::from_secs(30))
+                    .fair(fair)
+                    .acquire()
+                    .await
+            })
+        };
+        // Subscribed and marked: the waiter waits for the message.
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                let value: Option<String> =
+                    server.query(redis::cmd("GET").arg(holder.key_for(&name)));
+                value.is_some_and(|v| v.contains('*'))
+            })
+            .await
+        );
+        let freed = Instant::now();
+        assert!(holder.force_release(&name).await.unwrap());
+        let taken = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the force-release, not by a poll")
+            .unwrap()
+            .unwrap();
+        assert!(freed.elapsed() < Duration::from_secs(5));
+        assert!(!stuck.release().await.unwrap(), "evicted");
+        assert!(taken.release().await.unwrap());
+    }
+}
