@@ -516,34 +516,33 @@ impl RedisServer {
             .query(&mut primary)
             .unwrap();
         let written = offset(&info, "master_repl_offset:");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while offset(
-            &replica.query::<String>(redis::cmd("INFO").arg("replication")),
-            "slave_repl_offset:",
-        ) < written
-        {
-            assert!(Instant::now() < deadline, "the replica never caught up");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll(Duration::from_secs(10), "the replica to catch up", || {
+            let info: String = replica.query(redis::cmd("INFO").arg("replication"));
+            (offset(&info, "slave_repl_offset:") >= written).then_some(())
+        });
         let _: () = redis::cmd("DEL").arg(probe).query(&mut primary).unwrap();
         replica
     }
 
     /// Waits until this replica's link to its primary is up and the first sync is done.
     pub fn wait_replicating(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
+        poll(within, "the replica's link to its primary", || {
             let info: String = self.query(redis::cmd("INFO").arg("replication"));
-            if info.contains("master_link_status:up") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica on port {} not linked within {within:?}:\n{info}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(10));
+            info.contains("master_link_status:up").then_some(())
+        });
+    }
+}
+
+/// Calls `check` every 20 ms until it returns `Some`, which it returns; panics when `within`
+/// runs out first, saying it waited for `what`. Blocking: for set-up code.
+fn poll<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = check() {
+            return found;
         }
+        assert!(Instant::now() < deadline, "waited {within:?} for {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -652,32 +651,28 @@ impl Sentinels {
     }
 
     fn wait_ready(&self, replicas: usize, within: Duration) {
-        let deadline = Instant::now() + within;
         let others = (self.nodes.len() - 1).to_string();
         let replicas = replicas.to_string();
-        loop {
-            let ready = (0..self.nodes.len()).all(|i| {
-                let fields: Option<Vec<String>> =
-                    self.ask(i, redis::cmd("SENTINEL").arg("MASTER").arg(&self.master));
-                let Some(fields) = fields else { return false };
-                let field = |name: &str| {
-                    fields
-                        .chunks(2)
-                        .find(|kv| kv[0] == name)
-                        .map(|kv| kv[1].clone())
-                };
-                field("num-other-sentinels") == Some(others.clone())
-                    && field("num-slaves") == Some(replicas.clone())
-            });
-            if ready {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sentinels did not find each other and the replicas within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll(
+            within,
+            "the sentinels to find each other and the replicas",
+            || {
+                let ready = (0..self.nodes.len()).all(|i| {
+                    let fields: Option<Vec<String>> =
+                        self.ask(i, redis::cmd("SENTINEL").arg("MASTER").arg(&self.master));
+                    let Some(fields) = fields else { return false };
+                    let field = |name: &str| {
+                        fields
+                            .chunks(2)
+                            .find(|kv| kv[0] == name)
+                            .map(|kv| kv[1].clone())
+                    };
+                    field("num-other-sentinels") == Some(others.clone())
+                        && field("num-slaves") == Some(replicas.clone())
+                });
+                ready.then_some(())
+            },
+        );
     }
 
     /// The primary's port, as the first sentinel that answers names it.
@@ -695,41 +690,29 @@ impl Sentinels {
 
     /// Waits until every sentinel names the primary at `port`.
     pub fn wait_agreed(&self, port: u16, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let agreed = (0..self.nodes.len()).all(|i| {
-                let addr: Option<(String, String)> = self.ask(
-                    i,
-                    redis::cmd("SENTINEL")
-                        .arg("GET-MASTER-ADDR-BY-NAME")
-                        .arg(&self.master),
-                );
-                addr.is_some_and(|(_, p)| p == port.to_string())
-            });
-            if agreed {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the sentinels did not all name port {port} within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll(
+            within,
+            &format!("every sentinel to name port {port}"),
+            || {
+                let agreed = (0..self.nodes.len()).all(|i| {
+                    let addr: Option<(String, String)> = self.ask(
+                        i,
+                        redis::cmd("SENTINEL")
+                            .arg("GET-MASTER-ADDR-BY-NAME")
+                            .arg(&self.master),
+                    );
+                    addr.is_some_and(|(_, p)| p == port.to_string())
+                });
+                agreed.then_some(())
+            },
+        );
     }
 
     /// Waits until the sentinels name a primary other than `old`, and returns its port.
     pub fn wait_failover(&self, old: u16, within: Duration) -> u16 {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(port) = self.primary_port().filter(|&p| p != old) {
-                return port;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no failover away from port {old} within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll(within, &format!("a failover away from port {old}"), || {
+            self.primary_port().filter(|&p| p != old)
+        })
     }
 }
 

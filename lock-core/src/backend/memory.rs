@@ -226,6 +226,11 @@ impl Server {
         clock_us: u64,
     ) -> Option<u64> {
         self.owned_by(&keys.lock, token, now)?;
+        Some(self.advance_fence(now, keys, clock_us))
+    }
+
+    /// The next fencing token (the larger of the last + 1 and the clock in µs), stored.
+    fn advance_fence(&mut self, now: Instant, keys: &LockKeys, clock_us: u64) -> u64 {
         let fence_key = keys.fence();
         let last = self
             .live(&fence_key, now)
@@ -239,7 +244,7 @@ impl Server {
                 expires: now + FENCE_KEEP,
             },
         );
-        Some(next)
+        next
     }
 
     /// An operator's look at a lock key: its value and remaining life.
@@ -254,18 +259,7 @@ impl Server {
     pub(crate) fn evict(&mut self, now: Instant, keys: &LockKeys, clock_us: u64) -> Option<String> {
         let value = self.live(&keys.lock, now)?.value.clone();
         self.keys.remove(&keys.lock);
-        let fence_key = keys.fence();
-        let last = self
-            .live(&fence_key, now)
-            .and_then(|e| e.value.parse::<u64>().ok())
-            .unwrap_or(0);
-        self.keys.insert(
-            fence_key,
-            Entry {
-                value: clock_us.max(last + 1).to_string(),
-                expires: now + FENCE_KEEP,
-            },
-        );
+        self.advance_fence(now, keys, clock_us);
         Some(value)
     }
 
