@@ -44,7 +44,7 @@ async fn main() -> Result<(), LockError> {
     );
 
     match locks.acquire("report", ttl, Duration::ZERO).await {
-        Err(LockError::Busy { name, holder }) => println!(
+        Err(LockError::Busy { name, holder, .. }) => println!(
             "worker B  `{name}` is busy (held by {}), not waiting",
             holder.as_deref().unwrap_or("someone")
         ),

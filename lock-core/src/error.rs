@@ -10,6 +10,7 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum LockError {
     /// Another owner holds the lock and the request was not to wait.
+    #[non_exhaustive]
     #[error("lock `{name}` is held by another owner{}", .holder.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
     Busy {
         /// The lock name as given, without the key prefix.

@@ -115,7 +115,10 @@
 //!   renewal in flight, or one whose outcome is unknown, caps it at what it would set if it
 //!   landed.
 //! - **I2** While a guard says it holds ([`is_lost`](LockGuard::is_lost) is `false` and
-//!   [`remaining`](LockGuard::remaining) is above zero), no other client can acquire the lock.
+//!   [`remaining`](LockGuard::remaining) is above zero), no other client can acquire the lock,
+//!   unless an operator takes it away with [`LockManager::force_release`]: that guard learns it
+//!   at its next command (with `auto_extend`, its next renewal), and until then only fencing
+//!   tokens protect the resource.
 //! - **I3** A new guard carries the lease the server granted to the attempt that took it
 //!   (the ttl minus that round trip), whatever errors came before in the same wait: every
 //!   attempt has its own token, and no key is ever granted twice.

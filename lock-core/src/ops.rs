@@ -86,24 +86,38 @@ impl LockManager {
     }
 
     /// Frees `name` whoever holds it: `true` when it was held. For an operator, when a holder
-    /// is stuck or gone; it is logged at WARN with the holder it evicted.
-    ///
-    /// In one script: the key is deleted, the fencing counter moves past every token drawn so
-    /// far (so the evicted holder's fenced writes are refused from now on), and waiters are
-    /// woken. The evicted guard still believes it holds until it next talks to Redis: with
-    /// `auto_extend`, its next renewal finds the key gone and reports the lease lost; without
-    /// it, it holds until its own deadline. That is what fencing tokens are for.
+    /// is stuck or gone; it is logged at WARN with the holder it evicted. See
+    /// [`evict`](Self::evict), which also tells who that was.
     pub async fn force_release(&self, name: &str) -> Result<bool> {
+        Ok(self.evict(name).await?.is_some())
+    }
+
+    /// [`force_release`](Self::force_release), returning what it evicted (read in the same
+    /// script that deleted it, so it names the holder that was actually evicted; `remaining`
+    /// is not read and is `None`), or `None` when the lock was free.
+    ///
+    /// In one script: the key is deleted, the fencing counter is moved past every token drawn
+    /// for this name so far, and waiters are woken. So every token drawn from now on is above
+    /// the evicted holder's, and a resource that checks fencing tokens refuses the evicted
+    /// holder's writes once it has accepted one from a later holder. (On one server the clock
+    /// part of a token would usually put the next token above anyway; the counter makes sure
+    /// of it. On Redlock, fencing tokens are not a fence: see
+    /// [`LockGuard::fencing_token`](crate::LockGuard::fencing_token).)
+    ///
+    /// The evicted guard still believes it holds until it next talks to Redis: with
+    /// `auto_extend`, its next renewal finds the key gone and reports the lease lost; without
+    /// it, it holds until its own deadline (the exception to I2 in the crate docs).
+    pub async fn evict(&self, name: &str) -> Result<Option<LockInfo>> {
         check_name(name)?;
         let keys = self.shared().keys(name);
         let evicted = self.shared().evict(&keys).await?;
         match &evicted {
             Some(value) => {
                 let holder = crate::token::holder_or_unknown(value);
-                tracing::warn!(lock = %name, evicted = %holder, "force-released; the fencing counter was advanced");
+                tracing::warn!(lock = %name, evicted = %holder, "force-released; later fencing tokens are above the evicted holder's");
             }
             None => tracing::info!(lock = %name, "force-release found the lock free"),
         }
-        Ok(evicted.is_some())
+        Ok(evicted.map(|value| LockInfo::of(name.to_owned(), Found { value, left: None })))
     }
 }

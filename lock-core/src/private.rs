@@ -75,6 +75,10 @@ pub async fn acquire(
     if let Some(label) = options.label {
         request = request.metrics_label(label);
     }
+    if options.skip_if_busy && options.wait.is_zero() {
+        // Busy is skipped: no need to ask who holds it.
+        return request.try_acquire().await;
+    }
     match request.acquire().await {
         Ok(guard) => Ok(Some(guard)),
         Err(LockError::Busy { name, .. } | LockError::Timeout { name, .. })

@@ -146,10 +146,17 @@ impl<'a> LockRequest<'a> {
     pub async fn acquire(self) -> Result<LockGuard> {
         let wait = self.wait;
         let shared = self.shared;
+        let began = Instant::now();
         match self.run(wait).await? {
             Acquired::Guard(guard) => Ok(guard),
             Acquired::Busy { name, .. } if wait.is_zero() => {
-                let holder = shared.holder_of(&name).await;
+                // Best effort, and within the bound of I4: the wait (zero) plus one response
+                // timeout, counted from the start.
+                let bound = began + shared.settings().response_timeout;
+                let holder = timeout_at(bound, shared.holder_of(&name))
+                    .await
+                    .ok()
+                    .flatten();
                 Err(LockError::Busy { name, holder })
             }
             Acquired::Busy { name, waited } => Err(LockError::Timeout { name, waited }),

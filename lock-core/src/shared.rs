@@ -404,6 +404,9 @@ impl Shared {
                 match self.store.fence(&lease.keys, &lease.token).await? {
                     Some(fence) => Ok(fence),
                     None => {
+                        if !lease.is_lost() {
+                            crate::metrics::lost(&lease.label);
+                        }
                         tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), "no fencing token: the key expired or another owner holds it");
                         lease.mark_lost();
                         Err(lost())

@@ -26,8 +26,7 @@ struct Cli {
     #[arg(
         long = "url",
         env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        value_delimiter = ','
+        default_value = "redis://127.0.0.1:6379"
     )]
     urls: Vec<String>,
     /// The urls are seeds of a Redis Cluster.
@@ -139,9 +138,10 @@ async fn run(cli: &Cli) -> Result<Outcome, String> {
             }
         }
         Command::Release { name, .. } => {
-            let before = locks.inspect(name).await.map_err(|e| e.to_string())?;
-            let released = locks.force_release(name).await.map_err(|e| e.to_string())?;
-            let holder = before.map(|info| info.holder);
+            // The holder read by the script that evicted it, not by an earlier look.
+            let evicted = locks.evict(name).await.map_err(|e| e.to_string())?;
+            let released = evicted.is_some();
+            let holder = evicted.map(|info| info.holder);
             if cli.json {
                 println!(
                     "{}",
@@ -149,7 +149,7 @@ async fn run(cli: &Cli) -> Result<Outcome, String> {
                 );
             } else if released {
                 println!(
-                    "{name}: released (evicted {}); its fencing counter moved on",
+                    "{name}: released (evicted {}); fencing tokens drawn from now on are above its",
                     holder.as_deref().unwrap_or("unknown")
                 );
             } else {

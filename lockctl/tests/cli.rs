@@ -39,6 +39,8 @@ async fn lockctl_lists_shows_and_force_releases_live_locks() {
         .unwrap();
     let _reports = worker.try_acquire("reports:daily", LONG).await.unwrap();
     let fence = invoices.fencing_token().await.unwrap();
+    // A key of another type under the same prefix is not a lock, and does not break `list`.
+    let _: () = server.query(redis::cmd("HSET").arg("lock:{not-a-lock}").arg("a").arg(1));
 
     // list: a table with both, and the holder id.
     let out = tokio::task::spawn_blocking({
@@ -94,6 +96,9 @@ async fn lockctl_lists_shows_and_force_releases_live_locks() {
         "{}",
         stdout(&out)
     );
+    // The script moved the fencing counter past the evicted holder's token.
+    let counter: String = server.query(redis::cmd("GET").arg("lock:{invoices:42}:fence"));
+    assert!(counter.parse::<u64>().unwrap() > fence);
     let out = lockctl(&server, &["release", "invoices:42", "--force"]);
     assert_eq!(out.status.code(), Some(1), "already free");
     assert!(!invoices.extend(LONG).await.unwrap());

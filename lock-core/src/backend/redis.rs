@@ -451,7 +451,8 @@ impl RedisNode {
         self.conn.send(&Request::One(cmd)).await
     }
 
-    /// `GET` and `PTTL` of each of `keys`, in one round trip (each key's pair atomic).
+    /// `GET` and `PTTL` of each of `keys`: in one round trip on one server, one per key on a
+    /// cluster. Not atomic: a key that expires in between is left out.
     async fn peek_all(&self, keys: &[String]) -> Result<Vec<Option<Found>>> {
         let mut out = Vec::with_capacity(keys.len());
         // One key per pipeline on a cluster (the keys live in many slots); all at once
@@ -466,19 +467,16 @@ impl RedisNode {
             for key in chunk {
                 pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
             }
-            let replies: Vec<(Option<String>, i64)> = {
-                let flat: Vec<Value> = self.conn.send(&Request::Pipe(&pipe)).await?;
-                flat.chunks(2)
-                    .map(|pair| {
-                        Ok((
-                            redis::from_redis_value(pair[0].clone())?,
-                            redis::from_redis_value(pair[1].clone())?,
-                        ))
-                    })
-                    .collect::<redis::RedisResult<_>>()?
-            };
-            out.extend(replies.into_iter().map(|(value, left)| {
-                value.map(|value| Found {
+            // Each reply on its own: a key of another type under the same pattern (WRONGTYPE)
+            // is not a lock, and must not fail the others.
+            pipe.ignore_errors();
+            let flat: Vec<Value> = self.conn.send(&Request::Pipe(&pipe)).await?;
+            out.extend(flat.chunks(2).map(|pair| {
+                let value: String = redis::from_redis_value(pair[0].clone()).ok()?;
+                let left: i64 = redis::from_redis_value(pair[1].clone()).ok()?;
+                // -2: it expired between the two commands; -1: no expiry (not one of ours,
+                // but shown as it is).
+                (left != -2).then(|| Found {
                     value,
                     left: u64::try_from(left).ok().map(Duration::from_millis),
                 })
@@ -510,7 +508,11 @@ impl RedisNode {
                     )
                     .await?;
                 let Value::Map(answers) = reply else {
-                    return Ok(vec![None]);
+                    // Scanning one node only would list part of the locks as if it were all.
+                    return Err(LockError::Redis(redis::RedisError::from((
+                        ErrorKind::UnexpectedReturnType,
+                        "the cluster did not tell its primaries",
+                    ))));
                 };
                 let mut out = Vec::new();
                 for (address, _) in answers {

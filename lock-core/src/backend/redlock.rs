@@ -576,21 +576,34 @@ impl Store for Redlock {
 
     fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>> {
         Box::pin(async move {
-            let answers = self.everywhere(|node| node.peek(keys)).await?;
-            Ok(self.agreed(answers.into_iter().flatten()))
+            let (answers, error) = self
+                .everywhere(Some(self.response_timeout), |node| node.peek(keys))
+                .await;
+            Ok(self.agreed(self.majority_or(answers, error)?.into_iter().flatten()))
         })
     }
 
+    /// Deleted where it answers. The value of an instance that held the key, even when others
+    /// did not answer: the lock may have lost its majority, which is what the operator asked
+    /// for (a holder that did not lose it still fails its next renewal where it was deleted).
     fn evict<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<String>>> {
         Box::pin(async move {
-            let answers = self.everywhere(|node| node.evict(keys)).await?;
-            Ok(answers.into_iter().flatten().next())
+            let (answers, first_error) = self
+                .everywhere(Some(self.response_timeout), |node| node.evict(keys))
+                .await;
+            if let Some(value) = answers.iter().flatten().next() {
+                return Ok(Some(value.clone()));
+            }
+            self.majority_or(answers, first_error).map(|_| None)
         })
     }
 
     fn scan<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<Vec<(String, Found)>>> {
         Box::pin(async move {
-            let answers = self.everywhere(|node| node.scan(pattern)).await?;
+            // Each SCAN and peek has the response timeout; the whole walk has no bound of its
+            // own (a large keyspace takes many round trips).
+            let (answers, error) = self.everywhere(None, |node| node.scan(pattern)).await;
+            let answers = self.majority_or(answers, error)?;
             let mut by_key: std::collections::BTreeMap<String, Vec<Found>> = Default::default();
             for (key, found) in answers.into_iter().flatten() {
                 by_key.entry(key).or_default().push(found);
@@ -612,39 +625,52 @@ impl Store for Redlock {
 }
 
 impl Redlock {
-    /// An operator command on every instance, each within the response timeout: the answers
-    /// of those that gave one, or the first error when fewer than a majority did (what the
-    /// others hold cannot be told).
+    /// An operator command on every instance, each within `bound` if given: the answers of
+    /// those that gave one, and the first error.
     async fn everywhere<'a, T>(
         &'a self,
+        bound: Option<Duration>,
         op: impl Fn(&'a dyn Node) -> BoxFuture<'a, Result<T>>,
-    ) -> Result<Vec<T>> {
-        let replies = join_all(
-            self.nodes
-                .iter()
-                .map(|instance| timeout(self.response_timeout, op(&*instance.node))),
-        )
+    ) -> (Vec<T>, Option<LockError>) {
+        let replies = join_all(self.nodes.iter().map(|instance| {
+            let answer = op(&*instance.node);
+            async move {
+                match bound {
+                    Some(bound) => timeout(bound, answer).await.unwrap_or_else(|_| {
+                        Err(LockError::Redis(redis::RedisError::from(
+                            std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"),
+                        )))
+                    }),
+                    None => answer.await,
+                }
+            }
+        }))
         .await;
         let mut answers = Vec::with_capacity(replies.len());
         let mut first_error = None;
         for reply in replies {
             match reply {
-                Ok(Ok(answer)) => answers.push(answer),
-                Ok(Err(e)) => {
+                Ok(answer) => answers.push(answer),
+                Err(e) => {
                     first_error.get_or_insert(e);
                 }
-                Err(_) => {}
             }
         }
-        if answers.len() < self.quorum {
-            return Err(first_error.unwrap_or_else(|| {
-                LockError::Redis(redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "fewer than a majority of the Redlock instances answered",
-                )))
-            }));
+        (answers, first_error)
+    }
+
+    /// The answers, when a majority gave one; else (what the others hold cannot be told) the
+    /// first error.
+    fn majority_or<T>(&self, answers: Vec<T>, error: Option<LockError>) -> Result<Vec<T>> {
+        if answers.len() >= self.quorum {
+            return Ok(answers);
         }
-        Ok(answers)
+        Err(error.unwrap_or_else(|| {
+            LockError::Redis(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "fewer than a majority of the Redlock instances answered",
+            )))
+        }))
     }
 
     /// The lock as a majority of instances hold it (the same owner token, marks aside), with
@@ -652,7 +678,9 @@ impl Redlock {
     fn agreed(&self, found: impl IntoIterator<Item = Found>) -> Option<Found> {
         let mut tokens: Vec<(String, Vec<Found>)> = Vec::new();
         for f in found {
-            let token = f.value.split('*').next().unwrap_or_default().to_owned();
+            // The owner token, without a waiter's mark or a min_hold release's retirement.
+            let token = f.value.split('*').next().unwrap_or_default();
+            let token = token.trim_end_matches('~').to_owned();
             match tokens.iter_mut().find(|(t, _)| *t == token) {
                 Some((_, same)) => same.push(f),
                 None => tokens.push((token, vec![f])),
