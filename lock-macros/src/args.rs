@@ -31,6 +31,51 @@ pub(crate) struct Args {
     pub(crate) manager: Option<Arg<Expr>>,
     pub(crate) guard: Option<Arg<Ident>>,
     pub(crate) krate: Option<Arg<LitStr>>,
+    /// Every argument name written, well-formed or not, and the names a misspelt one was
+    /// taken for: an argument that has an error of its own is not reported missing as well.
+    pub(crate) mentioned: Vec<String>,
+}
+
+/// The known argument names, for "did you mean".
+const KNOWN: [&str; 12] = [
+    "key",
+    "ttl",
+    "wait",
+    "on_busy",
+    "auto_extend",
+    "on_lost",
+    "min_hold",
+    "max_hold",
+    "fair",
+    "manager",
+    "guard",
+    "crate",
+];
+
+/// The known name closest to `name`, if it is a likely misspelling (edit distance at most 2,
+/// and less than the name's length).
+fn did_you_mean(name: &str) -> Option<&'static str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cost = usize::from(ca != *cb);
+                let next = (row[j + 1] + 1).min(row[j] + 1).min(prev + cost);
+                prev = row[j + 1];
+                row[j + 1] = next;
+            }
+        }
+        row[b.len()]
+    }
+    KNOWN
+        .iter()
+        .map(|known| (distance(name, known), *known))
+        .filter(|(d, known)| *d <= 2 && *d < name.len().min(known.len()))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, known)| known)
 }
 
 pub(crate) const NAMES: &str = "`key`, `ttl`, `wait`, `on_busy`, `auto_extend`, `on_lost`, `min_hold`, `max_hold`, `fair`, `manager`, `guard`, `crate`";
@@ -87,6 +132,7 @@ pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
             return Err(meta.error(format!("unknown argument; expected one of {NAMES}")));
         };
         let value: Expr = meta.value()?.parse()?;
+        args.mentioned.push(name.to_string());
         let e = &mut errors;
         match name.to_string().as_str() {
             "key" => {
@@ -156,13 +202,25 @@ pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
                     ),
                 ),
             },
-            _ => push(
-                e,
-                syn::Error::new(
-                    name.span(),
-                    format!("unknown argument `{name}`; expected one of {NAMES}"),
+            unknown => match did_you_mean(unknown) {
+                Some(known) => {
+                    args.mentioned.push(known.to_owned());
+                    push(
+                        e,
+                        syn::Error::new(
+                            name.span(),
+                            format!("unknown argument `{name}`; did you mean `{known}`?"),
+                        ),
+                    );
+                }
+                None => push(
+                    e,
+                    syn::Error::new(
+                        name.span(),
+                        format!("unknown argument `{name}`; expected one of {NAMES}"),
+                    ),
                 ),
-            ),
+            },
         }
         Ok(())
     });

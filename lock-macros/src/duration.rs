@@ -1,7 +1,8 @@
 //! Durations written as strings: "500ms", "30s", "5m", "1h", "1m30s".
 
 /// Parses a duration into milliseconds. Units: `ms`, `s`, `m`, `h`, `d`, each at most once, in
-/// decreasing order, each with a whole number: "1h30m", "2s500ms".
+/// decreasing order, each with a number, which may have a fraction when it comes to whole
+/// milliseconds: "1h30m", "2s500ms", "1.5s", "0.25h". Spaces between parts are allowed.
 pub(crate) fn parse_millis(text: &str) -> Result<u64, String> {
     const UNITS: [(&str, u64); 5] = [
         ("d", 86_400_000),
@@ -10,30 +11,56 @@ pub(crate) fn parse_millis(text: &str) -> Result<u64, String> {
         ("s", 1_000),
         ("ms", 1),
     ];
-    let hint = "write it as a number with a unit: \"500ms\", \"30s\", \"5m\", \"1h\", \"1m30s\"";
+    let hint =
+        "write it as a number with a unit: \"500ms\", \"30s\", \"1.5s\", \"5m\", \"1h\", \"1m30s\"";
     if text.trim().is_empty() {
         return Err(format!("empty duration; {hint}"));
     }
-    let mut rest = text;
+    let mut rest = text.trim_start();
     let mut total: u64 = 0;
     let mut last_unit: Option<usize> = None;
     while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
+        let whole = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if whole == 0 {
             return Err(format!("invalid duration \"{text}\"; {hint}"));
         }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("duration \"{text}\" is too large"))?;
-        rest = &rest[digits..];
+        let (int_part, after) = rest.split_at(whole);
+        let (frac_part, after) = match after.strip_prefix('.') {
+            Some(f) => {
+                let n = f.bytes().take_while(u8::is_ascii_digit).count();
+                if n == 0 {
+                    return Err(format!(
+                        "invalid duration \"{text}\": a `.` needs digits after it; {hint}"
+                    ));
+                }
+                f.split_at(n)
+            }
+            None => ("", after),
+        };
+        rest = after.trim_start();
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
+        rest = rest[unit_len..].trim_start();
         let Some(index) = UNITS.iter().position(|(name, _)| *name == unit) else {
             return Err(if unit.is_empty() {
-                format!("missing unit in duration \"{text}\"; {hint}")
+                format!("missing unit after `{int_part}` in duration \"{text}\"; {hint}")
             } else {
-                format!("unknown unit `{unit}` in duration \"{text}\"; units are `ms`, `s`, `m`, `h`, `d`")
+                let short = match unit.to_ascii_lowercase().as_str() {
+                    "msec" | "msecs" | "millis" | "millisecond" | "milliseconds" => Some("ms"),
+                    "sec" | "secs" | "second" | "seconds" => Some("s"),
+                    "min" | "mins" | "minute" | "minutes" => Some("m"),
+                    "hr" | "hrs" | "hour" | "hours" => Some("h"),
+                    "day" | "days" => Some("d"),
+                    _ => None,
+                };
+                match short {
+                    Some(short) => format!(
+                        "unknown unit `{unit}` in duration \"{text}\"; write `{short}`, as in \"{int_part}{short}\""
+                    ),
+                    None => format!(
+                        "unknown unit `{unit}` in duration \"{text}\"; units are `ms`, `s`, `m`, `h`, `d`"
+                    ),
+                }
             });
         };
         if last_unit.is_some_and(|last| index <= last) {
@@ -42,10 +69,31 @@ pub(crate) fn parse_millis(text: &str) -> Result<u64, String> {
             ));
         }
         last_unit = Some(index);
-        total = number
-            .checked_mul(UNITS[index].1)
-            .and_then(|ms| total.checked_add(ms))
-            .ok_or_else(|| format!("duration \"{text}\" is too large"))?;
+        let unit_ms = UNITS[index].1;
+        let too_large = || format!("duration \"{text}\" is too large");
+        let mut ms = int_part
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(unit_ms))
+            .ok_or_else(too_large)?;
+        if !frac_part.is_empty() {
+            // The fraction, exactly: digits / 10^len of the unit, in whole milliseconds only.
+            let digits: u128 = frac_part.parse().map_err(|_| too_large())?;
+            let scale = 10u128
+                .checked_pow(frac_part.len() as u32)
+                .ok_or_else(too_large)?;
+            let scaled = digits * u128::from(unit_ms);
+            if scaled % scale != 0 {
+                return Err(format!(
+                    "duration \"{text}\" is not a whole number of milliseconds; leases are kept in milliseconds"
+                ));
+            }
+            ms = u64::try_from(scaled / scale)
+                .ok()
+                .and_then(|f| ms.checked_add(f))
+                .ok_or_else(too_large)?;
+        }
+        total = total.checked_add(ms).ok_or_else(too_large)?;
     }
     Ok(total)
 }
@@ -64,6 +112,11 @@ mod tests {
         assert_eq!(parse_millis("2s500ms"), Ok(2_500));
         assert_eq!(parse_millis("1d"), Ok(86_400_000));
         assert_eq!(parse_millis("0s"), Ok(0));
+        // Fractions that come to whole milliseconds, and spaces.
+        assert_eq!(parse_millis("1.5s"), Ok(1_500));
+        assert_eq!(parse_millis("0.25h"), Ok(900_000));
+        assert_eq!(parse_millis("30 s"), Ok(30_000));
+        assert_eq!(parse_millis("1m 30s"), Ok(90_000));
     }
 
     #[test]
@@ -72,8 +125,9 @@ mod tests {
             "",
             "30",
             "s",
-            "30 s",
-            "1.5s",
+            "1.5ms",
+            "1.0005s",
+            "1.s",
             "30sec",
             "-1s",
             "30s1m",
@@ -87,6 +141,13 @@ mod tests {
         assert!(parse_millis("30sec")
             .unwrap_err()
             .contains("unknown unit `sec`"));
+        // The real reason, and the fix.
+        assert!(parse_millis("30 sec")
+            .unwrap_err()
+            .contains("write `s`, as in \"30s\""));
+        assert!(parse_millis("1.0005s")
+            .unwrap_err()
+            .contains("not a whole number of milliseconds"));
         assert!(parse_millis("30s1m").unwrap_err().contains("largest first"));
     }
 }

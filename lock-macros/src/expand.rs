@@ -108,6 +108,14 @@ fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
         })),
     };
     let ttl = duration(config.ttl_ms);
+    // Checked against the runtime's own bound, at compile time, at the `ttl` literal.
+    let ttl_lit = proc_macro2::Literal::u64_unsuffixed(config.ttl_ms);
+    let ttl_bound = quote_spanned!(config.ttl_span=>
+        const _: () = ::core::assert!(
+            #ttl_lit <= #krate::MAX_TTL.as_millis(),
+            "`ttl` is longer than lock_core::MAX_TTL (100 years)"
+        );
+    );
     let wait = duration(config.wait_ms);
     let option = |ms: Option<u64>| match ms {
         Some(ms) => {
@@ -161,6 +169,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
 
     let new_block = quote! {
         {
+            #ttl_bound
             let #name: ::std::string::String = #key;
             let #guard = {
                 let #manager = #manager_expr;

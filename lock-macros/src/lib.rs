@@ -50,6 +50,9 @@ mod valid;
 /// - `ttl` (required): the lease, checked at compile time: `ttl = "30s"`. Units `ms`, `s`,
 ///   `m`, `h`, `d`, combined largest first: `"500ms"`, `"5m"`, `"1h"`, `"1m30s"`.
 /// - `wait`: how long to wait for the lock: `wait = "5s"`. Default: do not wait.
+/// - Durations (`ttl`, `wait`, `min_hold`, `max_hold`) are strings such as `"500ms"`, `"30s"`,
+///   `"1.5s"`, `"5m"`, `"1h"`, `"1m30s"`: fractions are fine when they come to whole
+///   milliseconds. `ttl` is checked at compile time against `lock_core::MAX_TTL`.
 /// - `on_busy`: `"error"` (default) returns `Err(LockError::Busy)` (or `Timeout` after a
 ///   `wait`) into `E`; `"skip"` returns `Ok(Default::default())` without running the body:
 ///   `on_busy = "skip"`. `T` must implement `Default`.

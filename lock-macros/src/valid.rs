@@ -22,6 +22,8 @@ pub(crate) enum Key {
 pub(crate) struct Config {
     pub(crate) key: Key,
     pub(crate) ttl_ms: u64,
+    /// The `ttl` literal, where a ttl past the runtime's maximum is reported.
+    pub(crate) ttl_span: Span,
     pub(crate) wait_ms: u64,
     /// The span of `"skip"` when `on_busy = "skip"`.
     pub(crate) skip: Option<Span>,
@@ -231,17 +233,36 @@ pub(crate) fn check(
     }
     check_return(item, e);
 
+    let mentioned = |name: &str| args.mentioned.iter().any(|m| m == name);
+    let (key_missing, ttl_missing) = (!mentioned("key"), !mentioned("ttl"));
+    if key_missing && ttl_missing {
+        // One error for a bare attribute, not two on the same span.
+        push(
+            e,
+            syn::Error::new(
+                Span::call_site(),
+                "missing `key` and `ttl`: write `#[distributed_lock(key = \"jobs:{param}\", ttl = \"30s\")]`",
+            ),
+        );
+    } else if key_missing {
+        push(
+            e,
+            syn::Error::new(
+                Span::call_site(),
+                "missing `key`: add `key = \"jobs:{param}\"`",
+            ),
+        );
+    } else if ttl_missing {
+        push(
+            e,
+            syn::Error::new(
+                Span::call_site(),
+                "missing `ttl`: add `ttl = \"30s\"` (how long the lease lasts)",
+            ),
+        );
+    }
     let key = match &args.key {
-        None => {
-            push(
-                e,
-                syn::Error::new(
-                    Span::call_site(),
-                    "missing `key`: add `key = \"jobs:{param}\"`",
-                ),
-            );
-            None
-        }
+        None => None,
         Some(Arg {
             value: KeyArg::Template(lit),
             ..
@@ -253,15 +274,6 @@ pub(crate) fn check(
     };
 
     let ttl = nonzero("ttl", duration(&args.ttl, e), e);
-    if args.ttl.is_none() {
-        push(
-            e,
-            syn::Error::new(
-                Span::call_site(),
-                "missing `ttl`: add `ttl = \"30s\"` (how long the lease lasts)",
-            ),
-        );
-    }
     let wait = duration(&args.wait, e);
     let min_hold = nonzero("min_hold", duration(&args.min_hold, e), e);
     let max_hold = nonzero("max_hold", duration(&args.max_hold, e), e);
@@ -308,6 +320,7 @@ pub(crate) fn check(
     Ok(Config {
         key: key.expect("no error, so present"),
         ttl_ms: ttl.expect("no error, so present").0,
+        ttl_span: ttl.expect("no error, so present").1,
         wait_ms: wait.map_or(0, |(ms, _)| ms),
         skip: on_busy.and_then(|(v, span)| (v == "skip").then_some(span)),
         auto_extend,

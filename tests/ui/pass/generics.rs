@@ -12,7 +12,8 @@ where
     Ok(&items[0])
 }
 
-#[distributed_lock(key = "impl", ttl = "30s", manager = locks)]
+// A fractional duration that comes to whole milliseconds.
+#[distributed_lock(key = "impl", ttl = "1.5s", manager = locks)]
 async fn returns_impl(locks: &LockManager) -> Result<impl Display, LockError> {
     Ok(5)
 }
