@@ -62,7 +62,9 @@ mod valid;
 ///   when the lease is lost and returns `Err(LockError::Lost)`; `"continue"` lets it finish:
 ///   `on_lost = "continue"`.
 /// - `min_hold`: keep the lock at least this long, even if the body is quicker (at most
-///   `ttl`): `min_hold = "10s"`.
+///   `ttl`): `min_hold = "10s"`. For a scheduled job, keep it shorter than the schedule
+///   period, or the next tick finds the lock still held and every replica skips it (see
+///   `LockRequest::min_hold`).
 /// - `max_hold` (with `auto_extend`): stop renewing after this long, so a runaway job cannot
 ///   hold the lock forever: `max_hold = "1h"`.
 /// - `fair`: serve waiters in arrival order, across processes (see `LockRequest::fair`):
