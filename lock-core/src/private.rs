@@ -49,6 +49,23 @@ impl<T: ManagerRef + ?Sized> ManagerRef for Arc<T> {
     }
 }
 
+/// How the attribute turns a lock error into the fn's error type `E` (any `E:
+/// From<LockError>`); for a type without that impl, the compiler says what to write, at `E`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot hold a `lock_core::LockError`, so `#[distributed_lock]` could not return lock failures",
+    label = "no `From<lock_core::LockError>` for this error type",
+    note = "add `impl From<lock_core::LockError> for {Self} {{ fn from(e: lock_core::LockError) -> Self {{ .. }} }}`, or return `Result<T, lock_core::LockError>`"
+)]
+pub trait FromLockError {
+    fn from_lock_error(e: LockError) -> Self;
+}
+
+impl<E: From<LockError>> FromLockError for E {
+    fn from_lock_error(e: LockError) -> Self {
+        E::from(e)
+    }
+}
+
 /// The default manager, or `NotConfigured`.
 pub fn default_manager() -> Result<LockManager> {
     crate::default_manager().ok_or(LockError::NotConfigured)

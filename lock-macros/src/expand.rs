@@ -93,6 +93,16 @@ fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
         Key::Template { fmt, args } => quote!(::std::format!(#fmt #(, #args)*)),
         Key::Expr(expr) => quote!(::std::string::ToString::to_string(&(#expr))),
     };
+    // Lock errors become the fn's error type. When the return type names it
+    // (`Result<T, E>`), through a trait whose message says what to write, at `E`: every
+    // conversion reports there, so a missing `From<LockError>` is one error at the culprit.
+    let convert = match error_type(&item.sig.output) {
+        Some(err_ty) => {
+            let span = syn::spanned::Spanned::span(err_ty);
+            quote_spanned!(span=> <#err_ty as #krate::__private::FromLockError>::from_lock_error(#error))
+        }
+        None => quote!(::core::convert::From::from(#error)),
+    };
     // Metrics are labelled by the template, not by each key it makes.
     let label = match &config.key {
         Key::Template { fmt, .. } => quote!(::core::option::Option::Some(#fmt)),
@@ -103,7 +113,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
         None => quote!(&(match #krate::__private::default_manager() {
             ::core::result::Result::Ok(m) => m,
             ::core::result::Result::Err(#error) => {
-                return ::core::result::Result::Err(::core::convert::From::from(#error));
+                return ::core::result::Result::Err(#convert);
             }
         })),
     };
@@ -160,7 +170,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
             ::core::result::Result::Ok(#ret) => #ret,
             ::core::result::Result::Err(#error) => {
                 #krate::__private::finish(#guard).await;
-                return ::core::result::Result::Err(::core::convert::From::from(#error));
+                return ::core::result::Result::Err(#convert);
             }
         }})
     } else {
@@ -192,7 +202,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
                     ::core::result::Result::Ok(::core::option::Option::Some(#guard)) => #guard,
                     ::core::result::Result::Ok(::core::option::Option::None) => { #on_busy }
                     ::core::result::Result::Err(#error) => {
-                        return ::core::result::Result::Err(::core::convert::From::from(#error));
+                        return ::core::result::Result::Err(#convert);
                     }
                 }
             };
@@ -212,4 +222,28 @@ fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
     };
     item.block = Box::new(syn::parse2(new_block).expect("the rewritten body is a block"));
     item.into_token_stream()
+}
+
+/// `E` of a return type written `Result<T, E>` (any path ending in `Result` with two type
+/// arguments); `None` for an alias such as `io::Result<T>`.
+fn error_type(output: &ReturnType) -> Option<&Type> {
+    let ReturnType::Type(_, ty) = output else {
+        return None;
+    };
+    let Type::Path(path) = &**ty else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|a| match a {
+        syn::GenericArgument::Type(t) => Some(t),
+        _ => None,
+    });
+    let (_ok, err) = (types.next()?, types.next()?);
+    Some(err)
 }
