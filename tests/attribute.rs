@@ -414,3 +414,120 @@ async fn crate_argument_follows_a_renamed_dependency() {
 
 #[allow(dead_code)]
 fn guard_type_is_nameable(_: &LockGuard) {}
+
+// ---- Reentrancy and `held` ------------------------------------------------------------------
+
+/// The inner step of a ledger posting: takes the same lock as its caller.
+#[distributed_lock(key = "ledger:{id}", ttl = "10s", manager = locks, reentrant = true)]
+async fn post_line(locks: &LockManager, id: u32) -> Result<bool, LockError> {
+    Ok(lock_core::held(&format!("ledger:{id}")))
+}
+
+/// The same step, not reentrant: its own caller holds the lock, so it is busy.
+#[distributed_lock(key = "ledger:{id}", ttl = "10s", manager = locks)]
+async fn post_line_plain(locks: &LockManager, id: u32) -> Result<(), LockError> {
+    Ok(())
+}
+
+#[distributed_lock(key = "ledger:{id}", ttl = "10s", manager = locks, reentrant = true)]
+async fn post(locks: &LockManager, server: &RedisServer, id: u32) -> Result<(), LockError> {
+    let key = locks.key_for(&format!("ledger:{id}"));
+    assert!(lock_core::held(&format!("ledger:{id}")));
+    assert!(!lock_core::held("ledger:other"));
+    // Nested in the same task: no second SET, and nothing released when it ends.
+    let sets = server.command_calls("set");
+    assert!(
+        post_line(locks, id).await?,
+        "held inside the nested body too"
+    );
+    assert!(post_line(locks, id).await?);
+    assert_eq!(
+        server.command_calls("set"),
+        sets,
+        "no round trip for a nested hold"
+    );
+    let value: Option<String> = server.query(redis::cmd("GET").arg(&key));
+    assert!(value.is_some(), "the outer hold is still there");
+    // Not reentrant: the task's own hold makes it busy.
+    assert!(matches!(
+        post_line_plain(locks, id).await,
+        Err(LockError::Busy { .. })
+    ));
+    // A spawned task is another owner: it does not inherit the hold.
+    let spawned = {
+        let locks = locks.clone();
+        tokio::spawn(async move {
+            let held_there = lock_core::held(&format!("ledger:{id}"));
+            (held_there, post_line(&locks, id).await)
+        })
+    };
+    let (held_there, outcome) = spawned.await.unwrap();
+    assert!(!held_there);
+    assert!(
+        matches!(outcome, Err(LockError::Busy { .. })),
+        "{outcome:?}"
+    );
+    Ok(())
+}
+
+/// Hands out a reentrant guard on its own hold, which then outlives that hold.
+#[distributed_lock(key = "ledger:{id}", ttl = "10s", manager = locks)]
+async fn leak_nested(locks: &LockManager, id: u32) -> Result<LockGuard, LockError> {
+    let nested = locks
+        .lock(format!("ledger:{id}"))
+        .reentrant(true)
+        .acquire()
+        .await?;
+    assert!(!nested.is_lost());
+    assert!(
+        nested.release().await?,
+        "a nested release ends nothing and reports the hold"
+    );
+    locks
+        .lock(format!("ledger:{id}"))
+        .reentrant(true)
+        .acquire()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reentrant_guard_that_outlives_its_holder_says_it_is_lost() {
+    let (server, locks) = server_and_manager().await;
+    let nested = leak_nested(&locks, 3).await.unwrap();
+    assert!(server.lock_keys().is_empty(), "the holder released");
+    assert!(
+        nested.is_lost(),
+        "its holder released: it must not say it holds"
+    );
+    assert!(matches!(
+        nested.fencing_token().await,
+        Err(LockError::Lost { .. })
+    ));
+    assert!(!nested.extend(Duration::from_secs(5)).await.unwrap());
+    tokio::time::timeout(Duration::from_secs(1), nested.lost())
+        .await
+        .expect("lost() resolves");
+    assert!(!nested.release().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reentrant_holds_are_task_scoped_and_cost_no_round_trip() {
+    let (server, locks) = server_and_manager().await;
+    assert!(!lock_core::held("ledger:1"), "nothing held outside a body");
+    post(&locks, &server, 1).await.unwrap();
+    // The outer holder released: the key is gone, and the lock is free again.
+    assert!(server.lock_keys().is_empty());
+    let again = locks
+        .try_acquire("ledger:1", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(again.unwrap().release().await.unwrap());
+    // A reentrant call with no enclosing holder acquires (one SET) and releases as usual.
+    let sets = server.command_calls("set");
+    assert!(
+        post_line(&locks, 2).await.unwrap(),
+        "its own lock, inside its body"
+    );
+    assert_eq!(server.command_calls("set"), sets + 1);
+    assert!(server.lock_keys().is_empty());
+}

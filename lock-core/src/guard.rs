@@ -26,11 +26,31 @@ use crate::Result;
 pub struct LockGuard {
     shared: Arc<Shared>,
     lease: Arc<Lease>,
+    /// A reentrant acquisition of a lock an enclosing holder in the same task has: it ends
+    /// nothing, the outer guard releases.
+    nested: bool,
 }
 
 impl LockGuard {
     pub(crate) fn new(shared: Arc<Shared>, lease: Arc<Lease>) -> Self {
-        Self { shared, lease }
+        Self {
+            shared,
+            lease,
+            nested: false,
+        }
+    }
+
+    /// A guard on the lease an enclosing holder in the same task has (`reentrant`).
+    pub(crate) fn nested(shared: Arc<Shared>, lease: Arc<Lease>) -> Self {
+        Self {
+            shared,
+            lease,
+            nested: true,
+        }
+    }
+
+    pub(crate) fn parts(&self) -> (&Arc<Shared>, &Arc<Lease>) {
+        (&self.shared, &self.lease)
     }
 
     #[cfg(test)]
@@ -48,6 +68,10 @@ impl LockGuard {
     /// If this future is dropped before it completes, the guard's drop releases the lock in
     /// the background, so the lock never stays held by a forgotten owner.
     pub async fn release(self) -> Result<bool> {
+        if self.nested {
+            // The enclosing holder releases; this one only reports whether the lease holds.
+            return Ok(!self.lease.is_lost() && !self.lease.is_finished());
+        }
         let shared = Arc::clone(&self.shared);
         let lease = Arc::clone(&self.lease);
         if !shared.claim(&lease) {
@@ -175,7 +199,7 @@ impl fmt::Debug for LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if self.shared.claim(&self.lease) {
+        if !self.nested && self.shared.claim(&self.lease) {
             self.shared.release_in_background(&self.lease);
         }
     }

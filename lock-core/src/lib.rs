@@ -195,13 +195,17 @@
 //! with `}` (which would empty the hash tag). Leases (`ttl`) are
 //! between [`MIN_TTL`] and [`MAX_TTL`]. Both are checked before anything is sent to Redis.
 //!
-//! Locks are not reentrant: acquiring a name the same task already holds is `Busy` (or waits).
+//! Locks are not reentrant by default: acquiring a name the same task already holds is `Busy`
+//! (or waits). Opt in with [`LockRequest::reentrant`] or the attribute's `reentrant = true`: a
+//! nested acquisition inside an annotated body, in the same task, then reuses the hold.
+//! [`held`] tells a body whether its task holds a lock.
 
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 
 mod backend;
 mod error;
 mod guard;
+mod held;
 mod keys;
 mod lease;
 mod manager;
@@ -227,6 +231,7 @@ pub use lock_macros::distributed_lock;
 
 pub use error::{LockError, Result};
 pub use guard::LockGuard;
+pub use held::held;
 pub use manager::{
     default_manager, set_default_manager, LockManager, LockManagerBuilder, DEFAULT_KEY_PREFIX,
     DEFAULT_MAX_POLL_INTERVAL,

@@ -16,6 +16,7 @@ pub struct Options {
     pub min_hold: Option<Duration>,
     pub max_hold: Option<Duration>,
     pub fair: bool,
+    pub reentrant: bool,
     /// The key template with its placeholders as `{}`: the metrics label.
     pub label: Option<&'static str>,
 }
@@ -82,7 +83,8 @@ pub async fn acquire(
         .ttl(options.ttl)
         .wait(options.wait)
         .auto_extend(options.auto_extend)
-        .fair(options.fair);
+        .fair(options.fair)
+        .reentrant(options.reentrant);
     if let Some(min) = options.min_hold {
         request = request.min_hold(min);
     }
@@ -116,6 +118,11 @@ pub async fn until_lost<F: Future>(guard: &LockGuard, body: F) -> Result<F::Outp
         out = body => Ok(out),
         () = guard.lost() => Err(LockError::Lost { name: guard.name().to_owned() }),
     }
+}
+
+/// Runs the body with its lock among the current task's held locks (`held`, `reentrant`).
+pub fn holding<F: Future>(guard: &LockGuard, body: F) -> impl Future<Output = F::Output> {
+    crate::held::scope(guard, body)
 }
 
 /// Releases after the body, awaited, so the next caller can take the lock at once. Failures are

@@ -36,6 +36,7 @@ pub struct LockRequest<'a> {
     fair: bool,
     /// The `lock` label of its metrics, when not the default.
     label: Option<String>,
+    reentrant: bool,
 }
 
 impl std::fmt::Debug for LockRequest<'_> {
@@ -49,6 +50,7 @@ impl std::fmt::Debug for LockRequest<'_> {
             .field("max_hold", &self.max_hold)
             .field("fair", &self.fair)
             .field("label", &self.label)
+            .field("reentrant", &self.reentrant)
             .finish_non_exhaustive()
     }
 }
@@ -65,6 +67,7 @@ impl<'a> LockRequest<'a> {
             max_hold: None,
             fair: false,
             label: None,
+            reentrant: false,
         }
     }
 
@@ -134,6 +137,17 @@ impl<'a> LockRequest<'a> {
     /// [`LockError::InvalidConfig`] (each instance would keep its own line).
     pub fn fair(mut self, on: bool) -> Self {
         self.fair = on;
+        self
+    }
+
+    /// Reentrant (default `false`): when the current task already holds this name through this
+    /// manager, as the lock of an enclosing `#[distributed_lock]` fn, the acquisition succeeds
+    /// at once, without a command, and gives a guard on that same lease whose release and drop
+    /// end nothing: the enclosing holder releases. Task-scoped: a task spawned from the body is
+    /// another owner and acquires (or waits) as usual. Without it, such a nested acquisition is
+    /// refused (`Busy`) or waits for itself until its deadline.
+    pub fn reentrant(mut self, on: bool) -> Self {
+        self.reentrant = on;
         self
     }
 
@@ -213,6 +227,15 @@ impl<'a> LockRequest<'a> {
 
     async fn run(mut self, wait: Duration) -> Result<Acquired> {
         self.validate()?;
+        if self.reentrant {
+            if let Some(lease) = crate::held::find(self.shared, &self.name) {
+                tracing::debug!(lock = %self.name, "held by this task already; reentrant");
+                return Ok(Acquired::Guard(LockGuard::nested(
+                    Arc::clone(self.shared),
+                    lease,
+                )));
+            }
+        }
         let span = tracing::debug_span!("lock.acquire", lock = %self.name);
         let lease_len = self.max_hold.map_or(self.ttl, |max| max.min(self.ttl));
         let began = Instant::now();

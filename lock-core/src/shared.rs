@@ -423,6 +423,9 @@ impl Shared {
             return false;
         }
         crate::metrics::released(&lease.label, lease.acquired.elapsed());
+        // Over for every guard on it: a reentrant (nested) guard that outlives its holder must
+        // not say it still holds.
+        lease.mark_lost();
         locked(&self.held).remove(&lease.id);
         true
     }

@@ -25,6 +25,7 @@ pub(crate) struct Args {
     pub(crate) on_busy: Option<Arg<LitStr>>,
     pub(crate) auto_extend: Option<Arg<LitBool>>,
     pub(crate) fair: Option<Arg<LitBool>>,
+    pub(crate) reentrant: Option<Arg<LitBool>>,
     pub(crate) on_lost: Option<Arg<LitStr>>,
     pub(crate) min_hold: Option<Arg<LitStr>>,
     pub(crate) max_hold: Option<Arg<LitStr>>,
@@ -37,7 +38,7 @@ pub(crate) struct Args {
 }
 
 /// The known argument names, for "did you mean".
-const KNOWN: [&str; 12] = [
+const KNOWN: [&str; 13] = [
     "key",
     "ttl",
     "wait",
@@ -47,6 +48,7 @@ const KNOWN: [&str; 12] = [
     "min_hold",
     "max_hold",
     "fair",
+    "reentrant",
     "manager",
     "guard",
     "crate",
@@ -78,7 +80,7 @@ fn did_you_mean(name: &str) -> Option<&'static str> {
         .map(|(_, known)| known)
 }
 
-pub(crate) const NAMES: &str = "`key`, `ttl`, `wait`, `on_busy`, `auto_extend`, `on_lost`, `min_hold`, `max_hold`, `fair`, `manager`, `guard`, `crate`";
+pub(crate) const NAMES: &str = "`key`, `ttl`, `wait`, `on_busy`, `auto_extend`, `on_lost`, `min_hold`, `max_hold`, `fair`, `reentrant`, `manager`, `guard`, `crate`";
 
 /// Adds `error` to `errors`.
 pub(crate) fn push(errors: &mut Option<syn::Error>, error: syn::Error) {
@@ -181,6 +183,15 @@ pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
                 other => push(
                     e,
                     syn::Error::new_spanned(other, "`fair` takes `true` or `false`"),
+                ),
+            },
+            "reentrant" => match value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Bool(b), ..
+                }) => store(&mut args.reentrant, name, b, e),
+                other => push(
+                    e,
+                    syn::Error::new_spanned(other, "`reentrant` takes `true` or `false`"),
                 ),
             },
             "manager" => store(&mut args.manager, name, value, e),

@@ -138,6 +138,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
     let max_hold = option(config.max_hold_ms);
     let auto_extend = config.auto_extend;
     let fair = config.fair;
+    let reentrant = config.reentrant;
     let skip_if_busy = config.skip.is_some();
     let on_busy = match config.skip {
         // Spanned at "skip", so a `T` without `Default` is reported there.
@@ -194,6 +195,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
                         min_hold: #min_hold,
                         max_hold: #max_hold,
                         fair: #fair,
+                        reentrant: #reentrant,
                         label: #label,
                     },
                 )
@@ -208,12 +210,13 @@ fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
             };
             let #ret: #ret_ty = {
                 #bind_guard
-                let #body = async move {
+                // Run with the lock among the task's held locks (`held`, `reentrant`).
+                let #body = #krate::__private::holding(&#guard, async move {
                     #[allow(unreachable_code, clippy::let_and_return, clippy::needless_return)]
                     let #ret: #ret_ty = #user_block;
                     #[allow(unreachable_code)]
                     #ret
-                };
+                });
                 #run_body
             };
             #krate::__private::finish(#guard).await;

@@ -69,6 +69,10 @@ mod valid;
 ///   hold the lock forever: `max_hold = "1h"`.
 /// - `fair`: serve waiters in arrival order, across processes (see `LockRequest::fair`):
 ///   `fair = true`.
+/// - `reentrant`: a call made from inside another annotated body holding the same lock, in the
+///   same task, reuses that hold (no command; it releases nothing): `reentrant = true`. A task
+///   spawned from the body is another owner. `lock_core::held(name)` tells a body whether its
+///   task holds a lock.
 /// - `manager`: the `LockManager` to use, as any expression giving a `LockManager`,
 ///   `&LockManager` or `Arc<LockManager>`: `manager = self.locks`. Default:
 ///   `lock_core::default_manager()`, else `Err(LockError::NotConfigured)`.
