@@ -531,3 +531,67 @@ async fn reentrant_holds_are_task_scoped_and_cost_no_round_trip() {
     assert_eq!(server.command_calls("set"), sets + 1);
     assert!(server.lock_keys().is_empty());
 }
+
+// ---- #[async_trait] -----------------------------------------------------------------------
+
+#[async_trait::async_trait]
+trait Billing: Send + Sync {
+    async fn bill(&self, tenant: u32) -> Result<u32, LockError>;
+}
+
+struct Biller {
+    locks: LockManager,
+    inside: AtomicBool,
+    runs: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl Billing for Biller {
+    /// The attribute on a method of an `#[async_trait]` impl: the lock is taken inside the
+    /// boxed future async-trait makes of the body.
+    #[distributed_lock(key = "bill:{tenant}", ttl = "10s", wait = "20s", manager = self.locks)]
+    async fn bill(&self, tenant: u32) -> Result<u32, LockError> {
+        assert!(lock_core::held(&format!("bill:{tenant}")));
+        assert!(
+            !self.inside.swap(true, Ordering::SeqCst),
+            "two bodies at once"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        self.inside.store(false, Ordering::SeqCst);
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Ok(tenant * 10)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_of_async_trait_impls_run_under_the_lock() {
+    let (server, locks) = server_and_manager().await;
+    let biller: Arc<dyn Billing> = Arc::new(Biller {
+        locks: locks.clone(),
+        inside: AtomicBool::new(false),
+        runs: AtomicU32::new(0),
+    });
+    let mut calls = Vec::new();
+    for _ in 0..12 {
+        let biller = Arc::clone(&biller);
+        calls.push(tokio::spawn(async move { biller.bill(7).await }));
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), 70);
+    }
+    // Held by someone else: the method waits for it, then runs.
+    let held = locks
+        .try_acquire("bill:8", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let waiting = {
+        let biller = Arc::clone(&biller);
+        tokio::spawn(async move { biller.bill(8).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "it waits for the holder");
+    assert!(held.release().await.unwrap());
+    assert_eq!(waiting.await.unwrap().unwrap(), 80);
+    assert!(server.lock_keys().is_empty(), "released after each call");
+}

@@ -21,10 +21,116 @@ pub(crate) fn distributed_lock(attr: TokenStream, item: TokenStream) -> TokenStr
             return with_error(item, error);
         }
     };
+    // A method of an `#[async_trait]` impl reaches us already rewritten by async-trait: a
+    // plain fn returning `Box::pin(async move { .. let __ret: Ret = { body }; __ret })`.
+    // The lock goes around `body`, inside that future (as tracing's `#[instrument]` does).
+    if let Some(boxed) = AsyncTraitBody::find(&item_fn) {
+        let plain = boxed.as_async_fn(&item_fn);
+        return match valid::check(args, &plain, errors) {
+            Ok(config) => {
+                let locked = rewrite(plain, &config);
+                boxed.with_body(item_fn, *locked.block).into_token_stream()
+            }
+            Err(error) => with_error(item, error),
+        };
+    }
     match valid::check(args, &item_fn, errors) {
-        Ok(config) => rewrite(item_fn, &config),
+        Ok(config) => rewrite(item_fn, &config).into_token_stream(),
         // One mistake, one error: the item is emitted unchanged next to it.
         Err(error) => with_error(item, error),
+    }
+}
+
+/// Where async-trait put the method's own body: the `let __ret: Ret = { body };` statement
+/// of the `async move` block in `Box::pin(..)`, the fn's only statement.
+struct AsyncTraitBody {
+    /// Index of that statement in the async block.
+    stmt: usize,
+    ret: Type,
+    body: syn::Block,
+}
+
+impl AsyncTraitBody {
+    fn async_block(item: &ItemFn) -> Option<&syn::ExprAsync> {
+        if item.sig.asyncness.is_some() || item.block.stmts.len() != 1 {
+            return None;
+        }
+        let syn::Stmt::Expr(syn::Expr::Call(call), None) = &item.block.stmts[0] else {
+            return None;
+        };
+        let syn::Expr::Path(func) = &*call.func else {
+            return None;
+        };
+        let names: Vec<String> = func
+            .path
+            .segments
+            .iter()
+            .map(|s| s.ident.to_string())
+            .collect();
+        if !names.ends_with(&["Box".to_owned(), "pin".to_owned()]) || call.args.len() != 1 {
+            return None;
+        }
+        match &call.args[0] {
+            syn::Expr::Async(block) if block.capture.is_some() => Some(block),
+            _ => None,
+        }
+    }
+
+    fn find(item: &ItemFn) -> Option<Self> {
+        let block = Self::async_block(item)?;
+        block.block.stmts.iter().enumerate().find_map(|(stmt, s)| {
+            let syn::Stmt::Local(local) = s else {
+                return None;
+            };
+            let syn::Pat::Type(typed) = &local.pat else {
+                return None;
+            };
+            let syn::Pat::Ident(ident) = &*typed.pat else {
+                return None;
+            };
+            if ident.ident != "__ret" {
+                return None;
+            }
+            let init = local.init.as_ref()?;
+            let syn::Expr::Block(body) = &*init.expr else {
+                return None;
+            };
+            Some(AsyncTraitBody {
+                stmt,
+                ret: (*typed.ty).clone(),
+                body: body.block.clone(),
+            })
+        })
+    }
+
+    /// The method as the `async fn` it was written as: what the checks and the rewrite read.
+    fn as_async_fn(&self, item: &ItemFn) -> ItemFn {
+        let mut plain = item.clone();
+        plain.sig.asyncness = Some(syn::Token![async](item.sig.fn_token.span));
+        let ret = &self.ret;
+        plain.sig.output = syn::parse_quote!(-> #ret);
+        plain.block = Box::new(self.body.clone());
+        plain
+    }
+
+    /// `item` with the locking block in place of the body.
+    fn with_body(self, mut item: ItemFn, locked: syn::Block) -> ItemFn {
+        let syn::Stmt::Expr(syn::Expr::Call(call), None) = &mut item.block.stmts[0] else {
+            unreachable!("found above");
+        };
+        let syn::Expr::Async(block) = &mut call.args[0] else {
+            unreachable!("found above");
+        };
+        let syn::Stmt::Local(local) = &mut block.block.stmts[self.stmt] else {
+            unreachable!("found above");
+        };
+        let init = local.init.as_mut().expect("found above");
+        *init.expr = syn::Expr::Block(syn::ExprBlock {
+            attrs: Vec::new(),
+            label: None,
+            block: locked,
+        });
+        item
     }
 }
 
@@ -79,7 +185,7 @@ fn duration(ms: u64) -> TokenStream {
 //     finish(guard).await;                                       // released before we return
 //     ret
 // }
-fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
+fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
     let krate = &config.krate;
     let mixed = Span::mixed_site();
     let name = quote_spanned!(mixed=> __lock_name);
@@ -224,7 +330,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> TokenStream {
         }
     };
     item.block = Box::new(syn::parse2(new_block).expect("the rewritten body is a block"));
-    item.into_token_stream()
+    item
 }
 
 /// `E` of a return type written `Result<T, E>` (any path ending in `Result` with two type

@@ -39,7 +39,9 @@ mod valid;
 /// `anyhow::Result<T>`) with `E: From<lock_core::LockError>`: lock failures and Redis errors
 /// come back as `Err(E::from(LockError))`. It may be a free fn, an inherent or trait-impl
 /// method (`&self`, `&mut self`, `self`), generic, with where clauses, lifetimes, other
-/// attributes and docs: only the body is rewritten.
+/// attributes and docs: only the body is rewritten. On a method of an `#[async_trait]` impl
+/// (`Send` or `?Send`), the lock is taken inside the boxed future async-trait makes of the
+/// body.
 ///
 /// # Arguments
 ///
