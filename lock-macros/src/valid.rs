@@ -179,7 +179,16 @@ fn template(lit: &LitStr, item: &ItemFn, errors: &mut Option<syn::Error>) -> Opt
                     ok = false;
                     continue;
                 }
-                let idents: Vec<Ident> = path.iter().map(|p| Ident::new(p, span)).collect();
+                // The parameter resolves where the fn's own names do. A field name is not a
+                // variable, so hygiene does not matter to it; spanned "from the macro" (at the
+                // same place), a misspelt field gets rustc's error at the literal without a
+                // suggestion to replace the whole template by the field it meant.
+                let field_span = span.resolved_at(proc_macro2::Span::mixed_site());
+                let idents: Vec<Ident> = path
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| Ident::new(p, if i == 0 { span } else { field_span }))
+                    .collect();
                 let (first, rest) = idents.split_first().expect("a path has a root");
                 fmt.push_str("{}");
                 args.push(quote_spanned!(span=> &#first #(.#rest)*));
