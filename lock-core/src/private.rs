@@ -3,23 +3,8 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::{LockError, LockGuard, LockManager, Result};
-
-/// The attribute's options, checked at compile time.
-pub struct Options {
-    pub ttl: Duration,
-    pub wait: Duration,
-    pub skip_if_busy: bool,
-    pub auto_extend: bool,
-    pub min_hold: Option<Duration>,
-    pub max_hold: Option<Duration>,
-    pub fair: bool,
-    pub reentrant: bool,
-    /// The key template with its placeholders as `{}`: the metrics label.
-    pub label: Option<&'static str>,
-}
+use crate::{LockError, LockGuard, LockManager, LockRequest, Result};
 
 /// Anything `manager = ...` may name: a `LockManager`, a reference to one, or an `Arc` of one.
 pub trait ManagerRef {
@@ -72,37 +57,17 @@ pub fn default_manager() -> Result<LockManager> {
     crate::default_manager().ok_or(LockError::NotConfigured)
 }
 
-/// Acquires for the attribute. `Ok(None)`: busy and `on_busy = "skip"`.
-pub async fn acquire(
-    manager: &LockManager,
-    name: String,
-    options: Options,
-) -> Result<Option<LockGuard>> {
-    let mut request = manager
-        .lock(name)
-        .ttl(options.ttl)
-        .wait(options.wait)
-        .auto_extend(options.auto_extend)
-        .fair(options.fair)
-        .reentrant(options.reentrant);
-    if let Some(min) = options.min_hold {
-        request = request.min_hold(min);
-    }
-    if let Some(max) = options.max_hold {
-        request = request.max_hold(max);
-    }
-    if let Some(label) = options.label {
-        request = request.metrics_label(label);
-    }
-    if options.skip_if_busy && options.wait.is_zero() {
+/// Acquires for the attribute: `request` carries the options, set with the same builder
+/// methods the runtime API has (one set of options, and the runtime's own checks).
+/// `Ok(None)`: busy and `skip_if_busy` (`on_busy = "skip"`).
+pub async fn acquire(request: LockRequest<'_>, skip_if_busy: bool) -> Result<Option<LockGuard>> {
+    if skip_if_busy && request.waits_for().is_zero() {
         // Busy is skipped: no need to ask who holds it.
         return request.try_acquire().await;
     }
     match request.acquire().await {
         Ok(guard) => Ok(Some(guard)),
-        Err(LockError::Busy { name, .. } | LockError::Timeout { name, .. })
-            if options.skip_if_busy =>
-        {
+        Err(LockError::Busy { name, .. } | LockError::Timeout { name, .. }) if skip_if_busy => {
             tracing::debug!(lock = %name, "busy; skipping the job");
             Ok(None)
         }

@@ -140,6 +140,11 @@ impl<'a> LockRequest<'a> {
         self
     }
 
+    /// How long this request waits (for the attribute's `on_busy = "skip"`).
+    pub(crate) fn waits_for(&self) -> Duration {
+        self.wait
+    }
+
     /// Reentrant (default `false`): when the current task already holds this name through this
     /// manager, as the lock of an enclosing `#[distributed_lock]` fn, the acquisition succeeds
     /// at once, without a command, and gives a guard on that same lease whose release and drop

@@ -1,7 +1,8 @@
-//! Syntax of the attribute's arguments: `name = value` pairs, each kept with its spans.
-//! Meaning (durations, templates, combinations) is checked in `valid.rs`.
+//! The attribute's arguments, each parsed into its own type and kept with its spans: durations
+//! in milliseconds, `on_busy` and `on_lost` as enums. What depends on several arguments or on
+//! the fn (templates, combinations) is checked in `valid.rs`.
 
-use proc_macro2::{Ident, TokenStream};
+use proc_macro2::{Ident, Span, TokenStream};
 use syn::meta::ParseNestedMeta;
 use syn::{Expr, ExprLit, Lit, LitBool, LitStr};
 
@@ -9,6 +10,28 @@ use syn::{Expr, ExprLit, Lit, LitBool, LitStr};
 pub(crate) struct Arg<T> {
     pub(crate) name: Ident,
     pub(crate) value: T,
+}
+
+/// A duration argument: milliseconds, and the literal it was written as (for spans and
+/// messages).
+pub(crate) struct Millis {
+    pub(crate) ms: u64,
+    pub(crate) lit: LitStr,
+}
+
+/// `on_busy`.
+#[derive(Clone, Copy)]
+pub(crate) enum OnBusy {
+    Error,
+    /// With the span of `"skip"`, where a `T` without `Default` is reported.
+    Skip(Span),
+}
+
+/// `on_lost`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnLost {
+    Abort,
+    Continue,
 }
 
 /// `key = "template"` or `key = <expression>`.
@@ -20,15 +43,15 @@ pub(crate) enum KeyArg {
 #[derive(Default)]
 pub(crate) struct Args {
     pub(crate) key: Option<Arg<KeyArg>>,
-    pub(crate) ttl: Option<Arg<LitStr>>,
-    pub(crate) wait: Option<Arg<LitStr>>,
-    pub(crate) on_busy: Option<Arg<LitStr>>,
+    pub(crate) ttl: Option<Arg<Millis>>,
+    pub(crate) wait: Option<Arg<Millis>>,
+    pub(crate) on_busy: Option<Arg<OnBusy>>,
     pub(crate) auto_extend: Option<Arg<LitBool>>,
     pub(crate) fair: Option<Arg<LitBool>>,
     pub(crate) reentrant: Option<Arg<LitBool>>,
-    pub(crate) on_lost: Option<Arg<LitStr>>,
-    pub(crate) min_hold: Option<Arg<LitStr>>,
-    pub(crate) max_hold: Option<Arg<LitStr>>,
+    pub(crate) on_lost: Option<Arg<OnLost>>,
+    pub(crate) min_hold: Option<Arg<Millis>>,
+    pub(crate) max_hold: Option<Arg<Millis>>,
     pub(crate) manager: Option<Arg<Expr>>,
     pub(crate) guard: Option<Arg<Ident>>,
     pub(crate) krate: Option<Arg<LitStr>>,
@@ -124,6 +147,44 @@ fn string_literal(
     }
 }
 
+/// A duration literal in milliseconds, or its error at the literal.
+fn millis(name: &Ident, lit: LitStr, errors: &mut Option<syn::Error>) -> Option<Millis> {
+    match crate::duration::parse_millis(&lit.value()) {
+        Ok(ms) => Some(Millis { ms, lit }),
+        Err(msg) => {
+            push(
+                errors,
+                syn::Error::new(lit.span(), format!("`{name}`: {msg}")),
+            );
+            None
+        }
+    }
+}
+
+/// Which of `options` the literal is, or its error at the literal.
+fn one_of(
+    name: &Ident,
+    lit: &LitStr,
+    options: [&'static str; 2],
+    errors: &mut Option<syn::Error>,
+) -> Option<&'static str> {
+    let value = lit.value();
+    let found = options.iter().find(|o| **o == value).copied();
+    if found.is_none() {
+        push(
+            errors,
+            syn::Error::new(
+                lit.span(),
+                format!(
+                    "`{name}` must be \"{}\" or \"{}\", not \"{value}\"",
+                    options[0], options[1]
+                ),
+            ),
+        );
+    }
+    found
+}
+
 /// Parses the attribute's arguments. Syntax errors abort; every problem with a well-formed
 /// argument is collected so one compile shows them all.
 pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
@@ -147,24 +208,39 @@ pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
                 store(&mut args.key, name, key, e);
             }
             "ttl" | "wait" | "min_hold" | "max_hold" => {
-                if let Some(lit) = string_literal(value, &name, "\"30s\"", e) {
+                let parsed = string_literal(value, &name, "\"30s\"", e)
+                    .and_then(|lit| millis(&name, lit, e));
+                if let Some(millis) = parsed {
                     let slot = match name.to_string().as_str() {
                         "ttl" => &mut args.ttl,
                         "wait" => &mut args.wait,
                         "min_hold" => &mut args.min_hold,
                         _ => &mut args.max_hold,
                     };
-                    store(slot, name, lit, e);
+                    store(slot, name, millis, e);
                 }
             }
             "on_busy" => {
-                if let Some(lit) = string_literal(value, &name, "\"skip\"", e) {
-                    store(&mut args.on_busy, name, lit, e);
+                let parsed = string_literal(value, &name, "\"skip\"", e).and_then(|lit| {
+                    let span = lit.span();
+                    one_of(&name, &lit, ["error", "skip"], e).map(|v| match v {
+                        "skip" => OnBusy::Skip(span),
+                        _ => OnBusy::Error,
+                    })
+                });
+                if let Some(on_busy) = parsed {
+                    store(&mut args.on_busy, name, on_busy, e);
                 }
             }
             "on_lost" => {
-                if let Some(lit) = string_literal(value, &name, "\"continue\"", e) {
-                    store(&mut args.on_lost, name, lit, e);
+                let parsed = string_literal(value, &name, "\"continue\"", e).and_then(|lit| {
+                    one_of(&name, &lit, ["abort", "continue"], e).map(|v| match v {
+                        "continue" => OnLost::Continue,
+                        _ => OnLost::Abort,
+                    })
+                });
+                if let Some(on_lost) = parsed {
+                    store(&mut args.on_lost, name, on_lost, e);
                 }
             }
             "auto_extend" => match value {

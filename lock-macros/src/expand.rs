@@ -194,9 +194,24 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
     let body = quote_spanned!(mixed=> __lock_body);
     let ret = quote_spanned!(mixed=> __lock_ret);
     let error = quote_spanned!(mixed=> __lock_error);
+    let request = quote_spanned!(mixed=> __lock_request);
 
     let key = match &config.key {
-        Key::Template { fmt, args } => quote!(::std::format!(#fmt #(, #args)*)),
+        Key::Template { fmt, fields } => {
+            let span = fmt.span();
+            // The parameter resolves where the fn's own names do. A field name is not a
+            // variable, so hygiene does not matter to it; spanned "from the macro" (at the same
+            // place), a misspelt field gets rustc's error at the literal without a suggestion
+            // to replace the whole template by the field it meant.
+            let field_span = span.resolved_at(Span::mixed_site());
+            let args = fields.iter().map(|path| {
+                let (first, rest) = path.split_first().expect("a path has a root");
+                let first = proc_macro2::Ident::new(first, span);
+                let rest = rest.iter().map(|f| proc_macro2::Ident::new(f, field_span));
+                quote_spanned!(span=> &#first #(.#rest)*)
+            });
+            quote!(::std::format!(#fmt #(, #args)*))
+        }
         Key::Expr(expr) => quote!(::std::string::ToString::to_string(&(#expr))),
     };
     // Lock errors become the fn's error type. When the return type names it
@@ -211,8 +226,8 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
     };
     // Metrics are labelled by the template, not by each key it makes.
     let label = match &config.key {
-        Key::Template { fmt, .. } => quote!(::core::option::Option::Some(#fmt)),
-        Key::Expr(_) => quote!(::core::option::Option::None),
+        Key::Template { fmt, .. } => quote!(.metrics_label(#fmt)),
+        Key::Expr(_) => quote!(),
     };
     let manager_expr = match &config.manager {
         Some(expr) => quote!(&(#expr)),
@@ -233,15 +248,15 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
         );
     );
     let wait = duration(config.wait_ms);
-    let option = |ms: Option<u64>| match ms {
-        Some(ms) => {
-            let d = duration(ms);
-            quote!(::core::option::Option::Some(#d))
-        }
-        None => quote!(::core::option::Option::None),
-    };
-    let min_hold = option(config.min_hold_ms);
-    let max_hold = option(config.max_hold_ms);
+    // Optional settings are builder calls, or nothing.
+    let min_hold = config.min_hold_ms.map(|ms| {
+        let d = duration(ms);
+        quote!(.min_hold(#d))
+    });
+    let max_hold = config.max_hold_ms.map(|ms| {
+        let d = duration(ms);
+        quote!(.max_hold(#d))
+    });
     let auto_extend = config.auto_extend;
     let fair = config.fair;
     let reentrant = config.reentrant;
@@ -290,22 +305,21 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
             let #name: ::std::string::String = #key;
             let #guard = {
                 let #manager = #manager_expr;
-                match #krate::__private::acquire(
+                // The runtime's own request and builder: one set of options, checked once
+                // more at run time by the same rules.
+                let #request = #krate::LockManager::lock(
                     #krate::__private::ManagerRef::lock_manager(#manager),
                     #name,
-                    #krate::__private::Options {
-                        ttl: #ttl,
-                        wait: #wait,
-                        skip_if_busy: #skip_if_busy,
-                        auto_extend: #auto_extend,
-                        min_hold: #min_hold,
-                        max_hold: #max_hold,
-                        fair: #fair,
-                        reentrant: #reentrant,
-                        label: #label,
-                    },
                 )
-                .await
+                .ttl(#ttl)
+                .wait(#wait)
+                .auto_extend(#auto_extend)
+                .fair(#fair)
+                .reentrant(#reentrant)
+                #min_hold
+                #max_hold
+                #label;
+                match #krate::__private::acquire(#request, #skip_if_busy).await
                 {
                     ::core::result::Result::Ok(::core::option::Option::Some(#guard)) => #guard,
                     ::core::result::Result::Ok(::core::option::Option::None) => { #on_busy }

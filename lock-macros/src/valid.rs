@@ -1,20 +1,19 @@
 //! Meaning: turns parsed arguments plus the fn's signature into a checked `Config`, collecting
 //! every error with its span.
 
-use proc_macro2::{Ident, Span, TokenStream};
-use quote::quote_spanned;
+use proc_macro2::{Ident, Span};
 use syn::{Expr, FnArg, ItemFn, LitStr, Pat, ReturnType, Type};
 
-use crate::args::{push, Arg, Args, KeyArg};
-use crate::duration::parse_millis;
+use crate::args::{push, Arg, Args, KeyArg, Millis, OnBusy, OnLost};
 use crate::key::{parse_template, Piece};
 
 /// How the lock name is computed.
 pub(crate) enum Key {
-    /// `format!(fmt, args...)`, all spanned at the template literal.
+    /// `format!(fmt, fields...)`: each field a parameter with a path of field names
+    /// (`tenant.id`), all spanned at the template literal.
     Template {
         fmt: LitStr,
-        args: Vec<TokenStream>,
+        fields: Vec<Vec<String>>,
     },
     Expr(Expr),
 }
@@ -38,23 +37,16 @@ pub(crate) struct Config {
     pub(crate) krate: syn::Path,
 }
 
-fn duration(arg: &Option<Arg<LitStr>>, errors: &mut Option<syn::Error>) -> Option<(u64, Span)> {
-    let arg = arg.as_ref()?;
-    match parse_millis(&arg.value.value()) {
-        Ok(ms) => Some((ms, arg.value.span())),
-        Err(msg) => {
-            push(
-                errors,
-                syn::Error::new(arg.value.span(), format!("`{}`: {msg}", arg.name)),
-            );
-            None
-        }
-    }
+/// A duration argument's value and the span of its literal.
+fn duration(arg: &Option<Arg<Millis>>) -> Option<(u64, Span)> {
+    arg.as_ref().map(|a| (a.value.ms, a.value.lit.span()))
 }
 
-/// The text of a string argument that was given (for messages).
-fn literal(arg: &Option<Arg<LitStr>>) -> String {
-    arg.as_ref().map(|a| a.value.value()).unwrap_or_default()
+/// The text of a duration argument that was given (for messages).
+fn literal(arg: &Option<Arg<Millis>>) -> String {
+    arg.as_ref()
+        .map(|a| a.value.lit.value())
+        .unwrap_or_default()
 }
 
 fn nonzero(
@@ -93,30 +85,6 @@ fn requires_auto_extend<T>(
     }
 }
 
-fn choice(
-    arg: &Option<Arg<LitStr>>,
-    options: [&str; 2],
-    errors: &mut Option<syn::Error>,
-) -> Option<(String, Span)> {
-    let arg = arg.as_ref()?;
-    let value = arg.value.value();
-    if options.contains(&value.as_str()) {
-        Some((value, arg.value.span()))
-    } else {
-        push(
-            errors,
-            syn::Error::new(
-                arg.value.span(),
-                format!(
-                    "`{}` must be \"{}\" or \"{}\", not \"{value}\"",
-                    arg.name, options[0], options[1]
-                ),
-            ),
-        );
-        None
-    }
-}
-
 /// Parameters that a template may name (simple identifiers), and whether `self` is there.
 fn parameters(item: &ItemFn) -> (Vec<String>, bool) {
     let mut names = Vec::new();
@@ -145,7 +113,7 @@ fn template(lit: &LitStr, item: &ItemFn, errors: &mut Option<syn::Error>) -> Opt
     let (params, receiver) = parameters(item);
     let span = lit.span();
     let mut fmt = String::new();
-    let mut args = Vec::new();
+    let mut fields = Vec::new();
     let mut ok = true;
     for piece in pieces {
         match piece {
@@ -179,25 +147,14 @@ fn template(lit: &LitStr, item: &ItemFn, errors: &mut Option<syn::Error>) -> Opt
                     ok = false;
                     continue;
                 }
-                // The parameter resolves where the fn's own names do. A field name is not a
-                // variable, so hygiene does not matter to it; spanned "from the macro" (at the
-                // same place), a misspelt field gets rustc's error at the literal without a
-                // suggestion to replace the whole template by the field it meant.
-                let field_span = span.resolved_at(proc_macro2::Span::mixed_site());
-                let idents: Vec<Ident> = path
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| Ident::new(p, if i == 0 { span } else { field_span }))
-                    .collect();
-                let (first, rest) = idents.split_first().expect("a path has a root");
                 fmt.push_str("{}");
-                args.push(quote_spanned!(span=> &#first #(.#rest)*));
+                fields.push(path);
             }
         }
     }
     ok.then(|| Key::Template {
         fmt: LitStr::new(&fmt, span),
-        args,
+        fields,
     })
 }
 
@@ -283,10 +240,10 @@ pub(crate) fn check(
         }) => Some(Key::Expr(expr.clone())),
     };
 
-    let ttl = nonzero("ttl", duration(&args.ttl, e), e);
-    let wait = duration(&args.wait, e);
-    let min_hold = nonzero("min_hold", duration(&args.min_hold, e), e);
-    let max_hold = nonzero("max_hold", duration(&args.max_hold, e), e);
+    let ttl = nonzero("ttl", duration(&args.ttl), e);
+    let wait = duration(&args.wait);
+    let min_hold = nonzero("min_hold", duration(&args.min_hold), e);
+    let max_hold = nonzero("max_hold", duration(&args.max_hold), e);
     if let (Some((min, span)), Some((ttl, _))) = (min_hold, ttl) {
         if min > ttl {
             push(
@@ -305,8 +262,8 @@ pub(crate) fn check(
     let auto_extend = args.auto_extend.as_ref().is_some_and(|a| a.value.value);
     requires_auto_extend(&args.on_lost, auto_extend, e);
     requires_auto_extend(&args.max_hold, auto_extend, e);
-    let on_busy = choice(&args.on_busy, ["error", "skip"], e);
-    let on_lost = choice(&args.on_lost, ["abort", "continue"], e);
+    let on_busy = args.on_busy.as_ref().map_or(OnBusy::Error, |a| a.value);
+    let on_lost = args.on_lost.as_ref().map_or(OnLost::Abort, |a| a.value);
     let krate = match &args.krate {
         None => Some(syn::parse_quote!(::lock_core)),
         Some(arg) => match arg.value.parse::<syn::Path>() {
@@ -332,9 +289,12 @@ pub(crate) fn check(
         ttl_ms: ttl.expect("no error, so present").0,
         ttl_span: ttl.expect("no error, so present").1,
         wait_ms: wait.map_or(0, |(ms, _)| ms),
-        skip: on_busy.and_then(|(v, span)| (v == "skip").then_some(span)),
+        skip: match on_busy {
+            OnBusy::Skip(span) => Some(span),
+            OnBusy::Error => None,
+        },
         auto_extend,
-        abort_on_lost: auto_extend && on_lost.is_none_or(|(v, _)| v == "abort"),
+        abort_on_lost: auto_extend && on_lost == OnLost::Abort,
         fair: args.fair.as_ref().is_some_and(|a| a.value.value),
         reentrant: args.reentrant.as_ref().is_some_and(|a| a.value.value),
         min_hold_ms: min_hold.map(|(ms, _)| ms),
