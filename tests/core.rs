@@ -1471,3 +1471,55 @@ async fn force_release_wakes_the_waiters_at_once() {
         assert!(taken.release().await.unwrap());
     }
 }
+
+/// `LockRequest::reentrant` with the runtime API: inside one tokio task, a second acquisition
+/// of a name the task holds reuses the hold (no command, releases nothing); another task is
+/// another owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_reacquires_what_it_holds_when_reentrant() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    let task = {
+        let (locks, url) = (locks.clone(), server.url());
+        tokio::spawn(async move {
+            let outer = locks.try_acquire("books", LONG).await.unwrap().unwrap();
+            let sets = || {
+                let info: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query(
+                        &mut redis::Client::open(url.as_str())
+                            .unwrap()
+                            .get_connection()
+                            .unwrap(),
+                    )
+                    .unwrap();
+                info.lines()
+                    .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
+                    .and_then(|r| r.split(',').next()?.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let before = sets();
+            let inner = locks.lock("books").reentrant(true).acquire().await.unwrap();
+            assert_eq!(sets(), before, "no command for a nested hold");
+            assert_eq!(
+                inner.fencing_token().await.unwrap(),
+                outer.fencing_token().await.unwrap()
+            );
+            assert!(
+                inner.release().await.unwrap(),
+                "ends nothing, reports the hold"
+            );
+            // Not reentrant: busy with itself.
+            assert!(locks.lock("books").try_acquire().await.unwrap().is_none());
+            // Another task is another owner.
+            let other = {
+                let locks = locks.clone();
+                tokio::spawn(async move { locks.lock("books").reentrant(true).try_acquire().await })
+            };
+            assert!(other.await.unwrap().unwrap().is_none());
+            assert!(outer.release().await.unwrap());
+        })
+    };
+    task.await.unwrap();
+    assert!(server.lock_keys().is_empty());
+}
