@@ -61,8 +61,6 @@ pub(crate) struct Lease {
     pub(crate) ttl: Duration,
     /// Send time of the attempt that took the lock.
     pub(crate) acquired: Instant,
-    /// The tokio task that acquired it, when it was acquired inside one (for reentrancy).
-    pub(crate) task: Option<tokio::task::Id>,
     pub(crate) min_hold: Option<Duration>,
     clock: Mutex<Clock>,
     /// Set once the lease is known lost for good (a store said it is not ours, `shutdown`).
@@ -169,7 +167,6 @@ impl Lease {
             token: grant.token,
             ttl,
             acquired: grant.sent,
-            task: tokio::task::try_id(),
             min_hold,
             clock: Mutex::new(Clock {
                 basis: grant.sent,

@@ -146,13 +146,11 @@ impl<'a> LockRequest<'a> {
     }
 
     /// Reentrant (default `false`): when the current task already holds this name through this
-    /// manager (as the lock of an enclosing `#[distributed_lock]` fn, or a guard this tokio task
-    /// acquired and still holds), the acquisition succeeds at once, without a command, and
-    /// gives a guard on that same lease whose release and drop end nothing: the holder
-    /// releases. Task-scoped: another task is another owner and acquires (or waits) as usual.
-    /// (The future `block_on` runs, such as the body of `#[tokio::main]` or `#[tokio::test]`,
-    /// is not a tokio task: there, only an enclosing annotated fn counts.) Without it, such a
-    /// nested acquisition is refused (`Busy`) or waits for itself until its deadline.
+    /// manager, as the lock of an enclosing `#[distributed_lock]` fn, the acquisition succeeds
+    /// at once, without a command, and gives a guard on that same lease whose release and drop
+    /// end nothing: the enclosing holder releases. Task-scoped: a task spawned from the body is
+    /// another owner and acquires (or waits) as usual. Without it, such a nested acquisition is
+    /// refused (`Busy`) or waits for itself until its deadline.
     pub fn reentrant(mut self, on: bool) -> Self {
         self.reentrant = on;
         self
@@ -235,9 +233,7 @@ impl<'a> LockRequest<'a> {
     async fn run(mut self, wait: Duration) -> Result<Acquired> {
         self.validate()?;
         if self.reentrant {
-            let enclosing = crate::held::find(self.shared, &self.name)
-                .or_else(|| self.shared.held_by_this_task(&self.name));
-            if let Some(lease) = enclosing {
+            if let Some(lease) = crate::held::find(self.shared, &self.name) {
                 tracing::debug!(lock = %self.name, "held by this task already; reentrant");
                 return Ok(Acquired::Guard(LockGuard::nested(
                     Arc::clone(self.shared),

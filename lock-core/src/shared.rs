@@ -288,16 +288,6 @@ impl Shared {
         self.store.replays() || e.may_have_applied()
     }
 
-    /// A valid lease of `name` that the current tokio task acquired through this manager, for
-    /// a reentrant acquisition outside any annotated body.
-    pub(crate) fn held_by_this_task(&self, name: &str) -> Option<Arc<Lease>> {
-        let task = tokio::task::try_id()?;
-        locked(&self.held)
-            .values()
-            .find(|l| l.task == Some(task) && l.name == name && !l.is_lost() && !l.is_finished())
-            .cloned()
-    }
-
     /// An operator's look at a lock key (see `LockManager::inspect`).
     pub(crate) async fn peek(&self, keys: &LockKeys) -> Result<Option<Found>> {
         self.store.peek(keys).await
