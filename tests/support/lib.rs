@@ -352,13 +352,36 @@ impl RedisCluster {
         let cluster = Self { nodes, conf_dir };
         cluster.wait_until_ok(Duration::from_secs(30));
         // Replicas are useful to a test only once they have synced with their masters.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cluster.nodes.iter().all(|n| {
-            let info: String = n.query(redis::cmd("INFO").arg("replication"));
-            info.contains("role:master") || info.contains("master_link_status:up")
-        }) {
-            assert!(Instant::now() < deadline, "replicas did not sync in 30 s");
-            std::thread::sleep(Duration::from_millis(50));
+        poll(Duration::from_secs(30), "the replicas' first sync", || {
+            cluster
+                .nodes
+                .iter()
+                .all(|n| {
+                    let info: String = n.query(redis::cmd("INFO").arg("replication"));
+                    info.contains("role:master") || info.contains("master_link_status:up")
+                })
+                .then_some(())
+        });
+        // And once their masters stream to them: after the first sync, a master holds the
+        // stream back until the replica's first acknowledgement (up to a second), so `WAIT`
+        // (min_replicas) would count it out. A probe key on each master, waited for.
+        if replicas > 0 {
+            for master in cluster.masters() {
+                let node = cluster.index_of(master.port);
+                let probe = (0..)
+                    .map(|i| format!("lock-tests:probe:{i}"))
+                    .find(|k| cluster.master_of(k) == node)
+                    .expect("some key hashes to every master");
+                let mut conn = cluster.nodes[node].conn();
+                let _: () = redis::cmd("SET").arg(&probe).arg(1).query(&mut conn).unwrap();
+                let acked: i64 = redis::cmd("WAIT")
+                    .arg(replicas)
+                    .arg(10_000)
+                    .query(&mut conn)
+                    .unwrap();
+                assert_eq!(acked, replicas as i64, "the replicas of {} stream", master.port);
+                let _: () = redis::cmd("DEL").arg(&probe).query(&mut conn).unwrap();
+            }
         }
         cluster
     }
