@@ -62,7 +62,9 @@ impl LockGuard {
     /// (or, with `min_hold`, shortens its expiry to the end of the minimum hold).
     ///
     /// `Ok(true)`: released. `Ok(false)`: the lease had expired or another owner holds the
-    /// lock now (their lock is left intact). `Err`: Redis could not be reached; the release is
+    /// lock now (their lock is left intact). A reentrant guard (see
+    /// [`LockRequest::reentrant`](crate::LockRequest::reentrant)) releases nothing: `Ok(true)`
+    /// then says its holder's lease is still valid, and that holder releases. `Err`: Redis could not be reached; the release is
     /// retried in the background until the key would have expired anyway.
     ///
     /// If this future is dropped before it completes, the guard's drop releases the lock in

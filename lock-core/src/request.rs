@@ -150,7 +150,9 @@ impl<'a> LockRequest<'a> {
     /// at once, without a command, and gives a guard on that same lease whose release and drop
     /// end nothing: the enclosing holder releases. Task-scoped: a task spawned from the body is
     /// another owner and acquires (or waits) as usual. Without it, such a nested acquisition is
-    /// refused (`Busy`) or waits for itself until its deadline.
+    /// refused (`Busy`) or waits for itself until its deadline. A reentrant acquisition gets the
+    /// enclosing hold as it is: its own `ttl`, `auto_extend`, `min_hold` and the like do not
+    /// apply.
     pub fn reentrant(mut self, on: bool) -> Self {
         self.reentrant = on;
         self

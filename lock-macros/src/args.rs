@@ -58,6 +58,8 @@ pub(crate) struct Args {
     /// Every argument name written, well-formed or not, and the names a misspelt one was
     /// taken for: an argument that has an error of its own is not reported missing as well.
     pub(crate) mentioned: Vec<String>,
+    /// A syntax error stopped the parse: what came after it is unknown.
+    pub(crate) unreadable: bool,
 }
 
 /// The known argument names, for "did you mean".
@@ -194,8 +196,10 @@ pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
         let Some(name) = meta.path.get_ident().cloned() else {
             return Err(meta.error(format!("unknown argument; expected one of {NAMES}")));
         };
-        let value: Expr = meta.value()?.parse()?;
+        // Recorded before the value is read: an argument with a syntax error is not also
+        // reported missing.
         args.mentioned.push(name.to_string());
+        let value: Expr = meta.value()?.parse()?;
         let e = &mut errors;
         match name.to_string().as_str() {
             "key" => {
@@ -312,6 +316,8 @@ pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
         Ok(())
     });
     if let Err(e) = syn::parse::Parser::parse2(parser, tokens) {
+        // The arguments after a syntax error were not read: none is reported missing.
+        args.unreadable = true;
         push(&mut errors, e);
     }
     (args, errors)

@@ -24,6 +24,7 @@ pub(crate) fn parse_millis(text: &str) -> Result<u64, String> {
         if whole == 0 {
             return Err(format!("invalid duration \"{text}\"; {hint}"));
         }
+        let number_start = rest;
         let (int_part, after) = rest.split_at(whole);
         let (frac_part, after) = match after.strip_prefix('.') {
             Some(f) => {
@@ -37,6 +38,7 @@ pub(crate) fn parse_millis(text: &str) -> Result<u64, String> {
             }
             None => ("", after),
         };
+        let number = &number_start[..number_start.len() - after.len()];
         rest = after.trim_start();
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
@@ -55,7 +57,7 @@ pub(crate) fn parse_millis(text: &str) -> Result<u64, String> {
                 };
                 match short {
                     Some(short) => format!(
-                        "unknown unit `{unit}` in duration \"{text}\"; write `{short}`, as in \"{int_part}{short}\""
+                        "unknown unit `{unit}` in duration \"{text}\"; write `{short}`, as in \"{number}{short}\""
                     ),
                     None => format!(
                         "unknown unit `{unit}` in duration \"{text}\"; units are `ms`, `s`, `m`, `h`, `d`"
@@ -76,17 +78,25 @@ pub(crate) fn parse_millis(text: &str) -> Result<u64, String> {
             .ok()
             .and_then(|n| n.checked_mul(unit_ms))
             .ok_or_else(too_large)?;
+        // Trailing zeros say nothing ("1.50s" is "1.5s").
+        let frac_part = frac_part.trim_end_matches('0');
         if !frac_part.is_empty() {
             // The fraction, exactly: digits / 10^len of the unit, in whole milliseconds only.
+            let not_whole = || {
+                format!(
+                    "duration \"{text}\" is not a whole number of milliseconds; leases are kept in milliseconds"
+                )
+            };
+            // A unit is at most a day, 8.64e7 ms: past 8 digits a fraction cannot come to
+            // whole milliseconds.
+            if frac_part.len() > 8 {
+                return Err(not_whole());
+            }
             let digits: u128 = frac_part.parse().map_err(|_| too_large())?;
-            let scale = 10u128
-                .checked_pow(frac_part.len() as u32)
-                .ok_or_else(too_large)?;
+            let scale = 10u128.pow(frac_part.len() as u32);
             let scaled = digits * u128::from(unit_ms);
             if scaled % scale != 0 {
-                return Err(format!(
-                    "duration \"{text}\" is not a whole number of milliseconds; leases are kept in milliseconds"
-                ));
+                return Err(not_whole());
             }
             ms = u64::try_from(scaled / scale)
                 .ok()

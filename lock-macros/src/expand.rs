@@ -27,7 +27,12 @@ pub(crate) fn distributed_lock(attr: TokenStream, item: TokenStream) -> TokenStr
     if let Some(boxed) = AsyncTraitBody::find(&item_fn) {
         let plain = boxed.as_async_fn(&item_fn);
         return match valid::check(args, &plain, errors) {
-            Ok(config) => {
+            Ok(mut config) => {
+                if boxed.moves_self {
+                    // async-trait moved `self` into `__self` before the body: the key and the
+                    // manager, written with `self`, must name it so too.
+                    config.rename_self();
+                }
                 let locked = rewrite(plain, &config);
                 boxed.with_body(item_fn, *locked.block).into_token_stream()
             }
@@ -46,6 +51,8 @@ pub(crate) fn distributed_lock(attr: TokenStream, item: TokenStream) -> TokenStr
 struct AsyncTraitBody {
     /// Index of that statement in the async block.
     stmt: usize,
+    /// async-trait wrote `let __self = self;` before it (any receiver).
+    moves_self: bool,
     ret: Type,
     body: syn::Block,
 }
@@ -78,6 +85,10 @@ impl AsyncTraitBody {
 
     fn find(item: &ItemFn) -> Option<Self> {
         let block = Self::async_block(item)?;
+        let moves_self = block.block.stmts.iter().any(|s| {
+            matches!(s, syn::Stmt::Local(local)
+                if matches!(&local.pat, syn::Pat::Ident(p) if p.ident == "__self"))
+        });
         block.block.stmts.iter().enumerate().find_map(|(stmt, s)| {
             let syn::Stmt::Local(local) = s else {
                 return None;
@@ -97,6 +108,7 @@ impl AsyncTraitBody {
             };
             Some(AsyncTraitBody {
                 stmt,
+                moves_self,
                 ret: (*typed.ty).clone(),
                 body: body.block.clone(),
             })
@@ -357,6 +369,12 @@ fn error_type(output: &ReturnType) -> Option<&Type> {
         return None;
     };
     let last = path.path.segments.last()?;
+    // `impl Trait` cannot be named in an expression: the plain `From` conversion then.
+    let mut has_impl = false;
+    FindImplTrait(&mut has_impl).visit_type_mut(&mut (**ty).clone());
+    if has_impl {
+        return None;
+    }
     if last.ident != "Result" {
         return None;
     }
@@ -369,4 +387,17 @@ fn error_type(output: &ReturnType) -> Option<&Type> {
     });
     let (_ok, err) = (types.next()?, types.next()?);
     Some(err)
+}
+
+/// Sets its flag when a type contains `impl Trait`.
+struct FindImplTrait<'a>(&'a mut bool);
+
+impl VisitMut for FindImplTrait<'_> {
+    fn visit_type_mut(&mut self, ty: &mut Type) {
+        if let Type::ImplTrait(_) = ty {
+            *self.0 = true;
+        } else {
+            syn::visit_mut::visit_type_mut(self, ty);
+        }
+    }
 }

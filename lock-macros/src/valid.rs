@@ -18,6 +18,17 @@ pub(crate) enum Key {
     Expr(Expr),
 }
 
+/// Renames `self` to `__self` in an expression (see [`Config::rename_self`]).
+struct RenameSelf;
+
+impl syn::visit_mut::VisitMut for RenameSelf {
+    fn visit_ident_mut(&mut self, ident: &mut Ident) {
+        if ident == "self" {
+            *ident = Ident::new("__self", ident.span());
+        }
+    }
+}
+
 pub(crate) struct Config {
     pub(crate) key: Key,
     pub(crate) ttl_ms: u64,
@@ -38,6 +49,27 @@ pub(crate) struct Config {
 }
 
 /// A duration argument's value and the span of its literal.
+impl Config {
+    /// `self` in the key and the manager becomes `__self`: async-trait moves the receiver there
+    /// before the body.
+    pub(crate) fn rename_self(&mut self) {
+        use syn::visit_mut::VisitMut;
+        match &mut self.key {
+            Key::Template { fields, .. } => {
+                for path in fields {
+                    if path[0] == "self" {
+                        path[0] = "__self".to_owned();
+                    }
+                }
+            }
+            Key::Expr(expr) => RenameSelf.visit_expr_mut(expr),
+        }
+        if let Some(manager) = &mut self.manager {
+            RenameSelf.visit_expr_mut(manager);
+        }
+    }
+}
+
 fn duration(arg: &Option<Arg<Millis>>) -> Option<(u64, Span)> {
     arg.as_ref().map(|a| (a.value.ms, a.value.lit.span()))
 }
@@ -200,7 +232,7 @@ pub(crate) fn check(
     }
     check_return(item, e);
 
-    let mentioned = |name: &str| args.mentioned.iter().any(|m| m == name);
+    let mentioned = |name: &str| args.unreadable || args.mentioned.iter().any(|m| m == name);
     let (key_missing, ttl_missing) = (!mentioned("key"), !mentioned("ttl"));
     if key_missing && ttl_missing {
         // One error for a bare attribute, not two on the same span.

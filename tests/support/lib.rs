@@ -373,13 +373,21 @@ impl RedisCluster {
                     .find(|k| cluster.master_of(k) == node)
                     .expect("some key hashes to every master");
                 let mut conn = cluster.nodes[node].conn();
-                let _: () = redis::cmd("SET").arg(&probe).arg(1).query(&mut conn).unwrap();
+                let _: () = redis::cmd("SET")
+                    .arg(&probe)
+                    .arg(1)
+                    .query(&mut conn)
+                    .unwrap();
                 let acked: i64 = redis::cmd("WAIT")
                     .arg(replicas)
                     .arg(10_000)
                     .query(&mut conn)
                     .unwrap();
-                assert_eq!(acked, replicas as i64, "the replicas of {} stream", master.port);
+                assert_eq!(
+                    acked, replicas as i64,
+                    "the replicas of {} stream",
+                    master.port
+                );
                 let _: () = redis::cmd("DEL").arg(&probe).query(&mut conn).unwrap();
             }
         }

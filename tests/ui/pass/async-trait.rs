@@ -31,8 +31,43 @@ impl LocalJob for Worker {
     }
 }
 
+// Receivers that async-trait moves: `&mut self`, `self: Arc<Self>`, with `self` in the key
+// and the manager.
+#[async_trait::async_trait]
+trait Mutating {
+    async fn bump(&mut self) -> Result<u32, LockError>;
+    async fn owned(self: std::sync::Arc<Self>) -> Result<u32, LockError>;
+}
+
+struct Counter {
+    locks: LockManager,
+    id: u32,
+    n: u32,
+}
+
+#[async_trait::async_trait]
+impl Mutating for Counter {
+    #[distributed_lock(key = "counter:{self.id}", ttl = "30s", manager = self.locks)]
+    async fn bump(&mut self) -> Result<u32, LockError> {
+        self.n += 1;
+        Ok(self.n)
+    }
+
+    #[distributed_lock(key = "counter:{self.id}", ttl = "30s", manager = self.locks.clone())]
+    async fn owned(self: std::sync::Arc<Self>) -> Result<u32, LockError> {
+        Ok(self.n)
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    let mut counter = Counter {
+        locks: LockManager::in_memory(),
+        id: 1,
+        n: 0,
+    };
+    assert_eq!(counter.bump().await.unwrap(), 1);
+    assert_eq!(std::sync::Arc::new(counter).owned().await.unwrap(), 1);
     let worker = Worker {
         locks: LockManager::in_memory(),
     };
