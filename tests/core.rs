@@ -1471,3 +1471,50 @@ async fn force_release_wakes_the_waiters_at_once() {
         assert!(taken.release().await.unwrap());
     }
 }
+
+/// `LockGuard::holding`: a guard taken with the runtime API lends its hold to reentrant
+/// acquisitions inside the future it runs (no command, nothing released); outside it, or in a
+/// task spawned from it, the lock is held by another owner as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_lends_its_hold_to_reentrant_acquisitions_inside_holding() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    let outer = locks.try_acquire("books", LONG).await.unwrap().unwrap();
+    assert!(!lock_core::held("books"), "not inside holding()");
+    assert!(locks
+        .lock("books")
+        .reentrant(true)
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_none());
+    let sets = server.command_calls("set");
+    outer
+        .holding(async {
+            assert!(lock_core::held("books"));
+            let inner = locks.lock("books").reentrant(true).acquire().await.unwrap();
+            assert!(
+                inner.release().await.unwrap(),
+                "ends nothing, reports the hold"
+            );
+            let spawned = {
+                let locks = locks.clone();
+                tokio::spawn(async move {
+                    (
+                        lock_core::held("books"),
+                        locks.lock("books").reentrant(true).try_acquire().await,
+                    )
+                })
+            };
+            let (held_there, other) = spawned.await.unwrap();
+            assert!(!held_there);
+            assert!(other.unwrap().is_none(), "another task is another owner");
+        })
+        .await;
+    // One SET: the spawned task's refused attempt; none for the nested hold.
+    assert_eq!(server.command_calls("set"), sets + 1);
+    let value: Option<String> = server.query(redis::cmd("GET").arg(locks.key_for("books")));
+    assert!(value.is_some(), "still held by the outer guard");
+    assert!(outer.release().await.unwrap());
+    assert!(server.lock_keys().is_empty());
+}

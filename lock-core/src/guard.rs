@@ -86,6 +86,31 @@ impl LockGuard {
         shared.release(&lease).await
     }
 
+    /// Runs `body` with this lock among the current task's held locks, as a
+    /// `#[distributed_lock]` body runs: inside it, [`held`](crate::held) is `true` for this
+    /// lock and a [`reentrant`](crate::LockRequest::reentrant) acquisition of it (an annotated
+    /// fn with `reentrant = true`, say) reuses this hold instead of being refused. Futures
+    /// spawned from `body` are other tasks and do not share it.
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: lock_core::LockManager) -> lock_core::Result<()> {
+    /// let guard = locks.lock("ledger:7").acquire().await?;
+    /// guard
+    ///     .holding(async {
+    ///         assert!(lock_core::held("ledger:7"));
+    ///         // calls annotated `reentrant = true` fns on "ledger:7" here
+    ///     })
+    ///     .await;
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn holding<F: std::future::Future>(
+        &self,
+        body: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        crate::held::scope(self, body)
+    }
+
     /// Renews the lease, owner-checked: on success the lock expires `ttl` from now, and the
     /// guard holds again even if its deadline had passed while Redis did not answer.
     /// `Ok(false)` when the lease had already expired or another owner holds the lock (which

@@ -197,7 +197,8 @@
 //!
 //! Locks are not reentrant by default: acquiring a name the same task already holds is `Busy`
 //! (or waits). Opt in with [`LockRequest::reentrant`] or the attribute's `reentrant = true`: a
-//! nested acquisition inside an annotated body, in the same task, then reuses the hold.
+//! nested acquisition inside an annotated body (or inside [`LockGuard::holding`]), in the same
+//! task, then reuses the hold.
 //! [`held`] tells a body whether its task holds a lock.
 
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]

@@ -146,7 +146,8 @@ impl<'a> LockRequest<'a> {
     }
 
     /// Reentrant (default `false`): when the current task already holds this name through this
-    /// manager, as the lock of an enclosing `#[distributed_lock]` fn, the acquisition succeeds
+    /// manager, as the lock of an enclosing `#[distributed_lock]` fn or of a guard whose
+    /// [`holding`](LockGuard::holding) future it runs in, the acquisition succeeds
     /// at once, without a command, and gives a guard on that same lease whose release and drop
     /// end nothing: the enclosing holder releases. Task-scoped: a task spawned from the body is
     /// another owner and acquires (or waits) as usual. Without it, such a nested acquisition is
