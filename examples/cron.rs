@@ -10,11 +10,10 @@
 //! than the schedule period (here 2 s): as long as it, the lock would still be held at the next
 //! tick, and every process, the last runner included, would skip it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lock_core::{distributed_lock, LockError, LockManager};
+use lock_test_support::{flag, run_workers};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 /// Every 2 s, on one process: `Some(fence)` when this one ran it.
@@ -30,7 +29,7 @@ fn now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-async fn worker(id: usize, url: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn worker(id: u64, url: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let locks = LockManager::builder()
         .url(url)
         .key_prefix("cron_example:")
@@ -58,14 +57,7 @@ async fn worker(id: usize, url: &str) -> Result<(), Box<dyn std::error::Error + 
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .map(|v| v.parse::<usize>().expect("a number"))
-    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     if let Some(id) = flag("--worker") {
         if let Err(e) = rt.block_on(worker(id, &url)) {
@@ -80,22 +72,7 @@ fn main() {
     }
     let workers = flag("--workers").unwrap_or(3);
     println!("{workers} processes, a report every 2 s for 10 s, Redis at {url}\n");
-    let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (1..=workers)
-        .map(|id| {
-            Command::new(&exe)
-                .args(["--worker", &id.to_string()])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("start a worker process")
-        })
-        .collect();
-    let mut lines = Vec::new();
-    for mut child in children {
-        let out = child.stdout.take().unwrap();
-        lines.extend(BufReader::new(out).lines().map_while(Result::ok));
-        let _ = child.wait();
-    }
+    let (mut lines, _) = run_workers(workers, &[]);
     lines.sort();
     let mut last = None;
     for line in &lines {

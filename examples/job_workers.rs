@@ -14,11 +14,10 @@
 //!
 //! The parent prints the merged timeline with each run's fencing token.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lock_core::{distributed_lock, LockError, LockManager};
+use lock_test_support::{flag, run_workers};
 
 const TICKS: u64 = 3;
 const TICK_EVERY: Duration = Duration::from_millis(1500);
@@ -79,15 +78,7 @@ async fn worker(id: u64, start_ms: u64, url: &str) -> Result<(), LockError> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .map(|v| v.parse::<u64>().expect("a number"))
-    };
-
     if let (Some(id), Some(start)) = (flag("--worker"), flag("--start")) {
         let rt = tokio::runtime::Runtime::new().unwrap();
         if let Err(e) = rt.block_on(worker(id, start, &url)) {
@@ -107,30 +98,19 @@ fn main() {
     println!("{workers} worker processes, {TICKS} ticks, Redis at {url}\n");
     println!("  ms   who       what");
     let start = now_ms() + 500; // time for the workers to start
-    let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (1..=workers)
-        .map(|id| {
-            Command::new(&exe)
-                .args(["--worker", &id.to_string(), "--start", &start.to_string()])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("start a worker process")
-        })
-        .collect();
-    let mut lines: Vec<(u64, String)> = Vec::new();
-    let mut failed = false;
-    for mut child in children {
-        let out = child.stdout.take().unwrap();
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
+    let (printed, all_ok) = run_workers(workers, &["--start".to_owned(), start.to_string()]);
+    let failed = !all_ok;
+    let mut lines: Vec<(u64, String)> = printed
+        .into_iter()
+        .map(|line| {
             let ms = line
                 .split_whitespace()
                 .next()
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(0);
-            lines.push((ms, line));
-        }
-        failed |= !child.wait().map(|s| s.success()).unwrap_or(false);
-    }
+            (ms, line)
+        })
+        .collect();
     lines.sort();
     let mut last_tick = None;
     for (_, line) in lines {
