@@ -63,6 +63,22 @@ pub enum LockError {
         reason: String,
     },
 
+    /// The lock is held with another number of permits than this request asked for
+    /// ([`LockRequest::permits`](crate::LockRequest::permits)): every holder of a name must
+    /// use the same `n`, or the bound "at most `n` at once" would mean nothing. Refused at
+    /// once, never waited on. A plain lock counts as `permits(1)`.
+    #[error(
+        "lock `{name}` is held with permits = {held}, but this request asked for permits = {requested}; every holder of a name must use the same number of permits"
+    )]
+    PermitsMismatch {
+        /// The lock name as given, without the key prefix.
+        name: String,
+        /// The permits its live holders use.
+        held: u32,
+        /// The permits this request asked for.
+        requested: u32,
+    },
+
     /// Redlock: fewer than a majority of the instances granted the lock in time, because
     /// instances were down or slow, or the lease was too short for the round trips plus clock
     /// drift. What the attempt may have set is released at once (in the background, until its

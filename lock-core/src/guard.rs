@@ -53,7 +53,6 @@ impl LockGuard {
         (&self.shared, &self.lease)
     }
 
-    #[cfg(test)]
     pub(crate) fn lease(&self) -> &Arc<Lease> {
         &self.lease
     }
@@ -171,6 +170,11 @@ impl LockGuard {
     /// - **Redlock**: *not a fence*. It is the highest of the tokens drawn on a majority of
     ///   instances, which advance independently, so two holders' tokens are not guaranteed to
     ///   be ordered. Use one server or a cluster when a resource needs fencing.
+    ///
+    /// A permit of [`permits(n)`](crate::LockRequest::permits) with `n > 1` has no fencing
+    /// token: up to `n` holders hold at once, so "refuse a token lower than the highest
+    /// accepted" would refuse holders that are entitled to write. It returns
+    /// [`LockError::InvalidConfig`](crate::LockError::InvalidConfig) without a command.
     pub async fn fencing_token(&self) -> Result<u64> {
         self.shared.fencing_token(&self.lease).await
     }

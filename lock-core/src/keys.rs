@@ -3,7 +3,8 @@
 //! A lock `name` lives at `<prefix>{<name>}`; its value is the holder's owner token (followed by
 //! `*` once a waiter has asked to be told of its release). Its fencing counter, created only
 //! when a guard asks for a fencing token, lives at `<prefix>{<name>}:fence`; fair waiters line
-//! up in `<prefix>{<name>}:q`. Releases are
+//! up in `<prefix>{<name>}:q`. A lock of `permits(n)`, `n > 1`, keeps all its holders in the
+//! same `<prefix>{<name>}` key, a hash (see [`LockKeys::lock`]). Releases are
 //! published on the channel named like the lock key. The braces are a Redis Cluster hash tag:
 //! every key of a lock hashes to one slot.
 
@@ -12,7 +13,13 @@
 pub(crate) struct LockKeys {
     /// `<prefix>{<name>}`: holds the owner token while the lock is held. Also the name of the
     /// pub/sub channel its releases are published on.
+    ///
+    /// With `permits(n)` for `n > 1`, the same key is a hash instead: `#n` -> `n`, `#w` -> `1`
+    /// while a waiter asks for releases to be published, and one field per permit, the
+    /// holder's token -> the server time (ms) its lease ends (permit_*.lua).
     pub(crate) lock: String,
+    /// How many holders the lock admits at once (`permits`; 1 for a plain lock).
+    pub(crate) permits: u32,
 }
 
 impl LockKeys {
@@ -22,7 +29,18 @@ impl LockKeys {
         lock.push('{');
         lock.push_str(name);
         lock.push('}');
-        Self { lock }
+        Self { lock, permits: 1 }
+    }
+
+    /// The same keys for a lock of `permits` holders at once.
+    pub(crate) fn with_permits(mut self, permits: u32) -> Self {
+        self.permits = permits;
+        self
+    }
+
+    /// Whether this lock admits more than one holder (the permit scripts, not `SET NX`).
+    pub(crate) fn shared(&self) -> bool {
+        self.permits > 1
     }
 
     /// The lock name, as given (the prefix has no braces, so the name runs from the first `{`

@@ -208,6 +208,7 @@ mod error;
 mod guard;
 mod held;
 mod keys;
+mod leader;
 mod lease;
 mod manager;
 mod metrics;
@@ -233,6 +234,7 @@ pub use lock_macros::distributed_lock;
 pub use error::{LockError, Result};
 pub use guard::LockGuard;
 pub use held::held;
+pub use leader::{Leader, LeaderBuilder};
 pub use manager::{
     default_manager, set_default_manager, LockManager, LockManagerBuilder, DEFAULT_KEY_PREFIX,
     DEFAULT_MAX_POLL_INTERVAL,

@@ -128,6 +128,12 @@ impl LockManager {
         LockRequest::new(&self.shared, name.into())
     }
 
+    /// A leader election on `name`: of all the handles started on it (in this process or
+    /// others), one leads at a time. See [`Leader`](crate::Leader).
+    pub fn leader(&self, name: impl Into<String>) -> crate::LeaderBuilder<'_> {
+        crate::LeaderBuilder::new(self, name.into())
+    }
+
     /// Takes `name` for `ttl` if it is free: `Ok(None)` when another owner holds it. Never waits.
     pub async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>> {
         self.lock(name).ttl(ttl).try_acquire().await

@@ -25,6 +25,10 @@ pub struct LockInfo {
     pub remaining: Option<Duration>,
     /// Whether a waiter has asked to be woken by its release.
     pub waited_for: bool,
+    /// The lock's [`permits`](crate::LockRequest::permits): 1 for a lock. With more, each
+    /// live permit is a `LockInfo` of its own in [`LockManager::list`] (same name, its holder,
+    /// its lease), and [`LockManager::inspect`] gives the one taken first.
+    pub permits: u32,
 }
 
 impl LockInfo {
@@ -39,6 +43,7 @@ impl LockInfo {
             acquired_at,
             remaining: found.left,
             waited_for: found.value.contains('*'),
+            permits: found.permits,
         }
     }
 }
@@ -107,6 +112,10 @@ impl LockManager {
     /// The evicted guard still believes it holds until it next talks to Redis: with
     /// `auto_extend`, its next renewal finds the key gone and reports the lease lost; without
     /// it, it holds until its own deadline (the exception to I2 in the crate docs).
+    ///
+    /// A lock of [`permits(n)`](crate::LockRequest::permits) loses every permit at once; the
+    /// `LockInfo` returned names one of their holders (its `permits` reads 1: the script
+    /// returns one token).
     pub async fn evict(&self, name: &str) -> Result<Option<LockInfo>> {
         check_name(name)?;
         let keys = self.shared().keys(name);
@@ -118,6 +127,15 @@ impl LockManager {
             }
             None => tracing::info!(lock = %name, "force-release found the lock free"),
         }
-        Ok(evicted.map(|value| LockInfo::of(name.to_owned(), Found { value, left: None })))
+        Ok(evicted.map(|value| {
+            LockInfo::of(
+                name.to_owned(),
+                Found {
+                    value,
+                    left: None,
+                    permits: 1,
+                },
+            )
+        }))
     }
 }

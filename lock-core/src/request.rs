@@ -37,6 +37,7 @@ pub struct LockRequest<'a> {
     /// The `lock` label of its metrics, when not the default.
     label: Option<String>,
     reentrant: bool,
+    permits: u32,
 }
 
 impl std::fmt::Debug for LockRequest<'_> {
@@ -51,6 +52,7 @@ impl std::fmt::Debug for LockRequest<'_> {
             .field("fair", &self.fair)
             .field("label", &self.label)
             .field("reentrant", &self.reentrant)
+            .field("permits", &self.permits)
             .finish_non_exhaustive()
     }
 }
@@ -68,6 +70,7 @@ impl<'a> LockRequest<'a> {
             fair: false,
             label: None,
             reentrant: false,
+            permits: 1,
         }
     }
 
@@ -140,6 +143,28 @@ impl<'a> LockRequest<'a> {
         self
     }
 
+    /// At most `n` holders of this name at once (default 1: a lock). A counting semaphore
+    /// whose permits are leases: each holder's permit has its own lease, expires on its own
+    /// when its holder crashes, is renewed by its own watchdog (`auto_extend`), is released by
+    /// its owner only and reports its own loss. Waiters are woken when a permit frees (or when
+    /// the first lease among the holders' runs out). Taking a permit is one script and one round
+    /// trip, and so is giving it back, on the one key `<prefix>{<name>}` (a hash of the
+    /// holders' tokens and lease ends; Cluster-safe).
+    ///
+    /// Every holder of a name must use the same `n`: a request whose `n` differs from the one
+    /// the live holders use fails at once with [`LockError::PermitsMismatch`] (a plain lock is
+    /// `n = 1`). `permits(1)` is exactly the lock, on the same `SET NX` path.
+    ///
+    /// Not with [`fair`](Self::fair), and not on Redlock: both are refused with
+    /// [`LockError::InvalidConfig`] (on Redlock, `n + 1` holders could each find a majority
+    /// of instances with a free permit). A permit's
+    /// [`fencing_token`](LockGuard::fencing_token) is refused too: fencing orders holders that
+    /// exclude each other, and up to `n` hold at once.
+    pub fn permits(mut self, n: u32) -> Self {
+        self.permits = n;
+        self
+    }
+
     /// How long this request waits (for the attribute's `on_busy = "skip"`).
     pub(crate) fn waits_for(&self) -> Duration {
         self.wait
@@ -175,6 +200,7 @@ impl<'a> LockRequest<'a> {
     pub async fn acquire(self) -> Result<LockGuard> {
         let wait = self.wait;
         let shared = self.shared;
+        let permits = self.permits;
         let began = Instant::now();
         match self.run(wait).await? {
             Acquired::Guard(guard) => Ok(guard),
@@ -182,11 +208,10 @@ impl<'a> LockRequest<'a> {
                 // Best effort, and within the bound of I4: the wait (zero) plus one response
                 // timeout, counted from the start.
                 let bound = began + shared.settings().response_timeout;
-                let holder = timeout_at(bound, shared.holder_of(&name))
+                let keys = shared.keys(&name).with_permits(permits);
+                Err(timeout_at(bound, shared.busy(&keys))
                     .await
-                    .ok()
-                    .flatten();
-                Err(LockError::Busy { name, holder })
+                    .unwrap_or(LockError::Busy { name, holder: None }))
             }
             Acquired::Busy { name, waited } => Err(LockError::Timeout { name, waited }),
         }
@@ -206,6 +231,27 @@ impl<'a> LockRequest<'a> {
         if self.fair && !self.shared.orders_fairly() {
             return Err(LockError::InvalidConfig {
                 reason: "fair mode needs one server or a cluster: Redlock's instances would each keep their own line of waiters".to_owned(),
+            });
+        }
+        if self.permits == 0 {
+            return Err(LockError::InvalidConfig {
+                reason: format!(
+                    "lock `{}`: permits(0) admits no holder; use 1 for a lock, or more",
+                    self.name
+                ),
+            });
+        }
+        if self.permits > 1 && self.fair {
+            return Err(LockError::InvalidConfig {
+                reason: format!(
+                    "lock `{}`: fair mode serves one holder at a time; it cannot be combined with permits({})",
+                    self.name, self.permits
+                ),
+            });
+        }
+        if self.permits > 1 && !self.shared.counts_permits() {
+            return Err(LockError::InvalidConfig {
+                reason: "permits(n) for n > 1 needs one server or a cluster: on Redlock, n + 1 holders could each find a majority of instances with a free permit".to_owned(),
             });
         }
         check_ttl("ttl", self.ttl)?;
@@ -247,7 +293,7 @@ impl<'a> LockRequest<'a> {
         let span = tracing::debug_span!("lock.acquire", lock = %self.name);
         let lease_len = self.max_hold.map_or(self.ttl, |max| max.min(self.ttl));
         let began = Instant::now();
-        let keys = self.shared.keys(&self.name);
+        let keys = self.shared.keys(&self.name).with_permits(self.permits);
         let ticket = self.fair.then(new_token);
         let mut line = ticket.as_deref().map(|id| Line {
             shared: self.shared,
@@ -485,6 +531,10 @@ impl Acquisition<'_> {
                 } else {
                     self.retry_after(e, out_of_time)
                 }
+            }
+            // Waiting cannot end it: the other holders keep their `n` until they all let go.
+            Tried::Failed(e @ LockError::PermitsMismatch { .. }, _) => {
+                Next::Go(Step::Done(Outcome::Failed(e)))
             }
             Tried::Failed(e, orphan) if e.is_broken_connection() && !self.retried_broken => {
                 // The shared connection reconnects now: one more attempt right away is worth

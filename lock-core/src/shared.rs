@@ -293,10 +293,26 @@ impl Shared {
         self.store.peek(keys).await
     }
 
-    /// Who holds `name`, if it can be told (for `LockError::Busy`): best effort, one command.
-    pub(crate) async fn holder_of(&self, name: &str) -> Option<String> {
-        let found = self.store.peek(&self.keys(name)).await.ok()??;
-        crate::token::holder_of(&found.value).map(|(holder, _)| holder)
+    /// Why an acquisition without wait was refused, told with one more command (best effort):
+    /// [`LockError::Busy`] naming the holder if it can be told, or
+    /// [`LockError::PermitsMismatch`] when the lock is held with another number of permits
+    /// (`SET NX` alone cannot tell).
+    pub(crate) async fn busy(&self, keys: &LockKeys) -> LockError {
+        let name = keys.name().to_owned();
+        let found = self.store.peek(keys).await.ok().flatten();
+        match found {
+            Some(found) if found.permits != keys.permits => LockError::PermitsMismatch {
+                name,
+                held: found.permits,
+                requested: keys.permits,
+            },
+            found => LockError::Busy {
+                name,
+                holder: found.and_then(|found| {
+                    crate::token::holder_of(&found.value).map(|(holder, _)| holder)
+                }),
+            },
+        }
     }
 
     /// Frees a lock whoever holds it (see `LockManager::force_release`): the evicted value.
@@ -312,6 +328,11 @@ impl Shared {
     /// Whether fair acquisitions can be served (see [`Store::orders_fairly`]).
     pub(crate) fn orders_fairly(&self) -> bool {
         self.store.orders_fairly()
+    }
+
+    /// Whether `permits(n)` for `n > 1` can be served (see [`Store::counts_permits`]).
+    pub(crate) fn counts_permits(&self) -> bool {
+        self.store.counts_permits()
     }
 
     /// Takes a fair acquisition's ticket out of the line in the background, tracked for
@@ -392,6 +413,14 @@ impl Shared {
         let lost = || LockError::Lost {
             name: lease.name.clone(),
         };
+        if lease.keys.shared() {
+            return Err(LockError::InvalidConfig {
+                reason: format!(
+                    "lock `{}`: a fencing token orders holders that exclude each other, and permits({}) admits that many at once; fence the resource per permit holder instead",
+                    lease.name, lease.keys.permits
+                ),
+            });
+        }
         if let Some(&fence) = lease.fence.get() {
             return Ok(fence);
         }

@@ -4,7 +4,7 @@
 
 use proc_macro2::{Ident, Span, TokenStream};
 use syn::meta::ParseNestedMeta;
-use syn::{Expr, ExprLit, Lit, LitBool, LitStr};
+use syn::{Expr, ExprLit, Lit, LitBool, LitInt, LitStr};
 
 /// One argument: its name token (for "repeated"/"unknown" errors) and its value.
 pub(crate) struct Arg<T> {
@@ -49,6 +49,8 @@ pub(crate) struct Args {
     pub(crate) auto_extend: Option<Arg<LitBool>>,
     pub(crate) fair: Option<Arg<LitBool>>,
     pub(crate) reentrant: Option<Arg<LitBool>>,
+    /// `permits = 3`: the value, checked to be at least 1, and its literal.
+    pub(crate) permits: Option<Arg<(u32, LitInt)>>,
     pub(crate) on_lost: Option<Arg<OnLost>>,
     pub(crate) min_hold: Option<Arg<Millis>>,
     pub(crate) max_hold: Option<Arg<Millis>>,
@@ -63,7 +65,7 @@ pub(crate) struct Args {
 }
 
 /// The known argument names, for "did you mean".
-const KNOWN: [&str; 13] = [
+const KNOWN: [&str; 14] = [
     "key",
     "ttl",
     "wait",
@@ -74,6 +76,7 @@ const KNOWN: [&str; 13] = [
     "max_hold",
     "fair",
     "reentrant",
+    "permits",
     "manager",
     "guard",
     "crate",
@@ -105,7 +108,7 @@ fn did_you_mean(name: &str) -> Option<&'static str> {
         .map(|(_, known)| known)
 }
 
-pub(crate) const NAMES: &str = "`key`, `ttl`, `wait`, `on_busy`, `auto_extend`, `on_lost`, `min_hold`, `max_hold`, `fair`, `reentrant`, `manager`, `guard`, `crate`";
+pub(crate) const NAMES: &str = "`key`, `ttl`, `wait`, `on_busy`, `auto_extend`, `on_lost`, `min_hold`, `max_hold`, `fair`, `reentrant`, `permits`, `manager`, `guard`, `crate`";
 
 /// Adds `error` to `errors`.
 pub(crate) fn push(errors: &mut Option<syn::Error>, error: syn::Error) {
@@ -272,6 +275,34 @@ pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
                 other => push(
                     e,
                     syn::Error::new_spanned(other, "`reentrant` takes `true` or `false`"),
+                ),
+            },
+            "permits" => match value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Int(n), ..
+                }) => match n.base10_parse::<u32>() {
+                    Ok(0) => push(
+                        e,
+                        syn::Error::new(
+                            n.span(),
+                            "`permits = 0` admits no holder; use 1 for a lock, or more: `permits = 3`",
+                        ),
+                    ),
+                    Ok(count) => store(&mut args.permits, name, (count, n), e),
+                    Err(_) => push(
+                        e,
+                        syn::Error::new(
+                            n.span(),
+                            format!("`permits` takes a whole number from 1 to {}", u32::MAX),
+                        ),
+                    ),
+                },
+                other => push(
+                    e,
+                    syn::Error::new_spanned(
+                        other,
+                        "`permits` takes an integer literal: `permits = 3`",
+                    ),
                 ),
             },
             "manager" => store(&mut args.manager, name, value, e),

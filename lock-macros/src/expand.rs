@@ -272,6 +272,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
     let auto_extend = config.auto_extend;
     let fair = config.fair;
     let reentrant = config.reentrant;
+    let permits = config.permits.map(|n| quote!(.permits(#n)));
     let skip_if_busy = config.skip.is_some();
     let on_busy = match config.skip {
         // Spanned at "skip", so a `T` without `Default` is reported there.
@@ -328,6 +329,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
                 .auto_extend(#auto_extend)
                 .fair(#fair)
                 .reentrant(#reentrant)
+                #permits
                 #min_hold
                 #max_hold
                 #label;

@@ -75,6 +75,9 @@ mod valid;
 ///   same task, reuses that hold (no command; it releases nothing): `reentrant = true`. A task
 ///   spawned from the body is another owner. `lock_core::held(name)` tells a body whether its
 ///   task holds a lock.
+/// - `permits`: at most this many holders at once, across processes, each with its own lease
+///   (see `LockRequest::permits`): `permits = 3`. Every holder of a name must use the same
+///   number. Not with `fair = true`.
 /// - `manager`: the `LockManager` to use, as any expression giving a `LockManager`,
 ///   `&LockManager` or `Arc<LockManager>`: `manager = self.locks`. Default:
 ///   `lock_core::default_manager()`, else `Err(LockError::NotConfigured)`.

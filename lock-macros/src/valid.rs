@@ -41,6 +41,8 @@ pub(crate) struct Config {
     pub(crate) abort_on_lost: bool,
     pub(crate) fair: bool,
     pub(crate) reentrant: bool,
+    /// `permits = n`, when given (1 is the lock itself).
+    pub(crate) permits: Option<u32>,
     pub(crate) min_hold_ms: Option<u64>,
     pub(crate) max_hold_ms: Option<u64>,
     pub(crate) manager: Option<Expr>,
@@ -291,6 +293,21 @@ pub(crate) fn check(
             );
         }
     }
+    let fair = args.fair.as_ref().filter(|a| a.value.value);
+    if let (Some(fair), Some(permits)) = (fair, args.permits.as_ref()) {
+        if permits.value.0 > 1 {
+            push(
+                e,
+                syn::Error::new(
+                    fair.name.span(),
+                    format!(
+                        "`fair = true` serves one holder at a time; it cannot be combined with `permits = {}`: remove one",
+                        permits.value.0
+                    ),
+                ),
+            );
+        }
+    }
     let auto_extend = args.auto_extend.as_ref().is_some_and(|a| a.value.value);
     requires_auto_extend(&args.on_lost, auto_extend, e);
     requires_auto_extend(&args.max_hold, auto_extend, e);
@@ -329,6 +346,7 @@ pub(crate) fn check(
         abort_on_lost: auto_extend && on_lost == OnLost::Abort,
         fair: args.fair.as_ref().is_some_and(|a| a.value.value),
         reentrant: args.reentrant.as_ref().is_some_and(|a| a.value.value),
+        permits: args.permits.as_ref().map(|a| a.value.0),
         min_hold_ms: min_hold.map(|(ms, _)| ms),
         max_hold_ms: max_hold.map(|(ms, _)| ms),
         manager: args.manager.map(|a| a.value),

@@ -97,6 +97,9 @@ macro_rules! semantic_tests {
             invalid_names_and_ttls_are_rejected,
             remaining_counts_down_from_the_ttl,
             debug_output_never_shows_the_token,
+            permits_admit_n_holders_each_on_its_own_lease,
+            permits_refuse_a_different_n_and_fencing,
+            twelve_tasks_on_three_permits_never_exceed_three,
         );
     };
 }
@@ -565,4 +568,264 @@ pub(crate) async fn debug_output_never_shows_the_token(fx: Fixture) {
     assert!(!shown.contains(&token), "{shown}");
     assert!(shown.contains("secret"));
     drop(g);
+}
+
+/// Whether `m` is a Redlock manager, which refuses `permits(n > 1)`.
+fn is_redlock(m: &LockManager) -> bool {
+    format!("{m:?}").contains("\"redlock\"")
+}
+
+/// `permits(3)`: three holders at once, each permit on its own lease: released by its owner
+/// only, expiring on its own, renewed on its own, a waiter woken when one frees.
+pub(crate) async fn permits_admit_n_holders_each_on_its_own_lease(fx: Fixture) {
+    fn permit(m: &LockManager, ttl: Duration) -> lock_core::LockRequest<'_> {
+        m.lock("reports").permits(3).ttl(ttl)
+    }
+    if is_redlock(&fx.locks) {
+        let err = permit(&fx.locks, LONG).try_acquire().await.unwrap_err();
+        assert!(
+            matches!(&err, LockError::InvalidConfig { reason } if reason.contains("Redlock")),
+            "{err:?}"
+        );
+        // One permit is the lock itself, which Redlock serves.
+        let one = fx.locks.lock("reports").permits(1).try_acquire().await;
+        assert!(one.unwrap().unwrap().release().await.unwrap());
+        return;
+    }
+    let a = permit(&fx.locks, LONG)
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    let b = permit(&fx.other, LONG)
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    let short = permit(&fx.locks, Duration::from_millis(300))
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("the third permit");
+    assert!(permit(&fx.other, LONG)
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_none());
+    let err = permit(&fx.other, LONG).acquire().await.unwrap_err();
+    assert!(
+        matches!(&err, LockError::Busy { name, holder: Some(_), .. } if name == "reports"),
+        "{err:?}"
+    );
+
+    // Operators see each permit.
+    let info = fx.locks.list("reports").await.unwrap();
+    assert_eq!(info.len(), 3, "{info:?}");
+    assert!(info.iter().all(|i| i.permits == 3 && i.name == "reports"));
+    assert_eq!(
+        fx.locks.inspect("reports").await.unwrap().unwrap().permits,
+        3
+    );
+
+    // The short permit expires on its own, and then is not its holder's any more; the
+    // others are untouched.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(short.is_lost());
+    let d = permit(&fx.other, LONG).try_acquire().await.unwrap();
+    let d = d.expect("the expired permit is free again");
+    assert!(
+        !short.extend(LONG).await.unwrap(),
+        "an expired permit is not renewed"
+    );
+    assert!(!short.release().await.unwrap());
+    assert!(!a.is_lost() && !b.is_lost());
+
+    // Renewed on its own lease.
+    let e_short = {
+        assert!(a.release().await.unwrap());
+        permit(&fx.locks, Duration::from_millis(300))
+            .try_acquire()
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert!(e_short.extend(LONG).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!e_short.is_lost(), "renewed past its first lease");
+    assert!(permit(&fx.other, LONG)
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_none());
+
+    // A waiter is woken when a permit frees.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let waiter = {
+        let m = fx.other.clone();
+        tokio::spawn(async move {
+            let request = m.lock("reports").permits(3).wait(LONG);
+            let _ = tx.send(());
+            request.acquire().await
+        })
+    };
+    rx.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let released_at = Instant::now();
+    assert!(b.release().await.unwrap());
+    let f = waiter
+        .await
+        .unwrap()
+        .expect("the waiter gets the freed permit");
+    assert!(released_at.elapsed() < Duration::from_secs(5));
+
+    for g in [d, e_short, f] {
+        assert!(g.release().await.unwrap());
+    }
+    assert!(
+        fx.locks.inspect("reports").await.unwrap().is_none(),
+        "the last permit out removes the key"
+    );
+    // `permits(1)` is the lock.
+    let one = fx
+        .locks
+        .lock("reports")
+        .permits(1)
+        .try_acquire()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(fx
+        .other
+        .try_acquire("reports", LONG)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(one.release().await.unwrap());
+}
+
+/// Every holder of a name must count to the same `n`; a permit has no fencing token.
+pub(crate) async fn permits_refuse_a_different_n_and_fencing(fx: Fixture) {
+    if is_redlock(&fx.locks) {
+        return; // refused outright: see permits_admit_n_holders_each_on_its_own_lease
+    }
+    let mismatch = |err: LockError, held: u32, requested: u32| {
+        assert!(
+            matches!(&err, LockError::PermitsMismatch { name, held: h, requested: r }
+                if name == "quota" && *h == held && *r == requested),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("permits = "), "{err}");
+    };
+    let three = fx.locks.lock("quota").permits(3).acquire().await.unwrap();
+    let err = fx
+        .other
+        .lock("quota")
+        .permits(2)
+        .try_acquire()
+        .await
+        .unwrap_err();
+    mismatch(err, 3, 2);
+    // A plain lock is permits(1): refused without waiting, and also when it would wait
+    // (returned at once, not at the deadline).
+    let err = fx.other.lock("quota").acquire().await.unwrap_err();
+    mismatch(err, 3, 1);
+    let began = Instant::now();
+    let err = fx
+        .other
+        .lock("quota")
+        .wait(LONG)
+        .acquire()
+        .await
+        .unwrap_err();
+    mismatch(err, 3, 1);
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "refused, not waited on"
+    );
+    // No fencing token for a shared hold, and no command for it.
+    let err = three.fencing_token().await.unwrap_err();
+    assert!(
+        matches!(&err, LockError::InvalidConfig { reason } if reason.contains("permits(3)")),
+        "{err:?}"
+    );
+    assert!(three.release().await.unwrap());
+
+    // The other way round: a lock held plainly refuses a permit request.
+    let plain = fx
+        .locks
+        .acquire("quota", LONG, Duration::ZERO)
+        .await
+        .unwrap();
+    let err = fx
+        .other
+        .lock("quota")
+        .permits(3)
+        .try_acquire()
+        .await
+        .unwrap_err();
+    mismatch(err, 1, 3);
+    assert!(plain.release().await.unwrap());
+    // Once free, any n may take it.
+    let two = fx.other.lock("quota").permits(2).acquire().await.unwrap();
+    assert!(two.release().await.unwrap());
+    let err = fx
+        .locks
+        .lock("quota")
+        .permits(0)
+        .try_acquire()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
+    let err = fx
+        .locks
+        .lock("quota")
+        .permits(2)
+        .fair(true)
+        .try_acquire()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::InvalidConfig { .. }), "{err:?}");
+}
+
+/// Twelve tasks on `permits(3)`: at most three inside at once, and all of them get in.
+pub(crate) async fn twelve_tasks_on_three_permits_never_exceed_three(fx: Fixture) {
+    if is_redlock(&fx.locks) {
+        return;
+    }
+    const TASKS: u64 = 12;
+    const ROUNDS: u64 = 5;
+    let inside = Arc::new(AtomicU64::new(0));
+    let most = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..TASKS {
+        let m = if i % 2 == 0 {
+            fx.locks.clone()
+        } else {
+            fx.other.clone()
+        };
+        let (inside, most) = (inside.clone(), most.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..ROUNDS {
+                let guard = m
+                    .lock("pool")
+                    .permits(3)
+                    .ttl(LONG)
+                    .wait(Duration::from_secs(30))
+                    .acquire()
+                    .await
+                    .unwrap();
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                assert!(guard.release().await.unwrap());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 3, "{most} holders at once");
+    assert!(most >= 2, "the permits were shared: {most} at most at once");
 }

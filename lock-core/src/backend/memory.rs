@@ -39,6 +39,20 @@ struct Line {
     arrivals: u64,
 }
 
+/// A lock of `permits(n)`, `n > 1` (permit_acquire.lua's hash): its holders' tokens and when
+/// each lease ends, and whether a waiter asked for releases to be told.
+struct Permits {
+    n: u32,
+    holders: HashMap<String, Instant>,
+    waited: bool,
+}
+
+impl Permits {
+    fn forget_expired(&mut self, now: Instant) {
+        self.holders.retain(|_, ends| *ends > now);
+    }
+}
+
 /// What the Redis scripts do, as one state machine over lock, fence and queue keys.
 #[derive(Default)]
 pub(crate) struct Server {
@@ -46,6 +60,8 @@ pub(crate) struct Server {
     /// Size of `keys` after the last sweep of expired entries.
     swept_len: usize,
     lines: HashMap<String, Line>,
+    /// Locks of `permits(n)`, by lock key; a key is in `keys` or here, never both while live.
+    permits: HashMap<String, Permits>,
 }
 
 /// The token a key's value belongs to, without a waiter's mark.
@@ -102,6 +118,98 @@ impl Server {
             },
         );
         Taken::Granted
+    }
+
+    /// The permits the live holders of `keys` use when they differ from `keys.permits`
+    /// (permit_acquire.lua's and acquire.lua's `LOCKPERMITS`).
+    pub(crate) fn permits_mismatch(&mut self, now: Instant, keys: &LockKeys) -> Option<u32> {
+        if let Some(set) = self.permits.get_mut(&keys.lock) {
+            set.forget_expired(now);
+            if set.holders.is_empty() {
+                self.permits.remove(&keys.lock);
+            } else if set.n != keys.permits {
+                return Some(set.n);
+            }
+        }
+        (keys.shared() && self.live(&keys.lock, now).is_some()).then_some(1)
+    }
+
+    /// permit_acquire.lua, once [`permits_mismatch`](Self::permits_mismatch) found none.
+    pub(crate) fn acquire_permit(
+        &mut self,
+        now: Instant,
+        keys: &LockKeys,
+        token: &str,
+        ttl: Duration,
+        mark: bool,
+    ) -> Taken {
+        let set = self
+            .permits
+            .entry(keys.lock.clone())
+            .or_insert_with(|| Permits {
+                n: keys.permits,
+                holders: HashMap::new(),
+                waited: false,
+            });
+        set.forget_expired(now);
+        set.n = keys.permits;
+        let others = set.holders.len() - usize::from(set.holders.contains_key(token));
+        if others < keys.permits as usize {
+            set.holders.insert(token.to_owned(), now + ttl);
+            return Taken::Granted;
+        }
+        if mark {
+            set.waited = true;
+        }
+        let soonest = set.holders.values().min().copied().unwrap_or(now);
+        Taken::Held(Some(
+            soonest
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1)),
+        ))
+    }
+
+    /// permit_release.lua: `(ours, published)`.
+    fn release_permit(
+        &mut self,
+        now: Instant,
+        keys: &LockKeys,
+        token: &str,
+        keep: Duration,
+    ) -> (bool, bool) {
+        let Some(set) = self.permits.get_mut(&keys.lock) else {
+            return (false, false);
+        };
+        let Some(ends) = set.holders.remove(token) else {
+            return (false, false);
+        };
+        if ends <= now {
+            return (false, false);
+        }
+        if !keep.is_zero() {
+            set.holders
+                .insert(format!("{token}{RETIRED}"), ends.min(now + keep));
+            return (true, false);
+        }
+        let published = std::mem::take(&mut set.waited);
+        if set.holders.is_empty() {
+            self.permits.remove(&keys.lock);
+        }
+        (true, published)
+    }
+
+    /// permit_extend.lua.
+    fn extend_permit(&mut self, now: Instant, keys: &LockKeys, token: &str, ttl: Duration) -> bool {
+        let Some(set) = self.permits.get_mut(&keys.lock) else {
+            return false;
+        };
+        match set.holders.get_mut(token) {
+            Some(ends) if *ends > now => {
+                *ends = now + ttl;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// fair.lua.
@@ -187,6 +295,9 @@ impl Server {
         token: &str,
         keep: Duration,
     ) -> (bool, bool) {
+        if keys.shared() {
+            return self.release_permit(now, keys, token, keep);
+        }
         let Some(held) = self.owned_by(&keys.lock, token, now) else {
             return (false, false);
         };
@@ -208,6 +319,9 @@ impl Server {
         token: &str,
         ttl: Duration,
     ) -> bool {
+        if keys.shared() {
+            return self.extend_permit(now, keys, token, ttl);
+        }
         match self.owned_by(&keys.lock, token, now) {
             Some(held) => {
                 held.expires = now + ttl;
@@ -247,17 +361,44 @@ impl Server {
         next
     }
 
-    /// An operator's look at a lock key: its value and remaining life.
-    pub(crate) fn peek(&self, now: Instant, key: &str) -> Option<Found> {
-        self.live(key, now).map(|e| Found {
-            value: e.value.clone(),
-            left: Some(e.expires - now),
-        })
+    /// An operator's look at a lock key: its value and remaining life; for a lock of
+    /// `permits(n)`, each live permit, the earliest taken first (permit_peek.lua).
+    pub(crate) fn peek(&self, now: Instant, key: &str) -> Vec<Found> {
+        if let Some(set) = self.permits.get(key) {
+            let mark = if set.waited { "*" } else { "" };
+            let mut found: Vec<Found> = set
+                .holders
+                .iter()
+                .filter(|(_, ends)| **ends > now)
+                .map(|(token, ends)| Found {
+                    value: format!("{token}{mark}"),
+                    left: Some(*ends - now),
+                    permits: set.n,
+                })
+                .collect();
+            found.sort_by_key(|f| crate::token::holder_of(&f.value).map(|(_, at)| at));
+            return found;
+        }
+        self.live(key, now)
+            .map(|e| Found {
+                value: e.value.clone(),
+                left: Some(e.expires - now),
+                permits: 1,
+            })
+            .into_iter()
+            .collect()
     }
 
     /// force.lua: deletes the lock key whoever holds it and advances its fencing counter.
     pub(crate) fn evict(&mut self, now: Instant, keys: &LockKeys, clock_us: u64) -> Option<String> {
-        let value = self.live(&keys.lock, now)?.value.clone();
+        let value = match self.permits.remove(&keys.lock) {
+            Some(set) => set
+                .holders
+                .into_iter()
+                .find(|(_, ends)| *ends > now)
+                .map(|(token, _)| token)?,
+            None => self.live(&keys.lock, now)?.value.clone(),
+        };
         self.keys.remove(&keys.lock);
         self.advance_fence(now, keys, clock_us);
         Some(value)
@@ -270,6 +411,12 @@ impl Server {
             .iter()
             .filter(|(k, e)| e.expires > now && k.ends_with('}') && matches(k))
             .map(|(k, _)| k.clone())
+            .chain(
+                self.permits
+                    .iter()
+                    .filter(|(k, set)| set.holders.values().any(|e| *e > now) && matches(k))
+                    .map(|(k, _)| k.clone()),
+            )
             .collect();
         keys.sort();
         keys
@@ -287,6 +434,7 @@ impl Server {
         self.keys.clear();
         self.swept_len = 0;
         self.lines.clear();
+        self.permits.clear();
     }
 }
 
@@ -320,10 +468,19 @@ impl Node for MemoryNode {
         mark: bool,
         ticket: Option<Ticket<'a>>,
     ) -> BoxFuture<'a, Result<Taken>> {
-        let taken = self
-            .server()
-            .acquire(Instant::now(), keys, token, ttl, mark, ticket);
-        Box::pin(async move { Ok(taken) })
+        let now = Instant::now();
+        let mut server = self.server();
+        let taken = match server.permits_mismatch(now, keys) {
+            Some(held) => Err(crate::LockError::PermitsMismatch {
+                name: keys.name().to_owned(),
+                held,
+                requested: keys.permits,
+            }),
+            None if keys.shared() => Ok(server.acquire_permit(now, keys, token, ttl, mark)),
+            None => Ok(server.acquire(now, keys, token, ttl, mark, ticket)),
+        };
+        drop(server);
+        Box::pin(async move { taken })
     }
 
     fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>> {
@@ -368,7 +525,11 @@ impl Node for MemoryNode {
     }
 
     fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>> {
-        let found = self.server().peek(Instant::now(), &keys.lock);
+        let found = self
+            .server()
+            .peek(Instant::now(), &keys.lock)
+            .into_iter()
+            .next();
         Box::pin(async move { Ok(found) })
     }
 
@@ -386,9 +547,11 @@ impl Node for MemoryNode {
         let found = server
             .lock_keys(now, |key| glob(pattern, key))
             .into_iter()
-            .filter_map(|key| {
-                let found = server.peek(now, &key)?;
-                Some((key, found))
+            .flat_map(|key| {
+                server
+                    .peek(now, &key)
+                    .into_iter()
+                    .map(move |found| (key.clone(), found))
             })
             .collect();
         Box::pin(async move { Ok(found) })

@@ -56,6 +56,9 @@ pub(crate) struct Found {
     pub(crate) value: String,
     /// `None` when the key has no expiry (not one of ours).
     pub(crate) left: Option<Duration>,
+    /// The lock's `permits` (1 for a lock). With more, one `Found` per live permit: its
+    /// holder's token in `value` and its own lease in `left`.
+    pub(crate) permits: u32,
 }
 
 /// The error of an operator command a deployment cannot serve.
@@ -242,6 +245,13 @@ pub(crate) trait Store: Send + Sync {
     /// Whether this deployment can keep one line of fair waiters (Redlock cannot: each
     /// instance would keep its own, and they could disagree on who is first).
     fn orders_fairly(&self) -> bool {
+        true
+    }
+
+    /// Whether this deployment can bound a lock to `n > 1` holders (Redlock cannot: a permit
+    /// counts where a majority grants it, and `n + 1` holders can each find a majority with
+    /// free permits, as every instance grants up to `n` of them).
+    fn counts_permits(&self) -> bool {
         true
     }
 

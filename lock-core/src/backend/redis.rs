@@ -69,6 +69,14 @@ static FENCE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new(include_str!("../scripts/fence.lua")));
 static FORCE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new(include_str!("../scripts/force.lua")));
+static PERMIT_ACQUIRE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../scripts/permit_acquire.lua")));
+static PERMIT_RELEASE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../scripts/permit_release.lua")));
+static PERMIT_EXTEND: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../scripts/permit_extend.lua")));
+static PERMIT_PEEK: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../scripts/permit_peek.lua")));
 
 /// Keys asked for per `SCAN` call, and peeked at per round trip, by `list`.
 const SCAN_BATCH: usize = 500;
@@ -452,8 +460,10 @@ impl RedisNode {
     }
 
     /// `GET` and `PTTL` of each of `keys`: in one round trip on one server, one per key on a
-    /// cluster. Not atomic: a key that expires in between is left out.
-    async fn peek_all(&self, keys: &[String]) -> Result<Vec<Option<Found>>> {
+    /// cluster. Not atomic: a key that expires in between is left out. A lock of `permits(n)`
+    /// (a hash, where `GET` is refused) is read with one more script: one `Found` per live
+    /// permit, the earliest taken first.
+    async fn peek_all(&self, keys: &[String]) -> Result<Vec<Vec<Found>>> {
         let mut out = Vec::with_capacity(keys.len());
         // One key per pipeline on a cluster (the keys live in many slots); all at once
         // elsewhere.
@@ -471,18 +481,67 @@ impl RedisNode {
             // is not a lock, and must not fail the others.
             pipe.ignore_errors();
             let flat: Vec<Value> = self.conn.send(&Request::Pipe(&pipe)).await?;
-            out.extend(flat.chunks(2).map(|pair| {
-                let value: String = redis::from_redis_value(pair[0].clone()).ok()?;
-                let left: i64 = redis::from_redis_value(pair[1].clone()).ok()?;
-                // -2: it expired between the two commands; -1: no expiry (not one of ours,
-                // but shown as it is).
-                (left != -2).then(|| Found {
-                    value,
-                    left: u64::try_from(left).ok().map(Duration::from_millis),
-                })
-            }));
+            for (key, pair) in chunk.iter().zip(flat.chunks(2)) {
+                let found = match pair[0].clone().extract_error() {
+                    Ok(value) => {
+                        let Ok(value) = redis::from_redis_value::<String>(value) else {
+                            out.push(Vec::new());
+                            continue;
+                        };
+                        let left: i64 = redis::from_redis_value(pair[1].clone())
+                            .map_err(redis::RedisError::from)?;
+                        // -2: it expired between the two commands; -1: no expiry (not one of
+                        // ours, but shown as it is).
+                        (left != -2)
+                            .then(|| Found {
+                                value,
+                                left: u64::try_from(left).ok().map(Duration::from_millis),
+                                permits: 1,
+                            })
+                            .into_iter()
+                            .collect()
+                    }
+                    Err(e) if e.code() == Some("WRONGTYPE") => self.peek_permits(key).await?,
+                    Err(_) => Vec::new(),
+                };
+                out.push(found);
+            }
         }
         Ok(out)
+    }
+
+    /// The live permits of a lock of `permits(n)` at `key` (permit_peek.lua), the earliest
+    /// taken first; none when `key` is a hash of something else.
+    async fn peek_permits(&self, key: &str) -> Result<Vec<Found>> {
+        let reply: Vec<String> = self
+            .eval(&PERMIT_PEEK, |cmd| {
+                cmd.arg(1).arg(key);
+            })
+            .await?;
+        let Some((n, rest)) = reply.split_first() else {
+            return Ok(Vec::new());
+        };
+        let Ok(permits) = n.parse::<u32>() else {
+            return Ok(Vec::new());
+        };
+        let waited = rest.first().is_some_and(|w| w == "1");
+        let mut found: Vec<Found> = rest
+            .get(1..)
+            .unwrap_or_default()
+            .chunks(2)
+            .filter_map(|pair| {
+                let left: u64 = pair.get(1)?.parse().ok()?;
+                // The mark of a plain lock's value, so that `waited_for` reads alike.
+                let mark = if waited { "*" } else { "" };
+                Some(Found {
+                    value: format!("{}{mark}", pair[0]),
+                    left: Some(Duration::from_millis(left)),
+                    permits,
+                })
+            })
+            .collect();
+        found.sort_by_key(|f| crate::token::holder_of(&f.value).map(|(_, at)| at));
+        Ok(found)
     }
 
     fn is_cluster(&self) -> bool {
@@ -693,6 +752,26 @@ fn taken(reply: i64) -> Taken {
     Taken::Held((reply < 0).then(|| Duration::from_millis(reply.unsigned_abs())))
 }
 
+/// [`LockError::PermitsMismatch`] for the `LOCKPERMITS <m>` error reply of the acquire
+/// scripts (the lock is held with `m` permits); any other error as it is.
+fn permits_refused(keys: &LockKeys, e: LockError) -> LockError {
+    let held = match &e {
+        LockError::Redis(re) if re.code() == Some("LOCKPERMITS") => re
+            .detail()
+            .and_then(|d| d.split_whitespace().next())
+            .and_then(|m| m.parse().ok()),
+        _ => None,
+    };
+    match held {
+        Some(held) => LockError::PermitsMismatch {
+            name: keys.name().to_owned(),
+            held,
+            requested: keys.permits,
+        },
+        None => e,
+    }
+}
+
 /// Whether acquire.lua or fair.lua granted the lock.
 fn granted(reply: &i64) -> bool {
     *reply == 1
@@ -707,9 +786,27 @@ impl Node for RedisNode {
         mark: bool,
         ticket: Option<Ticket<'a>>,
     ) -> BoxFuture<'a, Result<Taken>> {
-        Box::pin(async move {
+        let taken = async move {
             let ttl_ms = millis_ceil(ttl);
             let mark_arg = if mark { "1" } else { "0" };
+            if keys.shared() {
+                let reply: i64 = self
+                    .eval_replicated(
+                        keys,
+                        &PERMIT_ACQUIRE,
+                        |cmd| {
+                            cmd.arg(1)
+                                .arg(&keys.lock)
+                                .arg(token)
+                                .arg(ttl_ms)
+                                .arg(keys.permits)
+                                .arg(mark_arg);
+                        },
+                        granted,
+                    )
+                    .await?;
+                return Ok(taken(reply));
+            }
             if let Some(ticket) = ticket {
                 let reply: i64 = self
                     .eval_replicated(
@@ -772,7 +869,8 @@ impl Node for RedisNode {
                 )
                 .await?;
             Ok(taken(reply))
-        })
+        };
+        Box::pin(async move { taken.await.map_err(|e| permits_refused(keys, e)) })
     }
 
     fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>> {
@@ -799,8 +897,13 @@ impl Node for RedisNode {
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let publish = if self.sharded { "SPUBLISH" } else { "PUBLISH" };
+            let script = if keys.shared() {
+                &PERMIT_RELEASE
+            } else {
+                &RELEASE
+            };
             let released: i64 = self
-                .eval(&RELEASE, |cmd| {
+                .eval(script, |cmd| {
                     cmd.arg(1)
                         .arg(&keys.lock)
                         .arg(token)
@@ -819,10 +922,15 @@ impl Node for RedisNode {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
+            let script = if keys.shared() {
+                &PERMIT_EXTEND
+            } else {
+                &EXTEND
+            };
             let extended: i64 = self
                 .eval_replicated(
                     keys,
-                    &EXTEND,
+                    script,
                     |cmd| {
                         cmd.arg(1).arg(&keys.lock).arg(token).arg(millis_ceil(ttl));
                     },
@@ -863,7 +971,7 @@ impl Node for RedisNode {
                 .peek_all(std::slice::from_ref(&keys.lock))
                 .await?
                 .pop()
-                .flatten())
+                .and_then(|found| found.into_iter().next()))
         })
     }
 
@@ -906,12 +1014,9 @@ impl Node for RedisNode {
             let mut out = Vec::with_capacity(keys.len());
             for batch in keys.chunks(SCAN_BATCH) {
                 let found = self.peek_all(batch).await?;
-                out.extend(
-                    batch
-                        .iter()
-                        .zip(found)
-                        .filter_map(|(key, found)| Some((key.clone(), found?))),
-                );
+                for (key, found) in batch.iter().zip(found) {
+                    out.extend(found.into_iter().map(|found| (key.clone(), found)));
+                }
             }
             Ok(out)
         })

@@ -501,6 +501,10 @@ impl Store for Redlock {
         false
     }
 
+    fn counts_permits(&self) -> bool {
+        false
+    }
+
     fn release<'a>(
         &'a self,
         keys: &'a LockKeys,

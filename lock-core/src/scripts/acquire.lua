@@ -14,7 +14,27 @@
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 1
 end
-local holder = redis.call('GET', KEYS[1])
+local holder = redis.pcall('GET', KEYS[1])
+if type(holder) == 'table' then
+  -- A hash: the key of a lock of permits(n), n > 1 (permit_acquire.lua). Refused while one of
+  -- its permits is live, whatever this request's mark; taken over once none is.
+  local now = redis.call('TIME')
+  now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local all = redis.call('HGETALL', KEYS[1])
+  local n, live = '0', false
+  for i = 1, #all, 2 do
+    if all[i] == '#n' then
+      n = all[i + 1]
+    elseif all[i] ~= '#w' and tonumber(all[i + 1]) > now then
+      live = true
+    end
+  end
+  if live then
+    return redis.error_reply('LOCKPERMITS ' .. n)
+  end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
 if holder == ARGV[1] or string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. '*' then
   -- A write of our own, after the first copy's: a `WAIT` that follows on this connection
   -- (min_replicas) then covers the grant too (replication is ordered). The expiry only moves

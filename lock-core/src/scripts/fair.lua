@@ -45,7 +45,11 @@ for i = 1, #line, 2 do
     end
   end
 end
-local holder = redis.call('GET', KEYS[1])
+local holder = redis.pcall('GET', KEYS[1])
+if type(holder) == 'table' then
+  -- A hash: the key of a lock of permits(n), n > 1 (permit_acquire.lua).
+  return redis.error_reply('LOCKPERMITS ' .. (redis.call('HGET', KEYS[1], '#n') or '0'))
+end
 local ours = holder and (holder == ARGV[1] or string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. '*')
 if ours or (not holder and (first == nil or first == ARGV[3])) then
   if not ours then

@@ -10,7 +10,11 @@
 -- lost with the server's data, the clock still puts every new token above every earlier one.
 -- Tokens stay below 2^53, so Lua's numbers hold them exactly.
 -- Ours: the token, or the token marked by a waiter ('*', then maybe a fair ticket).
-local v = redis.call('GET', KEYS[1])
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' then
+  -- Not a string: the key of a lock of permits(n) (permit_acquire.lua), so not ours.
+  return 0
+end
 if v ~= ARGV[1] and (not v or string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. '*') then
   return 0
 end

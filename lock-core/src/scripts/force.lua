@@ -4,11 +4,25 @@
 -- KEYS[2] fence key  <prefix>{<name>}:fence
 -- ARGV[1] how long the fence key outlives its last use, in milliseconds (as fence.lua)
 -- ARGV[2] 'PUBLISH', or 'SPUBLISH' on a Redis 7 cluster
--- Returns the evicted value (the holder's token, maybe marked), or false when it was free.
+-- Returns the evicted value (the holder's token, maybe marked; for a lock of permits(n), the
+-- token of one of its live holders: every permit is evicted), or false when it was free.
 -- The fencing counter moves as fence.lua would move it for a new holder (the larger of the
 -- last token + 1 and the server's clock in microseconds), so every token drawn before this
 -- one, including the evicted holder's, is below it.
-local v = redis.call('GET', KEYS[1])
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' then
+  -- A hash: a lock of permits(n) (permit_acquire.lua); all its permits go.
+  local now = redis.call('TIME')
+  now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local all = redis.call('HGETALL', KEYS[1])
+  v = false
+  for i = 1, #all, 2 do
+    if all[i] ~= '#n' and all[i] ~= '#w' and tonumber(all[i + 1]) > now then
+      v = all[i]
+      break
+    end
+  end
+end
 if not v then
   return false
 end

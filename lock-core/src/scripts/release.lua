@@ -9,7 +9,11 @@
 -- like the key when it is deleted; an unmarked one is not: nobody listens. The message is what
 -- follows the '*': the first ticket in the line of fair waiters, which fair.lua keeps there
 -- (only that waiter may take the lock now, so only it need wake), or nothing.
-local v = redis.call('GET', KEYS[1])
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' then
+  -- Not a string: the key of a lock of permits(n) (permit_acquire.lua), so not ours.
+  return 0
+end
 local marked = v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. '*'
 if v ~= ARGV[1] and not marked then
   return 0

@@ -1,0 +1,312 @@
+//! Leader election: a lock that a background task campaigns for, keeps with the watchdog and
+//! campaigns for again after losing it.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::lease::Lease;
+use crate::request::DEFAULT_TTL;
+use crate::{locked, LockError, LockGuard, LockManager, Result};
+
+/// The pause before campaigning again after an acquire failed with a communication error
+/// (the acquire itself retries while it waits; this only paces a loop of failed waits).
+const CAMPAIGN_RETRY: Duration = Duration::from_millis(500);
+
+/// A leader election on one lock name, made by [`LockManager::leader`]. Defaults: ttl 30 s.
+#[must_use = "a leader election does nothing until `.start()`"]
+#[derive(Debug)]
+pub struct LeaderBuilder<'a> {
+    manager: &'a LockManager,
+    name: String,
+    ttl: Duration,
+}
+
+impl<'a> LeaderBuilder<'a> {
+    pub(crate) fn new(manager: &'a LockManager, name: String) -> Self {
+        Self {
+            manager,
+            name,
+            ttl: DEFAULT_TTL,
+        }
+    }
+
+    /// The leader's lease (default 30 s): the watchdog renews it every ttl/3. When a leader
+    /// dies without resigning (kill -9, a crash, a partition), another handle takes over once
+    /// this lease has run out: within the ttl, plus the time of one attempt. A leader that
+    /// cannot renew in time (Redis unreachable, the process paused) stops saying it leads when
+    /// its local deadline passes, before the server lets the lease go.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Starts campaigning in the background at once, on the current tokio runtime, and returns
+    /// the handle. The campaign waits for the lock (woken by its release, or when the holder's
+    /// lease runs out), keeps it with the watchdog while it leads, and campaigns again after
+    /// losing it. An invalid name or ttl ends the campaign: [`Leader::run_while_leader`] and
+    /// [`Leader::resign`] return the error.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, like `tokio::spawn`.
+    pub fn start(self) -> Leader {
+        let (state, _) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            name: self.name,
+            term: Mutex::new(None),
+            state,
+            failed: Mutex::new(None),
+        });
+        let span = tracing::debug_span!("lock.leader", lock = %inner.name);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            campaign(self.manager.clone(), Arc::clone(&inner), self.ttl, stopped),
+            span,
+        ));
+        Leader {
+            inner,
+            stop,
+            task: Some(task),
+        }
+    }
+}
+
+/// A handle in a leader election: one of the handles of a name leads at a time. Made by
+/// [`LeaderBuilder::start`]; dropping it resigns (the lock is released in the background).
+///
+/// The guarantee is the lease truth of the lock: never do two handles both say they lead
+/// ([`is_leader`](Self::is_leader)) while either one's lease is valid. A leader that loses its
+/// lease (a renewal finds the lock gone, or the lease runs out while Redis does not answer or
+/// the process is paused) stops saying so at its local deadline, which comes before the
+/// server's expiry, and campaigns again.
+///
+/// ```no_run
+/// # async fn demo(locks: lock_core::LockManager) -> lock_core::Result<()> {
+/// use std::time::Duration;
+///
+/// let leader = locks.leader("scheduler").ttl(Duration::from_secs(10)).start();
+/// leader
+///     .run_while_leader(|| async {
+///         loop {
+///             // the singleton's work: cancelled the moment leadership is lost, then started
+///             // again once it is won back
+///             tokio::time::sleep(Duration::from_secs(1)).await;
+///         }
+///     })
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct Leader {
+    inner: Arc<Inner>,
+    /// Set to `true` to end the campaign (resign or drop).
+    stop: watch::Sender<bool>,
+    /// The campaign: its result is the release of the last term's lock.
+    task: Option<JoinHandle<Result<()>>>,
+}
+
+/// What the campaign and the handle share.
+struct Inner {
+    name: String,
+    /// The lease of the current term, while this handle leads.
+    term: Mutex<Option<Arc<Lease>>>,
+    /// `true` while leading. Sent on every change, and on the end of a failed campaign.
+    state: watch::Sender<bool>,
+    /// The error that ended the campaign, for `run_while_leader` and `resign`.
+    failed: Mutex<Option<LockError>>,
+}
+
+impl Inner {
+    /// The current term's lease while it is valid.
+    fn term(&self) -> Option<Arc<Lease>> {
+        locked(&self.term)
+            .as_ref()
+            .filter(|lease| !lease.is_lost() && !lease.is_finished())
+            .cloned()
+    }
+
+    /// Ends the term: from here on nothing says this handle leads. Done before the lock is
+    /// given back, so the next leader cannot overlap it.
+    fn step_down(&self) {
+        locked(&self.term).take();
+        self.state.send_replace(false);
+    }
+}
+
+/// Whether an acquire error will come again however often it is tried.
+fn is_permanent(e: &LockError) -> bool {
+    matches!(
+        e,
+        LockError::InvalidName { .. }
+            | LockError::InvalidTtl { .. }
+            | LockError::InvalidConfig { .. }
+            | LockError::PermitsMismatch { .. }
+    )
+}
+
+/// Resolves once the campaign is asked to stop (or its handle is gone).
+async fn stop_asked(stopped: &mut watch::Receiver<bool>) {
+    // The borrowed value is not kept: it must not live across the caller's awaits.
+    let _ = stopped.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// Campaigns until `stopped`: wins the lock, leads until it is lost, and starts again. Returns
+/// the outcome of giving the lock back when stopped while leading.
+async fn campaign(
+    manager: LockManager,
+    inner: Arc<Inner>,
+    ttl: Duration,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<()> {
+    loop {
+        let won = {
+            let acquire = manager
+                .lock(inner.name.clone())
+                .ttl(ttl)
+                .auto_extend(true)
+                .wait(Duration::MAX)
+                .acquire();
+            tokio::select! {
+                biased;
+                // Dropping the acquire in flight leaves no lock behind.
+                () = stop_asked(&mut stopped) => return Ok(()),
+                won = acquire => won,
+            }
+        };
+        let guard = match won {
+            Ok(guard) => guard,
+            Err(e) if is_permanent(&e) => {
+                tracing::error!(lock = %inner.name, error = %e, "leader campaign ended");
+                *locked(&inner.failed) = Some(e);
+                inner.step_down();
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(lock = %inner.name, error = %e, "leader campaign failed; campaigning again");
+                tokio::select! {
+                    biased;
+                    () = stop_asked(&mut stopped) => return Ok(()),
+                    () = tokio::time::sleep(CAMPAIGN_RETRY) => continue,
+                }
+            }
+        };
+        if let Some(outcome) = lead(&inner, guard, &mut stopped).await {
+            return outcome;
+        }
+    }
+}
+
+/// One term: says it leads until the lease is lost (then `None`: campaign again) or the
+/// campaign is stopped (then the lock is given back, and its outcome returned).
+async fn lead(
+    inner: &Inner,
+    guard: LockGuard,
+    stopped: &mut watch::Receiver<bool>,
+) -> Option<Result<()>> {
+    *locked(&inner.term) = Some(Arc::clone(guard.lease()));
+    inner.state.send_replace(true);
+    tracing::info!(lock = %inner.name, "elected leader");
+    tokio::select! {
+        biased;
+        () = stop_asked(stopped) => {
+            inner.step_down();
+            tracing::info!(lock = %inner.name, "resigned leadership");
+            Some(guard.release().await.map(|_| ()))
+        }
+        () = guard.lost() => {
+            inner.step_down();
+            tracing::warn!(lock = %inner.name, holder = %crate::token::holder_or_unknown(guard.token()), "leadership lost; campaigning again");
+            // Dropped: released in the background in case the key is still ours.
+            None
+        }
+    }
+}
+
+impl Leader {
+    /// `true` while this handle leads: it holds the lock and its lease is valid by the local
+    /// deadline (checked at the call, not cached).
+    pub fn is_leader(&self) -> bool {
+        self.inner.term().is_some()
+    }
+
+    /// The leadership state, `true` while leading, for `changed().await` loops. It follows
+    /// [`is_leader`](Self::is_leader) with the delay of a task wake-up: when it matters that
+    /// the lease is valid at an instant, ask `is_leader()`, or use
+    /// [`run_while_leader`](Self::run_while_leader), which cancels the work at the deadline.
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.inner.state.subscribe()
+    }
+
+    /// Stops campaigning and gives the lock back if leading. It says it no longer leads
+    /// before the release is sent. `Err` when the release could not be sent (it then goes on
+    /// in the background until the lease would have run out), or with the error that ended
+    /// the campaign.
+    pub async fn resign(mut self) -> Result<()> {
+        self.stop.send_replace(true);
+        let outcome = match self.task.take() {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        };
+        if let Some(e) = locked(&self.inner.failed).take() {
+            return Err(e);
+        }
+        outcome
+    }
+
+    /// Runs `f()` while this handle leads: waits to be elected, runs the future, and cancels
+    /// it (drops it at its next await) as soon as the lease is lost; then waits to lead
+    /// again and runs a new `f()`. Returns `Ok(())` when a future finishes by itself while
+    /// leading (the handle still leads; [`resign`](Self::resign) hands over), and `Err` when
+    /// the campaign ended with an error that campaigning again cannot cure (an invalid name
+    /// or ttl, or the name held with [`permits`](crate::LockRequest::permits)).
+    ///
+    /// The loss is checked before the future is polled again: once the local deadline passed
+    /// (a renewal failed, or the process was paused past it), the future does not run
+    /// another step.
+    pub async fn run_while_leader<F, Fut>(&self, mut f: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let mut state = self.inner.state.subscribe();
+        loop {
+            let term = loop {
+                if let Some(e) = locked(&self.inner.failed).take() {
+                    return Err(e);
+                }
+                if let Some(term) = self.inner.term() {
+                    break term;
+                }
+                // The sender lives as long as `self`.
+                let _ = state.changed().await;
+            };
+            let work = f();
+            tokio::select! {
+                biased;
+                () = term.lost() => {
+                    tracing::info!(lock = %self.inner.name, "leadership lost; the work is cancelled");
+                }
+                () = work => return Ok(()),
+            }
+        }
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        // The campaign gives the lock back (in the background) and ends.
+        self.stop.send_replace(true);
+    }
+}
+
+impl std::fmt::Debug for Leader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leader")
+            .field("name", &self.inner.name)
+            .field("is_leader", &self.is_leader())
+            .finish_non_exhaustive()
+    }
+}

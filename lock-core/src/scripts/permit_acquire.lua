@@ -1,0 +1,61 @@
+-- Take one of `n` permits of a lock (`permits(n)`, n > 1); when all are taken, optionally mark
+-- the lock so that the next permit given back is published.
+-- KEYS[1] lock key  <prefix>{<name>}: a hash. '#n' -> n; '#w' -> '1' while a waiter waits; and
+--                   per permit, the holder's token -> the server time (ms) its lease ends.
+-- ARGV[1] a fresh owner token: this attempt's alone
+-- ARGV[2] lease in milliseconds
+-- ARGV[3] n
+-- ARGV[4] '1' to mark the lock when no permit is free (a waiter that subscribed), else '0'
+-- Returns 1 when a permit is ours: taken now, or by an earlier copy of this same attempt (the
+-- lease then runs anew from now, as acquire.lua does). When all n are held, minus the
+-- milliseconds until the first of their leases ends (a crashed holder publishes nothing).
+-- An error reply 'LOCKPERMITS <m>' when the live holders use m permits, not n (a plain lock:
+-- m = 1): the bound holds only if every holder counts to the same n.
+-- The key lives as long as its longest permit: its expiry is only ever moved later, and a
+-- permit's lease never ends after it.
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'string' then
+  return redis.error_reply('LOCKPERMITS 1')
+end
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local n = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[2])
+local held_n, live, soonest, mine = nil, 0, nil, false
+if kind == 'hash' then
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    local field, value = all[i], all[i + 1]
+    if field == '#n' then
+      held_n = tonumber(value)
+    elseif field ~= '#w' then
+      local ends = tonumber(value)
+      if ends <= now then
+        redis.call('HDEL', KEYS[1], field)
+      elseif field == ARGV[1] then
+        mine = true
+      else
+        live = live + 1
+        if soonest == nil or ends < soonest then
+          soonest = ends
+        end
+      end
+    end
+  end
+elseif kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a lock')
+end
+if held_n and held_n ~= n and (live > 0 or mine) then
+  return redis.error_reply('LOCKPERMITS ' .. held_n)
+end
+if mine or live < n then
+  redis.call('HSET', KEYS[1], ARGV[1], now + ttl, '#n', n)
+  if redis.call('PTTL', KEYS[1]) < ttl then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  end
+  return 1
+end
+if ARGV[4] == '1' then
+  redis.call('HSET', KEYS[1], '#w', '1')
+end
+return -math.max(soonest - now, 1)

@@ -1,0 +1,38 @@
+-- Give a permit back, but only if it is still ours (`permits(n)`, n > 1; see
+-- permit_acquire.lua for the hash).
+-- KEYS[1] lock key
+-- ARGV[1] owner token
+-- ARGV[2] milliseconds the permit must still be held (min_hold); 0 gives it back now
+-- ARGV[3] 'SPUBLISH' on a Redis 7 cluster, else 'PUBLISH'
+-- Returns 1 when our lease ended here, 0 when it had expired or is not there.
+-- When a waiter marked the lock ('#w'), the freed permit is published on the channel named
+-- like the key (an empty message: every waiter may take it) and the mark is cleared; waiters
+-- still refused mark it again. The last permit out deletes the key.
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then
+  return 0
+end
+local ends = redis.call('HGET', KEYS[1], ARGV[1])
+if not ends then
+  return 0
+end
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('HDEL', KEYS[1], ARGV[1])
+if tonumber(ends) <= now then
+  return 0
+end
+local keep = tonumber(ARGV[2])
+if keep > 0 then
+  -- Held on until the end of the minimum hold (never longer), under a retired token ('~') that
+  -- no extend still in flight can find.
+  redis.call('HSET', KEYS[1], ARGV[1] .. '~', math.min(tonumber(ends), now + keep))
+  return 1
+end
+if redis.call('HDEL', KEYS[1], '#w') == 1 then
+  redis.call(ARGV[3] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH', KEYS[1], '')
+end
+if redis.call('HLEN', KEYS[1]) <= 1 then
+  -- Only '#n' is left.
+  redis.call('DEL', KEYS[1])
+end
+return 1
