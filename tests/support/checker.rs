@@ -12,6 +12,15 @@
 //! ```
 //!
 //! `canary` does the same work without the lock, to prove the checker sees violations.
+//! `permits` takes one of `--permits N` permits per iteration and counts the holders inside
+//! with an atomic counter on the resource, against the bound `--bound B` (default N): a run
+//! with N = B + 1 is the canary. It prints `PERMITS overlaps=.. most=..` (entries that found
+//! more than B inside, and the most inside at once). `permit-hold` takes one permit, prints
+//! `HOLDING`, and holds it with the watchdog until killed. `leader` campaigns in a leader
+//! election and samples `is_leader()` every millisecond until its stdin closes: it prints
+//! `TERM-START a b` at the first sample of each term that said leader and `TERM-END a b` at
+//! its last, where `a` and `b` are CLOCK_MONOTONIC nanoseconds read just before and just after
+//! the sample.
 //! `stall` acquires once, prints `HOLDING <fence>`, sleeps `--hold-ms` (a test SIGSTOPs it
 //! there), then tries its fenced write and prints `LATE accepted=<0|1> lost=<bool>`.
 //! Every mode ends with one line:
@@ -42,6 +51,8 @@ struct Args {
     seed: u64,
     fair: bool,
     duration: Duration,
+    permits: u32,
+    bound: u64,
 }
 
 fn parse_args() -> Args {
@@ -66,6 +77,8 @@ fn parse_args() -> Args {
         seed: num("--seed", u64::from(std::process::id())),
         fair: num("--fair", 0) == 1,
         duration: Duration::from_millis(num("--duration-ms", 3000)),
+        permits: u32::try_from(num("--permits", 1)).expect("a u32"),
+        bound: num("--bound", num("--permits", 1)),
     }
 }
 
@@ -133,6 +146,47 @@ impl Rng {
     }
 }
 
+/// The `leader` mode: campaigns, samples `is_leader()` every millisecond, and prints each term's
+/// first and last sample that said leader, with CLOCK_MONOTONIC before and after the sample.
+async fn lead_until_stdin_closes(locks: &LockManager, args: &Args) {
+    use lock_test_support::monotonic_ns;
+    let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        let _ = closed_tx.send(());
+    });
+    let leader = locks.leader(&args.name).ttl(args.ttl).start();
+    let mut last: Option<(u64, u64)> = None;
+    let mut terms = 0u64;
+    loop {
+        tokio::select! {
+            _ = &mut closed => break,
+            () = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
+        let before = monotonic_ns();
+        let leads = leader.is_leader();
+        let after = monotonic_ns();
+        match (leads, last) {
+            (true, None) => {
+                terms += 1;
+                println!("TERM-START {before} {after}");
+                last = Some((before, after));
+            }
+            (true, Some(_)) => last = Some((before, after)),
+            (false, Some((a, b))) => {
+                println!("TERM-END {a} {b}");
+                last = None;
+            }
+            (false, None) => {}
+        }
+    }
+    leader.resign().await.expect("resign");
+    if let Some((a, b)) = last {
+        println!("TERM-END {a} {b}");
+    }
+    println!("TERMS {terms}");
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = parse_args();
@@ -156,6 +210,68 @@ async fn main() {
     let mut tally = Tally::default();
 
     match args.mode.as_str() {
+        "permits" => {
+            let inside = format!("checker:{}:inside", args.name);
+            let (mut overlaps, mut most) = (0u64, 0u64);
+            let mut done = 0;
+            while done < args.iterations {
+                let guard = match locks
+                    .lock(&args.name)
+                    .permits(args.permits)
+                    .ttl(args.ttl)
+                    .wait(args.wait)
+                    .auto_extend(true)
+                    .acquire()
+                    .await
+                {
+                    Ok(guard) => guard,
+                    Err(LockError::Timeout { .. } | LockError::Redis(_)) => {
+                        tally.errors += 1;
+                        continue;
+                    }
+                    Err(e) => panic!("{e}"),
+                };
+                done += 1;
+                tally.acquisitions += 1;
+                let now: u64 = redis::cmd("INCR")
+                    .arg(&inside)
+                    .query_async(&mut resource.conn.clone())
+                    .await
+                    .unwrap();
+                most = most.max(now);
+                if now > args.bound {
+                    overlaps += 1;
+                }
+                // A non-atomic read-modify-write too, as in the lock mode.
+                let seen = resource.get(&resource.counter).await;
+                tokio::time::sleep(Duration::from_micros(rng.below(args.hold_ms * 1000))).await;
+                resource.set(&resource.counter, seen + 1).await;
+                let _: i64 = redis::cmd("DECR")
+                    .arg(&inside)
+                    .query_async(&mut resource.conn.clone())
+                    .await
+                    .unwrap();
+                if guard.release().await.is_err() {
+                    tally.errors += 1;
+                }
+            }
+            println!("PERMITS overlaps={overlaps} most={most}");
+        }
+        "permit-hold" => {
+            let _guard = locks
+                .lock(&args.name)
+                .permits(args.permits)
+                .ttl(args.ttl)
+                .auto_extend(true)
+                .acquire()
+                .await
+                .unwrap();
+            println!("HOLDING");
+            std::future::pending::<()>().await; // killed here
+        }
+        "leader" => {
+            lead_until_stdin_closes(&locks, &args).await;
+        }
         "stall" => {
             let guard = locks
                 .lock(&args.name)

@@ -1029,3 +1029,10 @@ pub async fn cancel_after_polls<F: std::future::Future>(fut: F, polls: u64) -> O
     })
     .await
 }
+
+/// Nanoseconds on `CLOCK_MONOTONIC`: one clock for every process of this machine, so that
+/// timestamps taken by different processes (the leader-election checker's) compare.
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
+}

@@ -1,0 +1,762 @@
+//! Beyond one holder at a time: permits (`permits(n)`: at most `n` holders) and leader
+//! election, against real `redis-server` processes and worker processes (`lock-checker`).
+//! RELIABILITY.md reports the long runs.
+//!
+//! Sizes: `LOCK_LEADER_ROUNDS` kills and as many SIGSTOPs of the leader (default 3; the run
+//! RELIABILITY.md reports used 20):
+//! `LOCK_LEADER_ROUNDS=20 cargo test --test coordination -- --nocapture leader_election_across`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lock_core::{distributed_lock, LockError, LockManager};
+use lock_test_support::{cancel_after_polls, eventually, monotonic_ns, FaultProxy, RedisServer};
+use tokio::time::Instant;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// One line per scenario for RELIABILITY.md (`--nocapture` shows them).
+fn report(scenario: &str, figures: &str) {
+    eprintln!("RELIABILITY {scenario}: {figures}");
+}
+
+/// A `lock-checker` worker process.
+fn checker(lock: &RedisServer, resource: &RedisServer, name: &str, mode: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lock-checker"));
+    cmd.args(["--lock-url", &lock.url(), "--resource-url", &resource.url()])
+        .args(["--name", name, "--mode", mode])
+        .stdout(Stdio::piped());
+    cmd
+}
+
+/// The value of `key=` in the line of `out` that starts with `prefix`.
+fn field(out: &str, prefix: &str, key: &str) -> u64 {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} line in {out}"));
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+}
+
+/// Runs `workers` permit workers of `iterations` each, asking for `permits` and checking the
+/// bound `bound`: (acquisitions, entries that found more than `bound` inside, most inside).
+fn run_permit_workers(
+    lock: &RedisServer,
+    resource: &RedisServer,
+    name: &str,
+    workers: u64,
+    iterations: u64,
+    permits: u32,
+    bound: u64,
+) -> (u64, u64, u64) {
+    let children: Vec<Child> = (0..workers)
+        .map(|_| {
+            checker(lock, resource, name, "permits")
+                .args(["--iterations", &iterations.to_string()])
+                .args(["--permits", &permits.to_string()])
+                .args(["--bound", &bound.to_string()])
+                .args(["--hold-ms", "2", "--ttl-ms", "2000", "--wait-ms", "30000"])
+                .spawn()
+                .expect("start lock-checker")
+        })
+        .collect();
+    let (mut acquisitions, mut overlaps, mut most) = (0, 0, 0);
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "a permit worker failed: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        acquisitions += field(&text, "RESULT ", "acquisitions");
+        overlaps += field(&text, "PERMITS ", "overlaps");
+        most = most.max(field(&text, "PERMITS ", "most"));
+    }
+    (acquisitions, overlaps, most)
+}
+
+/// Six processes on `permits(3)`: never more than three inside over 10,000 acquisitions, with
+/// a counter of holders on a separate Redis; the same workers asking for four permits while
+/// the check still counts to three (the canary) see the overlap.
+#[test]
+fn permits_across_six_processes_never_exceed_n_and_the_canary_does() {
+    let lock = RedisServer::start();
+    let resource = RedisServer::start();
+    let began = std::time::Instant::now();
+    let (acquisitions, overlaps, most) =
+        run_permit_workers(&lock, &resource, "pool", 6, 10_000 / 6 + 1, 3, 3);
+    let took = began.elapsed();
+    assert!(acquisitions >= 10_000);
+    assert_eq!(overlaps, 0, "more than 3 holders inside ({most} at most)");
+    assert_eq!(most, 3, "the three permits were used at once");
+    let (canary_acq, canary_overlaps, canary_most) =
+        run_permit_workers(&lock, &resource, "canary", 6, 100, 4, 3);
+    assert!(
+        canary_overlaps > 0 && canary_most == 4,
+        "the canary (4 permits checked against 3) must see a 4th holder: {canary_overlaps} overlaps, {canary_most} at most"
+    );
+    report(
+        "permits across 6 processes",
+        &format!(
+            "permits(3): {acquisitions} acquisitions in {:.1} s, at most {most} inside, {overlaps} entries over 3; canary permits(4) checked against 3: {canary_overlaps} of {canary_acq} entries over 3, {canary_most} at most",
+            took.as_secs_f64()
+        ),
+    );
+    assert!(
+        lock.lock_keys().is_empty(),
+        "no permit left: {:?}",
+        lock.lock_keys()
+    );
+}
+
+/// A holder killed with kill -9 keeps its permit until its lease ends, and not longer: a
+/// waiter gets it then.
+#[tokio::test]
+async fn a_killed_permit_holder_frees_its_permit_at_its_lease_end() {
+    let lock = RedisServer::start();
+    let locks = LockManager::connect(&lock.url()).await.unwrap();
+    let mut holder = checker(&lock, &lock, "reports", "permit-hold")
+        .args(["--permits", "2", "--ttl-ms", "1500"])
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "HOLDING");
+    let mine = locks.lock("reports").permits(2).acquire().await.unwrap();
+    assert!(locks
+        .lock("reports")
+        .permits(2)
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_none());
+
+    // Let the watchdog renew a few times, then kill it right after a renewal would be due.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let theirs = locks.list("reports").await.unwrap();
+    let left_at_kill = theirs
+        .iter()
+        .filter_map(|i| i.remaining)
+        .min()
+        .expect("the killed holder's permit");
+    let killed = Instant::now();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let taken = locks
+        .lock("reports")
+        .permits(2)
+        .wait(Duration::from_secs(10))
+        .acquire()
+        .await
+        .expect("the permit frees at its lease end");
+    let after = killed.elapsed();
+    assert!(
+        after + Duration::from_millis(50) >= left_at_kill,
+        "freed after {after:?}, before its lease ({left_at_kill:?} left) ended"
+    );
+    assert!(
+        after < Duration::from_millis(1500) + Duration::from_millis(500),
+        "{after:?}"
+    );
+    report(
+        "killed permit holder",
+        &format!(
+            "lease 1.5 s with the watchdog, {} ms left at kill -9, permit taken by a waiter {} ms after the kill",
+            left_at_kill.as_millis(),
+            after.as_millis()
+        ),
+    );
+    assert!(mine.release().await.unwrap());
+    assert!(taken.release().await.unwrap());
+}
+
+/// 10,000 permit acquires cancelled in flight, the lock sometimes full and sometimes not: once
+/// `shutdown` has finished the background clean-ups (and given back the permit held on
+/// purpose), no permit is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_cancelled_permit_acquires_leave_no_permit_behind() {
+    let lock = RedisServer::start();
+    let locks = LockManager::connect(&lock.url()).await.unwrap();
+    let held = locks.lock("cancel").permits(3).acquire().await.unwrap();
+    let (mut cancelled, mut completed) = (0u64, 0u64);
+    let mut i = 0u64;
+    while cancelled < 10_000 {
+        i += 1;
+        let request = locks
+            .lock("cancel")
+            .permits(3)
+            .ttl(LONG)
+            .wait(if i % 3 == 0 {
+                Duration::from_millis(50)
+            } else {
+                Duration::ZERO
+            });
+        // Cut after one poll (the attempt is on the wire), now and then after two (it may
+        // have been answered, or be waiting for the lock).
+        let polls = if i % 10 == 0 { 2 } else { 1 };
+        match cancel_after_polls(request.acquire(), polls).await {
+            None => cancelled += 1,
+            Some(Ok(guard)) => {
+                // Completed before the cut: a real holder, let go at once.
+                completed += 1;
+                drop(guard);
+            }
+            Some(Err(e)) => panic!("{e}"),
+        }
+    }
+    locks.shutdown(Duration::from_secs(10)).await.unwrap();
+    let left = LockManager::connect(&lock.url())
+        .await
+        .unwrap()
+        .list("cancel")
+        .await
+        .unwrap();
+    // `shutdown` gave back the permit held on purpose too.
+    assert!(left.is_empty(), "permits left behind: {left:?}");
+    assert!(held.is_lost());
+    report(
+        "cancelled permit acquires",
+        &format!(
+            "10,000 cancelled after 1 or 2 polls ({completed} more completed first), 0 permits left"
+        ),
+    );
+}
+
+/// A permit keeps its own watchdog, loss signal and `min_hold`, like a lock.
+#[tokio::test]
+async fn a_permit_has_its_own_watchdog_loss_signal_and_min_hold() {
+    let lock = RedisServer::start();
+    let locks = LockManager::connect(&lock.url()).await.unwrap();
+    let kept = locks
+        .lock("etl")
+        .permits(2)
+        .ttl(Duration::from_millis(300))
+        .auto_extend(true)
+        .acquire()
+        .await
+        .unwrap();
+    let other = locks
+        .lock("etl")
+        .permits(2)
+        .ttl(Duration::from_millis(300))
+        .acquire()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!kept.is_lost(), "renewed by its watchdog");
+    assert!(other.is_lost(), "not renewed: its own lease ran out");
+    // A permit taken away (an operator's force-release takes them all) is reported lost at the
+    // next renewal.
+    assert!(locks.force_release("etl").await.unwrap());
+    tokio::time::timeout(Duration::from_secs(2), kept.lost())
+        .await
+        .expect("the watchdog reports the loss");
+    drop((kept, other));
+
+    // min_hold: the released permit stays taken until the minimum hold ends.
+    let short = locks
+        .lock("etl")
+        .permits(2)
+        .min_hold(Duration::from_millis(400))
+        .acquire()
+        .await
+        .unwrap();
+    let second = locks.lock("etl").permits(2).acquire().await.unwrap();
+    assert!(short.release().await.unwrap());
+    assert!(
+        locks
+            .lock("etl")
+            .permits(2)
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none(),
+        "kept until min_hold ends"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let third = locks.lock("etl").permits(2).try_acquire().await.unwrap();
+    assert!(third.is_some(), "free once min_hold ended");
+    drop((second, third));
+}
+
+/// `#[distributed_lock(permits = 2)]`: two calls run at once, a third is refused.
+#[tokio::test]
+async fn the_attribute_takes_permits() {
+    let lock = RedisServer::start();
+    let locks = LockManager::connect(&lock.url()).await.unwrap();
+
+    #[distributed_lock(key = "partner:{partner}", ttl = "10s", permits = 2, manager = locks)]
+    async fn call_partner(
+        locks: &LockManager,
+        partner: &str,
+        inside: &AtomicU64,
+        go: &tokio::sync::Notify,
+    ) -> Result<u64, LockError> {
+        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+        go.notified().await;
+        inside.fetch_sub(1, Ordering::SeqCst);
+        Ok(now)
+    }
+
+    let inside = AtomicU64::new(0);
+    let go = tokio::sync::Notify::new();
+    let first = call_partner(&locks, "acme", &inside, &go);
+    let second = call_partner(&locks, "acme", &inside, &go);
+    let third = async {
+        assert!(
+            eventually(Duration::from_secs(5), || inside.load(Ordering::SeqCst)
+                == 2)
+            .await
+        );
+        let refused = call_partner(&locks, "acme", &inside, &go).await;
+        go.notify_waiters();
+        refused
+    };
+    let (a, b, c) = tokio::join!(first, second, third);
+    assert_eq!(a.unwrap().max(b.unwrap()), 2, "both ran at once");
+    assert!(matches!(c, Err(LockError::Busy { .. })), "{c:?}");
+    // A plain lock on the same name is refused: the permits differ.
+    let permit = locks
+        .lock("partner:acme")
+        .permits(2)
+        .acquire()
+        .await
+        .unwrap();
+    let plain = locks.acquire("partner:acme", LONG, Duration::ZERO).await;
+    assert!(
+        matches!(
+            plain,
+            Err(LockError::PermitsMismatch {
+                held: 2,
+                requested: 1,
+                ..
+            })
+        ),
+        "{plain:?}"
+    );
+    assert!(permit.release().await.unwrap());
+}
+
+/// Samples `is_leader()` of each handle every millisecond for `span`: panics if two say leader
+/// at once; returns how many samples each said it.
+async fn sample_leaders(leaders: &[&lock_core::Leader], span: Duration) -> Vec<u64> {
+    let mut said = vec![0; leaders.len()];
+    let end = Instant::now() + span;
+    while Instant::now() < end {
+        let now: Vec<bool> = leaders.iter().map(|l| l.is_leader()).collect();
+        assert!(
+            now.iter().filter(|l| **l).count() <= 1,
+            "two leaders: {now:?}"
+        );
+        for (i, l) in now.iter().enumerate() {
+            said[i] += u64::from(*l);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    said
+}
+
+/// Three handles: one leads, the others wait; a resign or a drop hands over at once (woken by
+/// the release, not by the lease's end).
+#[tokio::test]
+async fn one_of_three_leads_and_resign_or_drop_hands_over() {
+    let lock = RedisServer::start();
+    let mut managers = Vec::new();
+    for _ in 0..3 {
+        managers.push(LockManager::connect(&lock.url()).await.unwrap());
+    }
+    let ttl = Duration::from_secs(20);
+    let mut leaders: Vec<Option<lock_core::Leader>> = managers
+        .iter()
+        .map(|m| Some(m.leader("scheduler").ttl(ttl).start()))
+        .collect();
+    let current = |leaders: &[Option<lock_core::Leader>]| {
+        leaders
+            .iter()
+            .position(|l| l.as_ref().is_some_and(|l| l.is_leader()))
+    };
+    assert!(eventually(Duration::from_secs(5), || current(&leaders).is_some()).await);
+    let live: Vec<&lock_core::Leader> = leaders.iter().flatten().collect();
+    let said = sample_leaders(&live, Duration::from_millis(300)).await;
+    assert_eq!(said.iter().filter(|s| **s > 0).count(), 1, "{said:?}");
+
+    let first = current(&leaders).unwrap();
+    let mut watch = leaders[first].as_ref().unwrap().watch();
+    assert!(*watch.borrow_and_update());
+    let handed = Instant::now();
+    leaders[first].take().unwrap().resign().await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || current(&leaders).is_some()).await);
+    assert!(
+        handed.elapsed() < ttl / 4,
+        "woken by the release: {:?}",
+        handed.elapsed()
+    );
+    let second = current(&leaders).unwrap();
+    assert_ne!(second, first);
+
+    let handed = Instant::now();
+    drop(leaders[second].take());
+    assert!(eventually(Duration::from_secs(5), || current(&leaders).is_some()).await);
+    assert!(
+        handed.elapsed() < ttl / 4,
+        "a drop resigns: {:?}",
+        handed.elapsed()
+    );
+    let third = current(&leaders).unwrap();
+    assert!(third != first && third != second);
+    let last = leaders[third].take().unwrap();
+    let mut watch = last.watch();
+    assert!(*watch.borrow_and_update());
+    last.resign().await.unwrap();
+    assert!(lock.lock_keys().is_empty(), "{:?}", lock.lock_keys());
+}
+
+/// A leader cut off from Redis stops saying it leads at its local deadline, before another
+/// handle is elected; once it can reach Redis again it does not lead while the other does.
+#[tokio::test]
+async fn a_leader_cut_off_from_redis_steps_down_before_another_is_elected() {
+    let lock = RedisServer::start();
+    let proxy = FaultProxy::start(lock.port()).await;
+    let cut_off = LockManager::builder()
+        .url(&proxy.url())
+        .response_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let direct = LockManager::connect(&lock.url()).await.unwrap();
+    let ttl = Duration::from_millis(900);
+    let a = cut_off.leader("warmer").ttl(ttl).start();
+    assert!(eventually(Duration::from_secs(5), || a.is_leader()).await);
+    let b = direct.leader("warmer").ttl(ttl).start();
+    let mut a_state = a.watch();
+
+    proxy.blackhole(true);
+    let cut = Instant::now();
+    let (mut a_last, mut b_first) = (None, None);
+    while b_first.is_none() && cut.elapsed() < Duration::from_secs(10) {
+        let (la, lb) = (a.is_leader(), b.is_leader());
+        assert!(!(la && lb), "two leaders");
+        if la {
+            a_last = Some(Instant::now());
+        }
+        if lb {
+            b_first = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (a_last, b_first) = (a_last.expect("a led"), b_first.expect("b was elected"));
+    assert!(a_last < b_first);
+    assert!(
+        a_last.duration_since(cut) < ttl,
+        "a stepped down within its lease"
+    );
+    assert!(!*a_state.borrow_and_update(), "the watch says it too");
+    report(
+        "leader cut off from Redis",
+        &format!(
+            "ttl {} ms: the cut-off leader last said it led {} ms after the cut, the other was elected {} ms after the cut",
+            ttl.as_millis(),
+            a_last.duration_since(cut).as_millis(),
+            b_first.duration_since(cut).as_millis()
+        ),
+    );
+
+    proxy.blackhole(false);
+    // The healed partition resets its connections (the blackhole dropped bytes of open
+    // connections, which TCP never does silently).
+    proxy.cut_all();
+    let said = sample_leaders(&[&a, &b], Duration::from_millis(1500)).await;
+    assert_eq!(said[0], 0, "the old leader campaigns but does not lead");
+    assert!(said[1] > 0);
+    b.resign().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || a.is_leader()).await,
+        "it campaigns again"
+    );
+    a.resign().await.unwrap();
+}
+
+/// `run_while_leader`: the work starts when elected, is cancelled on loss (here an operator's
+/// force-release, found by the next renewal), and starts again once leadership is won back.
+#[tokio::test]
+async fn run_while_leader_cancels_the_work_on_loss_and_runs_it_again() {
+    let lock = RedisServer::start();
+    let locks = LockManager::connect(&lock.url()).await.unwrap();
+    let leader = locks
+        .leader("consumer")
+        .ttl(Duration::from_millis(600))
+        .start();
+    let starts = Arc::new(AtomicU64::new(0));
+    let cancelled = Arc::new(AtomicU64::new(0));
+    let finish = Arc::new(AtomicBool::new(false));
+
+    struct OnDrop(Arc<AtomicU64>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    let work = leader.run_while_leader(|| {
+        let (starts, cancelled, finish) = (starts.clone(), cancelled.clone(), finish.clone());
+        async move {
+            starts.fetch_add(1, Ordering::SeqCst);
+            let _armed = OnDrop(cancelled);
+            while !finish.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            std::mem::forget(_armed); // finished, not cancelled
+        }
+    });
+    let drive = async {
+        assert!(
+            eventually(Duration::from_secs(5), || starts.load(Ordering::SeqCst)
+                == 1)
+            .await
+        );
+        assert!(locks.force_release("consumer").await.unwrap());
+        assert!(
+            eventually(Duration::from_secs(5), || cancelled.load(Ordering::SeqCst)
+                == 1)
+            .await,
+            "cancelled on loss"
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || starts.load(Ordering::SeqCst)
+                == 2)
+            .await,
+            "run again once leading again"
+        );
+        finish.store(true, Ordering::SeqCst);
+    };
+    let (done, ()) = tokio::join!(work, drive);
+    done.unwrap();
+    assert_eq!(cancelled.load(Ordering::SeqCst), 1);
+    assert!(
+        leader.is_leader(),
+        "the work finished; the handle still leads"
+    );
+    leader.resign().await.unwrap();
+
+    // A campaign that cannot succeed ends with its error.
+    let bad = locks.leader("").start();
+    let err = bad.run_while_leader(|| async {}).await.unwrap_err();
+    assert!(matches!(err, LockError::InvalidName { .. }), "{err:?}");
+}
+
+/// In memory, under paused time: handlers that use leaders are testable without Redis.
+#[tokio::test(start_paused = true)]
+async fn leaders_in_memory_hand_over_on_resign() {
+    let locks = LockManager::in_memory();
+    let a = locks.leader("tick").ttl(Duration::from_secs(10)).start();
+    let b = locks.leader("tick").ttl(Duration::from_secs(10)).start();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(a.is_leader() ^ b.is_leader());
+    // An hour later (renewed all along), still one leader.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(a.is_leader() ^ b.is_leader());
+    let (leading, waiting) = if a.is_leader() { (a, b) } else { (b, a) };
+    leading.resign().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(waiting.is_leader());
+}
+
+/// A `lock-checker --mode leader` process and what it printed so far.
+struct Campaigner {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Arc<Mutex<Vec<String>>>,
+    /// CLOCK_MONOTONIC when it was killed with kill -9.
+    killed_at: Option<u64>,
+}
+
+impl Campaigner {
+    fn start(lock: &RedisServer, ttl_ms: u64) -> Self {
+        let mut child = checker(lock, lock, "leader", "leader")
+            .args(["--ttl-ms", &ttl_ms.to_string()])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("start lock-checker");
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            killed_at: None,
+        }
+    }
+
+    /// The start (CLOCK_MONOTONIC before its sample) of its open term, if it leads.
+    fn leading_since(&self) -> Option<u64> {
+        let lines = self.lines.lock().unwrap();
+        let last = lines.iter().rev().find(|l| l.starts_with("TERM-"))?;
+        let start = last.strip_prefix("TERM-START ")?;
+        start.split_whitespace().next()?.parse().ok()
+    }
+
+    /// Its terms: (first sample's start, last sample's end), the open one ending at `end`.
+    fn terms(&self, end: u64) -> Vec<(u64, u64)> {
+        let mut terms = Vec::new();
+        let mut open = None;
+        for line in self.lines.lock().unwrap().iter() {
+            let nums: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            if line.starts_with("TERM-START ") {
+                open = Some(nums[0]);
+            } else if line.starts_with("TERM-END ") {
+                terms.push((open.take().expect("a start before an end"), nums[1]));
+            }
+        }
+        if let Some(start) = open {
+            terms.push((start, end));
+        }
+        terms
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
+/// Waits until exactly one campaigner other than `not` leads, started at or after `since`:
+/// its index and the start of its term.
+fn wait_for_leader(all: &[Campaigner], not: Option<usize>, since: u64) -> (usize, u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let leading: Vec<(usize, u64)> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| Some(*i) != not && c.killed_at.is_none())
+            .filter_map(|(i, c)| Some((i, c.leading_since()?)))
+            .filter(|(_, at)| *at >= since)
+            .collect();
+        if let [one] = leading[..] {
+            return one;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no single new leader: {leading:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Percentiles of handover times in ms: min / median / p90 / max.
+fn spread(mut ms: Vec<u64>) -> String {
+    ms.sort_unstable();
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "min {} / median {} / p90 {} / max {} ms",
+        at(0.0),
+        at(0.5),
+        at(0.9),
+        at(1.0)
+    )
+}
+
+/// Five processes campaign on one name; the leader is killed with kill -9, and paused with
+/// SIGSTOP past its ttl, `LOCK_LEADER_ROUNDS` times each. Each process logs its terms with
+/// CLOCK_MONOTONIC (one clock for all); after the run, no two terms of different processes
+/// overlap, and every handover happened within the ttl plus the attempt that follows.
+#[test]
+fn leader_election_across_five_processes_survives_kill_and_sigstop() {
+    let rounds: usize = std::env::var("LOCK_LEADER_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let ttl_ms = 1000;
+    let lock = RedisServer::start();
+    let mut all: Vec<Campaigner> = (0..5).map(|_| Campaigner::start(&lock, ttl_ms)).collect();
+    let (mut after_kill, mut after_stop) = (Vec::new(), Vec::new());
+    let (mut leader, _) = wait_for_leader(&all, None, 0);
+    for round in 0..rounds * 2 {
+        // Let it lead (and renew) a little first.
+        std::thread::sleep(Duration::from_millis(300 + (round as u64 * 37) % 400));
+        let at = monotonic_ns();
+        if round % 2 == 0 {
+            all[leader].signal("-KILL");
+            all[leader].killed_at = Some(at);
+            let (next, started) = wait_for_leader(&all, Some(leader), at);
+            after_kill.push((started - at) / 1_000_000);
+            let _ = all[leader].child.wait();
+            all.push(Campaigner::start(&lock, ttl_ms)); // five campaign again
+            leader = next;
+        } else {
+            all[leader].signal("-STOP");
+            let (next, started) = wait_for_leader(&all, Some(leader), at);
+            after_stop.push((started - at) / 1_000_000);
+            all[leader].signal("-CONT");
+            // It finds out it lost: its term ends (it printed nothing while stopped).
+            let resumed = std::time::Instant::now();
+            while all[leader].leading_since().is_some() {
+                assert!(
+                    resumed.elapsed() < Duration::from_secs(5),
+                    "it never stepped down"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            leader = next;
+        }
+    }
+    let end = monotonic_ns();
+    for c in &mut all {
+        drop(c.stdin.take()); // a closed stdin: resign and exit
+    }
+    let mut terms: Vec<(usize, u64, u64)> = Vec::new();
+    for (i, c) in all.iter_mut().enumerate() {
+        if c.killed_at.is_none() {
+            let out = c.child.wait().unwrap();
+            assert!(out.success(), "campaigner {i} failed: {out:?}");
+        }
+        let end = c.killed_at.unwrap_or(end);
+        terms.extend(c.terms(end).into_iter().map(|(a, b)| (i, a, b)));
+    }
+    let mut overlaps = Vec::new();
+    for (x, &(i, a_start, a_end)) in terms.iter().enumerate() {
+        for &(j, b_start, b_end) in &terms[x + 1..] {
+            if i != j && a_start <= b_end && b_start <= a_end {
+                overlaps.push((i, j, (a_end.min(b_end) - a_start.max(b_start)) / 1_000));
+            }
+        }
+    }
+    assert!(
+        overlaps.is_empty(),
+        "two leaders at once (µs): {overlaps:?}"
+    );
+    let bound = ttl_ms + 500;
+    assert!(
+        after_kill.iter().chain(&after_stop).all(|ms| *ms <= bound),
+        "kill: {after_kill:?}, stop: {after_stop:?}"
+    );
+    report(
+        "leader election, 5 processes",
+        &format!(
+            "ttl {ttl_ms} ms, {} terms, 0 overlapping; handover after kill -9 ({}): {}; after SIGSTOP ({}): {}",
+            terms.len(),
+            after_kill.len(),
+            spread(after_kill.clone()),
+            after_stop.len(),
+            spread(after_stop.clone())
+        ),
+    );
+    let _ = std::io::stdout().flush();
+}
