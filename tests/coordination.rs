@@ -546,6 +546,21 @@ async fn run_while_leader_cancels_the_work_on_loss_and_runs_it_again() {
     let bad = locks.leader("").start();
     let err = bad.run_while_leader(|| async {}).await.unwrap_err();
     assert!(matches!(err, LockError::InvalidName { .. }), "{err:?}");
+
+    // `shutdown` gives the lock back and ends the campaign: `run_while_leader` returns.
+    let leader = locks.leader("consumer").start();
+    assert!(eventually(Duration::from_secs(5), || leader.is_leader()).await);
+    let run = leader.run_while_leader(std::future::pending::<()>);
+    let stop = async {
+        locks.shutdown(Duration::from_secs(5)).await.unwrap();
+    };
+    let (ran, ()) = tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(run, stop) })
+        .await
+        .expect("run_while_leader returns once the manager is shut down");
+    ran.unwrap();
+    assert!(!leader.is_leader());
+    assert!(lock.lock_keys().is_empty(), "{:?}", lock.lock_keys());
+    leader.resign().await.unwrap();
 }
 
 /// In memory, under paused time: handlers that use leaders are testable without Redis.

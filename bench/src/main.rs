@@ -16,7 +16,8 @@
 //!   completing to the next acquire succeeding, and acquisitions per second;
 //! - (d) lock-core's client-side cost on the in-process backend;
 //! - (e) Redlock over 5 local masters against one master;
-//! - (g) `min_replicas(1, ..)` against the same primary without it, one replica on loopback.
+//! - (g) `min_replicas(1, ..)` against the same primary without it, one replica on loopback;
+//! - (h) a permit of `permits(4)` (free, and the last free one) against the lock itself.
 //!
 //! Implementations are interleaved in rounds, so drift on a shared machine hits them alike.
 
@@ -940,6 +941,63 @@ async fn main() {
             us(percentile(s, 0.5)),
             us(percentile(s, 0.99)),
             us(percentile(s, 0.5)) / us(percentile(&without, 0.5))
+        );
+    }
+    println!();
+
+    // (h) A permit of permits(4) against the lock itself, on one server: free, and the last
+    // free one of four (three held, so the script reads four holders).
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    let held: Vec<_> = {
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let g = locks.lock("h:busy").permits(4).ttl(TTL).acquire().await;
+            held.push(g.unwrap());
+        }
+        held
+    };
+    let (mut lock_row, mut permit_row, mut last_row) = (Vec::new(), Vec::new(), Vec::new());
+    for _round in 0..20 {
+        for (which, samples) in [(0, &mut lock_row), (1, &mut permit_row), (2, &mut last_row)] {
+            for i in 0..redlock_pairs / 20 {
+                let name = match which {
+                    2 => "h:busy".to_owned(),
+                    _ => format!("h:{which}:{}", i % 64),
+                };
+                let permits = if which == 0 { 1 } else { 4 };
+                let start = Instant::now();
+                let g = locks
+                    .lock(name)
+                    .permits(permits)
+                    .ttl(TTL)
+                    .try_acquire()
+                    .await;
+                assert!(g.unwrap().unwrap().release().await.unwrap());
+                samples.push(start.elapsed());
+            }
+        }
+    }
+    drop(held);
+    for s in [&mut lock_row, &mut permit_row, &mut last_row] {
+        s.sort();
+    }
+    println!("(h) permits(4) vs the lock, acquire+release, one client, {redlock_pairs} pairs each (interleaved)");
+    println!(
+        "  {:<32} {:>9} {:>9} {:>12}",
+        "", "p50 µs", "p99 µs", "p50 / lock"
+    );
+    for (label, s) in [
+        ("lock-core lock (permits 1)", &lock_row),
+        ("permits(4), all free", &permit_row),
+        ("permits(4), the last free one", &last_row),
+    ] {
+        println!(
+            "  {:<32} {:>9.1} {:>9.1} {:>11.2}x",
+            label,
+            us(percentile(s, 0.5)),
+            us(percentile(s, 0.99)),
+            us(percentile(s, 0.5)) / us(percentile(&lock_row, 0.5))
         );
     }
     println!();

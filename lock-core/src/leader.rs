@@ -2,6 +2,7 @@
 //! campaigns for again after losing it.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +62,7 @@ impl<'a> LeaderBuilder<'a> {
             term: Mutex::new(None),
             state,
             failed: Mutex::new(None),
+            ended: AtomicBool::new(false),
         });
         let span = tracing::debug_span!("lock.leader", lock = %inner.name);
         let task = tokio::spawn(tracing::Instrument::instrument(
@@ -83,6 +85,9 @@ impl<'a> LeaderBuilder<'a> {
 /// lease (a renewal finds the lock gone, or the lease runs out while Redis does not answer or
 /// the process is paused) stops saying so at its local deadline, which comes before the
 /// server's expiry, and campaigns again.
+///
+/// [`LockManager::shutdown`] releases a leader's lock like any other and ends its campaign: it
+/// no longer leads, and does not campaign again.
 ///
 /// ```no_run
 /// # async fn demo(locks: lock_core::LockManager) -> lock_core::Result<()> {
@@ -117,6 +122,8 @@ struct Inner {
     state: watch::Sender<bool>,
     /// The error that ended the campaign, for `run_while_leader` and `resign`.
     failed: Mutex<Option<LockError>>,
+    /// The campaign ended (stopped, failed, or the manager shut down).
+    ended: AtomicBool,
 }
 
 impl Inner {
@@ -153,15 +160,33 @@ async fn stop_asked(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await.map(|_| ());
 }
 
-/// Campaigns until `stopped`: wins the lock, leads until it is lost, and starts again. Returns
-/// the outcome of giving the lock back when stopped while leading.
+/// Campaigns until `stopped` or the manager is shut down: wins the lock, leads until it is
+/// lost, and starts again. Returns the outcome of giving the lock back when stopped while
+/// leading.
 async fn campaign(
     manager: LockManager,
     inner: Arc<Inner>,
     ttl: Duration,
+    stopped: watch::Receiver<bool>,
+) -> Result<()> {
+    let outcome = campaign_until_stopped(&manager, &inner, ttl, stopped).await;
+    inner.ended.store(true, Ordering::Release);
+    // Wakes `run_while_leader`, which then returns.
+    inner.state.send_replace(false);
+    outcome
+}
+
+async fn campaign_until_stopped(
+    manager: &LockManager,
+    inner: &Inner,
+    ttl: Duration,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<()> {
     loop {
+        if manager.shared().is_shut_down() {
+            tracing::info!(lock = %inner.name, "the manager was shut down; leader campaign ended");
+            return Ok(());
+        }
         let won = {
             let acquire = manager
                 .lock(inner.name.clone())
@@ -177,6 +202,11 @@ async fn campaign(
             }
         };
         let guard = match won {
+            // Won while the manager was being shut down: not led.
+            Ok(guard) if manager.shared().is_shut_down() => {
+                let _ = guard.release().await;
+                continue;
+            }
             Ok(guard) => guard,
             Err(e) if is_permanent(&e) => {
                 tracing::error!(lock = %inner.name, error = %e, "leader campaign ended");
@@ -193,7 +223,7 @@ async fn campaign(
                 }
             }
         };
-        if let Some(outcome) = lead(&inner, guard, &mut stopped).await {
+        if let Some(outcome) = lead(inner, guard, &mut stopped).await {
             return outcome;
         }
     }
@@ -259,9 +289,10 @@ impl Leader {
     /// Runs `f()` while this handle leads: waits to be elected, runs the future, and cancels
     /// it (drops it at its next await) as soon as the lease is lost; then waits to lead
     /// again and runs a new `f()`. Returns `Ok(())` when a future finishes by itself while
-    /// leading (the handle still leads; [`resign`](Self::resign) hands over), and `Err` when
-    /// the campaign ended with an error that campaigning again cannot cure (an invalid name
-    /// or ttl, or the name held with [`permits`](crate::LockRequest::permits)).
+    /// leading (the handle still leads; [`resign`](Self::resign) hands over) or when the
+    /// campaign ended because the manager was [shut down](LockManager::shutdown), and `Err`
+    /// when the campaign ended with an error that campaigning again cannot cure (an invalid
+    /// name or ttl, or the name held with [`permits`](crate::LockRequest::permits)).
     ///
     /// The loss is checked before the future is polled again: once the local deadline passed
     /// (a renewal failed, or the process was paused past it), the future does not run
@@ -279,6 +310,9 @@ impl Leader {
                 }
                 if let Some(term) = self.inner.term() {
                     break term;
+                }
+                if self.inner.ended.load(Ordering::Acquire) {
+                    return Ok(());
                 }
                 // The sender lives as long as `self`.
                 let _ = state.changed().await;

@@ -98,6 +98,17 @@
 //! Operators see who holds what with [`LockManager::inspect`], [`LockManager::list`] and the
 //! `lockctl` binary, and free a stuck lock with [`LockManager::force_release`].
 //!
+//! # More than one holder, and leaders
+//!
+//! [`LockRequest::permits`] (the attribute's `permits = 3`) admits at most `n` holders of a
+//! name at once, each on its own lease, with the same guard: released by its owner, renewed by
+//! its own watchdog, reporting its own loss. [`LockManager::leader`] starts a [`Leader`]: a
+//! handle that campaigns for a lock, keeps it with the watchdog, says whether it leads
+//! ([`Leader::is_leader`], [`Leader::watch`]) and runs work only while it does
+//! ([`Leader::run_while_leader`]). Both keep the lease model below: a permit counts as held
+//! only while its lease is valid, and no two handles say they lead while either one's lease is
+//! valid.
+//!
 //! # The lease model
 //!
 //! A guard's whole promise is its lease. These invariants hold on one server that keeps its
@@ -187,7 +198,9 @@
 //! The fencing counter, created by the first [`LockGuard::fencing_token`] call for a name,
 //! lives at `<prefix>{<name>}:fence` and expires a day after its last use. The braces are a
 //! Redis Cluster hash tag: both keys of a lock hash to one slot, so a deployment can move from
-//! one server to a cluster without renaming anything.
+//! one server to a cluster without renaming anything. A lock of [`LockRequest::permits`] above
+//! one keeps all its holders in the same `<prefix>{<name>}` key, a hash of the holders' tokens
+//! and the server time their leases end (`#n` holds `n`).
 //!
 //! # Limits
 //!

@@ -7,7 +7,7 @@
 //! while Redis cannot be reached, and never past the moment the key would have expired anyway.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     /// Locks acquired through this manager and not yet released, for `shutdown`.
     held: Mutex<HashMap<u64, Arc<Lease>>>,
     next_id: AtomicU64,
+    /// `shutdown` was called: leader campaigns end instead of taking their lock again.
+    shut_down: AtomicBool,
 }
 
 /// The answer to one acquire attempt.
@@ -172,6 +174,7 @@ impl Shared {
             tasks: Arc::default(),
             held: Mutex::default(),
             next_id: AtomicU64::new(1),
+            shut_down: AtomicBool::new(false),
         })
     }
 
@@ -185,6 +188,11 @@ impl Shared {
 
     pub(crate) fn kind(&self) -> &'static str {
         self.store.kind()
+    }
+
+    /// Whether `shutdown` was called.
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shut_down.load(Ordering::Acquire)
     }
 
     pub(crate) fn held_count(&self) -> usize {
@@ -559,6 +567,7 @@ impl Shared {
 
     /// Gives up every lease still held and waits for the background releases, within `within`.
     pub(crate) async fn shutdown(self: &Arc<Self>, within: Duration) -> Result<()> {
+        self.shut_down.store(true, Ordering::Release);
         let leases: Vec<Arc<Lease>> = locked(&self.held).drain().map(|(_, l)| l).collect();
         for lease in leases {
             if lease.claim() {
