@@ -178,6 +178,7 @@ fn print(json: bool, locks: &[LockInfo]) {
                     "acquired_at_ms": info.acquired_at.and_then(unix_ms),
                     "remaining_ms": info.remaining.map(|d| d.as_millis() as u64),
                     "waited_for": info.waited_for,
+                    "permits": info.permits,
                 })
             })
             .collect();
@@ -188,7 +189,12 @@ fn print(json: bool, locks: &[LockInfo]) {
         .iter()
         .map(|info| {
             [
-                info.name.clone(),
+                // One row per permit of a lock of `permits(n)`.
+                if info.permits > 1 {
+                    format!("{} (permits {})", info.name, info.permits)
+                } else {
+                    info.name.clone()
+                },
                 info.holder.clone(),
                 info.acquired_at.map_or("-".to_owned(), ago),
                 info.remaining.map_or("no expiry".to_owned(), human),

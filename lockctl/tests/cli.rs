@@ -76,6 +76,39 @@ async fn lockctl_lists_shows_and_force_releases_live_locks() {
     let out = lockctl(&server, &["list", "nothing:*"]);
     assert_eq!(out.status.code(), Some(1), "no lock matched");
 
+    // A lock of permits(3) with two holders: a row per permit.
+    let quota: Vec<_> = vec![
+        worker
+            .lock("quota")
+            .permits(3)
+            .ttl(LONG)
+            .acquire()
+            .await
+            .unwrap(),
+        worker
+            .lock("quota")
+            .permits(3)
+            .ttl(LONG)
+            .acquire()
+            .await
+            .unwrap(),
+    ];
+    let out = lockctl(&server, &["list", "quota"]);
+    let table = stdout(&out);
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.starts_with("quota (permits 3)"))
+            .count(),
+        2,
+        "{table}"
+    );
+    let out = lockctl(&server, &["--json", "list", "quota"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert_eq!(rows[0]["permits"], 3);
+    drop(quota);
+
     // show
     let out = lockctl(&server, &["show", "invoices:42"]);
     assert_eq!(out.status.code(), Some(0));

@@ -1,7 +1,7 @@
 -- What an operator sees of a lock of `permits(n)`, n > 1 (see permit_acquire.lua): read only.
 -- KEYS[1] lock key
 -- Returns {n, waited ('1' or '0'), token, milliseconds left, token, milliseconds left, ...} for
--- the live permits, or an empty list when the key is not such a lock.
+-- the live permits, or an empty list when the key is not such a lock (a hash without '#n').
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then
   return {}
 end
@@ -15,9 +15,16 @@ for i = 1, #all, 2 do
     out[1] = value
   elseif field == '#w' then
     out[2] = '1'
-  elseif tonumber(value) > now then
-    out[#out + 1] = field
-    out[#out + 1] = tostring(tonumber(value) - now)
+  else
+    local ends = tonumber(value)
+    if ends and ends > now then
+      out[#out + 1] = field
+      out[#out + 1] = tostring(ends - now)
+    end
   end
+end
+if out[1] == '0' then
+  -- No '#n': a hash of something else.
+  return {}
 end
 return out
