@@ -546,8 +546,36 @@ async fn run_while_leader_cancels_the_work_on_loss_and_runs_it_again() {
     let bad = locks.leader("").start();
     let err = bad.run_while_leader(|| async {}).await.unwrap_err();
     assert!(matches!(err, LockError::InvalidName { .. }), "{err:?}");
+    let again = bad.run_while_leader(|| async {}).await.unwrap_err();
+    assert!(
+        matches!(again, LockError::InvalidName { .. }),
+        "every caller learns it"
+    );
+    assert!(matches!(
+        bad.resign().await,
+        Err(LockError::InvalidName { .. })
+    ));
+
+    // A follower's campaign ends with its manager's shutdown, while another process leads.
+    let elsewhere = LockManager::connect(&lock.url()).await.unwrap();
+    let leading = elsewhere.leader("consumer").start();
+    assert!(eventually(Duration::from_secs(5), || leading.is_leader()).await);
+    let follower = locks.leader("consumer").start();
+    let followed = follower.run_while_leader(std::future::pending::<()>);
+    let (ran, ()) = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(followed, async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            locks.shutdown(Duration::from_secs(5)).await.unwrap();
+        })
+    })
+    .await
+    .expect("run_while_leader of a follower returns once its manager is shut down");
+    ran.unwrap();
+    leading.resign().await.unwrap();
+    drop(follower);
 
     // `shutdown` gives the lock back and ends the campaign: `run_while_leader` returns.
+    let locks = LockManager::connect(&lock.url()).await.unwrap();
     let leader = locks.leader("consumer").start();
     assert!(eventually(Duration::from_secs(5), || leader.is_leader()).await);
     let run = leader.run_while_leader(std::future::pending::<()>);

@@ -625,7 +625,17 @@ async fn failover_round(min_replicas: bool) -> FailoverRound {
     held.sort_by_key(|(i, ..)| *i);
     for (i, guard, fence) in held {
         let name = format!("job:{i}");
-        let taken = match other.try_acquire(&name, ttl).await.unwrap() {
+        // The check itself is a replicated grant: a replica still catching up with the new
+        // primary refuses it for a moment (NotReplicated), which says nothing about the lock.
+        let mut checked = other.try_acquire(&name, ttl).await;
+        for _ in 0..50 {
+            if !matches!(checked, Err(LockError::NotReplicated { .. })) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            checked = other.try_acquire(&name, ttl).await;
+        }
+        let taken = match checked.unwrap() {
             Some(taken) => {
                 if i < LOCKS {
                     round.lost += 1;
@@ -640,13 +650,23 @@ async fn failover_round(min_replicas: bool) -> FailoverRound {
             None => {
                 assert!(guard.release().await.unwrap(), "{name} was still held");
                 other
-                    .try_acquire(&name, ttl)
+                    .lock(&name)
+                    .ttl(ttl)
+                    .wait(Duration::from_secs(5)) // retries a NotReplicated refusal too
+                    .acquire()
                     .await
-                    .unwrap()
                     .expect("released")
             }
         };
-        if taken.fencing_token().await.unwrap() <= fence {
+        let mut drawn = taken.fencing_token().await;
+        for _ in 0..50 {
+            if !matches!(drawn, Err(LockError::NotReplicated { .. })) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drawn = taken.fencing_token().await;
+        }
+        if drawn.unwrap() <= fence {
             round.fence_went_back += 1;
         }
         assert!(taken.release().await.unwrap());

@@ -2,8 +2,10 @@
 //! campaigns for again after losing it.
 
 use std::future::Future;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -150,8 +152,23 @@ fn is_permanent(e: &LockError) -> bool {
         LockError::InvalidName { .. }
             | LockError::InvalidTtl { .. }
             | LockError::InvalidConfig { .. }
-            | LockError::PermitsMismatch { .. }
     )
+}
+
+/// Another copy of a campaign's ending error (every one [`is_permanent`] is made of strings),
+/// so that every caller of `run_while_leader` and `resign` gets it.
+fn again(e: &LockError) -> LockError {
+    match e {
+        LockError::InvalidName { reason } => LockError::InvalidName {
+            reason: reason.clone(),
+        },
+        LockError::InvalidTtl { reason } => LockError::InvalidTtl {
+            reason: reason.clone(),
+        },
+        other => LockError::InvalidConfig {
+            reason: other.to_string(),
+        },
+    }
 }
 
 /// Resolves once the campaign is asked to stop (or its handle is gone).
@@ -198,6 +215,7 @@ async fn campaign_until_stopped(
                 biased;
                 // Dropping the acquire in flight leaves no lock behind.
                 () = stop_asked(&mut stopped) => return Ok(()),
+                () = manager.shared().shut_down() => continue,
                 won = acquire => won,
             }
         };
@@ -247,6 +265,9 @@ async fn lead(
             Some(guard.release().await.map(|_| ()))
         }
         () = guard.lost() => {
+            // For good, even if a late renewal would revive the lease: the term is over, and
+            // `run_while_leader` (watching the same lease) must see it over too.
+            guard.lease().mark_lost();
             inner.step_down();
             tracing::warn!(lock = %inner.name, holder = %crate::token::holder_or_unknown(guard.token()), "leadership lost; campaigning again");
             // Dropped: released in the background in case the key is still ours.
@@ -280,8 +301,8 @@ impl Leader {
             Some(task) => task.await.unwrap_or(Ok(())),
             None => Ok(()),
         };
-        if let Some(e) = locked(&self.inner.failed).take() {
-            return Err(e);
+        if let Some(e) = locked(&self.inner.failed).as_ref() {
+            return Err(again(e));
         }
         outcome
     }
@@ -292,7 +313,9 @@ impl Leader {
     /// leading (the handle still leads; [`resign`](Self::resign) hands over) or when the
     /// campaign ended because the manager was [shut down](LockManager::shutdown), and `Err`
     /// when the campaign ended with an error that campaigning again cannot cure (an invalid
-    /// name or ttl, or the name held with [`permits`](crate::LockRequest::permits)).
+    /// name or ttl, or a Redlock manager asked for something it refuses). Other errors (Redis
+    /// unreachable, the name held for a while with [`permits`](crate::LockRequest::permits))
+    /// are logged, and the campaign goes on.
     ///
     /// The loss is checked before the future is polled again: once the local deadline passed
     /// (a renewal failed, or the process was paused past it), the future does not run
@@ -305,8 +328,8 @@ impl Leader {
         let mut state = self.inner.state.subscribe();
         loop {
             let term = loop {
-                if let Some(e) = locked(&self.inner.failed).take() {
-                    return Err(e);
+                if let Some(e) = locked(&self.inner.failed).as_ref() {
+                    return Err(again(e));
                 }
                 if let Some(term) = self.inner.term() {
                     break term;
@@ -317,14 +340,23 @@ impl Leader {
                 // The sender lives as long as `self`.
                 let _ = state.changed().await;
             };
-            let work = f();
-            tokio::select! {
-                biased;
-                () = term.lost() => {
-                    tracing::info!(lock = %self.inner.name, "leadership lost; the work is cancelled");
+            let mut work = pin!(f());
+            let mut lost = pin!(term.lost());
+            // The loss is checked before every poll of the work, not only when a timer or a
+            // message says so: work woken just past the deadline does not run a step.
+            let finished = std::future::poll_fn(|cx| {
+                if term.is_lost() || lost.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
                 }
-                () = work => return Ok(()),
+                work.as_mut().poll(cx).map(|()| true)
+            })
+            .await;
+            if finished {
+                return Ok(());
             }
+            // Over for good, also for the campaign, even if a late renewal would revive it.
+            term.mark_lost();
+            tracing::info!(lock = %self.inner.name, "leadership lost; the work is cancelled");
         }
     }
 }

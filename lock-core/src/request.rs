@@ -218,12 +218,24 @@ impl<'a> LockRequest<'a> {
     }
 
     /// Takes the lock if it is free right now; `Ok(None)` when another owner holds it.
-    /// Ignores `wait`.
+    /// Ignores `wait`. [`LockError::PermitsMismatch`] when it is held with another number of
+    /// [`permits`](Self::permits) (told with one more command, on the refusal path only).
     pub async fn try_acquire(self) -> Result<Option<LockGuard>> {
-        Ok(match self.run(Duration::ZERO).await? {
-            Acquired::Guard(guard) => Some(guard),
-            Acquired::Busy { .. } => None,
-        })
+        let shared = self.shared;
+        let permits = self.permits;
+        let began = Instant::now();
+        match self.run(Duration::ZERO).await? {
+            Acquired::Guard(guard) => Ok(Some(guard)),
+            Acquired::Busy { name, .. } => {
+                // `SET NX` alone cannot tell a lock held with other permits; within I4's bound.
+                let bound = began + shared.settings().response_timeout;
+                let keys = shared.keys(&name).with_permits(permits);
+                match timeout_at(bound, shared.busy(&keys)).await {
+                    Ok(e @ LockError::PermitsMismatch { .. }) => Err(e),
+                    _ => Ok(None),
+                }
+            }
+        }
     }
 
     fn validate(&self) -> Result<()> {
@@ -283,6 +295,15 @@ impl<'a> LockRequest<'a> {
         self.validate()?;
         if self.reentrant {
             if let Some(lease) = crate::held::find(self.shared, &self.name) {
+                if lease.keys.permits != self.permits {
+                    // The enclosing hold is of another kind: a permit is no lock, nor the
+                    // reverse.
+                    return Err(LockError::PermitsMismatch {
+                        name: self.name,
+                        held: lease.keys.permits,
+                        requested: self.permits,
+                    });
+                }
                 tracing::debug!(lock = %self.name, "held by this task already; reentrant");
                 return Ok(Acquired::Guard(LockGuard::nested(
                     Arc::clone(self.shared),

@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// `shutdown` was called: leader campaigns end instead of taking their lock again.
     shut_down: AtomicBool,
+    /// Woken when `shut_down` is set.
+    shutting: tokio::sync::Notify,
 }
 
 /// The answer to one acquire attempt.
@@ -175,6 +177,7 @@ impl Shared {
             held: Mutex::default(),
             next_id: AtomicU64::new(1),
             shut_down: AtomicBool::new(false),
+            shutting: tokio::sync::Notify::new(),
         })
     }
 
@@ -193,6 +196,16 @@ impl Shared {
     /// Whether `shutdown` was called.
     pub(crate) fn is_shut_down(&self) -> bool {
         self.shut_down.load(Ordering::Acquire)
+    }
+
+    /// Resolves once `shutdown` is called (at once if it was).
+    pub(crate) async fn shut_down(&self) {
+        let notified = self.shutting.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.is_shut_down() {
+            notified.await;
+        }
     }
 
     pub(crate) fn held_count(&self) -> usize {
@@ -568,6 +581,7 @@ impl Shared {
     /// Gives up every lease still held and waits for the background releases, within `within`.
     pub(crate) async fn shutdown(self: &Arc<Self>, within: Duration) -> Result<()> {
         self.shut_down.store(true, Ordering::Release);
+        self.shutting.notify_waiters();
         let leases: Vec<Arc<Lease>> = locked(&self.held).drain().map(|(_, l)| l).collect();
         for lease in leases {
             if lease.claim() {

@@ -742,6 +742,25 @@ pub(crate) async fn permits_refuse_a_different_n_and_fencing(fx: Fixture) {
         began.elapsed() < Duration::from_secs(10),
         "refused, not waited on"
     );
+    // `try_acquire` says so too (`SET NX` alone cannot tell; the refusal path asks).
+    let err = fx.other.lock("quota").try_acquire().await.unwrap_err();
+    mismatch(err, 3, 1);
+    // A reentrant acquisition inside the permit's hold is no lock either.
+    let nested = three
+        .holding(async { fx.locks.lock("quota").reentrant(true).acquire().await })
+        .await;
+    mismatch(nested.unwrap_err(), 3, 1);
+    let same = three
+        .holding(async {
+            fx.locks
+                .lock("quota")
+                .permits(3)
+                .reentrant(true)
+                .acquire()
+                .await
+        })
+        .await;
+    drop(same.expect("the same permits: the enclosing hold is reused"));
     // No fencing token for a shared hold, and no command for it.
     let err = three.fencing_token().await.unwrap_err();
     assert!(
@@ -765,7 +784,27 @@ pub(crate) async fn permits_refuse_a_different_n_and_fencing(fx: Fixture) {
         .unwrap_err();
     mismatch(err, 1, 3);
     assert!(plain.release().await.unwrap());
-    // Once free, any n may take it.
+    // Once free, any n may take it, also when the last holders crashed (their leases ran out)
+    // after a longer one was released.
+    let long = fx.locks.lock("quota").permits(3).acquire().await.unwrap();
+    let crashed = fx
+        .locks
+        .lock("quota")
+        .permits(3)
+        .ttl(Duration::from_millis(200))
+        .acquire()
+        .await
+        .unwrap();
+    assert!(long.release().await.unwrap());
+    std::mem::forget(crashed); // never released
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let plain = fx
+        .other
+        .lock("quota")
+        .acquire()
+        .await
+        .expect("free for a lock");
+    assert!(plain.release().await.unwrap());
     let two = fx.other.lock("quota").permits(2).acquire().await.unwrap();
     assert!(two.release().await.unwrap());
     let err = fx

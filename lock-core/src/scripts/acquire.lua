@@ -21,13 +21,17 @@ if type(holder) == 'table' then
   local now = redis.call('TIME')
   now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   local all = redis.call('HGETALL', KEYS[1])
-  local n, live = '0', false
+  local n, live = nil, false
   for i = 1, #all, 2 do
+    local ends = tonumber(all[i + 1])
     if all[i] == '#n' then
       n = all[i + 1]
-    elseif all[i] ~= '#w' and tonumber(all[i + 1]) > now then
+    elseif all[i] ~= '#w' and ends and ends > now then
       live = true
     end
+  end
+  if not n then
+    return redis.error_reply('WRONGTYPE the lock key holds a hash that is not a lock')
   end
   if live then
     return redis.error_reply('LOCKPERMITS ' .. n)

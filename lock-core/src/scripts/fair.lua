@@ -47,8 +47,26 @@ for i = 1, #line, 2 do
 end
 local holder = redis.pcall('GET', KEYS[1])
 if type(holder) == 'table' then
-  -- A hash: the key of a lock of permits(n), n > 1 (permit_acquire.lua).
-  return redis.error_reply('LOCKPERMITS ' .. (redis.call('HGET', KEYS[1], '#n') or '0'))
+  -- A hash: the key of a lock of permits(n), n > 1 (permit_acquire.lua). Refused while one of
+  -- its permits is live; once none is, the lock is free (as in acquire.lua).
+  local all = redis.call('HGETALL', KEYS[1])
+  local n, live = nil, false
+  for i = 1, #all, 2 do
+    local ends = tonumber(all[i + 1])
+    if all[i] == '#n' then
+      n = all[i + 1]
+    elseif all[i] ~= '#w' and ends and ends > now then
+      live = true
+    end
+  end
+  if not n then
+    return redis.error_reply('WRONGTYPE the lock key holds a hash that is not a lock')
+  end
+  if live then
+    return redis.error_reply('LOCKPERMITS ' .. n)
+  end
+  redis.call('DEL', KEYS[1])
+  holder = false
 end
 local ours = holder and (holder == ARGV[1] or string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. '*')
 if ours or (not holder and (first == nil or first == ARGV[3])) then

@@ -21,6 +21,10 @@ local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local n = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[2])
+if kind == 'hash' and redis.call('HEXISTS', KEYS[1], '#n') == 0 then
+  -- Not one of ours: left as it is.
+  return redis.error_reply('WRONGTYPE the lock key holds a hash that is not a lock')
+end
 local held_n, live, soonest, mine = nil, 0, nil, false
 if kind == 'hash' then
   local all = redis.call('HGETALL', KEYS[1])
@@ -29,7 +33,7 @@ if kind == 'hash' then
     if field == '#n' then
       held_n = tonumber(value)
     elseif field ~= '#w' then
-      local ends = tonumber(value)
+      local ends = tonumber(value) or 0
       if ends <= now then
         redis.call('HDEL', KEYS[1], field)
       elseif field == ARGV[1] then

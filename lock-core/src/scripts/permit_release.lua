@@ -7,7 +7,8 @@
 -- Returns 1 when our lease ended here, 0 when it had expired or is not there.
 -- When a waiter marked the lock ('#w'), the freed permit is published on the channel named
 -- like the key (an empty message: every waiter may take it) and the mark is cleared; waiters
--- still refused mark it again. The last permit out deletes the key.
+-- still refused mark it again. The key's expiry is brought down to the end of the longest
+-- live permit left, and the last permit out deletes it.
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then
   return 0
 end
@@ -26,13 +27,25 @@ if keep > 0 then
   -- Held on until the end of the minimum hold (never longer), under a retired token ('~') that
   -- no extend still in flight can find.
   redis.call('HSET', KEYS[1], ARGV[1] .. '~', math.min(tonumber(ends), now + keep))
-  return 1
-end
-if redis.call('HDEL', KEYS[1], '#w') == 1 then
+elseif redis.call('HDEL', KEYS[1], '#w') == 1 then
   redis.call(ARGV[3] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH', KEYS[1], '')
 end
-if redis.call('HLEN', KEYS[1]) <= 1 then
-  -- Only '#n' is left.
+-- The key lives as long as its longest live permit, no longer: a lock whose holders are all
+-- gone is free at once for a request of any n.
+local latest = nil
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local permit_ends = tonumber(all[i + 1])
+  if all[i] ~= '#n' and all[i] ~= '#w' and permit_ends and permit_ends > now then
+    if latest == nil or permit_ends > latest then
+      latest = permit_ends
+    end
+  end
+end
+if latest == nil then
   redis.call('DEL', KEYS[1])
+elseif latest - now + 1 < redis.call('PTTL', KEYS[1]) then
+  -- One millisecond more: `now` is the clock floored to the millisecond.
+  redis.call('PEXPIRE', KEYS[1], latest - now + 1)
 end
 return 1
