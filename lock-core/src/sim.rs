@@ -15,8 +15,12 @@
 //! - the server paused past the ttl (commands wait, keys expire meanwhile);
 //! - the server restarted, with or without its data.
 //!
+//! Some names are locks of `permits(2)` or `permits(3)` on one server, with enough clients
+//! to go past them (every client of a name asks for the same permits).
+//!
 //! After every command the servers apply, every millisecond, and around every client step, it
-//! checks the invariants I1-I5 (see the crate docs) against the servers' truth. A failing seed
+//! checks the invariants I1-I5 (see the crate docs) against the servers' truth; for permits,
+//! I2 reads "at most `n` guards say they hold". A failing seed
 //! is printed; `LOCK_SIM_SEED=<seed>` replays it alone, `LOCK_SIM_SEEDS=<n>` runs more.
 
 use std::cmp::Reverse;
@@ -280,7 +284,13 @@ impl SimServer {
                 ticket,
             } => {
                 let ticket = ticket.as_ref().map(|(id, keep)| Ticket { id, keep: *keep });
-                Reply::Taken(st.server.acquire(now, keys, token, *ttl, *mark, ticket))
+                if keys.shared() {
+                    // Every client of a name asks for the same permits here: no mismatch.
+                    assert_eq!(st.server.permits_mismatch(now, keys), None);
+                    Reply::Taken(st.server.acquire_permit(now, keys, token, *ttl, *mark))
+                } else {
+                    Reply::Taken(st.server.acquire(now, keys, token, *ttl, *mark, ticket))
+                }
             }
             Op::Leave { keys, ticket } => {
                 if st.server.leave(now, keys, ticket) {
@@ -628,13 +638,14 @@ impl Wake for SimConn {
 }
 
 /// I1 and I2: every guard that says it holds has its token on (a majority of) the servers,
-/// expiring no earlier than its local deadline.
+/// expiring no earlier than its local deadline; at most `n` guards of a lock of `permits(n)`
+/// say they hold at once (one of a lock).
 fn check(truth: &Mutex<Truth>, nodes: &[Arc<SimServer>]) {
     let now = Instant::now();
     let mut truth = locked(truth);
     truth.watched.retain(|w| !w.lease.is_finished());
     let mut problems = Vec::new();
-    let mut holding: Vec<(&str, usize)> = Vec::new();
+    let mut holding: Vec<(&str, u32, usize)> = Vec::new();
     for (i, w) in truth.watched.iter().enumerate() {
         let lease = &w.lease;
         if lease.is_finished() || lease.is_lost() || lease.remaining().is_zero() {
@@ -650,7 +661,14 @@ fn check(truth: &Mutex<Truth>, nodes: &[Arc<SimServer>]) {
                 continue;
             }
             let st = locked(&node.state);
-            match st.server.holder(&lease.keys.lock, now) {
+            let held = if lease.keys.shared() {
+                st.server
+                    .permit_end(&lease.keys.lock, &lease.token, now)
+                    .map(|ends| (lease.token.as_str(), ends))
+            } else {
+                st.server.holder(&lease.keys.lock, now)
+            };
+            match held {
                 Some((token, expires)) => {
                     let ours = token == lease.token;
                     if ours && expires >= deadline {
@@ -686,14 +704,17 @@ fn check(truth: &Mutex<Truth>, nodes: &[Arc<SimServer>]) {
                 seen.join("; ")
             ) + &format!(" token {} acquired at {:?} ago", &lease.token[..6], now - lease.acquired));
         }
-        holding.push((lease.keys.lock.as_str(), i));
+        holding.push((lease.keys.lock.as_str(), lease.keys.permits, i));
     }
     holding.sort();
-    for pair in holding.windows(2) {
-        if pair[0].0 == pair[1].0 {
+    for group in holding.chunk_by(|a, b| a.0 == b.0) {
+        let permits = group[0].1 as usize;
+        if group.len() > permits {
+            let who: Vec<String> = group.iter().map(|g| format!("#{}", g.2)).collect();
             problems.push(format!(
-                "I2: guards #{} and #{} both say they hold `{}`",
-                pair[0].1, pair[1].1, pair[0].0
+                "I2: guards {} all say they hold `{}` (at most {permits} may)",
+                who.join(", "),
+                group[0].0
             ));
         }
     }
@@ -708,6 +729,8 @@ struct World {
     servers: Vec<Arc<SimServer>>,
     quorum: usize,
     faults: Faults,
+    /// The `permits` every client asks for, per name (`job0`, `job1`).
+    permits: Vec<u32>,
 }
 
 impl World {
@@ -781,6 +804,8 @@ async fn hold(world: &World, guard: LockGuard, rng: &mut Rng, ttl: Duration) {
         match guard.fencing_token().await {
             Ok(_) | Err(LockError::Redis(_) | LockError::NoQuorum { .. }) => {}
             Err(LockError::Lost { .. }) if guard.is_lost() => {}
+            // A permit has no fencing token, by design.
+            Err(LockError::InvalidConfig { .. }) if guard.lease().keys.shared() => {}
             Err(e) => world.violation(format!("fencing token on `{name}`: {e}")),
         }
     }
@@ -813,7 +838,9 @@ async fn client(world: Arc<World>, seed: u64, id: u64, names: u64) {
     let mut rng = Rng(seed ^ (id + 1).wrapping_mul(0xA24B_AED4_963E_E407));
     let locks = world.manager(&Arc::new(Mutex::new(Rng(rng.next()))));
     for _ in 0..6 {
-        let name = format!("job{}", rng.below(names));
+        let which = rng.below(names);
+        let name = format!("job{which}");
+        let permits = world.permits[which as usize];
         let ttl = rng.ms(400, 1200);
         let wait = if rng.chance(30) {
             Duration::ZERO
@@ -821,9 +848,10 @@ async fn client(world: Arc<World>, seed: u64, id: u64, names: u64) {
             rng.ms(50, 800)
         };
         let auto_extend = rng.chance(40);
-        let fair = world.quorum == 1 && rng.chance(25);
+        let fair = world.quorum == 1 && permits == 1 && rng.chance(25);
         let request = locks
             .lock(name.clone())
+            .permits(permits)
             .ttl(ttl)
             .wait(wait)
             .auto_extend(auto_extend)
@@ -906,11 +934,29 @@ fn run_seed(seed: u64) -> Vec<String> {
             max_delay_ms: rng.below(15),
             max_late_ms: 50 + rng.below(400),
         };
+        let names = 1 + rng.below(2);
+        // One server: some names are locks of 2 or 3 permits (Redlock refuses them).
+        let permits: Vec<u32> = (0..names)
+            .map(|_| {
+                if !redlock && rng.chance(40) {
+                    2 + rng.below(2) as u32
+                } else {
+                    1
+                }
+            })
+            .collect();
+        // Enough clients to go past the permits if the bound failed.
+        let clients = if permits.iter().any(|&n| n > 1) {
+            3 + rng.below(2)
+        } else {
+            2 + rng.below(2)
+        };
         let world = Arc::new(World {
             truth: Arc::clone(&truth),
             servers: servers.clone(),
             quorum: n / 2 + 1,
             faults,
+            permits,
         });
         // Server-wide faults at seeded moments.
         let chaos = {
@@ -929,8 +975,7 @@ fn run_seed(seed: u64) -> Vec<String> {
                 }
             })
         };
-        let clients = 2 + rng.below(2);
-        let names = 1 + rng.below(2);
+
         let tasks: Vec<_> = (0..clients)
             .map(|id| tokio::spawn(client(Arc::clone(&world), seed, id, names)))
             .collect();

@@ -428,6 +428,13 @@ impl Server {
         self.live(key, now).map(|e| (owner(&e.value), e.expires))
     }
 
+    /// When the permit of `token` in the lock of `permits(n)` at `key` ends, if it is live.
+    #[cfg(test)]
+    pub(crate) fn permit_end(&self, key: &str, token: &str, now: Instant) -> Option<Instant> {
+        let ends = *self.permits.get(key)?.holders.get(token)?;
+        (ends > now).then_some(ends)
+    }
+
     /// Forgets everything (a restart without persistence).
     #[cfg(test)]
     pub(crate) fn flush(&mut self) {
