@@ -546,6 +546,11 @@ struct FailoverRound {
 /// replicas have every write before its reply is read, and nothing is ever lost.) The 50 after
 /// the cut stand for a primary cut off from its replicas shortly before it dies. Two replicas:
 /// after the failover, the new primary still has one to acknowledge grants.
+/// How many times (100 ms apart) the failover proof retries its own check while the remaining
+/// replica catches up with the new primary: under the load of the whole test run (every test
+/// binary's servers on 2 cores), a resync has taken more than 5 s.
+const REPLICATION_RETRIES: u32 = 300;
+
 async fn failover_round(min_replicas: bool) -> FailoverRound {
     const LOCKS: usize = 200;
     const AFTER_CUT: usize = 50;
@@ -628,7 +633,7 @@ async fn failover_round(min_replicas: bool) -> FailoverRound {
         // The check itself is a replicated grant: a replica still catching up with the new
         // primary refuses it for a moment (NotReplicated), which says nothing about the lock.
         let mut checked = other.try_acquire(&name, ttl).await;
-        for _ in 0..50 {
+        for _ in 0..REPLICATION_RETRIES {
             if !matches!(checked, Err(LockError::NotReplicated { .. })) {
                 break;
             }
@@ -652,14 +657,15 @@ async fn failover_round(min_replicas: bool) -> FailoverRound {
                 other
                     .lock(&name)
                     .ttl(ttl)
-                    .wait(Duration::from_secs(5)) // retries a NotReplicated refusal too
+                    // Retries a NotReplicated refusal too.
+                    .wait(Duration::from_millis(100) * REPLICATION_RETRIES)
                     .acquire()
                     .await
                     .expect("released")
             }
         };
         let mut drawn = taken.fencing_token().await;
-        for _ in 0..50 {
+        for _ in 0..REPLICATION_RETRIES {
             if !matches!(drawn, Err(LockError::NotReplicated { .. })) {
                 break;
             }
