@@ -366,32 +366,45 @@ impl RedisCluster {
         // stream back until the replica's first acknowledgement (up to a second), so `WAIT`
         // (min_replicas) would count it out. A probe key on each master, waited for.
         if replicas > 0 {
-            for master in cluster.masters() {
-                let node = cluster.index_of(master.port);
-                let probe = (0..)
-                    .map(|i| format!("lock-tests:probe:{i}"))
-                    .find(|k| cluster.master_of(k) == node)
-                    .expect("some key hashes to every master");
-                let mut conn = cluster.nodes[node].conn();
-                let _: () = redis::cmd("SET")
-                    .arg(&probe)
-                    .arg(1)
-                    .query(&mut conn)
-                    .unwrap();
-                let acked: i64 = redis::cmd("WAIT")
-                    .arg(replicas)
-                    .arg(10_000)
-                    .query(&mut conn)
-                    .unwrap();
-                assert_eq!(
-                    acked, replicas as i64,
-                    "the replicas of {} stream",
-                    master.port
-                );
-                let _: () = redis::cmd("DEL").arg(&probe).query(&mut conn).unwrap();
-            }
+            // Read afresh on every try: with a 1 s node timeout, a loaded machine can see a
+            // failover while the cluster starts, and a probe meant for a master that lost its
+            // slots would be looked for forever.
+            poll(
+                Duration::from_secs(60),
+                "every master streaming to its replicas",
+                || {
+                    cluster
+                        .masters()
+                        .iter()
+                        .all(|master| cluster.streams(master, replicas))
+                        .then_some(())
+                },
+            );
         }
         cluster
+    }
+
+    /// Whether `master` serves a probe key and `replicas` replicas acknowledge it within 10 s.
+    fn streams(&self, master: &ClusterMaster, replicas: usize) -> bool {
+        let node = self.index_of(master.port);
+        let serves = |slot: u16| master.slots.iter().any(|&(a, b)| a <= slot && slot <= b);
+        let Some(probe) = (0..10_000)
+            .map(|i| format!("lock-tests:probe:{i}"))
+            .find(|k| serves(self.slot(k)))
+        else {
+            return false;
+        };
+        let mut conn = self.nodes[node].conn();
+        let set: redis::RedisResult<()> = redis::cmd("SET").arg(&probe).arg(1).query(&mut conn);
+        if set.is_err() {
+            return false; // moved meanwhile
+        }
+        let acked: redis::RedisResult<i64> = redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(10_000)
+            .query(&mut conn);
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&probe).query(&mut conn);
+        acked.is_ok_and(|n| n >= replicas as i64)
     }
 
     /// Seed urls, one per node.
