@@ -591,6 +591,21 @@ async fn run_while_leader_cancels_the_work_on_loss_and_runs_it_again() {
     leader.resign().await.unwrap();
 }
 
+/// A name held with permits is no lock: the campaign backs off and tries again, and leads once
+/// the permits are given back.
+#[tokio::test]
+async fn a_leader_waits_out_a_name_held_with_permits() {
+    let lock = RedisServer::start();
+    let locks = LockManager::connect(&lock.url()).await.unwrap();
+    let permit = locks.lock("cron").permits(2).acquire().await.unwrap();
+    let leader = locks.leader("cron").start();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!leader.is_leader());
+    assert!(permit.release().await.unwrap());
+    assert!(eventually(Duration::from_secs(10), || leader.is_leader()).await);
+    leader.resign().await.unwrap();
+}
+
 /// In memory, under paused time: handlers that use leaders are testable without Redis.
 #[tokio::test(start_paused = true)]
 async fn leaders_in_memory_hand_over_on_resign() {

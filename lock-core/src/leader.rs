@@ -19,6 +19,10 @@ use crate::{locked, LockError, LockGuard, LockManager, Result};
 /// (the acquire itself retries while it waits; this only paces a loop of failed waits).
 const CAMPAIGN_RETRY: Duration = Duration::from_millis(500);
 
+/// The longest pause between failed campaigns: failures that come back at once double the
+/// pause up to this.
+const CAMPAIGN_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// A leader election on one lock name, made by [`LockManager::leader`]. Defaults: ttl 30 s.
 #[must_use = "a leader election does nothing until `.start()`"]
 #[derive(Debug)]
@@ -165,6 +169,9 @@ fn again(e: &LockError) -> LockError {
         LockError::InvalidTtl { reason } => LockError::InvalidTtl {
             reason: reason.clone(),
         },
+        LockError::InvalidConfig { reason } => LockError::InvalidConfig {
+            reason: reason.clone(),
+        },
         other => LockError::InvalidConfig {
             reason: other.to_string(),
         },
@@ -199,6 +206,7 @@ async fn campaign_until_stopped(
     ttl: Duration,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<()> {
+    let mut pause = CAMPAIGN_RETRY;
     loop {
         if manager.shared().is_shut_down() {
             tracing::info!(lock = %inner.name, "the manager was shut down; leader campaign ended");
@@ -225,7 +233,10 @@ async fn campaign_until_stopped(
                 let _ = guard.release().await;
                 continue;
             }
-            Ok(guard) => guard,
+            Ok(guard) => {
+                pause = CAMPAIGN_RETRY;
+                guard
+            }
             Err(e) if is_permanent(&e) => {
                 tracing::error!(lock = %inner.name, error = %e, "leader campaign ended");
                 *locked(&inner.failed) = Some(e);
@@ -233,12 +244,16 @@ async fn campaign_until_stopped(
                 return Ok(());
             }
             Err(e) => {
-                tracing::warn!(lock = %inner.name, error = %e, "leader campaign failed; campaigning again");
+                tracing::warn!(lock = %inner.name, error = %e, retry_ms = pause.as_millis() as u64, "leader campaign failed; campaigning again");
                 tokio::select! {
                     biased;
                     () = stop_asked(&mut stopped) => return Ok(()),
-                    () = tokio::time::sleep(CAMPAIGN_RETRY) => continue,
+                    () = manager.shared().shut_down() => continue,
+                    () = tokio::time::sleep(pause) => {}
                 }
+                // A failure that comes back at once (the name held with permits) backs off.
+                pause = (pause * 2).min(CAMPAIGN_RETRY_MAX);
+                continue;
             }
         };
         if let Some(outcome) = lead(inner, guard, &mut stopped).await {

@@ -226,6 +226,8 @@ impl<'a> LockRequest<'a> {
         let began = Instant::now();
         match self.run(Duration::ZERO).await? {
             Acquired::Guard(guard) => Ok(Some(guard)),
+            // A permit request's script reports other permits itself.
+            Acquired::Busy { .. } if permits > 1 => Ok(None),
             Acquired::Busy { name, .. } => {
                 // `SET NX` alone cannot tell a lock held with other permits; within I4's bound.
                 let bound = began + shared.settings().response_timeout;

@@ -286,7 +286,14 @@ impl SimServer {
                 let ticket = ticket.as_ref().map(|(id, keep)| Ticket { id, keep: *keep });
                 if keys.shared() {
                     // Every client of a name asks for the same permits here: no mismatch.
-                    assert_eq!(st.server.permits_mismatch(now, keys), None);
+                    if let Some(held) = st.server.permits_mismatch(now, keys) {
+                        locked(&self.truth).violation(format!(
+                            "`{}` asked for permits({}) found permits({held})",
+                            keys.name(),
+                            keys.permits
+                        ));
+                        return Reply::Taken(Taken::Held(None));
+                    }
                     Reply::Taken(st.server.acquire_permit(now, keys, token, *ttl, *mark))
                 } else {
                     Reply::Taken(st.server.acquire(now, keys, token, *ttl, *mark, ticket))

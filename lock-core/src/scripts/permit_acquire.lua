@@ -11,8 +11,8 @@
 -- milliseconds until the first of their leases ends (a crashed holder publishes nothing).
 -- An error reply 'LOCKPERMITS <m>' when the live holders use m permits, not n (a plain lock:
 -- m = 1): the bound holds only if every holder counts to the same n.
--- The key lives as long as its longest permit: its expiry is only ever moved later, and a
--- permit's lease never ends after it.
+-- The key lives at least as long as its longest permit: a grant or renewal only moves its expiry
+-- later (permit_release.lua brings it down to the longest live permit).
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind == 'string' then
   return redis.error_reply('LOCKPERMITS 1')

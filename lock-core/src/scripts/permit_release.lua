@@ -44,8 +44,10 @@ for i = 1, #all, 2 do
 end
 if latest == nil then
   redis.call('DEL', KEYS[1])
-elseif latest - now + 1 < redis.call('PTTL', KEYS[1]) then
-  -- One millisecond more: `now` is the clock floored to the millisecond.
-  redis.call('PEXPIRE', KEYS[1], latest - now + 1)
+else
+  -- At an absolute time, on the clock the permit ends were written with (TIME): a relative
+  -- PEXPIRE would count from the script's start, which TIME may have left behind. One
+  -- millisecond more: the ends are floored to the millisecond.
+  redis.call('PEXPIREAT', KEYS[1], latest + 1)
 end
 return 1
