@@ -15,8 +15,8 @@ use crate::lease::Lease;
 use crate::request::DEFAULT_TTL;
 use crate::{locked, LockError, LockGuard, LockManager, Result};
 
-/// The pause before campaigning again after an acquire failed with a communication error
-/// (the acquire itself retries while it waits; this only paces a loop of failed waits).
+/// The first pause before campaigning again after an acquire failed (the name held with
+/// permits; the acquire itself retries communication errors while it waits).
 const CAMPAIGN_RETRY: Duration = Duration::from_millis(500);
 
 /// The longest pause between failed campaigns: failures that come back at once double the
