@@ -205,13 +205,7 @@ impl<'a> LockRequest<'a> {
         match self.run(wait).await? {
             Acquired::Guard(guard) => Ok(guard),
             Acquired::Busy { name, .. } if wait.is_zero() => {
-                // Best effort, and within the bound of I4: the wait (zero) plus one response
-                // timeout, counted from the start.
-                let bound = began + shared.settings().response_timeout;
-                let keys = shared.keys(&name).with_permits(permits);
-                Err(timeout_at(bound, shared.busy(&keys))
-                    .await
-                    .unwrap_or(LockError::Busy { name, holder: None }))
+                Err(refusal(shared, name, permits, began).await)
             }
             Acquired::Busy { name, waited } => Err(LockError::Timeout { name, waited }),
         }
@@ -228,15 +222,11 @@ impl<'a> LockRequest<'a> {
             Acquired::Guard(guard) => Ok(Some(guard)),
             // A permit request's script reports other permits itself.
             Acquired::Busy { .. } if permits > 1 => Ok(None),
-            Acquired::Busy { name, .. } => {
-                // `SET NX` alone cannot tell a lock held with other permits; within I4's bound.
-                let bound = began + shared.settings().response_timeout;
-                let keys = shared.keys(&name).with_permits(permits);
-                match timeout_at(bound, shared.busy(&keys)).await {
-                    Ok(e @ LockError::PermitsMismatch { .. }) => Err(e),
-                    _ => Ok(None),
-                }
-            }
+            // `SET NX` alone cannot tell a lock held with other permits.
+            Acquired::Busy { name, .. } => match refusal(shared, name, permits, began).await {
+                e @ LockError::PermitsMismatch { .. } => Err(e),
+                _ => Ok(None),
+            },
         }
     }
 
@@ -376,6 +366,17 @@ impl<'a> LockRequest<'a> {
         }
         LockGuard::new(Arc::clone(self.shared), lease)
     }
+}
+
+/// Why an attempt without wait on `name` was refused ([`Shared::busy`]): best effort, and
+/// within the bound of I4 (no wait, plus one response timeout, counted from `began`);
+/// [`LockError::Busy`] naming no holder when the question gets no answer by then.
+async fn refusal(shared: &Shared, name: String, permits: u32, began: Instant) -> LockError {
+    let bound = began + shared.settings().response_timeout;
+    let keys = shared.keys(&name).with_permits(permits);
+    timeout_at(bound, shared.busy(&keys))
+        .await
+        .unwrap_or(LockError::Busy { name, holder: None })
 }
 
 /// What a request ends with, short of an error.

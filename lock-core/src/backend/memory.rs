@@ -376,7 +376,7 @@ impl Server {
                     permits: set.n,
                 })
                 .collect();
-            found.sort_by_key(|f| crate::token::holder_of(&f.value).map(|(_, at)| at));
+            super::taken_first(&mut found);
             return found;
         }
         self.live(key, now)

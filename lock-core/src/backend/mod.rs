@@ -61,6 +61,12 @@ pub(crate) struct Found {
     pub(crate) permits: u32,
 }
 
+/// Orders the permits of one lock the earliest taken first (by the time in their tokens), as
+/// operators see them.
+pub(crate) fn taken_first(found: &mut [Found]) {
+    found.sort_by_key(|f| crate::token::holder_of(&f.value).map(|(_, at)| at));
+}
+
 /// The error of an operator command a deployment cannot serve.
 fn unsupported(what: &str) -> crate::LockError {
     crate::LockError::InvalidConfig {

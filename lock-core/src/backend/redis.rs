@@ -540,7 +540,7 @@ impl RedisNode {
                 })
             })
             .collect();
-        found.sort_by_key(|f| crate::token::holder_of(&f.value).map(|(_, at)| at));
+        super::taken_first(&mut found);
         Ok(found)
     }
 
