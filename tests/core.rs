@@ -724,8 +724,12 @@ async fn a_paused_redlock_instance_does_not_slow_the_handoff_to_a_waiter() {
                 .expect("taken once released");
             (Instant::now(), g)
         });
-        // Long enough for the waiter to be refused, subscribe and settle in.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The release must not meet an attempt in flight (one live instance refusing, the
+        // other granting, the paused one deciding after its 1 s timeout: a different race, seen
+        // once in CI when a loaded machine delayed the attempt that follows the subscription's
+        // confirmation past a fixed 300 ms sleep). So wait for the waiter to be subscribed on
+        // both live instances and to have stopped sending attempts.
+        settled(&nodes[1..], "lock:{handoff}").await;
         let released_at = Instant::now();
         assert!(
             held.release().await.unwrap(),
@@ -741,6 +745,37 @@ async fn a_paused_redlock_instance_does_not_slow_the_handoff_to_a_waiter() {
         delays.iter().all(|d| *d < Duration::from_millis(300)),
         "every handoff well under the paused instance's 1 s timeout: {delays:?}"
     );
+}
+
+/// Waits until every one of `nodes` has a subscriber on `channel` and no attempt (`SET`,
+/// `EVALSHA` or `EVAL`) has reached any of them for 200 ms: the waiters are asleep.
+async fn settled(nodes: &[RedisServer], channel: &str) {
+    let attempts = || -> u64 {
+        nodes
+            .iter()
+            .map(|n| {
+                ["set", "evalsha", "eval"]
+                    .map(|c| n.command_calls(c))
+                    .iter()
+                    .sum::<u64>()
+            })
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = attempts();
+    let mut quiet = 0;
+    while quiet < 2 {
+        assert!(Instant::now() < deadline, "waiters never settled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = attempts();
+        let subscribed = nodes.iter().all(|n| subscribers(n, channel) >= 1);
+        quiet = if subscribed && now == last {
+            quiet + 1
+        } else {
+            0
+        };
+        last = now;
+    }
 }
 
 /// Defect 2 (W3): a wait that ended while its SUBSCRIBE was in flight left the channel
