@@ -1026,12 +1026,12 @@ async fn a_release_wakes_only_the_first_fair_waiter_in_line() {
         assert!(eventually(Duration::from_secs(5), || in_line(&server, "next") == i + 1).await);
     }
     // Every waiter has subscribed and marked the key, and sleeps.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    settled(std::slice::from_ref(&server), "lock:{next}").await;
     let _: () = server.query(redis::cmd("CONFIG").arg("RESETSTAT"));
     assert!(held.release().await.unwrap());
     let first = waiters.remove(0).await.unwrap().unwrap();
     // Time for any other waiter to try, had it been woken.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(std::slice::from_ref(&server), "lock:{next}").await;
     assert_eq!(
         server.command_calls("evalsha"),
         2,

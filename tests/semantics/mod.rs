@@ -254,7 +254,7 @@ pub(crate) async fn release_after_expiry_returns_false_and_leaves_the_new_owner_
 pub(crate) async fn extend_renews_the_lease(fx: Fixture) {
     let guard = fx
         .locks
-        .try_acquire("renew", Duration::from_millis(200))
+        .try_acquire("renew", Duration::from_secs(2))
         .await
         .unwrap()
         .unwrap();
@@ -382,15 +382,8 @@ pub(crate) async fn fencing_tokens_strictly_increase_over_1000_acquisitions_incl
     for i in 0..1000 {
         let m = if i % 2 == 0 { &fx.locks } else { &fx.other };
         let short = i % 100 == 0;
-        // Short enough to expire before the next acquisition, long enough to draw a token
-        // first on a loaded machine (with min_replicas: two replica round trips).
-        let ttl = if short {
-            Duration::from_millis(50)
-        } else {
-            LONG
-        };
         let guard = m
-            .acquire("fenced", ttl, Duration::from_secs(5))
+            .acquire("fenced", LONG, Duration::from_secs(5))
             .await
             .unwrap();
         let fence = guard.fencing_token().await.unwrap();
@@ -405,7 +398,10 @@ pub(crate) async fn fencing_tokens_strictly_increase_over_1000_acquisitions_incl
             assert!(!stale.release().await.unwrap(), "that lease had expired");
         }
         if short {
-            expiring = Some(guard); // left to expire; the next acquire waits it out
+            // Cut to a lease that ends before the next acquisition, which waits it out; the
+            // token was drawn first, so a loaded machine cannot make it `Lost`.
+            assert!(guard.extend(Duration::from_millis(300)).await.unwrap());
+            expiring = Some(guard);
         } else {
             assert!(guard.release().await.unwrap());
         }
@@ -602,7 +598,7 @@ pub(crate) async fn permits_admit_n_holders_each_on_its_own_lease(fx: Fixture) {
         .await
         .unwrap()
         .unwrap();
-    let short = permit(&fx.locks, Duration::from_millis(300))
+    let short = permit(&fx.locks, Duration::from_secs(1))
         .try_acquire()
         .await
         .unwrap()
@@ -629,7 +625,7 @@ pub(crate) async fn permits_admit_n_holders_each_on_its_own_lease(fx: Fixture) {
 
     // The short permit expires on its own, and then is not its holder's any more; the
     // others are untouched.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(short.is_lost());
     let d = permit(&fx.other, LONG).try_acquire().await.unwrap();
     let d = d.expect("the expired permit is free again");
@@ -643,14 +639,14 @@ pub(crate) async fn permits_admit_n_holders_each_on_its_own_lease(fx: Fixture) {
     // Renewed on its own lease.
     let e_short = {
         assert!(a.release().await.unwrap());
-        permit(&fx.locks, Duration::from_millis(300))
+        permit(&fx.locks, Duration::from_secs(1))
             .try_acquire()
             .await
             .unwrap()
             .unwrap()
     };
     assert!(e_short.extend(LONG).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(!e_short.is_lost(), "renewed past its first lease");
     assert!(permit(&fx.other, LONG)
         .try_acquire()
