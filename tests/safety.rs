@@ -917,12 +917,13 @@ async fn a_timed_out_attempt_is_not_retried_at_once_and_is_cleaned_up() {
 async fn a_renewal_that_gets_through_after_the_deadline_revives_the_guard() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.port()).await;
-    let locks = manager_via(&proxy.url(), Duration::from_secs(2)).await;
-    // The grant lands 200 ms after the send and its reply takes 200 ms more: the guard counts
-    // 500 ms from the send, the server from 200 ms later.
-    proxy.set_latency(Duration::from_millis(200));
+    let locks = manager_via(&proxy.url(), Duration::from_secs(5)).await;
+    // The grant lands 1 s after the send and its reply takes 1 s more: the guard counts
+    // 2.5 s from the send, the server from 1 s later, which leaves the renewal 1 s to get
+    // through after the local deadline.
+    proxy.set_latency(Duration::from_secs(1));
     let guard = locks
-        .try_acquire("revive", Duration::from_millis(500))
+        .try_acquire("revive", Duration::from_millis(2500))
         .await
         .unwrap()
         .unwrap();

@@ -17,7 +17,8 @@
 //! with N = B + 1 is the canary. It prints `PERMITS overlaps=.. most=..` (entries that found
 //! more than B inside, and the most inside at once). `permit-hold` takes one permit, prints
 //! `HOLDING`, and holds it with the watchdog until killed. `leader` campaigns in a leader
-//! election and samples `is_leader()` every millisecond until its stdin closes: it prints
+//! election (its manager never polls: `max_poll_interval` is a minute) and samples
+//! `is_leader()` every millisecond until its stdin closes: it prints
 //! `TERM-START a b` at the first sample of each term that said leader and `TERM-END a b` at
 //! its last, where `a` and `b` are CLOCK_MONOTONIC nanoseconds read just before and just after
 //! the sample.
@@ -200,12 +201,15 @@ async fn main() {
         fenced: format!("checker:{}:fenced", args.name),
         highest: format!("checker:{}:highest", args.name),
     };
-    let locks = LockManager::builder()
+    let mut builder = LockManager::builder()
         .url(&args.lock_url)
-        .response_timeout(Duration::from_millis(500))
-        .build()
-        .await
-        .expect("connect to the lock server");
+        .response_timeout(Duration::from_millis(500));
+    if args.mode == "leader" {
+        // Followers never poll (once a minute): a handover must come from the release message
+        // or from the holder's lease end, as the refused attempts report it.
+        builder = builder.max_poll_interval(Duration::from_secs(60));
+    }
+    let locks = builder.build().await.expect("connect to the lock server");
     let mut rng = Rng(args.seed | 1);
     let mut tally = Tally::default();
 
