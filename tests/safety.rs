@@ -1020,7 +1020,6 @@ async fn eight_processes_share_a_fair_lock_evenly() {
     for fair in [true, false] {
         let (lock, resource) = (RedisServer::start(), RedisServer::start());
         let name = if fair { "fair" } else { "unfair" };
-        let duration_ms = (3000 * soak()).to_string();
         let workers: Vec<Child> = (0..8)
             .map(|_| {
                 checker(
@@ -1034,8 +1033,6 @@ async fn eight_processes_share_a_fair_lock_evenly() {
                         if fair { "1" } else { "0" },
                         "--hold-ms",
                         "5",
-                        "--duration-ms",
-                        &duration_ms,
                         "--ttl-ms",
                         "5000",
                     ],
@@ -1051,6 +1048,8 @@ async fn eight_processes_share_a_fair_lock_evenly() {
             .await
         );
         let _: () = resource.query(redis::cmd("SET").arg(format!("checker:{name}:go")).arg(1));
+        tokio::time::sleep(Duration::from_secs(3 * soak())).await;
+        let _: () = resource.query(redis::cmd("SET").arg(format!("checker:{name}:stop")).arg(1));
         let outputs = tokio::task::spawn_blocking(move || {
             workers
                 .into_iter()

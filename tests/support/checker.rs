@@ -51,7 +51,6 @@ struct Args {
     hold_ms: u64,
     seed: u64,
     fair: bool,
-    duration: Duration,
     permits: u32,
     bound: u64,
 }
@@ -77,7 +76,6 @@ fn parse_args() -> Args {
         hold_ms: num("--hold-ms", 5),
         seed: num("--seed", u64::from(std::process::id())),
         fair: num("--fair", 0) == 1,
-        duration: Duration::from_millis(num("--duration-ms", 3000)),
         permits: u32::try_from(num("--permits", 1)).expect("a u32"),
         bound: num("--bound", num("--permits", 1)),
     }
@@ -306,9 +304,15 @@ async fn main() {
         }
         "contend" => {
             // Every worker starts when the test says go, then takes the lock as often as it can
-            // for `duration`, holding it `hold_ms` each time: how the acquisitions spread over
-            // the workers, and the longest wait, show whether the lock is fair.
-            let go = format!("checker:{}:go", args.name);
+            // until the test says stop, holding it `hold_ms` each time: how the acquisitions
+            // spread over the workers, and the longest wait, show whether the lock is fair.
+            // (Both are said on the resource, so that all workers run over the same period: a
+            // worker that started late and stopped on its own timer would have the lock to
+            // itself at the end.)
+            let (go, stop) = (
+                format!("checker:{}:go", args.name),
+                format!("checker:{}:stop", args.name),
+            );
             let _: u64 = redis::cmd("INCR")
                 .arg(format!("checker:{}:ready", args.name))
                 .query_async(&mut resource.conn.clone())
@@ -317,9 +321,8 @@ async fn main() {
             while resource.get(&go).await == 0 {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            let end = tokio::time::Instant::now() + args.duration;
             let mut longest = Duration::ZERO;
-            while tokio::time::Instant::now() < end {
+            while resource.get(&stop).await == 0 {
                 let asked = tokio::time::Instant::now();
                 let guard = match locks
                     .lock(&args.name)
