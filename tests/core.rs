@@ -712,6 +712,11 @@ async fn a_paused_redlock_instance_does_not_slow_the_handoff_to_a_waiter() {
         .unwrap();
     // A 10 s ttl gives each instance a 1 s timeout.
     let ttl = Duration::from_secs(10);
+    // The release script cached on every instance first: an uncached one costs a second round
+    // trip (`EVALSHA`, `NOSCRIPT`, then `EVAL`), and a waiter woken by the instance that
+    // released first could meanwhile be refused by the other, then wait for the paused one.
+    let warm = locks.try_acquire("warm", ttl).await.unwrap().unwrap();
+    assert!(warm.release().await.unwrap());
     let mut held = locks.try_acquire("handoff", ttl).await.unwrap().unwrap();
     nodes[0].pause();
     let mut delays = Vec::new();
