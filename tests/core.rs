@@ -729,11 +729,10 @@ async fn a_paused_redlock_instance_does_not_slow_the_handoff_to_a_waiter() {
                 .expect("taken once released");
             (Instant::now(), g)
         });
-        // The release must not meet an attempt in flight (one live instance refusing, the
-        // other granting, the paused one deciding after its 1 s timeout: a different race, seen
-        // once in CI when a loaded machine delayed the attempt that follows the subscription's
-        // confirmation past a fixed 300 ms sleep). So wait for the waiter to be subscribed on
-        // both live instances and to have stopped sending attempts.
+        // Nor may the release meet an attempt in flight (the retry after each subscription's
+        // confirmation), which could be split the same way: so the waiter is subscribed on
+        // both live instances and has stopped sending attempts, rather than given a fixed
+        // 300 ms that a loaded machine can outrun.
         settled(&nodes[1..], "lock:{handoff}").await;
         let released_at = Instant::now();
         assert!(

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lock_core::{distributed_lock, LockError, LockManager};
-use lock_test_support::{server_and_manager, JobError, RedisServer};
+use lock_test_support::{eventually, server_and_manager, JobError, RedisServer};
 use tokio::time::Instant;
 
 fn ms(n: u64) -> Duration {
@@ -52,14 +52,12 @@ async fn no_extension_reaches_redis_after_release_or_drop() {
             .await
             .unwrap();
         // Renewals happen (every 200 ms): wait for two to reach Redis.
-        let renewals = server.command_calls("evalsha") + server.command_calls("eval");
-        let renewed =
-            || server.command_calls("evalsha") + server.command_calls("eval") >= renewals + 2;
-        let began = Instant::now();
-        while !renewed() {
-            assert!(began.elapsed() < Duration::from_secs(10), "no renewals");
-            tokio::time::sleep(ms(50)).await;
-        }
+        let scripts = || server.command_calls("evalsha") + server.command_calls("eval");
+        let renewals = scripts();
+        assert!(
+            eventually(Duration::from_secs(10), || scripts() >= renewals + 2).await,
+            "no renewals"
+        );
         assert!(!guard.is_lost());
         if drop_it {
             drop(guard);
