@@ -751,9 +751,10 @@ async fn a_paused_redlock_instance_does_not_slow_the_handoff_to_a_waiter() {
     );
 }
 
-/// Waits until every one of `nodes` has a subscriber on `channel` and no attempt (`SET`,
-/// `EVALSHA` or `EVAL`) has reached any of them for 200 ms: the waiters are asleep.
-async fn settled(nodes: &[RedisServer], channel: &str) {
+/// Waits until, on every one of `nodes`, the lock whose key and channel is `key` is marked by a
+/// waiter (its value has the `*`) and has a subscriber, and no attempt (`SET`, `EVALSHA` or
+/// `EVAL`) has reached any of them for 200 ms: the waiters are asleep.
+async fn settled(nodes: &[RedisServer], key: &str) {
     let attempts = || -> u64 {
         nodes
             .iter()
@@ -772,8 +773,11 @@ async fn settled(nodes: &[RedisServer], channel: &str) {
         assert!(Instant::now() < deadline, "waiters never settled");
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = attempts();
-        let subscribed = nodes.iter().all(|n| subscribers(n, channel) >= 1);
-        quiet = if subscribed && now == last {
+        let waited_on = nodes.iter().all(|n| {
+            let value: Option<String> = n.query(redis::cmd("GET").arg(key));
+            value.is_some_and(|v| v.contains('*')) && subscribers(n, key) >= 1
+        });
+        quiet = if waited_on && now == last {
             quiet + 1
         } else {
             0

@@ -85,6 +85,10 @@ fn logs_at_every_level_never_contain_the_token() {
         "logging works: {logs}"
     );
     assert!(logs.contains("logged"), "events name the lock");
+    assert!(
+        logs.contains("lease renewed"),
+        "the watchdog's renewals are among the logs checked: {logs}"
+    );
     // `<holder>|<ms>|<random>`: the holder id may show, the random part (the secret) never.
     for token in tokens {
         let secret = token.rsplit('|').next().unwrap();

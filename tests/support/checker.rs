@@ -7,8 +7,8 @@
 //!
 //! ```text
 //! lock-checker --lock-url URL --resource-url URL --name NAME --iterations N
-//!              [--mode lock|canary|stall] [--ttl-ms 1000] [--wait-ms 10000] [--hold-ms 5]
-//!              [--seed S]
+//!              [--mode lock|canary|permits|permit-hold|leader|contend|stall] [--ttl-ms 1000]
+//!              [--wait-ms 10000] [--hold-ms 5] [--seed S] [--fair 0|1] [--permits N] [--bound B]
 //! ```
 //!
 //! `canary` does the same work without the lock, to prove the checker sees violations.
@@ -22,6 +22,9 @@
 //! `TERM-START a b` at the first sample of each term that said leader and `TERM-END a b` at
 //! its last, where `a` and `b` are CLOCK_MONOTONIC nanoseconds read just before and just after
 //! the sample.
+//! `contend` waits for the test to set `checker:<name>:go` on the resource, then takes the lock
+//! (`--fair 1` for fair mode) as often as it can, holding it `--hold-ms` each time, until the
+//! test sets `checker:<name>:stop`; it prints `LONGEST_WAIT_MS n`.
 //! `stall` acquires once, prints `HOLDING <fence>`, sleeps `--hold-ms` (a test SIGSTOPs it
 //! there), then tries its fenced write and prints `LATE accepted=<0|1> lost=<bool>`.
 //! Every mode ends with one line:
