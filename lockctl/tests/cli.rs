@@ -77,22 +77,18 @@ async fn lockctl_lists_shows_and_force_releases_live_locks() {
     assert_eq!(out.status.code(), Some(1), "no lock matched");
 
     // A lock of permits(3) with two holders: a row per permit.
-    let quota: Vec<_> = vec![
-        worker
-            .lock("quota")
-            .permits(3)
-            .ttl(LONG)
-            .acquire()
-            .await
-            .unwrap(),
-        worker
-            .lock("quota")
-            .permits(3)
-            .ttl(LONG)
-            .acquire()
-            .await
-            .unwrap(),
-    ];
+    let mut quota = Vec::new();
+    for _ in 0..2 {
+        quota.push(
+            worker
+                .lock("quota")
+                .permits(3)
+                .ttl(LONG)
+                .acquire()
+                .await
+                .unwrap(),
+        );
+    }
     let out = lockctl(&server, &["list", "quota"]);
     let table = stdout(&out);
     assert_eq!(
