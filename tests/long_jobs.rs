@@ -290,3 +290,71 @@ async fn in_memory_watchdog_runs_on_paused_time() {
         .is_none());
     assert!(guard.release().await.unwrap());
 }
+
+#[distributed_lock(key = "stall", ttl = "1s", auto_extend = true, manager = locks)]
+async fn stepping_job(
+    locks: &LockManager,
+    steps: &std::sync::Mutex<Vec<std::time::Instant>>,
+) -> Result<(), JobError> {
+    loop {
+        tokio::time::sleep(ms(50)).await;
+        steps.lock().unwrap().push(std::time::Instant::now());
+    }
+}
+
+/// The holder's runtime thread stalls (a blocking call) past its lease while another process
+/// takes the lock. When the stall ends, the body's timer and the loss are ready in the same
+/// wake-up: the body must not run its next step (a write, in a real job), as the loss is
+/// checked before every poll. Regression: `on_lost = "abort"` raced the body against the loss
+/// with the body first, so one more step ran while the other process held the lock.
+#[tokio::test]
+async fn on_lost_abort_runs_no_step_after_a_stall_past_the_lease() {
+    let (server, locks) = server_and_manager().await;
+    let steps = std::sync::Mutex::new(Vec::new());
+    // The other process: its own runtime on its own thread, unaffected by the stall.
+    let taken = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    let other = std::thread::spawn({
+        let (url, taken) = (server.url(), taken.clone());
+        move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let other = LockManager::connect(&url).await.unwrap();
+                // Let the job take the lock first.
+                tokio::time::sleep(ms(200)).await;
+                let guard = other
+                    .acquire("stall", Duration::from_secs(5), Duration::from_secs(20))
+                    .await
+                    .unwrap();
+                *taken.lock().unwrap() = Some(std::time::Instant::now());
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                guard.release().await.unwrap();
+            });
+        }
+    });
+    let stall = async {
+        eventually(Duration::from_secs(10), || steps.lock().unwrap().len() >= 3).await;
+        // Blocks the whole (current-thread) runtime: the job and its watchdog alike.
+        std::thread::sleep(Duration::from_millis(2500));
+        std::time::Instant::now()
+    };
+    let (outcome, stall_ended) = tokio::join!(stepping_job(&locks, &steps), stall);
+    other.join().unwrap();
+    assert!(
+        matches!(outcome, Err(JobError::Lock(LockError::Lost { .. }))),
+        "{outcome:?}"
+    );
+    let taken = taken
+        .lock()
+        .unwrap()
+        .expect("the other process took the lock");
+    assert!(
+        taken < stall_ended,
+        "the other process took the lock during the stall, as the scenario needs"
+    );
+    let steps = steps.lock().unwrap();
+    let late = steps.iter().filter(|&&step| step > taken).count();
+    assert_eq!(
+        late, 0,
+        "{late} body steps ran while another process held the lock"
+    );
+}

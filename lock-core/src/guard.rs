@@ -199,19 +199,43 @@ impl LockGuard {
         self.lease.is_lost()
     }
 
-    /// Resolves once the lease is known lost (see [`is_lost`](Self::is_lost)). Race your work
-    /// against it to stop as soon as the lock is no longer yours:
-    ///
-    /// ```no_run
-    /// # async fn demo(guard: lock_core::LockGuard, work: impl std::future::Future<Output = ()>) {
-    /// tokio::select! {
-    ///     () = work => {}
-    ///     () = guard.lost() => eprintln!("lock lost, stopping"),
-    /// }
-    /// # }
-    /// ```
+    /// Resolves once the lease is known lost (see [`is_lost`](Self::is_lost)). To stop work
+    /// when the lock is no longer yours, prefer [`until_lost`](Self::until_lost): a
+    /// `select!` between the work and `lost()` can run one more step of the work when both
+    /// become ready in the same wake-up (a runtime thread that stalled past the lease).
     pub async fn lost(&self) {
         self.lease.lost().await;
+    }
+
+    /// Runs `work` while the lease holds: `Ok(output)` when it finished first,
+    /// `Err(`[`LockError::Lost`](crate::LockError::Lost)`)` once the lease is lost, with
+    /// `work` dropped at its current await point. This is what `#[distributed_lock]` does
+    /// with `on_lost = "abort"`.
+    ///
+    /// The loss is checked before every poll of `work`, not only when a timer or a message
+    /// says so: a runtime thread that stalled past the lease (a blocking call) wakes the
+    /// work's timer and the loss at the same time, and the work does not run another step
+    /// then. A step already running when the lease ends (between two awaits) cannot be
+    /// stopped from outside: guard its writes with a [fencing token](Self::fencing_token).
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: lock_core::LockManager) -> lock_core::Result<()> {
+    /// # async fn copy_rows() {}
+    /// let guard = locks.lock("migrate").auto_extend(true).acquire().await?;
+    /// match guard.until_lost(copy_rows()).await {
+    ///     Ok(()) => {}
+    ///     Err(lost) => eprintln!("stopped: {lost}"),
+    /// }
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn until_lost<F: std::future::Future>(&self, work: F) -> Result<F::Output> {
+        self.lease
+            .until_lost(work)
+            .await
+            .ok_or_else(|| crate::LockError::Lost {
+                name: self.lease.name.clone(),
+            })
     }
 }
 

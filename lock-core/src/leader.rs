@@ -2,10 +2,8 @@
 //! campaigns for again after losing it.
 
 use std::future::Future;
-use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -355,17 +353,8 @@ impl Leader {
                 // The sender lives as long as `self`.
                 let _ = state.changed().await;
             };
-            let mut work = pin!(f());
-            let mut lost = pin!(term.lost());
-            // The loss is checked before every poll of the work, not only when a timer or a
-            // message says so: work woken just past the deadline does not run a step.
-            let finished = std::future::poll_fn(|cx| {
-                if term.is_lost() || lost.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(false);
-                }
-                work.as_mut().poll(cx).map(|()| true)
-            })
-            .await;
+            // The loss is checked before every poll of the work (see `Lease::until_lost`).
+            let finished = term.until_lost(f()).await.is_some();
             if finished {
                 return Ok(());
             }

@@ -268,6 +268,26 @@ impl Lease {
         }
     }
 
+    /// Runs `work` while the lease holds: `Some(output)` when it finished first, `None` once
+    /// the lease is lost (`work` is then dropped at its current await point).
+    ///
+    /// The loss is checked before every poll of `work`, not only when a timer or a message says
+    /// so. A runtime thread that stalled past the deadline (a blocking call) wakes the work's
+    /// timer and the loss together; the work must not run one more step then, whatever order
+    /// the wake-ups come in.
+    pub(crate) async fn until_lost<F: std::future::Future>(&self, work: F) -> Option<F::Output> {
+        use std::future::Future as _;
+        let mut work = std::pin::pin!(work);
+        let mut lost = std::pin::pin!(self.lost());
+        std::future::poll_fn(|cx| {
+            if self.is_lost() || lost.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(None);
+            }
+            work.as_mut().poll(cx).map(Some)
+        })
+        .await
+    }
+
     /// Claims the right to end the lease. `true` for exactly one caller.
     pub(crate) fn claim(&self) -> bool {
         !self.finished.swap(true, Ordering::AcqRel)

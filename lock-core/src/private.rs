@@ -76,13 +76,9 @@ pub async fn acquire(request: LockRequest<'_>, skip_if_busy: bool) -> Result<Opt
 }
 
 /// Runs `body` until it finishes or the lease is lost; `Err(Lost)` in the second case (the body
-/// is dropped at its current await point).
+/// is dropped at its current await point, and never polled once the lease is lost).
 pub async fn until_lost<F: Future>(guard: &LockGuard, body: F) -> Result<F::Output> {
-    tokio::select! {
-        biased;
-        out = body => Ok(out),
-        () = guard.lost() => Err(LockError::Lost { name: guard.name().to_owned() }),
-    }
+    guard.until_lost(body).await
 }
 
 /// Runs the body with its lock among the current task's held locks (`held`, `reentrant`).
