@@ -1103,3 +1103,90 @@ async fn eight_processes_share_a_fair_lock_evenly() {
         &figures.join("; "),
     );
 }
+
+/// Runs one of lock-core's scripts on `server`, as the client sends it.
+fn script<T: redis::FromRedisValue>(
+    server: &RedisServer,
+    source: &str,
+    keys: &[&str],
+    args: &[&str],
+) -> T {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(source).arg(keys.len()).arg(keys).arg(args);
+    server.query(&cmd)
+}
+
+/// The cluster client re-sends an attempt after an I/O error, with the same token; the re-sent
+/// copy is granted, the guard extends its lease to a minute, and then the first copy lands
+/// late. Regression: the scripts' "another copy of this attempt" branch set the expiry (or the
+/// permit's end) back to the attempt's ttl, so the key lapsed under a guard that counted on a
+/// minute, and another owner took it. Checked on the scripts themselves, for the lock, a fair
+/// lock and a permit, each then contended by another manager past the attempt's ttl.
+#[tokio::test]
+async fn a_late_copy_of_a_granting_attempt_never_shortens_the_lease() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    let other = LockManager::connect(&server.url()).await.unwrap();
+    let acquire = include_str!("../lock-core/src/scripts/acquire.lua");
+    let fair = include_str!("../lock-core/src/scripts/fair.lua");
+    let extend = include_str!("../lock-core/src/scripts/extend.lua");
+    let permit = include_str!("../lock-core/src/scripts/permit_acquire.lua");
+    let permit_extend = include_str!("../lock-core/src/scripts/permit_extend.lua");
+    let token = "test:1|1|0123456789abcdef0123456789abcdef";
+    let (plain, line) = (locks.key_for("copied"), locks.key_for("copied-fair"));
+    let queue = format!("{line}:q");
+    let permits = locks.key_for("copied-permits");
+    // The first permit of two goes to another holder, so that ours is the last one free.
+    let neighbour = other
+        .lock("copied-permits")
+        .permits(2)
+        .ttl(LONG)
+        .acquire()
+        .await
+        .unwrap();
+    for round in ["first copy", "late copy"] {
+        let granted: i64 = script(&server, acquire, &[&plain], &[token, "1000", "0"]);
+        assert_eq!(granted, 1, "acquire.lua, {round}");
+        let granted: i64 = script(
+            &server,
+            fair,
+            &[&line, &queue],
+            &[token, "1000", "ticket", "5000", "0"],
+        );
+        assert_eq!(granted, 1, "fair.lua, {round}");
+        let granted: i64 = script(&server, permit, &[&permits], &[token, "1000", "2", "0"]);
+        assert_eq!(granted, 1, "permit_acquire.lua, {round}");
+        if round == "first copy" {
+            // The guards' renewals, between the two copies.
+            for key in [&plain, &line] {
+                let renewed: i64 = script(&server, extend, &[key], &[token, "60000"]);
+                assert_eq!(renewed, 1);
+            }
+            let renewed: i64 = script(&server, permit_extend, &[&permits], &[token, "60000"]);
+            assert_eq!(renewed, 1);
+        }
+    }
+    for key in [&plain, &line, &permits] {
+        let pttl: i64 = server.query(redis::cmd("PTTL").arg(key));
+        assert!(pttl > 59_000, "{key}: the late copy cut the lease to {pttl} ms");
+    }
+    let time: Vec<u64> = server.query(&redis::cmd("TIME"));
+    let now_ms = time[0] * 1000 + time[1] / 1000;
+    let ends: u64 = server.query(redis::cmd("HGET").arg(&permits).arg(token));
+    assert!(
+        ends > now_ms + 59_000,
+        "the permit's end was cut to {} ms",
+        ends.saturating_sub(now_ms)
+    );
+    // Past the attempt's ttl, nobody else gets in.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    for name in ["copied", "copied-fair"] {
+        assert!(
+            other.try_acquire(name, LONG).await.unwrap().is_none(),
+            "{name}: two holders"
+        );
+    }
+    let third = other.lock("copied-permits").permits(2).try_acquire().await;
+    assert!(third.unwrap().is_none(), "three holders of permits(2)");
+    assert!(neighbour.release().await.unwrap());
+}

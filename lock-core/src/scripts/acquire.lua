@@ -4,9 +4,10 @@
 -- ARGV[1] a fresh owner token: this attempt's alone
 -- ARGV[2] lease in milliseconds
 -- ARGV[3] '1' to mark a held key (a waiter that subscribed to the key's channel), else '0'
--- Returns 1 when the lock is ours: set now, or by an earlier copy of this same attempt (a
+-- Returns 1 when the lock is ours: set now, or by another copy of this same attempt (a
 -- client that re-sends after an I/O error, as the cluster client does; the token is this
--- attempt's, so the lease still runs from this attempt's send). When another owner holds it,
+-- attempt's, so the lease still runs from this attempt's send). A copy never shortens the
+-- key's expiry. When another owner holds it,
 -- returns minus the milliseconds left on their lease (0 if unknown), so a waiter knows the
 -- latest moment worth trying again.
 -- The uncontended acquire on one server is a plain SET NX PX instead of this script, and the
@@ -42,8 +43,15 @@ end
 if holder == ARGV[1] or string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. '*' then
   -- A write of our own, after the first copy's: a `WAIT` that follows on this connection
   -- (min_replicas) then covers the grant too (replication is ordered). The expiry only moves
-  -- later, and the lease is still dated from this attempt's send.
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  -- later: this copy may land after the guard extended its lease (a cluster client's re-send
+  -- whose first copy arrives late), and cutting that lease back to this attempt's ttl would let
+  -- another owner in while the guard still counts on it. The lease is still dated from this
+  -- attempt's send.
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  else
+    redis.call('SET', KEYS[1], holder, 'KEEPTTL')
+  end
   return 1
 end
 if ARGV[3] == '1' and not string.find(holder, '*', 1, true) then

@@ -6,7 +6,8 @@
 -- ARGV[3] this acquisition's ticket (the same for all its attempts)
 -- ARGV[4] how long a ticket stays in line without being refreshed, in milliseconds
 -- ARGV[5] '1' to mark a held key so that its release is published (see acquire.lua), else '0'
--- Returns 1 when the lock is ours (set now, or by an earlier copy of this attempt); when others
+-- Returns 1 when the lock is ours (set now, or by another copy of this attempt, whose expiry it
+-- never shortens); when others
 -- are still in line, the key is taken already marked, so that its release is published to them.
 -- A marked key's value names the first ticket in line after the '*' (kept up to date by every
 -- fair attempt): its release's message names it, and only that waiter wakes.
@@ -76,10 +77,13 @@ if ours or (not holder and (first == nil or first == ARGV[3])) then
       value = value .. '*' .. after
     end
     redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
-  else
-    -- Set by an earlier copy of this attempt: a write of our own, so that a `WAIT` after it on
-    -- this connection covers the grant too (see acquire.lua).
+  elseif redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+    -- Set by another copy of this attempt: a write of our own, so that a `WAIT` after it on
+    -- this connection covers the grant too, and one that never shortens the lease (the guard
+    -- may have extended it since; see acquire.lua).
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  else
+    redis.call('SET', KEYS[1], holder, 'KEEPTTL')
   end
   if mine then
     redis.call('HDEL', KEYS[2], ARGV[3])

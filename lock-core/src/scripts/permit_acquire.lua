@@ -6,8 +6,8 @@
 -- ARGV[2] lease in milliseconds
 -- ARGV[3] n
 -- ARGV[4] '1' to mark the lock when no permit is free (a waiter that subscribed), else '0'
--- Returns 1 when a permit is ours: taken now, or by an earlier copy of this same attempt (the
--- lease then runs anew from now, as acquire.lua does). When all n are held, minus the
+-- Returns 1 when a permit is ours: taken now, or by another copy of this same attempt (whose
+-- end it never brings earlier, as acquire.lua). When all n are held, minus the
 -- milliseconds until the first of their leases ends (a crashed holder publishes nothing).
 -- An error reply 'LOCKPERMITS <m>' when the live holders use m permits, not n (a plain lock:
 -- m = 1): the bound holds only if every holder counts to the same n.
@@ -37,7 +37,7 @@ if kind == 'hash' then
       if ends <= now then
         redis.call('HDEL', KEYS[1], field)
       elseif field == ARGV[1] then
-        mine = true
+        mine = ends
       else
         live = live + 1
         if soonest == nil or ends < soonest then
@@ -53,7 +53,9 @@ if held_n and held_n ~= n and (live > 0 or mine) then
   return redis.error_reply('LOCKPERMITS ' .. held_n)
 end
 if mine or live < n then
-  redis.call('HSET', KEYS[1], ARGV[1], now + ttl, '#n', n)
+  -- Another copy of this attempt granted it already: its end only moves later (the guard may
+  -- have extended the permit since; see acquire.lua).
+  redis.call('HSET', KEYS[1], ARGV[1], math.max(mine or 0, now + ttl), '#n', n)
   if redis.call('PTTL', KEYS[1]) < ttl then
     redis.call('PEXPIRE', KEYS[1], ttl)
   end
