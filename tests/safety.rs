@@ -1168,7 +1168,10 @@ async fn a_late_copy_of_a_granting_attempt_never_shortens_the_lease() {
     }
     for key in [&plain, &line, &permits] {
         let pttl: i64 = server.query(redis::cmd("PTTL").arg(key));
-        assert!(pttl > 59_000, "{key}: the late copy cut the lease to {pttl} ms");
+        assert!(
+            pttl > 59_000,
+            "{key}: the late copy cut the lease to {pttl} ms"
+        );
     }
     let time: Vec<u64> = server.query(&redis::cmd("TIME"));
     let now_ms = time[0] * 1000 + time[1] / 1000;

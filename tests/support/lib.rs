@@ -38,6 +38,31 @@ pub fn valkey_server() -> Option<String> {
     found
 }
 
+/// A `python3` command that can `import redis` (redis-py), for the tests that share keys with
+/// other clients of the same protocol: `$REDIS_PY_PATH` is put on `PYTHONPATH` (`.ci/run`
+/// installs redis-py there). `None` when it cannot; with `LOCK_TESTS_REDIS_PY=required` (as
+/// `.ci/run` sets it) that panics instead, so that CI cannot skip those tests.
+pub fn redis_py() -> Option<Command> {
+    let command = || {
+        let mut python = Command::new("python3");
+        if let Ok(path) = std::env::var("REDIS_PY_PATH") {
+            python.env("PYTHONPATH", path);
+        }
+        python
+    };
+    let found = command()
+        .args(["-c", "import redis"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found && std::env::var("LOCK_TESTS_REDIS_PY").as_deref() == Ok("required") {
+        panic!(
+            "LOCK_TESTS_REDIS_PY=required, but python3 cannot import redis: `pip install redis`, \
+             or `pip install --target DIR redis` and set REDIS_PY_PATH=DIR"
+        );
+    }
+    found.then(command)
+}
+
 const INSTALL_HINT: &str = "`redis-server` was not found on PATH. The integration tests start \
 their own Redis servers; install it first: `apt-get install redis-server` (Debian/Ubuntu), \
 `brew install redis` (macOS), or see https://redis.io/docs/latest/operate/oss_and_stack/install/";

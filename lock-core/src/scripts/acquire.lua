@@ -3,7 +3,8 @@
 --                                       then the first fair ticket in line, if any: fair.lua)
 -- ARGV[1] a fresh owner token: this attempt's alone
 -- ARGV[2] lease in milliseconds
--- ARGV[3] '1' to mark a held key (a waiter that subscribed to the key's channel), else '0'
+-- ARGV[3] '1' to mark a held key (a waiter that subscribed to the key's channel), else '0';
+--         only a holder in lock-core's token format is marked
 -- Returns 1 when the lock is ours: set now, or by another copy of this same attempt (a
 -- client that re-sends after an I/O error, as the cluster client does; the token is this
 -- attempt's, so the lease still runs from this attempt's send). A copy never shortens the
@@ -14,6 +15,13 @@
 -- uncontended release publishes nothing.
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 1
+end
+-- Whether `value` is in lock-core's token format, `<holder>|<unix ms>|<32 hex>` (token.rs). Only
+-- such a value is ever marked: redis-py's, redsync's and node-redlock's holders (and lock-core
+-- before holder ids) compare the value whole on release, so a mark would make their release
+-- fail and leave their key to its ttl. Their waiters poll and retry at the lease end instead.
+local function is_token(value)
+  return string.find(value, '^[^|%*%s%c]+|%d+|' .. string.rep('[0-9a-f]', 32) .. '$') ~= nil
 end
 local holder = redis.pcall('GET', KEYS[1])
 if type(holder) == 'table' then
@@ -54,7 +62,7 @@ if holder == ARGV[1] or string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. '*' th
   end
   return 1
 end
-if ARGV[3] == '1' and not string.find(holder, '*', 1, true) then
+if ARGV[3] == '1' and not string.find(holder, '*', 1, true) and is_token(holder) then
   redis.call('SET', KEYS[1], holder .. '*', 'KEEPTTL')
 end
 local left = redis.call('PTTL', KEYS[1])

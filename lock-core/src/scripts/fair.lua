@@ -15,6 +15,13 @@
 -- milliseconds worth waiting at most: the holder's lease left, or, when the lock is free but
 -- another ticket is first, the time that ticket has left unless its waiter refreshes it (a
 -- waiter that died leaves the line by then; a live one takes the lock and publishes its release).
+-- Whether `value` is in lock-core's token format, `<holder>|<unix ms>|<32 hex>` (token.rs). Only
+-- such a value is ever marked: redis-py's, redsync's and node-redlock's holders (and lock-core
+-- before holder ids) compare the value whole on release, so a mark would make their release
+-- fail and leave their key to its ttl. Their waiters poll and retry at the lease end instead.
+local function is_token(value)
+  return string.find(value, '^[^|%*%s%c]+|%d+|' .. string.rep('[0-9a-f]', 32) .. '$') ~= nil
+end
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 -- Tickets whose waiter stopped refreshing them leave the line; find who is first.
@@ -102,10 +109,11 @@ end
 if not holder then
   return -math.max(first_expiry - now, 1)
 end
--- Mark the holder's key (once this waiter listens), naming the first ticket in line.
+-- Mark the holder's key (once this waiter listens), naming the first ticket in line; a holder
+-- that is not lock-core's is left as it is (see is_token).
 local star = string.find(holder, '*', 1, true)
-if ARGV[5] == '1' or star then
-  local base = star and string.sub(holder, 1, star - 1) or holder
+local base = star and string.sub(holder, 1, star - 1) or holder
+if (ARGV[5] == '1' or star) and is_token(base) then
   local marked = base .. '*' .. (first or ARGV[3])
   if holder ~= marked then
     redis.call('SET', KEYS[1], marked, 'KEEPTTL')

@@ -1,0 +1,169 @@
+//! Keys shared with other clients of the same protocol (`SET key token NX PX ttl`, released by
+//! comparing the token): redis-py's `Lock` (redsync and node-redlock do the same) and lock-core
+//! versions from before holder ids. lock-core never rewrites their values, so their releases
+//! keep working, and its waiters take such a lock by polling and at its lease end.
+//!
+//! Needs redis-py (`pip install redis`); `.ci/run` installs it and requires these tests.
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use lock_core::LockManager;
+use lock_test_support::{redis_py, RedisServer};
+
+/// Runs `script` in python3 with redis-py, `PORT` and `KEY` set; `None` without redis-py.
+fn python(script: &str, port: u16, key: &str) -> Option<Child> {
+    let mut python = redis_py()?;
+    let child = python
+        .args(["-c", script])
+        .env("PORT", port.to_string())
+        .env("KEY", key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    Some(child)
+}
+
+/// The next line the script printed.
+fn line(out: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    line.trim_end().to_owned()
+}
+
+fn finished(child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "the redis-py client failed: {err}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const PY_HOLDER: &str = r#"
+import os, sys, time, redis
+r = redis.Redis(port=int(os.environ["PORT"]))
+lock = r.lock(os.environ["KEY"], timeout=30)
+assert lock.acquire(blocking=False)
+print("HELD", lock.local.token.decode(), flush=True)
+sys.stdin.readline()
+lock.release()  # raises LockNotOwnedError if the value was rewritten
+print("RELEASED", flush=True)
+"#;
+
+/// redis-py holds, lock-core waits (a plain waiter, then a fair one): the key's value stays
+/// redis-py's token while lock-core's waiter retries (regression: the waiter marked it with
+/// `*`, so redis-py's release failed with `LockNotOwnedError` and the key stayed until its
+/// ttl), redis-py's release works, and the waiter takes the lock by polling, long before the
+/// 30 s lease would end.
+#[tokio::test]
+async fn a_redis_py_holder_is_never_rewritten_and_its_release_frees_the_lock() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    for (name, fair) in [("shared", false), ("shared-fair", true)] {
+        let key = locks.key_for(name);
+        let Some(mut holder) = python(PY_HOLDER, server.port(), &key) else {
+            eprintln!("skipped: no redis-py (set LOCK_TESTS_REDIS_PY=required to fail instead)");
+            return;
+        };
+        let mut out = BufReader::new(holder.stdout.take().unwrap());
+        let held = line(&mut out);
+        let token = held.strip_prefix("HELD ").expect("redis-py took the lock");
+        let waiter = tokio::spawn({
+            let locks = locks.clone();
+            async move {
+                locks
+                    .lock(name)
+                    .fair(fair)
+                    .ttl(Duration::from_secs(30))
+                    .wait(Duration::from_secs(20))
+                    .acquire()
+                    .await
+            }
+        });
+        // Several attempts of the waiter, subscribed and asking to mark the key, go by.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let value: String = server.query(redis::cmd("GET").arg(&key));
+            assert_eq!(value, token, "{name}: lock-core rewrote redis-py's value");
+        }
+        assert!(
+            !waiter.is_finished(),
+            "{name}: the waiter waits for redis-py"
+        );
+        // A line on its stdin tells redis-py to release.
+        writeln!(holder.stdin.take().unwrap()).unwrap();
+        assert_eq!(line(&mut out), "RELEASED");
+        let guard = waiter
+            .await
+            .unwrap()
+            .expect("taken after redis-py's release");
+        assert!(guard.release().await.unwrap());
+        drop(out);
+        finished(holder);
+    }
+}
+
+const PY_WAITER: &str = r#"
+import os, redis
+r = redis.Redis(port=int(os.environ["PORT"]))
+lock = r.lock(os.environ["KEY"], timeout=30, sleep=0.02, blocking_timeout=20)
+print("WAITING", flush=True)
+assert lock.acquire()
+print("ACQUIRED", flush=True)
+lock.release()
+"#;
+
+/// lock-core holds, redis-py waits: redis-py's waiter leaves the key alone, lock-core's
+/// release is owner-checked as usual, and redis-py takes the lock right after it.
+#[tokio::test]
+async fn a_redis_py_waiter_takes_the_lock_after_lock_cores_release() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    let key = locks.key_for("shared");
+    let guard = locks
+        .try_acquire("shared", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(mut waiter) = python(PY_WAITER, server.port(), &key) else {
+        eprintln!("skipped: no redis-py (set LOCK_TESTS_REDIS_PY=required to fail instead)");
+        assert!(guard.release().await.unwrap());
+        return;
+    };
+    let mut out = BufReader::new(waiter.stdout.take().unwrap());
+    assert_eq!(line(&mut out), "WAITING");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let value: String = server.query(redis::cmd("GET").arg(&key));
+    assert_eq!(value, guard.token(), "still ours while redis-py waits");
+    assert!(guard.release().await.unwrap());
+    assert_eq!(line(&mut out), "ACQUIRED");
+    drop(out);
+    finished(waiter);
+}
+
+/// A lock-core version from before holder ids wrote a bare 32-hex token and compared it whole
+/// on release: a waiter of this version leaves it as it is and takes the lock when its lease
+/// ends.
+#[tokio::test]
+async fn a_bare_token_of_an_older_version_is_never_rewritten() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    let key = locks.key_for("old");
+    let token = "0123456789abcdef0123456789abcdef";
+    let _: () = server.query(redis::cmd("SET").arg(&key).arg(token).arg("PX").arg(1500));
+    let waiter = tokio::spawn({
+        let locks = locks.clone();
+        async move {
+            locks
+                .acquire("old", Duration::from_secs(30), Duration::from_secs(20))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let value: String = server.query(redis::cmd("GET").arg(&key));
+    assert_eq!(value, token, "lock-core rewrote an older version's value");
+    let guard = waiter.await.unwrap().expect("taken at the lease end");
+    assert!(guard.release().await.unwrap());
+}
