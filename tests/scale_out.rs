@@ -1528,3 +1528,67 @@ async fn builder_refuses_unworkable_deployments_with_a_reason() {
         "{m:?}"
     );
 }
+
+/// How many clients `node` has connected, this query's own included.
+fn clients(node: &RedisServer) -> usize {
+    let list: String = node.query(redis::cmd("CLIENT").arg("LIST"));
+    list.lines().count()
+}
+
+/// After `shutdown` returns, no work of the manager is left on any instance: a slow instance's
+/// releases have been answered (its keys are gone) and the notifiers' pub/sub connections are
+/// closed. Regression: Redlock awaited a slow instance's late replies in tasks that `shutdown`
+/// did not wait for, and the notifiers' drivers kept their connections, so a process that
+/// exited right after `shutdown` left keys on the slow instance until their ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_shutdown_waits_for_a_slow_instance_and_closes_every_connection() {
+    let nodes = servers(3);
+    let slow = FaultProxy::start(nodes[2].port()).await;
+    let locks = LockManager::builder()
+        .redlock([nodes[0].url(), nodes[1].url(), slow.url()])
+        .response_timeout(Duration::from_secs(3))
+        .build()
+        .await
+        .unwrap();
+    let before: Vec<usize> = nodes.iter().map(clients).collect();
+    let holder = locks.try_acquire("busy", LONG).await.unwrap().unwrap();
+    // A waiter: every instance's notifier connects.
+    let waited = locks
+        .acquire("busy", LONG, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(waited, LockError::Timeout { .. }), "{waited:?}");
+    for (i, node) in nodes.iter().enumerate() {
+        assert!(
+            eventually(Duration::from_secs(5), || clients(node) > before[i]).await,
+            "instance {i}: the notifier connected"
+        );
+    }
+    assert!(holder.release().await.unwrap());
+    // Every command to the third instance now takes 150 ms each way.
+    slow.set_latency(Duration::from_millis(150));
+    for name in ["a", "b"] {
+        let guard = locks.try_acquire(name, LONG).await.unwrap().unwrap();
+        // Decided by the two fast instances; the slow one's answers are still to come.
+        assert!(guard.release().await.unwrap());
+    }
+    locks.shutdown(Duration::from_secs(10)).await.unwrap();
+    // The process exits: what it had not yet got through to the slow instance is lost.
+    slow.cut_all();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (i, node) in nodes.iter().enumerate() {
+        assert_eq!(
+            node.lock_keys(),
+            Vec::<String>::new(),
+            "instance {i} still holds keys after shutdown"
+        );
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        assert!(
+            eventually(Duration::from_secs(2), || clients(node) <= before[i]).await,
+            "instance {i}: a connection of the notifier outlived shutdown ({} clients, {} before)",
+            clients(node),
+            before[i]
+        );
+    }
+}

@@ -69,10 +69,15 @@ impl<'a> LeaderBuilder<'a> {
             ended: AtomicBool::new(false),
         });
         let span = tracing::debug_span!("lock.leader", lock = %inner.name);
-        let task = tokio::spawn(tracing::Instrument::instrument(
-            campaign(self.manager.clone(), Arc::clone(&inner), self.ttl, stopped),
-            span,
-        ));
+        // Tracked with the manager's background work: `shutdown` ends the campaign and waits
+        // until it has.
+        let task = self
+            .manager
+            .shared()
+            .spawn_tracked(tracing::Instrument::instrument(
+                campaign(self.manager.clone(), Arc::clone(&inner), self.ttl, stopped),
+                span,
+            ));
         Leader {
             inner,
             stop,

@@ -150,7 +150,16 @@ impl LockManager {
     /// 1. stops every watchdog;
     /// 2. releases the locks still held through this manager (their guards then report
     ///    [`is_lost`](LockGuard::is_lost), and their `release` returns `Ok(false)`);
-    /// 3. waits for the releases spawned by dropped guards.
+    /// 3. waits for the releases spawned by dropped guards and for the clean-up of attempts
+    ///    that were refused or cancelled;
+    /// 4. closes the pub/sub connections that wake waiters (waiters still waiting poll);
+    /// 5. on Redlock, waits for the late answers of instances that had not answered when a
+    ///    command was decided (a slow instance's release among them), each within its
+    ///    per-instance timeout.
+    ///
+    /// When it returns `Ok`, no task of the manager runs and no key it set is left on an
+    /// instance that answered, so the process may exit at once. Leader campaigns end too
+    /// ([`LockManager::leader`]).
     ///
     /// Call it after your job handlers have stopped and before the runtime shuts down: stop
     /// taking work, let running jobs finish (or cancel them), then `shutdown`. Returns

@@ -193,6 +193,16 @@ impl Shared {
         self.store.kind()
     }
 
+    /// Spawns `fut` on the current runtime as background work of this manager, which
+    /// `shutdown` waits for. Panics outside a tokio runtime, like `tokio::spawn`.
+    pub(crate) fn spawn_tracked<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn(&Handle::current(), fut)
+    }
+
     /// Whether `shutdown` was called.
     pub(crate) fn is_shut_down(&self) -> bool {
         self.shut_down.load(Ordering::Acquire)
@@ -590,7 +600,13 @@ impl Shared {
                 self.release_in_background(&lease);
             }
         }
-        match tokio::time::timeout(within, self.tasks.wait_idle()).await {
+        // Waiters of this manager poll from now on; the notifiers' connections close.
+        let drained = async {
+            self.wake.close().await;
+            self.tasks.wait_idle().await;
+            self.store.close().await;
+        };
+        match tokio::time::timeout(within, drained).await {
             Ok(()) => Ok(()),
             Err(_) => Err(LockError::ShutdownTimeout {
                 pending: self.tasks.pending(),

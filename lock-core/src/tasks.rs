@@ -1,4 +1,5 @@
-//! Background work a manager owns: releases spawned by dropped guards. `shutdown` waits for it.
+//! Background work a manager owns: releases spawned by dropped guards, clean-ups of attempts,
+//! leader campaigns. `shutdown` waits for it.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -6,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 #[derive(Default)]
 pub(crate) struct Tasks {
@@ -28,16 +30,17 @@ impl Drop for Pending {
 impl Tasks {
     /// Spawns `fut` on `handle` and counts it until it ends. Never blocks, never panics: on a
     /// runtime that is shutting down, tokio drops the task at once.
-    pub(crate) fn spawn<F>(self: &Arc<Self>, handle: &Handle, fut: F)
+    pub(crate) fn spawn<F>(self: &Arc<Self>, handle: &Handle, fut: F) -> JoinHandle<F::Output>
     where
-        F: Future<Output = ()> + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
     {
         self.pending.fetch_add(1, Ordering::AcqRel);
         let pending = Pending(Arc::clone(self));
-        drop(handle.spawn(async move {
+        handle.spawn(async move {
             let _pending = pending;
-            fut.await;
-        }));
+            fut.await
+        })
     }
 
     pub(crate) fn pending(&self) -> usize {

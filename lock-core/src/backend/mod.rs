@@ -300,6 +300,12 @@ pub(crate) trait Store: Send + Sync {
     /// A name for `Debug` output.
     fn kind(&self) -> &'static str;
 
+    /// Waits for the work this deployment still does in the background (Redlock: the late
+    /// replies of decided commands, a slow instance's release among them), for `shutdown`.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     /// Whether the client may send a command again by itself after an error (the Redis Cluster
     /// client retries on I/O errors), so that a command answered once can still land a second
     /// time, later.
@@ -336,6 +342,12 @@ pub(crate) trait Wake: Send + Sync {
     /// A fair waiter passes its `ticket`: a release message that names another fair waiter
     /// first in line need not wake it.
     fn watch<'a>(&'a self, keys: &'a LockKeys, ticket: Option<&'a str>) -> BoxFuture<'a, Watch>;
+
+    /// Stops listening and waits until every task of it has ended (`shutdown`): no connection
+    /// of it stays open. A waiter after that starts listening again.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// A node shared with something else (the in-process node is also its own [`Wake`]).
@@ -397,5 +409,9 @@ impl<T: Node + ?Sized> Node for Arc<T> {
 impl<T: Wake + ?Sized> Wake for Arc<T> {
     fn watch<'a>(&'a self, keys: &'a LockKeys, ticket: Option<&'a str>) -> BoxFuture<'a, Watch> {
         (**self).watch(keys, ticket)
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        (**self).close()
     }
 }

@@ -283,6 +283,16 @@ where
     }
 }
 
+/// Stops the driver in `slot`, if one runs, and waits until it has ended: its pub/sub
+/// connection is dropped with it (`shutdown`). A later waiter starts a new one.
+pub(crate) async fn stop(slot: &Mutex<Option<JoinHandle<()>>>) {
+    let running = locked(slot).take();
+    if let Some(driver) = running {
+        driver.abort();
+        let _ = driver.await;
+    }
+}
+
 /// The driver: owns the pub/sub connection for as long as the manager lives.
 async fn drive(dial: Dial, table: Arc<Table>) {
     let mut pause = RECONNECT_MIN;
@@ -356,6 +366,9 @@ async fn serve(
 /// cluster's sharded one.
 pub(crate) trait Watcher: Send + Sync {
     fn watch(&self, channel: &str, waiter: &Arc<Notify>, ticket: Option<&str>) -> Interest;
+
+    /// Stops the driver and waits until it has ended (see [`stop`]).
+    fn stop(&self) -> BoxFuture<'_, ()>;
 }
 
 impl Watcher for Notifier {
@@ -367,6 +380,10 @@ impl Watcher for Notifier {
         let (dial, table) = (&self.dial, &self.table);
         ensure_running(&self.driver, || drive(dial.clone(), Arc::clone(table)));
         interest
+    }
+
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(stop(&self.driver))
     }
 }
 
@@ -396,5 +413,13 @@ impl Wake for PubSub {
             .collect();
         let watch = Watch::new(waiter, interests);
         Box::pin(async move { watch })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for watcher in &self.0 {
+                watcher.stop().await;
+            }
+        })
     }
 }

@@ -25,6 +25,7 @@ use super::redis::{Endpoint, RedisNode};
 use super::Timeouts;
 use super::{Attempt, BoxFuture, Drift, Found, Leftover, Node, Renewal, Store, Taken, Ticket};
 use crate::keys::LockKeys;
+use crate::tasks::Tasks;
 use crate::validate::MIN_TTL;
 use crate::{locked, LockError, Result};
 
@@ -33,6 +34,8 @@ pub(crate) struct Redlock {
     quorum: usize,
     drift: Drift,
     response_timeout: Duration,
+    /// Late replies of decided commands, awaited in the background: `shutdown` waits for them.
+    background: Arc<Tasks>,
 }
 
 /// While an instance does not answer in time, at most one command per this interval is sent to
@@ -138,17 +141,6 @@ impl Instance {
 /// The replies to one command sent to every instance, each with its instance's index.
 type Replies<T> = FuturesUnordered<BoxFuture<'static, (usize, Reply<T>)>>;
 
-/// Awaits replies the caller no longer needs, so that each instance's health hears of them.
-/// Each is bounded by its per-instance timeout.
-fn finish_in_background<T: Send + 'static>(mut pending: Replies<T>) {
-    if pending.is_empty() {
-        return;
-    }
-    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        drop(handle.spawn(async move { while pending.next().await.is_some() {} }));
-    }
-}
-
 /// One instance's reply to a command, or its timeout.
 type Reply<T> = std::result::Result<Result<T>, tokio::time::error::Elapsed>;
 
@@ -189,6 +181,22 @@ impl Redlock {
             quorum,
             drift,
             response_timeout,
+            background: Arc::default(),
+        }
+    }
+
+    /// Awaits replies the caller no longer needs, so that each instance's health hears of
+    /// them and `shutdown` can wait until they are in (a slow instance's release among them).
+    /// Each is bounded by its per-instance timeout.
+    fn finish_in_background<T: Send + 'static>(&self, mut pending: Replies<T>) {
+        if pending.is_empty() {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            self.background.spawn(
+                &handle,
+                async move { while pending.next().await.is_some() {} },
+            );
         }
     }
 
@@ -330,7 +338,7 @@ impl Redlock {
     {
         let mut pending = self.send(per_node, keys, token, op);
         let answers = self.gather(&mut pending, Option::is_some).await;
-        finish_in_background(pending);
+        self.finish_in_background(pending);
         answers
             .into_iter()
             .map(|a| a.unwrap_or(Answer::Unknown(None)))
@@ -418,7 +426,7 @@ impl Store for Redlock {
             if granted >= self.quorum && start.elapsed() + MIN_TTL <= usable {
                 // An instance that had not answered yet may still set our token: the guard's
                 // release goes to every instance, and the key expires with its ttl anyway.
-                finish_in_background(pending);
+                self.finish_in_background(pending);
                 return Ok(Attempt::Granted(usable));
             }
             // Given back at once where it was granted, so that our own keys never stand in the
@@ -621,6 +629,10 @@ impl Store for Redlock {
 
     fn usable(&self, ttl: Duration) -> Duration {
         ttl.saturating_sub(self.drift.of(ttl))
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.background.wait_idle())
     }
 
     fn kind(&self) -> &'static str {

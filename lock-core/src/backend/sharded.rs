@@ -19,9 +19,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::notify::{
-    ensure_running, Interest, Table, Watcher, COMMAND_TIMEOUT, RECONNECT_MAX, RECONNECT_MIN,
+    ensure_running, stop, Interest, Table, Watcher, COMMAND_TIMEOUT, RECONNECT_MAX, RECONNECT_MIN,
 };
-use super::Timeouts;
+use super::{BoxFuture, Timeouts};
 use crate::locked;
 
 pub(crate) struct ShardedNotifier {
@@ -49,6 +49,10 @@ impl Watcher for ShardedNotifier {
             drive(self.seeds.clone(), self.timeouts, Arc::clone(&self.table))
         });
         interest
+    }
+
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(stop(&self.driver))
     }
 }
 
