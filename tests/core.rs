@@ -462,6 +462,85 @@ async fn waiter_is_woken_by_the_release_not_by_polling() {
     assert!(g.release().await.unwrap());
 }
 
+/// The pub/sub link goes silent (no RST) while a wait ends, so the notifier's `UNSUBSCRIBE`
+/// gets no answer and it gives the link up; then the network is healthy again. Waiters that
+/// start afterwards are woken by the release again (W1), cycle after cycle, not by their poll.
+#[tokio::test]
+async fn after_a_silent_link_is_given_up_waiters_are_woken_by_the_release_again() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let holder = LockManager::connect(&server.url()).await.unwrap();
+    let waiter = LockManager::builder()
+        .url(&proxy.url())
+        .max_poll_interval(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let mut held = holder.try_acquire("silent", LONG).await.unwrap().unwrap();
+    let first = tokio::spawn({
+        let waiter = waiter.clone();
+        async move {
+            waiter
+                .acquire("silent", LONG, Duration::from_secs(30))
+                .await
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || subscribers(
+            &server,
+            "lock:{silent}"
+        ) == 1)
+        .await
+    );
+    proxy.stall(true);
+    // The wait ends while the link is silent.
+    first.abort();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    proxy.stall(false);
+    for cycle in 0..3 {
+        let waiting = tokio::spawn({
+            let waiter = waiter.clone();
+            async move {
+                let g = waiter
+                    .acquire("silent", LONG, Duration::from_secs(20))
+                    .await;
+                (g, Instant::now())
+            }
+        });
+        assert!(
+            eventually(Duration::from_secs(10), || subscribers(
+                &server,
+                "lock:{silent}"
+            ) == 1)
+            .await,
+            "cycle {cycle}: subscribed again ({} subscribers)",
+            subscribers(&server, "lock:{silent}")
+        );
+        // Its attempt after the subscription marks the key.
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                let v: Option<String> = server.query(redis::cmd("GET").arg("lock:{silent}"));
+                v.is_some_and(|v| v.contains('*'))
+            })
+            .await,
+            "cycle {cycle}: the waiter marked the key"
+        );
+        let released = Instant::now();
+        assert!(held.release().await.unwrap());
+        let (g, taken) = waiting.await.unwrap();
+        let g = g.unwrap_or_else(|e| panic!("cycle {cycle}: not woken by the release: {e}"));
+        // Unwoken, it would have waited out its 20 s wait (its poll is a minute).
+        assert!(
+            taken - released < Duration::from_secs(10),
+            "cycle {cycle}: not woken by the release: {:?}",
+            taken - released
+        );
+        assert!(g.release().await.unwrap());
+        held = holder.try_acquire("silent", LONG).await.unwrap().unwrap();
+    }
+    assert!(held.release().await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_wake_up_is_missed_when_the_release_races_the_subscription() {
     let server = RedisServer::start();

@@ -900,6 +900,7 @@ struct Faults {
     latency_us: std::sync::atomic::AtomicU64,
     drop_replies: std::sync::atomic::AtomicUsize,
     blackhole: std::sync::atomic::AtomicBool,
+    stalled: std::sync::atomic::AtomicBool,
     blackhole_after_drop: std::sync::atomic::AtomicBool,
     hold_next_us: std::sync::atomic::AtomicU64,
     cut: tokio::sync::Notify,
@@ -980,6 +981,16 @@ impl FaultProxy {
         self.faults.cut.notify_waiters();
     }
 
+    /// While on, the link is silent: nothing moves in either direction, and nothing is lost
+    /// (as a TCP connection through a network that drops every packet for a while: no RST, the
+    /// bytes are retransmitted once it heals). Off again, every connection that is still open
+    /// delivers what was sent meanwhile, in order.
+    pub fn stall(&self, on: bool) {
+        self.faults
+            .stalled
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// While on, bytes in both directions vanish: requests never reach the server.
     pub fn blackhole(&self, on: bool) {
         self.faults
@@ -1011,6 +1022,12 @@ async fn pump(
     // Read when a chunk arrives, so that a change applies to the very next chunk.
     let delay = || Duration::from_micros(faults.latency_us.load(SeqCst));
     loop {
+        while faults.stalled.load(SeqCst) {
+            tokio::select! {
+                () = &mut cut => return,
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
         tokio::select! {
             () = &mut cut => return,
             n = client_rx.read(&mut from_client) => {
