@@ -284,6 +284,34 @@ async fn a_permit_has_its_own_watchdog_loss_signal_and_min_hold() {
 }
 
 /// `#[distributed_lock(permits = 2)]`: two calls run at once, a third is refused.
+/// A permit extended to a shorter lease brings the key's expiry down with it: once that
+/// permit ends, nobody holds the name and a plain lock takes it. Regression: the hash kept its
+/// first expiry (only ever moved later), so the lock was refused with `PermitsMismatch` or
+/// `Busy` while no permit was live.
+#[tokio::test]
+async fn a_permit_extended_to_a_shorter_lease_leaves_no_hash_behind() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    let permit = locks
+        .lock("shortened")
+        .permits(2)
+        .ttl(Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    assert!(permit.extend(Duration::from_millis(300)).await.unwrap());
+    let pttl: i64 = server.query(redis::cmd("PTTL").arg(locks.key_for("shortened")));
+    assert!(pttl <= 301, "the key outlives its only permit: {pttl} ms");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lock = locks
+        .try_acquire("shortened", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("nobody holds it");
+    assert!(lock.release().await.unwrap());
+    assert!(!permit.release().await.unwrap(), "its lease had ended");
+}
+
 #[tokio::test]
 async fn the_attribute_takes_permits() {
     let lock = RedisServer::start();

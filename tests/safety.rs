@@ -1193,3 +1193,67 @@ async fn a_late_copy_of_a_granting_attempt_never_shortens_the_lease() {
     assert!(third.unwrap().is_none(), "three holders of permits(2)");
     assert!(neighbour.release().await.unwrap());
 }
+
+/// Under `maxmemory` with `noeviction`, Redis refuses a script's first write that may grow
+/// memory, and none after it (script.c, `scriptVerifyOOM`: only while the script has no side
+/// effects yet), so no lock script stops half-way: each is whole or changes nothing. An acquire
+/// is refused with nothing set; a plain release (a `DEL`) completes; a `min_hold` release,
+/// whose first write is the retired token's `SET`, is refused whole and retried in the
+/// background until it gets through; a permit's `min_hold` release (an `HDEL` first) completes.
+#[tokio::test]
+async fn under_noeviction_oom_scripts_are_whole_or_nothing() {
+    let server = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    let min_hold = |name: &'static str, permits: u32| {
+        locks
+            .lock(name)
+            .permits(permits)
+            .ttl(LONG)
+            .min_hold(Duration::from_secs(5))
+            .acquire()
+    };
+    let lock = min_hold("oom", 1).await.unwrap();
+    let lock_token = lock.token().to_owned();
+    let permit = min_hold("oom-permits", 2).await.unwrap();
+    let permit_token = permit.token().to_owned();
+    let plain = locks.try_acquire("oom-plain", LONG).await.unwrap().unwrap();
+    let key = |name: &str| locks.key_for(name);
+    let exists = |name: &str| -> bool { server.query(redis::cmd("EXISTS").arg(key(name))) };
+    // Every byte is over the limit now.
+    let _: () = server.query(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1));
+    let refused = locks.try_acquire("oom-new", LONG).await.unwrap_err();
+    assert!(refused.to_string().contains("OOM"), "{refused}");
+    assert!(!exists("oom-new"), "a refused acquire set nothing");
+    assert!(plain.release().await.unwrap());
+    assert!(!exists("oom-plain"), "released");
+    let refused = lock.release().await.unwrap_err();
+    assert!(refused.to_string().contains("OOM"), "{refused}");
+    let value: String = server.query(redis::cmd("GET").arg(key("oom")));
+    assert_eq!(
+        value, lock_token,
+        "a refused min_hold release changed nothing"
+    );
+    let pttl: i64 = server.query(redis::cmd("PTTL").arg(key("oom")));
+    assert!(
+        pttl > 5000,
+        "a refused min_hold release changed nothing: {pttl}"
+    );
+    assert!(permit.release().await.unwrap());
+    let fields: Vec<String> = server.query(redis::cmd("HKEYS").arg(key("oom-permits")));
+    assert!(
+        fields.contains(&format!("{permit_token}~")) && !fields.contains(&permit_token),
+        "the permit given back and kept under its retired token: {fields:?}"
+    );
+    let _: () = server.query(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0));
+    // The refused release, retried in the background, gets through.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let value: Option<String> = server.query(redis::cmd("GET").arg(key("oom")));
+            value.is_some_and(|v| v.ends_with('~'))
+        })
+        .await,
+        "the min_hold release retried once memory allowed it"
+    );
+    let pttl: i64 = server.query(redis::cmd("PTTL").arg(key("oom")));
+    assert!(pttl > 0 && pttl <= 5000, "kept until min_hold ends: {pttl}");
+}

@@ -19,7 +19,17 @@ if tonumber(ends) <= now then
 end
 local ttl = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], now + ttl)
-if redis.call('PTTL', KEYS[1]) < ttl then
-  redis.call('PEXPIRE', KEYS[1], ttl)
+-- The key lives as long as its longest live permit, no longer: an extend to a shorter lease
+-- brings it down too, or the hash would outlive every permit and keep a plain lock of the
+-- name out while nobody holds it. At an absolute time on the clock the ends were written
+-- with, one millisecond more as the ends are floored (see permit_release.lua).
+local latest = now + ttl
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local permit_ends = tonumber(all[i + 1])
+  if all[i] ~= '#n' and all[i] ~= '#w' and permit_ends and permit_ends > latest then
+    latest = permit_ends
+  end
 end
+redis.call('PEXPIREAT', KEYS[1], latest + 1)
 return 1
