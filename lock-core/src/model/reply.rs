@@ -38,11 +38,6 @@ impl Reply {
     pub(crate) fn bulk(bytes: impl AsRef<[u8]>) -> Self {
         Reply::Bulk(bytes.as_ref().to_vec())
     }
-
-    /// Whether this is an error reply.
-    pub(crate) fn is_error(&self) -> bool {
-        matches!(self, Reply::Error(_))
-    }
 }
 
 /// Bulk strings print as text where they are UTF-8, so a mismatch in the differential test
