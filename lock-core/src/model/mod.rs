@@ -96,3 +96,61 @@ impl Model {
         &self.keyspace
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// How many scripts a second the model runs (the simulator runs ~10^6 per test run):
+    /// acquire, extend, fence and release in turn over 64 locks, the clock moving 50 µs a
+    /// script. `cargo test -p lock-core --lib model::tests::throughput -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn throughput() {
+        let scripts = [
+            include_str!("../scripts/acquire.lua"),
+            include_str!("../scripts/extend.lua"),
+            include_str!("../scripts/fence.lua"),
+            include_str!("../scripts/release.lua"),
+        ];
+        let mut model = Model::new();
+        let runs = 200_000u64;
+        let started = Instant::now();
+        let mut now = 1_733_500_000_000_000u64;
+        for i in 0..runs {
+            let lock = format!("lock:{{{}}}", i / 4 % 64);
+            let fence = format!("{lock}:fence");
+            let token = format!("host:1|1733500000000|{:032x}", i / 256);
+            let reply = match i % 4 {
+                0 => model.eval(
+                    Now { us: now },
+                    scripts[0],
+                    &[&lock],
+                    &[&token, "30000", "0"],
+                ),
+                1 => model.eval(Now { us: now }, scripts[1], &[&lock], &[&token, "30000"]),
+                2 => model.eval(
+                    Now { us: now },
+                    scripts[2],
+                    &[&lock, &fence],
+                    &[&token, "60000"],
+                ),
+                _ => model.eval(
+                    Now { us: now },
+                    scripts[3],
+                    &[&lock],
+                    &[&token, "0", "PUBLISH"],
+                ),
+            };
+            assert!(!matches!(reply, Reply::Error(_)), "{reply:?}");
+            now += 50;
+        }
+        let elapsed = started.elapsed();
+        eprintln!(
+            "{runs} scripts in {elapsed:.2?}: {:.0} scripts/s",
+            runs as f64 / elapsed.as_secs_f64()
+        );
+    }
+}
