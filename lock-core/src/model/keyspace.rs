@@ -40,7 +40,7 @@ pub(crate) enum Value {
     /// of at most 128 fields of at most 64 bytes as a listpack, which keeps that order and
     /// rewrites a field's value in place). Larger hashes come back in hash-table order there,
     /// which no model can predict; the lock's hashes stay small.
-    Hash(Vec<(Vec<u8>, Vec<u8>)>),
+    Hash(Fields),
     /// A list: only so that a foreign key of a third type exists (`RPUSH`), for `TYPE` and
     /// `WRONGTYPE`.
     List(Vec<Vec<u8>>),
@@ -56,6 +56,9 @@ impl Value {
         }
     }
 }
+
+/// A hash's fields and values, in insertion order.
+pub(crate) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A key's value and when it expires.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -284,7 +287,7 @@ impl Keyspace {
     }
 
     /// The hash at `key`: `Ok(None)` if there is none, `Err(WRONGTYPE)` for another type.
-    fn hash(&mut self, key: &[u8], now_ms: u64) -> Result<Option<&[(Vec<u8>, Vec<u8>)]>, Reply> {
+    fn hash(&mut self, key: &[u8], now_ms: u64) -> Result<Option<&Fields>, Reply> {
         match self.lookup(key, now_ms) {
             None => Ok(None),
             Some(Entry {
@@ -296,7 +299,7 @@ impl Keyspace {
     }
 
     /// The hash at `key` for writing, created empty (without expiry) if missing.
-    fn hash_mut(&mut self, key: &[u8], now_ms: u64) -> Result<&mut Vec<(Vec<u8>, Vec<u8>)>, Reply> {
+    fn hash_mut(&mut self, key: &[u8], now_ms: u64) -> Result<&mut Fields, Reply> {
         if self.lookup(key, now_ms).is_none() {
             self.insert(key, Value::Hash(Vec::new()), None);
         }

@@ -9,11 +9,16 @@
 //!   as `printf("%.17g")` prints it (`luaArgsToRedisArgv`). Replies come back as
 //!   `redisProtocolToLuaType` converts them: integer -> number, bulk -> string, nil bulk ->
 //!   `false`, array -> table (nil elements -> `false`), status -> `{ok=...}`, error ->
-//!   `{err=...}`. An error reply is raised by `call` and returned by `pcall`.
+//!   `{err=...}`. An error reply is raised by `call` and returned by `pcall`. (One difference:
+//!   a script that catches `redis.call`'s error with Lua's own `pcall` gets an mlua error value,
+//!   not the `{err=...}` table: mlua raises a Rust function's error as a userdata. The lock's
+//!   scripts use `redis.pcall` for that.)
 //! - `redis.error_reply(s)`/`redis.status_reply(s)`: the `{err=...}`/`{ok=...}` tables; an error
 //!   without a code gets `ERR` (`luaPushErrorBuff`).
-//! - Only Lua's base, `table`, `string` and `math` libraries: the scripts use nothing else
-//!   (Redis also has `cjson`, `struct`, `cmsgpack` and `bit`; the model leaves them out).
+//! - Only Lua's base, `table`, `string` and `math` libraries, and of `redis.*` only the four
+//!   above: the scripts use nothing else (Redis also has `cjson`, `struct`, `cmsgpack`, `bit`,
+//!   `redis.log`, `redis.sha1hex`, `redis.setresp`, ...; a script that starts using one fails
+//!   here on a nonexistent global, and the differential test says so).
 //!
 //! And what the script's value becomes (`luaReplyToRedisReply`): string -> bulk, number ->
 //! integer (truncated toward zero; out of range saturates here, where C's cast is undefined),
