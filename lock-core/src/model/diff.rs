@@ -139,8 +139,12 @@ enum Step {
         script: &'static str,
         keys: Vec<String>,
         argv: Vec<String>,
+        /// Sent as `EVALSHA`, as the client sends a script first.
+        by_sha: bool,
     },
     Scan,
+    /// `SCRIPT FLUSH`: later `EVALSHA`s meet `NOSCRIPT` until an `EVAL` of the same script.
+    Flush,
     Sleep(u64),
 }
 
@@ -151,6 +155,7 @@ impl Step {
             script,
             keys: keys.iter().map(|s| s.to_string()).collect(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
+            by_sha: false,
         }
     }
 
@@ -192,6 +197,14 @@ impl Names {
     }
 
     fn step(&self, rng: &mut Rng) -> Step {
+        let mut step = self.any_step(rng);
+        if let Step::Eval { by_sha, .. } = &mut step {
+            *by_sha = rng.chance(25);
+        }
+        step
+    }
+
+    fn any_step(&self, rng: &mut Rng) -> Step {
         let lock = *rng.pick(&self.locks);
         let queue = format!("{lock}:q");
         let fence = format!("{lock}:fence");
@@ -270,6 +283,7 @@ impl Names {
             95 => Step::command(&["PEXPIRE", lock, &ttl]),
             96 => Step::command(&["EXISTS", lock, &queue, &fence]),
             97 => Step::command(&["HGET", lock, &token]),
+            98 if rng.chance(20) => Step::Flush,
             _ => Step::Sleep(5 + rng.below(60) as u64),
         }
     }
@@ -396,7 +410,12 @@ fn run_seed(
     sub: &mut redis::PubSub<'_>,
     stats: &mut Stats,
 ) -> Result<(), Mismatch> {
+    // A server as new as the model: no keys, no scripts.
     redis::cmd("FLUSHALL").exec(con).expect("FLUSHALL");
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .exec(con)
+        .expect("SCRIPT FLUSH");
     let mut model = Model::new();
     let names = Names::new();
     let mut rng = Rng::new(seed);
@@ -422,6 +441,15 @@ fn run_seed(
                 std::thread::sleep(Duration::from_millis(*ms));
                 stats.slept_ms += ms;
                 history.push(format!("{i}: sleep {ms} ms"));
+                continue;
+            }
+            Step::Flush => {
+                redis::cmd("SCRIPT")
+                    .arg("FLUSH")
+                    .exec(con)
+                    .expect("SCRIPT FLUSH");
+                model.flush();
+                history.push(format!("{i}: SCRIPT FLUSH"));
                 continue;
             }
             Step::Scan => {
@@ -451,13 +479,17 @@ fn run_seed(
                 script,
                 keys,
                 argv,
+                by_sha,
             } => {
-                pipe.cmd("EVAL")
-                    .arg(*script)
-                    .arg(keys.len())
-                    .arg(keys)
-                    .arg(argv);
-                format!("{name} {keys:?} {argv:?}")
+                if *by_sha {
+                    pipe.cmd("EVALSHA")
+                        .arg(redis::Script::new(script).get_hash());
+                } else {
+                    pipe.cmd("EVAL").arg(*script);
+                }
+                pipe.arg(keys.len()).arg(keys).arg(argv);
+                let how = if *by_sha { "EVALSHA" } else { "EVAL" };
+                format!("{name} {keys:?} {argv:?} ({how})")
             }
         };
         pipe.cmd("TIME");
@@ -469,9 +501,16 @@ fn run_seed(
         let model_reply = match &step {
             Step::Command(args) => model.call(now, args),
             Step::Eval {
+                script,
+                keys,
+                argv,
+                by_sha: true,
+                ..
+            } => model.evalsha(now, redis::Script::new(script).get_hash(), keys, argv),
+            Step::Eval {
                 script, keys, argv, ..
             } => model.eval(now, script, keys, argv),
-            Step::Sleep(_) | Step::Scan => unreachable!(),
+            Step::Sleep(_) | Step::Scan | Step::Flush => unreachable!(),
         };
         let tolerance_ms = ((t1 - t0) / 1000 + 2) as i64;
         stats.compared += 1;

@@ -254,6 +254,11 @@ impl Keyspace {
                 }
             },
             "SCAN" => self.scan(now_ms, a),
+            "PING" => match a {
+                [] => Reply::Status("PONG".to_owned()),
+                [message] => Reply::bulk(message),
+                _ => Reply::error(errors::arity("ping")),
+            },
             _ => unreachable!("arity() names every command"),
         }
     }
@@ -538,6 +543,7 @@ fn arity(name: &str) -> Option<i32> {
         "HGET" | "HEXISTS" | "PUBLISH" | "SPUBLISH" => 3,
         "HINCRBY" => 4,
         "TIME" => 1,
+        "PING" => -1,
         "SET" | "PEXPIRE" | "PEXPIREAT" | "HDEL" | "RPUSH" => -3,
         "DEL" | "EXISTS" | "SCAN" => -2,
         "HSET" => -4,
@@ -628,6 +634,35 @@ mod tests {
         assert_eq!(call(&mut ks, 1010, &["GET", "k"]), Reply::bulk("v"));
         assert_eq!(call(&mut ks, 1011, &["GET", "k"]), Reply::Nil);
         assert_eq!(call(&mut ks, 1011, &["PTTL", "k"]), Reply::Int(-2));
+    }
+
+    #[test]
+    fn an_expired_key_is_gone_for_every_command() {
+        let mut ks = Keyspace::new();
+        call(&mut ks, 1000, &["SET", "k", "v", "PX", "10"]);
+        call(&mut ks, 1000, &["HSET", "h", "f", "v"]);
+        call(&mut ks, 1000, &["PEXPIRE", "h", "10"]);
+        assert_eq!(call(&mut ks, 1011, &["EXISTS", "k", "h"]), Reply::Int(0));
+        call(&mut ks, 2000, &["SET", "k", "v", "PX", "10"]);
+        assert_eq!(call(&mut ks, 2011, &["DEL", "k"]), Reply::Int(0));
+        assert_eq!(call(&mut ks, 2011, &["HSET", "h", "g", "w"]), Reply::Int(1));
+        assert_eq!(call(&mut ks, 2011, &["HLEN", "h"]), Reply::Int(1));
+        assert_eq!(call(&mut ks, 2011, &["PTTL", "h"]), Reply::Int(-1));
+    }
+
+    #[test]
+    fn an_expiry_in_the_past_deletes_at_once() {
+        let mut ks = Keyspace::new();
+        call(&mut ks, 1000, &["SET", "k", "v"]);
+        assert_eq!(
+            call(&mut ks, 1000, &["PEXPIREAT", "k", "1000"]),
+            Reply::Int(1)
+        );
+        assert_eq!(ks.entries().count(), 0);
+        call(&mut ks, 1000, &["SET", "k", "v"]);
+        assert_eq!(call(&mut ks, 1000, &["PEXPIRE", "k", "-1"]), Reply::Int(1));
+        assert_eq!(ks.entries().count(), 0);
+        assert_eq!(call(&mut ks, 1000, &["PEXPIRE", "k", "10"]), Reply::Int(0));
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub(crate) struct Scripts {
     xpcall: Function,
     handler: Function,
     compiled: HashMap<String, Compiled>,
+    /// The texts of the scripts the server knows, by SHA1 (lowercase hex): what `EVALSHA` finds.
+    /// `EVAL` adds to it, `SCRIPT FLUSH` empties it.
+    by_sha: HashMap<String, String>,
 }
 
 /// A compiled script and the name Redis reports it by.
@@ -178,6 +181,7 @@ impl Scripts {
             xpcall,
             handler,
             compiled: HashMap::new(),
+            by_sha: HashMap::new(),
         })
     }
 
@@ -211,6 +215,31 @@ impl Scripts {
         reply
     }
 
+    /// `EVALSHA sha1 numkeys keys... args...`: the script `EVAL` ran with that SHA1, in any case, or `NOSCRIPT`.
+    pub(crate) fn evalsha<K: AsRef<[u8]>, A: AsRef<[u8]>>(
+        &mut self,
+        keyspace: &mut Keyspace,
+        now: Now,
+        sha1: &str,
+        keys: &[K],
+        argv: &[A],
+    ) -> Reply {
+        match self.by_sha.get(&sha1.to_ascii_lowercase()) {
+            Some(script) => {
+                let script = script.clone();
+                self.eval(keyspace, now, &script, keys, argv)
+            }
+            None => Reply::error("NOSCRIPT No matching script. Please use EVAL."),
+        }
+    }
+
+    /// `SCRIPT FLUSH`: `EVALSHA` knows no script until `EVAL` runs it again
+    /// (the fault a client meets after a restart or a failover).
+    pub(crate) fn flush(&mut self) {
+        self.compiled.clear();
+        self.by_sha.clear();
+    }
+
     /// The cached function for `script`, compiled on first use.
     fn compile(&mut self, script: &str) -> Result<Compiled, Reply> {
         if let Some(compiled) = self.compiled.get(script) {
@@ -232,6 +261,7 @@ impl Scripts {
             name: redis::Script::new(script).get_hash().to_owned(),
         };
         self.compiled.insert(script.to_owned(), compiled.clone());
+        self.by_sha.insert(compiled.name.clone(), script.to_owned());
         Ok(compiled)
     }
 

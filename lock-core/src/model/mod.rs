@@ -86,6 +86,24 @@ impl Model {
             .eval(&mut self.keyspace, now, script, keys, argv)
     }
 
+    /// `EVALSHA sha1 numkeys keys... argv...`, at `now`: `NOSCRIPT` unless `EVAL` ran
+    /// that script since the last [`flush`](Self::flush).
+    pub(crate) fn evalsha<K: AsRef<[u8]>, A: AsRef<[u8]>>(
+        &mut self,
+        now: Now,
+        sha1: &str,
+        keys: &[K],
+        argv: &[A],
+    ) -> Reply {
+        self.scripts
+            .evalsha(&mut self.keyspace, now, sha1, keys, argv)
+    }
+
+    /// `SCRIPT FLUSH`.
+    pub(crate) fn flush(&mut self) {
+        self.scripts.flush();
+    }
+
     /// The messages published since the last drain, oldest first.
     pub(crate) fn drain_published(&mut self) -> Vec<Published> {
         self.keyspace.drain_published()
