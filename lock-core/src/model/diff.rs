@@ -12,9 +12,10 @@
 //! `TIME`, the command and `TIME` again in one pipeline (nothing runs in between on a server of
 //! its own), and the model runs the command at the first `TIME`. Both then agree on everything
 //! except figures read from the clock, which differ by at most the pipeline's duration plus the
-//! millisecond floor (`tolerance`):
-//! - `PTTL`, and the scripts' replies that are "milliseconds left" (acquire, fair and
-//!   permit_acquire's negative answers, permit_peek's lists) compare within the tolerance;
+//! millisecond floor (the tolerance, 2 ms plus the pipeline's span):
+//! - milliseconds left compare within the tolerance: a `PTTL` of 0 or more (not -1 or -2),
+//!   the negative answers of acquire, fair and permit_acquire (not their 1 or 0), and the
+//!   per-permit figures of permit_peek's list (not its `n` or its flag) ([`Left`]);
 //! - numbers that are timestamps (at least 10^12: a permit's end, a ticket's expiry, in ms; a
 //!   fencing token, in µs, at least 10^15), as replies or as words of a bulk reply, compare
 //!   within the tolerance too. Everything else compares exactly: errors, types, order.
@@ -163,16 +164,31 @@ impl Step {
         Step::Command(args.iter().map(|s| s.to_string()).collect())
     }
 
-    /// Replies that are milliseconds left, read from a clock.
-    fn counts_time(&self) -> bool {
+    /// Which of its reply's figures are milliseconds left, read from a clock.
+    fn left(&self) -> Left {
         match self {
-            Step::Command(args) => args[0] == "PTTL",
-            Step::Eval { name, .. } => {
-                matches!(*name, "acquire" | "fair" | "permit_acquire" | "permit_peek")
-            }
-            _ => false,
+            Step::Command(args) if args[0] == "PTTL" => Left::Positive,
+            Step::Eval { name, .. } => match *name {
+                "acquire" | "fair" | "permit_acquire" => Left::Negative,
+                "permit_peek" => Left::PeekList,
+                _ => Left::None,
+            },
+            _ => Left::None,
         }
     }
+}
+
+/// Where a reply carries milliseconds left: compared within the tolerance, every other figure
+/// exactly (PTTL's -1 and -2, a script's 1 and 0, permit_peek's n).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Left {
+    None,
+    /// PTTL: a figure of 0 or more.
+    Positive,
+    /// acquire, fair, permit_acquire: minus the figure.
+    Negative,
+    /// permit_peek: `{n, waited, token, left, token, left, ...}`.
+    PeekList,
 }
 
 /// The world the random steps play in: two locks, their queue and fence keys, a few owners.
@@ -326,7 +342,9 @@ fn server_now(con: &mut redis::Connection) -> u64 {
 
 /// Whether the model's and the server's replies agree, figures read from a clock within
 /// `tolerance_ms` (see the module docs).
-fn agree(model: &Reply, server: &Reply, counts_time: bool, tolerance_ms: i64) -> bool {
+fn agree(model: &Reply, server: &Reply, left: Left, tolerance_ms: i64) -> bool {
+    // `left`: this figure is milliseconds left (of the sign `Left` says), else only
+    // timestamps (ms from 10^12, µs from 10^15) are read from a clock.
     let close = |a: i64, b: i64, left: bool| -> bool {
         let tolerance = if a.abs() >= 1_000_000_000_000_000 {
             tolerance_ms * 1000
@@ -335,15 +353,19 @@ fn agree(model: &Reply, server: &Reply, counts_time: bool, tolerance_ms: i64) ->
         } else {
             0
         };
-        // Same sign: "0 ms left" and "-3 ms left" are different answers.
-        (a - b).abs() <= tolerance && a.signum() == b.signum()
+        (a - b).abs() <= tolerance
     };
     let number = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<i64>().ok();
     match (model, server) {
-        (Reply::Int(a), Reply::Int(b)) => close(*a, *b, counts_time),
+        (Reply::Int(a), Reply::Int(b)) => match left {
+            // "0 ms left" and "-3 ms left", "-1" (no expiry) and "0" are different answers.
+            Left::Positive => close(*a, *b, *a >= 0 && *b >= 0),
+            Left::Negative => close(*a, *b, *a < 0 && *b < 0),
+            _ => close(*a, *b, false),
+        },
         (Reply::Bulk(a), Reply::Bulk(b)) => {
             if let (Some(a), Some(b)) = (number(a), number(b)) {
-                return close(a, b, counts_time);
+                return close(a, b, left == Left::Positive && a > 0 && b > 0);
             }
             let (a, b) = (a.split(|&c| c == b' '), b.split(|&c| c == b' '));
             a.clone().count() == b.clone().count()
@@ -354,9 +376,13 @@ fn agree(model: &Reply, server: &Reply, counts_time: bool, tolerance_ms: i64) ->
         }
         (Reply::Array(a), Reply::Array(b)) => {
             a.len() == b.len()
-                && a.iter()
-                    .zip(b)
-                    .all(|(a, b)| agree(a, b, counts_time, tolerance_ms))
+                && a.iter().zip(b).enumerate().all(|(i, (a, b))| {
+                    let left = match left {
+                        Left::PeekList if i >= 3 && i % 2 == 1 => Left::Positive,
+                        _ => Left::None,
+                    };
+                    agree(a, b, left, tolerance_ms)
+                })
         }
         (a, b) => a == b,
     }
@@ -516,12 +542,7 @@ fn run_seed(
         stats.compared += 1;
         stats.widest_step_us = stats.widest_step_us.max(t1 - t0);
         history.push(format!("{i}: {label} -> {server_reply:?}"));
-        if !agree(
-            &model_reply,
-            &server_reply,
-            step.counts_time(),
-            tolerance_ms,
-        ) {
+        if !agree(&model_reply, &server_reply, step.left(), tolerance_ms) {
             return Err(mismatch(seed, i, &history, &model_reply, &server_reply));
         }
         let what = label.split(' ').next().unwrap_or("");
