@@ -225,6 +225,9 @@ mod leader;
 mod lease;
 mod manager;
 mod metrics;
+// Not used by production code yet: the in-memory backend will run the scripts on it.
+#[cfg_attr(not(test), allow(dead_code))]
+mod model;
 mod ops;
 mod request;
 mod shared;

@@ -1,0 +1,703 @@
+//! The keyspace: keys, their values and their expiry, and exactly the commands that the client
+//! and the lock scripts send, with Redis 7.0's replies and errors.
+//!
+//! Commands outside that set answer `ERR unknown command` (from a script: `Unknown Redis command
+//! called from script`, as Redis says), so a script that starts using a new command fails the
+//! differential test instead of silently doing something else here.
+
+use std::collections::HashMap;
+
+use super::reply::{errors, Reply};
+
+/// The model's clock reading, given by the caller with every command and script: the in-memory
+/// backend reads tokio's (pausable) clock, the simulator its virtual time, which may jump either
+/// way. Microseconds, so that `TIME` can answer; everything else uses whole milliseconds, as
+/// Redis' `mstime()` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Now {
+    /// Microseconds since the Unix epoch.
+    pub(crate) us: u64,
+}
+
+impl Now {
+    /// A reading in milliseconds (microsecond part zero).
+    pub(crate) fn from_ms(ms: u64) -> Self {
+        Now { us: ms * 1000 }
+    }
+
+    /// Redis' `mstime()`: whole milliseconds.
+    pub(crate) fn ms(self) -> u64 {
+        self.us / 1000
+    }
+}
+
+/// A key's value: the types the lock's keys and the foreign values it must leave alone have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Value {
+    /// A string: a lock's token, a fencing counter, or someone else's value.
+    Str(Vec<u8>),
+    /// A hash, in insertion order: what `HGETALL` answers for a small hash (Redis keeps hashes
+    /// of at most 128 fields of at most 64 bytes as a listpack, which keeps that order and
+    /// rewrites a field's value in place). Larger hashes come back in hash-table order there,
+    /// which no model can predict; the lock's hashes stay small.
+    Hash(Fields),
+    /// A list: only so that a foreign key of a third type exists (`RPUSH`), for `TYPE` and
+    /// `WRONGTYPE`.
+    List(Vec<Vec<u8>>),
+}
+
+impl Value {
+    /// What `TYPE` answers.
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            Value::Str(_) => "string",
+            Value::Hash(_) => "hash",
+            Value::List(_) => "list",
+        }
+    }
+}
+
+/// A hash's fields and values, in insertion order.
+pub(crate) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A key's value and when it expires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// The value.
+    pub(crate) value: Value,
+    /// The model clock's millisecond at which the key stops existing once the clock has passed
+    /// it (Redis' `keyIsExpired`: expired when `now > when`); `None`: no expiry.
+    pub(crate) expires_at_ms: Option<u64>,
+}
+
+/// A message sent with `PUBLISH` or `SPUBLISH`, kept until the caller drains it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Published {
+    /// The channel.
+    pub(crate) channel: Vec<u8>,
+    /// The message.
+    pub(crate) message: Vec<u8>,
+    /// `SPUBLISH` (a cluster's shard channel) rather than `PUBLISH`.
+    pub(crate) sharded: bool,
+}
+
+/// Who sends a command: the arity and unknown-command errors read differently from a script.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// A client connection.
+    Client,
+    /// `redis.call`/`redis.pcall` inside a script.
+    Script,
+}
+
+/// Redis' keyspace (one database), with lazy expiry: a key past its expiry is removed when a
+/// command touches it, as Redis' `expireIfNeeded` does. There is no active expiry cycle; no
+/// reply can tell the difference (`SCAN` skips expired keys, as Redis' does).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Keyspace {
+    keys: HashMap<Vec<u8>, Entry>,
+    published: Vec<Published>,
+}
+
+impl Keyspace {
+    /// An empty keyspace.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs one command as a client sends it. `args[0]` is the command's name, in any case.
+    pub(crate) fn call<A: AsRef<[u8]>>(&mut self, now: Now, args: &[A]) -> Reply {
+        let args: Vec<&[u8]> = args.iter().map(AsRef::as_ref).collect();
+        self.exec(now, &args, Caller::Client)
+    }
+
+    /// The messages published since the last drain, oldest first.
+    pub(crate) fn drain_published(&mut self) -> Vec<Published> {
+        std::mem::take(&mut self.published)
+    }
+
+    /// Every key with its value and expiry, expired ones included (nothing is expired by
+    /// looking): for the simulator's and the tests' own checks.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
+        self.keys.iter().map(|(k, e)| (k.as_slice(), e))
+    }
+
+    /// Runs one command for `caller`.
+    pub(crate) fn exec(&mut self, now: Now, args: &[&[u8]], caller: Caller) -> Reply {
+        let Some(name) = args.first() else {
+            return Reply::error("ERR empty command");
+        };
+        let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+        let Some(arity) = arity(&name) else {
+            return match caller {
+                Caller::Script => Reply::error("ERR Unknown Redis command called from script"),
+                Caller::Client => Reply::error(format!(
+                    "ERR unknown command '{}', with args beginning with: {}",
+                    String::from_utf8_lossy(args[0]),
+                    args[1..]
+                        .iter()
+                        .map(|a| format!("'{}' ", String::from_utf8_lossy(a)))
+                        .collect::<String>()
+                )),
+            };
+        };
+        let n = args.len() as i32;
+        if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
+            return match caller {
+                Caller::Script => {
+                    Reply::error("ERR Wrong number of args calling Redis command from script")
+                }
+                Caller::Client => Reply::error(errors::arity(&name)),
+            };
+        }
+        let now_ms = now.ms();
+        let a = &args[1..];
+        match name.as_str() {
+            "GET" => match self.lookup(a[0], now_ms) {
+                None => Reply::Nil,
+                Some(Entry {
+                    value: Value::Str(s),
+                    ..
+                }) => Reply::bulk(s),
+                Some(_) => Reply::error(errors::WRONGTYPE),
+            },
+            "SET" => self.set(now_ms, a),
+            "DEL" => {
+                let mut n = 0;
+                for key in a {
+                    if self.lookup(key, now_ms).is_some() {
+                        self.keys.remove(*key);
+                        n += 1;
+                    }
+                }
+                Reply::Int(n)
+            }
+            "EXISTS" => Reply::Int(
+                a.iter()
+                    .filter(|key| self.lookup(key, now_ms).is_some())
+                    .count() as i64,
+            ),
+            "TYPE" => Reply::Status(
+                self.lookup(a[0], now_ms)
+                    .map_or("none", |e| e.value.type_name())
+                    .to_owned(),
+            ),
+            "PEXPIRE" => self.pexpire(now_ms, a, Some(now_ms)),
+            "PEXPIREAT" => self.pexpire(now_ms, a, None),
+            "PTTL" => match self.lookup(a[0], now_ms) {
+                None => Reply::Int(-2),
+                Some(Entry {
+                    expires_at_ms: None,
+                    ..
+                }) => Reply::Int(-1),
+                // A key at its very expiry millisecond still exists, with 0 left.
+                Some(Entry {
+                    expires_at_ms: Some(at),
+                    ..
+                }) => Reply::Int(at.saturating_sub(now_ms) as i64),
+            },
+            "TIME" => Reply::Array(vec![
+                Reply::bulk((now.us / 1_000_000).to_string()),
+                Reply::bulk((now.us % 1_000_000).to_string()),
+            ]),
+            "HGET" => match self.hash(a[0], now_ms) {
+                Err(e) => e,
+                Ok(None) => Reply::Nil,
+                Ok(Some(h)) => h
+                    .iter()
+                    .find(|(f, _)| f == a[1])
+                    .map_or(Reply::Nil, |(_, v)| Reply::bulk(v)),
+            },
+            "HEXISTS" => match self.hash(a[0], now_ms) {
+                Err(e) => e,
+                Ok(h) => Reply::Int(h.is_some_and(|h| h.iter().any(|(f, _)| f == a[1])) as i64),
+            },
+            "HLEN" => match self.hash(a[0], now_ms) {
+                Err(e) => e,
+                Ok(h) => Reply::Int(h.map_or(0, |h| h.len()) as i64),
+            },
+            "HGETALL" => match self.hash(a[0], now_ms) {
+                Err(e) => e,
+                Ok(h) => Reply::Array(
+                    h.into_iter()
+                        .flatten()
+                        .flat_map(|(f, v)| [Reply::bulk(f), Reply::bulk(v)])
+                        .collect(),
+                ),
+            },
+            "HSET" => self.hset(now_ms, a),
+            "HDEL" => self.hdel(now_ms, a),
+            "HINCRBY" => self.hincrby(now_ms, a),
+            "PUBLISH" | "SPUBLISH" => {
+                self.published.push(Published {
+                    channel: a[0].to_vec(),
+                    message: a[1].to_vec(),
+                    sharded: name == "SPUBLISH",
+                });
+                // Nobody subscribes to the model: the caller delivers what it drains.
+                Reply::Int(0)
+            }
+            "RPUSH" => match self.lookup_mut(a[0], now_ms) {
+                Some(Entry {
+                    value: Value::List(list),
+                    ..
+                }) => {
+                    list.extend(a[1..].iter().map(|v| v.to_vec()));
+                    Reply::Int(list.len() as i64)
+                }
+                Some(_) => Reply::error(errors::WRONGTYPE),
+                None => {
+                    let list: Vec<Vec<u8>> = a[1..].iter().map(|v| v.to_vec()).collect();
+                    let n = list.len() as i64;
+                    self.insert(a[0], Value::List(list), None);
+                    Reply::Int(n)
+                }
+            },
+            "SCAN" => self.scan(now_ms, a),
+            "PING" => match a {
+                [] => Reply::Status("PONG".to_owned()),
+                [message] => Reply::bulk(message),
+                _ => Reply::error(errors::arity("ping")),
+            },
+            _ => unreachable!("arity() names every command"),
+        }
+    }
+
+    /// The live entry at `key`, removing it first if it has expired (`expireIfNeeded`).
+    fn lookup(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        self.lookup_mut(key, now_ms).map(|e| &*e)
+    }
+
+    fn lookup_mut(&mut self, key: &[u8], now_ms: u64) -> Option<&mut Entry> {
+        let expired = self
+            .keys
+            .get(key)?
+            .expires_at_ms
+            .is_some_and(|at| now_ms > at);
+        if expired {
+            self.keys.remove(key);
+            return None;
+        }
+        self.keys.get_mut(key)
+    }
+
+    fn insert(&mut self, key: &[u8], value: Value, expires_at_ms: Option<u64>) {
+        self.keys.insert(
+            key.to_vec(),
+            Entry {
+                value,
+                expires_at_ms,
+            },
+        );
+    }
+
+    /// The hash at `key`: `Ok(None)` if there is none, `Err(WRONGTYPE)` for another type.
+    fn hash(&mut self, key: &[u8], now_ms: u64) -> Result<Option<&Fields>, Reply> {
+        match self.lookup(key, now_ms) {
+            None => Ok(None),
+            Some(Entry {
+                value: Value::Hash(h),
+                ..
+            }) => Ok(Some(h)),
+            Some(_) => Err(Reply::error(errors::WRONGTYPE)),
+        }
+    }
+
+    /// The hash at `key` for writing, created empty (without expiry) if missing.
+    fn hash_mut(&mut self, key: &[u8], now_ms: u64) -> Result<&mut Fields, Reply> {
+        if self.lookup(key, now_ms).is_none() {
+            self.insert(key, Value::Hash(Vec::new()), None);
+        }
+        match self.keys.get_mut(key) {
+            Some(Entry {
+                value: Value::Hash(h),
+                ..
+            }) => Ok(h),
+            _ => Err(Reply::error(errors::WRONGTYPE)),
+        }
+    }
+
+    /// `SET key value [NX|XX] [PX ms|EX s|KEEPTTL]`, parsed as `setGenericCommand` does:
+    /// options first (syntax errors), then the expire time.
+    fn set(&mut self, now_ms: u64, a: &[&[u8]]) -> Reply {
+        let (key, value) = (a[0], a[1]);
+        let (mut nx, mut xx, mut keepttl) = (false, false, false);
+        let mut expire: Option<(&[u8], u64)> = None;
+        let mut i = 2;
+        while i < a.len() {
+            let opt = a[i].to_ascii_uppercase();
+            let next = a.get(i + 1);
+            match opt.as_slice() {
+                b"NX" if !xx => nx = true,
+                b"XX" if !nx => xx = true,
+                b"KEEPTTL" if expire.is_none() => keepttl = true,
+                b"PX" | b"EX" if expire.is_none() && !keepttl && next.is_some() => {
+                    let unit = if opt == b"PX" { 1 } else { 1000 };
+                    expire = Some((next.copied().unwrap_or_default(), unit));
+                    i += 1;
+                }
+                b"GET" | b"EXAT" | b"PXAT" => {
+                    return Reply::error(format!(
+                        "ERR the model does not implement SET {}",
+                        String::from_utf8_lossy(&opt)
+                    ))
+                }
+                _ => return Reply::error(errors::SYNTAX),
+            }
+            i += 1;
+        }
+        let expires_at_ms = match expire {
+            None => None,
+            Some((raw, unit)) => match parse_i64(raw) {
+                None => return Reply::error(errors::NOT_INTEGER),
+                Some(ms) if ms <= 0 || ms > i64::MAX / unit as i64 => {
+                    return Reply::error(errors::expire_time("set"))
+                }
+                Some(ms) => match (ms * unit as i64).checked_add(now_ms as i64) {
+                    None => return Reply::error(errors::expire_time("set")),
+                    Some(at) => Some(at as u64),
+                },
+            },
+        };
+        let old = self.lookup(key, now_ms).map(|e| e.expires_at_ms);
+        if (nx && old.is_some()) || (xx && old.is_none()) {
+            return Reply::Nil;
+        }
+        let expires_at_ms = if keepttl {
+            old.flatten()
+        } else {
+            expires_at_ms
+        };
+        self.insert(key, Value::Str(value.to_vec()), expires_at_ms);
+        Reply::ok()
+    }
+
+    /// `PEXPIRE key ms [NX|XX|GT|LT]` (`base` = now) and `PEXPIREAT key when [...]` (no base),
+    /// as `expireGenericCommand`: a time at or before now deletes the key and answers 1.
+    fn pexpire(&mut self, now_ms: u64, a: &[&[u8]], base: Option<u64>) -> Reply {
+        let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+        for opt in &a[2..] {
+            match opt.to_ascii_uppercase().as_slice() {
+                b"NX" => nx = true,
+                b"XX" => xx = true,
+                b"GT" => gt = true,
+                b"LT" => lt = true,
+                _ => {
+                    return Reply::error(format!(
+                        "ERR Unsupported option {}",
+                        String::from_utf8_lossy(opt)
+                    ))
+                }
+            }
+        }
+        if nx && (xx || gt || lt) {
+            return Reply::error(
+                "ERR NX and XX, GT or LT options at the same time are not compatible",
+            );
+        }
+        if gt && lt {
+            return Reply::error("ERR GT and LT options at the same time are not compatible");
+        }
+        let Some(when) = parse_i64(a[1]) else {
+            return Reply::error(errors::NOT_INTEGER);
+        };
+        let base = base.unwrap_or(0) as i64;
+        if when > i64::MAX - base {
+            let name = if base == 0 { "pexpireat" } else { "pexpire" };
+            return Reply::error(errors::expire_time(name));
+        }
+        let when = when + base;
+        let Some(entry) = self.lookup_mut(a[0], now_ms) else {
+            return Reply::Int(0);
+        };
+        let current = entry.expires_at_ms.map(|at| at as i64);
+        let refused = (nx && current.is_some())
+            || (xx && current.is_none())
+            || (gt && current.is_none_or(|c| when <= c))
+            || (lt && current.is_some_and(|c| when >= c));
+        if refused {
+            return Reply::Int(0);
+        }
+        if when <= now_ms as i64 {
+            self.keys.remove(a[0]);
+        } else {
+            entry.expires_at_ms = Some(when as u64);
+        }
+        Reply::Int(1)
+    }
+
+    /// `HSET key field value [field value ...]`: the number of fields that are new.
+    fn hset(&mut self, now_ms: u64, a: &[&[u8]]) -> Reply {
+        if a.len() % 2 == 0 {
+            return Reply::error(errors::arity("hset"));
+        }
+        let hash = match self.hash_mut(a[0], now_ms) {
+            Ok(hash) => hash,
+            Err(e) => return e,
+        };
+        let mut created = 0;
+        for pair in a[1..].chunks(2) {
+            match hash.iter_mut().find(|(f, _)| f == pair[0]) {
+                // Rewritten in place: HGETALL's order does not change.
+                Some((_, v)) => *v = pair[1].to_vec(),
+                None => {
+                    hash.push((pair[0].to_vec(), pair[1].to_vec()));
+                    created += 1;
+                }
+            }
+        }
+        Reply::Int(created)
+    }
+
+    /// `HDEL key field [field ...]`: the last field out deletes the key.
+    fn hdel(&mut self, now_ms: u64, a: &[&[u8]]) -> Reply {
+        let hash = match self.lookup_mut(a[0], now_ms) {
+            None => return Reply::Int(0),
+            Some(Entry {
+                value: Value::Hash(h),
+                ..
+            }) => h,
+            Some(_) => return Reply::error(errors::WRONGTYPE),
+        };
+        let mut deleted = 0;
+        for field in &a[1..] {
+            if let Some(at) = hash.iter().position(|(f, _)| f == field) {
+                hash.remove(at);
+                deleted += 1;
+            }
+        }
+        if hash.is_empty() {
+            self.keys.remove(a[0]);
+        }
+        Reply::Int(deleted)
+    }
+
+    /// `HINCRBY key field by`: the increment is checked before the key's type.
+    fn hincrby(&mut self, now_ms: u64, a: &[&[u8]]) -> Reply {
+        let Some(by) = parse_i64(a[2]) else {
+            return Reply::error(errors::NOT_INTEGER);
+        };
+        let hash = match self.hash_mut(a[0], now_ms) {
+            Ok(hash) => hash,
+            Err(e) => return e,
+        };
+        let at = hash.iter().position(|(f, _)| f == a[1]);
+        let old = match at {
+            None => 0,
+            Some(at) => match parse_i64(&hash[at].1) {
+                Some(old) => old,
+                None => return Reply::error(errors::HASH_NOT_INTEGER),
+            },
+        };
+        let Some(new) = old.checked_add(by) else {
+            return Reply::error(errors::OVERFLOW);
+        };
+        let text = new.to_string().into_bytes();
+        match at {
+            Some(at) => hash[at].1 = text,
+            None => hash.push((a[1].to_vec(), text)),
+        }
+        Reply::Int(new)
+    }
+
+    /// `SCAN cursor [MATCH pattern] [COUNT n]`: every live key that matches, in one page
+    /// (cursor 0 back). Redis may page and orders by its hash table: compare as sets.
+    fn scan(&mut self, now_ms: u64, a: &[&[u8]]) -> Reply {
+        if parse_u64(a[0]).is_none() {
+            return Reply::error("ERR invalid cursor");
+        }
+        let mut pattern: Option<&[u8]> = None;
+        let mut i = 1;
+        while i < a.len() {
+            let opt = a[i].to_ascii_uppercase();
+            match (opt.as_slice(), a.get(i + 1)) {
+                (b"MATCH", Some(p)) => pattern = Some(p),
+                (b"COUNT", Some(n)) => match parse_i64(n) {
+                    None => return Reply::error(errors::NOT_INTEGER),
+                    Some(n) if n < 1 => return Reply::error(errors::SYNTAX),
+                    Some(_) => {}
+                },
+                _ => return Reply::error(errors::SYNTAX),
+            }
+            i += 2;
+        }
+        self.keys
+            .retain(|_, e| e.expires_at_ms.is_none_or(|at| now_ms <= at));
+        let mut found: Vec<&Vec<u8>> = self
+            .keys
+            .keys()
+            .filter(|k| pattern.is_none_or(|p| glob_match(p, k)))
+            .collect();
+        found.sort();
+        Reply::Array(vec![
+            Reply::bulk("0"),
+            Reply::Array(found.into_iter().map(Reply::bulk).collect()),
+        ])
+    }
+}
+
+/// The commands the model knows, with Redis' arity (negative: at least that many).
+fn arity(name: &str) -> Option<i32> {
+    Some(match name {
+        "GET" | "TYPE" | "PTTL" | "HGETALL" | "HLEN" => 2,
+        "HGET" | "HEXISTS" | "PUBLISH" | "SPUBLISH" => 3,
+        "HINCRBY" => 4,
+        "TIME" => 1,
+        "PING" => -1,
+        "SET" | "PEXPIRE" | "PEXPIREAT" | "HDEL" | "RPUSH" => -3,
+        "DEL" | "EXISTS" | "SCAN" => -2,
+        "HSET" => -4,
+        _ => return None,
+    })
+}
+
+/// Redis' `string2ll`: an optional `-`, digits, no leading zeros, no `+`, no spaces, in range.
+pub(crate) fn parse_i64(s: &[u8]) -> Option<i64> {
+    let digits = s.strip_prefix(b"-").unwrap_or(s);
+    let canonical = !digits.is_empty()
+        && digits.len() <= 20
+        && digits.iter().all(u8::is_ascii_digit)
+        && (digits[0] != b'0' || (digits.len() == 1 && digits.len() == s.len()));
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+/// `SCAN`'s cursor: an unsigned integer.
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+/// Redis' `stringmatchlen` (case-sensitive): `*`, `?`, `[abc]`, `[^a-z]`, `\x`.
+pub(crate) fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob_match(rest, &s[i..])),
+        Some((b'?', rest)) => !s.is_empty() && glob_match(rest, &s[1..]),
+        Some((b'[', rest)) => {
+            let Some((&c, s_rest)) = s.split_first() else {
+                return false;
+            };
+            let (negate, mut p) = match rest.split_first() {
+                Some((b'^', p)) => (true, p),
+                _ => (false, rest),
+            };
+            let mut matched = false;
+            loop {
+                match p {
+                    [] => break,
+                    [b']', tail @ ..] => {
+                        p = tail;
+                        break;
+                    }
+                    [b'\\', x, tail @ ..] => {
+                        matched |= *x == c;
+                        p = tail;
+                    }
+                    [lo, b'-', hi, tail @ ..] if *hi != b']' => {
+                        let (lo, hi) = if lo <= hi { (*lo, *hi) } else { (*hi, *lo) };
+                        matched |= (lo..=hi).contains(&c);
+                        p = tail;
+                    }
+                    [x, tail @ ..] => {
+                        matched |= *x == c;
+                        p = tail;
+                    }
+                }
+            }
+            matched != negate && glob_match(p, s_rest)
+        }
+        Some((b'\\', rest)) if !rest.is_empty() => {
+            s.first() == Some(&rest[0]) && glob_match(&rest[1..], &s[1..])
+        }
+        Some((&c, rest)) => s.first() == Some(&c) && glob_match(rest, &s[1..]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(ks: &mut Keyspace, ms: u64, args: &[&str]) -> Reply {
+        ks.call(Now::from_ms(ms), args)
+    }
+
+    #[test]
+    fn a_key_lives_through_its_expiry_millisecond() {
+        let mut ks = Keyspace::new();
+        assert_eq!(
+            call(&mut ks, 1000, &["SET", "k", "v", "PX", "10"]),
+            Reply::ok()
+        );
+        assert_eq!(call(&mut ks, 1010, &["PTTL", "k"]), Reply::Int(0));
+        assert_eq!(call(&mut ks, 1010, &["GET", "k"]), Reply::bulk("v"));
+        assert_eq!(call(&mut ks, 1011, &["GET", "k"]), Reply::Nil);
+        assert_eq!(call(&mut ks, 1011, &["PTTL", "k"]), Reply::Int(-2));
+    }
+
+    #[test]
+    fn an_expired_key_is_gone_for_every_command() {
+        let mut ks = Keyspace::new();
+        call(&mut ks, 1000, &["SET", "k", "v", "PX", "10"]);
+        call(&mut ks, 1000, &["HSET", "h", "f", "v"]);
+        call(&mut ks, 1000, &["PEXPIRE", "h", "10"]);
+        assert_eq!(call(&mut ks, 1011, &["EXISTS", "k", "h"]), Reply::Int(0));
+        call(&mut ks, 2000, &["SET", "k", "v", "PX", "10"]);
+        assert_eq!(call(&mut ks, 2011, &["DEL", "k"]), Reply::Int(0));
+        assert_eq!(call(&mut ks, 2011, &["HSET", "h", "g", "w"]), Reply::Int(1));
+        assert_eq!(call(&mut ks, 2011, &["HLEN", "h"]), Reply::Int(1));
+        assert_eq!(call(&mut ks, 2011, &["PTTL", "h"]), Reply::Int(-1));
+    }
+
+    #[test]
+    fn an_expiry_in_the_past_deletes_at_once() {
+        let mut ks = Keyspace::new();
+        call(&mut ks, 1000, &["SET", "k", "v"]);
+        assert_eq!(
+            call(&mut ks, 1000, &["PEXPIREAT", "k", "1000"]),
+            Reply::Int(1)
+        );
+        assert_eq!(ks.entries().count(), 0);
+        call(&mut ks, 1000, &["SET", "k", "v"]);
+        assert_eq!(call(&mut ks, 1000, &["PEXPIRE", "k", "-1"]), Reply::Int(1));
+        assert_eq!(ks.entries().count(), 0);
+        assert_eq!(call(&mut ks, 1000, &["PEXPIRE", "k", "10"]), Reply::Int(0));
+    }
+
+    #[test]
+    fn hash_order_is_insertion_order_with_in_place_rewrites() {
+        let mut ks = Keyspace::new();
+        call(&mut ks, 0, &["HSET", "h", "a", "1", "b", "2"]);
+        call(&mut ks, 0, &["HSET", "h", "a", "3"]);
+        assert_eq!(
+            call(&mut ks, 0, &["HGETALL", "h"]),
+            Reply::Array(["a", "3", "b", "2"].iter().map(Reply::bulk).collect())
+        );
+        assert_eq!(call(&mut ks, 0, &["HDEL", "h", "a", "b"]), Reply::Int(2));
+        assert_eq!(
+            call(&mut ks, 0, &["TYPE", "h"]),
+            Reply::Status("none".into())
+        );
+    }
+
+    #[test]
+    fn integers_parse_as_redis_does() {
+        assert_eq!(parse_i64(b"12"), Some(12));
+        assert_eq!(parse_i64(b"-12"), Some(-12));
+        assert_eq!(parse_i64(b"0"), Some(0));
+        for bad in [&b"012"[..], b"+1", b" 1", b"-0", b"", b"-", b"1.0"] {
+            assert_eq!(parse_i64(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn glob_matches_as_redis_does() {
+        assert!(glob_match(b"lock:*", b"lock:{a}"));
+        assert!(glob_match(b"h?llo", b"hello"));
+        assert!(glob_match(b"h[^e]llo", b"hallo"));
+        assert!(!glob_match(b"h[^e]llo", b"hello"));
+        assert!(glob_match(b"h[a-b]llo", b"hbllo"));
+        assert!(glob_match(b"\\*", b"*"));
+    }
+}
