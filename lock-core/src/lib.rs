@@ -77,8 +77,10 @@
 //! }
 //! ```
 //!
-//! Handlers can be tested without a server: [`LockManager::in_memory`] has the same semantics
-//! in process, on `tokio::time`, so leases run out under paused time too.
+//! Handlers can be tested without a server: [`LockManager::in_memory`] runs the same scripts
+//! and client code as the Redis backend against a Redis keyspace modelled in the process (the
+//! scripts in an embedded Lua 5.1, as Redis runs them), on `tokio::time`, so leases run out
+//! under paused time too.
 //!
 //! ```
 //! # use std::time::Duration;
@@ -225,8 +227,6 @@ mod leader;
 mod lease;
 mod manager;
 mod metrics;
-// Not used by production code yet: the in-memory backend will run the scripts on it.
-#[cfg_attr(not(test), allow(dead_code))]
 mod model;
 mod ops;
 mod request;

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::backend::memory::MemoryNode;
+use crate::backend::memory::ModelServer;
 use crate::backend::redis::{Endpoint, MinReplicas, RedisNode};
 use crate::backend::redlock::Redlock;
 use crate::backend::single::Single;
@@ -83,20 +83,19 @@ impl LockManager {
     }
 
     /// A manager whose locks live in this process only, with the same semantics as Redis
-    /// (tokens, expiry, fencing, `Busy`/`Timeout`, release on drop) on `tokio::time`.
+    /// (tokens, expiry, fencing, `Busy`/`Timeout`, release on drop) on `tokio::time`: the
+    /// Redis backend's own commands and Lua scripts run against a Redis keyspace modelled in
+    /// the process, so nothing about a lock differs but where its keys live.
     ///
     /// Made for tests of code that takes locks: it works under `tokio::time::pause()`. It does
     /// not exclude other processes. Clones share the same locks; separate calls do not.
     pub fn in_memory() -> LockManager {
-        let node = Arc::new(MemoryNode::default());
+        // The Redis backend's own code and scripts, on a server modelled in this process.
+        let node = RedisNode::in_process(ModelServer::new());
+        let wake = node.pubsub();
         Self::from_shared(Shared::new(
-            Box::new(Single::new(
-                Box::new(Arc::clone(&node)),
-                "in-memory",
-                Drift::NONE,
-                false,
-            )),
-            Box::new(node),
+            Box::new(Single::new(Box::new(node), "in-memory", Drift::NONE, false)),
+            Box::new(wake),
             Settings {
                 prefix: DEFAULT_KEY_PREFIX.to_owned(),
                 poll_cap: DEFAULT_MAX_POLL_INTERVAL,

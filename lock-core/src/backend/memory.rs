@@ -1,589 +1,161 @@
-//! The in-process server: the same operations and semantics as the Redis scripts, on
-//! `tokio::time`, so handlers can be unit-tested without a server (also under
-//! `tokio::time::pause()`). [`Server`] is the state machine alone; the deterministic fault
-//! simulator puts faults between it and the client. One difference, in who is woken, not in
-//! who holds: a release wakes every waiter in the process, so the mark is the `*` alone (the
-//! scripts add the first fair ticket in line after it, for the release message to name).
+//! The in-process backend: the Redis backend's own code ([`RedisNode`]: the same commands, the
+//! same scripts, the same reply handling) talking to a Redis server modelled in this process
+//! ([`crate::model`]: a keyspace with Redis' rules, and the scripts run in an embedded Lua 5.1)
+//! instead of one across a socket. So `LockManager::in_memory()` cannot drift from what a
+//! server does: the scripts are the only definition of a lock, here as there.
+//!
+//! Time is tokio's clock, so handlers can be unit-tested under `tokio::time::pause()`: the
+//! model's `now` is the wall clock when the server was made, moved on by tokio's `Instant`
+//! since. Published release messages are delivered to the waiters' table at once, as the
+//! command that published them returns.
+//!
+//! [`RedisNode`]: super::redis::RedisNode
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use redis::{Arg, Cmd, RedisFuture, Value};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{BoxFuture, Found, Node, Taken, Ticket, Wake, Watch};
-use crate::keys::LockKeys;
+use super::notify::{Interest, Table, Watcher};
+use super::BoxFuture;
 use crate::locked;
-use crate::Result;
+use crate::model::{Model, Now, Reply};
 
-/// How long a fence key outlives its last use (the `PX` that fence.lua sets).
-pub(crate) const FENCE_KEEP: Duration = Duration::from_secs(24 * 3600);
-
-/// The suffix a waiter appends to the holder's token (acquire.lua).
-const MARK: char = '*';
-
-/// The suffix a `min_hold` release gives the token, so that no later extend finds it
-/// (release.lua).
-const RETIRED: char = '~';
-
-struct Entry {
-    value: String,
-    expires: Instant,
+/// One modelled Redis server, shared by the connections to it.
+pub(crate) struct ModelServer {
+    model: Mutex<Model>,
+    /// The wall clock (µs since the epoch) at `started`, and tokio's clock then.
+    epoch_us: u64,
+    started: Instant,
+    /// The waiters, woken by what the scripts publish.
+    table: Arc<Table>,
 }
 
-/// A line of fair waiters (fair.lua's hash): ticket -> (arrival, expiry).
-#[derive(Default)]
-struct Line {
-    tickets: HashMap<String, (u64, Instant)>,
-    arrivals: u64,
-}
-
-/// A lock of `permits(n)`, `n > 1` (permit_acquire.lua's hash): its holders' tokens and when
-/// each lease ends, and whether a waiter asked for releases to be told.
-struct Permits {
-    n: u32,
-    holders: HashMap<String, Instant>,
-    waited: bool,
-}
-
-impl Permits {
-    fn forget_expired(&mut self, now: Instant) {
-        self.holders.retain(|_, ends| *ends > now);
-    }
-}
-
-/// What the Redis scripts do, as one state machine over lock, fence and queue keys.
-#[derive(Default)]
-pub(crate) struct Server {
-    keys: HashMap<String, Entry>,
-    /// Size of `keys` after the last sweep of expired entries.
-    swept_len: usize,
-    lines: HashMap<String, Line>,
-    /// Locks of `permits(n)`, by lock key; a key is in `keys` or here, never both while live.
-    permits: HashMap<String, Permits>,
-}
-
-/// The token a key's value belongs to, without a waiter's mark.
-fn owner(value: &str) -> &str {
-    value.strip_suffix(MARK).unwrap_or(value)
-}
-
-impl Server {
-    fn live(&self, key: &str, now: Instant) -> Option<&Entry> {
-        self.keys.get(key).filter(|e| e.expires > now)
+impl ModelServer {
+    pub(crate) fn new() -> Arc<Self> {
+        let epoch_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        Arc::new(Self {
+            model: Mutex::new(Model::new()),
+            epoch_us,
+            started: Instant::now(),
+            table: Arc::default(),
+        })
     }
 
-    fn live_mut(&mut self, key: &str, now: Instant) -> Option<&mut Entry> {
-        self.keys.get_mut(key).filter(|e| e.expires > now)
-    }
-
-    fn owned_by(&mut self, key: &str, token: &str, now: Instant) -> Option<&mut Entry> {
-        self.live_mut(key, now).filter(|e| owner(&e.value) == token)
-    }
-
-    /// acquire.lua: `SET NX PX`; a key already holding this attempt's own token (an earlier
-    /// copy of the same attempt) is ours too; the mark when `mark`. With a ticket, fair.lua.
-    pub(crate) fn acquire(
-        &mut self,
-        now: Instant,
-        keys: &LockKeys,
-        token: &str,
-        ttl: Duration,
-        mark: bool,
-        ticket: Option<Ticket<'_>>,
-    ) -> Taken {
-        if let Some(ticket) = ticket {
-            return self.acquire_fair(now, keys, token, ttl, mark, ticket);
-        }
-        if let Some(held) = self.live_mut(&keys.lock, now) {
-            if owner(&held.value) == token {
-                return Taken::Granted;
-            }
-            if mark && !held.value.ends_with(MARK) {
-                held.value.push(MARK);
-            }
-            return Taken::Held(Some(held.expires - now));
-        }
-        // Expired entries stay until overwritten; sweep them when the map has doubled.
-        if self.keys.len() >= 64 && self.keys.len() > 2 * self.swept_len {
-            self.keys.retain(|_, e| e.expires > now);
-            self.swept_len = self.keys.len();
-        }
-        self.keys.insert(
-            keys.lock.clone(),
-            Entry {
-                value: token.to_owned(),
-                expires: now + ttl,
-            },
-        );
-        Taken::Granted
-    }
-
-    /// The permits the live holders of `keys` use when they differ from `keys.permits`
-    /// (permit_acquire.lua's and acquire.lua's `LOCKPERMITS`).
-    pub(crate) fn permits_mismatch(&mut self, now: Instant, keys: &LockKeys) -> Option<u32> {
-        if let Some(set) = self.permits.get_mut(&keys.lock) {
-            set.forget_expired(now);
-            if set.holders.is_empty() {
-                self.permits.remove(&keys.lock);
-            } else if set.n != keys.permits {
-                return Some(set.n);
-            }
-        }
-        (keys.shared() && self.live(&keys.lock, now).is_some()).then_some(1)
-    }
-
-    /// permit_acquire.lua, once [`permits_mismatch`](Self::permits_mismatch) found none.
-    pub(crate) fn acquire_permit(
-        &mut self,
-        now: Instant,
-        keys: &LockKeys,
-        token: &str,
-        ttl: Duration,
-        mark: bool,
-    ) -> Taken {
-        let set = self
-            .permits
-            .entry(keys.lock.clone())
-            .or_insert_with(|| Permits {
-                n: keys.permits,
-                holders: HashMap::new(),
-                waited: false,
-            });
-        set.forget_expired(now);
-        set.n = keys.permits;
-        let others = set.holders.len() - usize::from(set.holders.contains_key(token));
-        if others < keys.permits as usize {
-            set.holders.insert(token.to_owned(), now + ttl);
-            return Taken::Granted;
-        }
-        if mark {
-            set.waited = true;
-        }
-        let soonest = set.holders.values().min().copied().unwrap_or(now);
-        Taken::Held(Some(
-            soonest
-                .saturating_duration_since(now)
-                .max(Duration::from_millis(1)),
-        ))
-    }
-
-    /// permit_release.lua: `(ours, published)`.
-    fn release_permit(
-        &mut self,
-        now: Instant,
-        keys: &LockKeys,
-        token: &str,
-        keep: Duration,
-    ) -> (bool, bool) {
-        let Some(set) = self.permits.get_mut(&keys.lock) else {
-            return (false, false);
-        };
-        let Some(ends) = set.holders.remove(token) else {
-            return (false, false);
-        };
-        if ends <= now {
-            return (false, false);
-        }
-        if !keep.is_zero() {
-            set.holders
-                .insert(format!("{token}{RETIRED}"), ends.min(now + keep));
-            return (true, false);
-        }
-        let published = std::mem::take(&mut set.waited);
-        if set.holders.is_empty() {
-            self.permits.remove(&keys.lock);
-        }
-        (true, published)
-    }
-
-    /// permit_extend.lua.
-    fn extend_permit(&mut self, now: Instant, keys: &LockKeys, token: &str, ttl: Duration) -> bool {
-        let Some(set) = self.permits.get_mut(&keys.lock) else {
-            return false;
-        };
-        match set.holders.get_mut(token) {
-            Some(ends) if *ends > now => {
-                *ends = now + ttl;
-                true
-            }
-            _ => false,
+    fn now(&self) -> Now {
+        let since = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Now {
+            us: self.epoch_us.saturating_add(since),
         }
     }
 
-    /// fair.lua.
-    fn acquire_fair(
-        &mut self,
-        now: Instant,
-        keys: &LockKeys,
-        token: &str,
-        ttl: Duration,
-        mark: bool,
-        ticket: Ticket<'_>,
-    ) -> Taken {
-        let queue = keys.queue();
-        let line = self.lines.entry(queue.clone()).or_default();
-        line.tickets.retain(|_, (_, expires)| *expires >= now);
-        let mine = line.tickets.get(ticket.id).map(|(arrival, _)| *arrival);
-        let first = line
-            .tickets
-            .iter()
-            .min_by_key(|(_, (arrival, _))| *arrival)
-            .map(|(id, (_, expires))| (id.clone(), *expires));
-        let others = line.tickets.len() - usize::from(mine.is_some());
-        let holder = self.live(&keys.lock, now).map(|e| owner(&e.value) == token);
-        let my_turn = first.as_ref().is_none_or(|(first, _)| first == ticket.id);
-        if holder == Some(true) || (holder.is_none() && my_turn) {
-            if holder.is_none() {
-                // Taken already marked while others wait: its release is published to them.
-                let mut value = token.to_owned();
-                if others > 0 {
-                    value.push(MARK);
-                }
-                self.keys.insert(
-                    keys.lock.clone(),
-                    Entry {
-                        value,
-                        expires: now + ttl,
-                    },
-                );
-            }
-            self.leave(now, keys, ticket.id);
-            return Taken::Granted;
-        }
-        let line = self.lines.get_mut(&queue).expect("made above");
-        let arrival = mine.unwrap_or_else(|| {
-            line.arrivals += 1;
-            line.arrivals
-        });
-        line.tickets
-            .insert(ticket.id.to_owned(), (arrival, now + ticket.keep));
-        match self.live_mut(&keys.lock, now) {
-            // Free, another ticket first: at most until that ticket would leave the line.
-            None => {
-                Taken::Held(first.map(|(_, expires)| (expires - now).max(Duration::from_millis(1))))
-            }
-            Some(held) => {
-                if mark && !held.value.ends_with(MARK) {
-                    held.value.push(MARK);
-                }
-                Taken::Held(Some(held.expires - now))
-            }
-        }
-    }
-
-    /// leave.lua: `true` when the waiters behind the ticket are to be told (it was in line and
-    /// the lock is free).
-    pub(crate) fn leave(&mut self, now: Instant, keys: &LockKeys, ticket: &str) -> bool {
-        let queue = keys.queue();
-        let Some(line) = self.lines.get_mut(&queue) else {
-            return false;
-        };
-        let was_in_line = line.tickets.remove(ticket).is_some();
-        if line.tickets.is_empty() {
-            self.lines.remove(&queue);
-        }
-        was_in_line && self.live(&keys.lock, now).is_none()
-    }
-
-    /// release.lua: `(ours, published)`.
-    pub(crate) fn release(
-        &mut self,
-        now: Instant,
-        keys: &LockKeys,
-        token: &str,
-        keep: Duration,
-    ) -> (bool, bool) {
-        if keys.shared() {
-            return self.release_permit(now, keys, token, keep);
-        }
-        let Some(held) = self.owned_by(&keys.lock, token, now) else {
-            return (false, false);
-        };
-        if !keep.is_zero() {
-            held.value = format!("{token}{RETIRED}");
-            held.expires = held.expires.min(now + keep);
-            return (true, false);
-        }
-        let marked = held.value.ends_with(MARK);
-        self.keys.remove(&keys.lock);
-        (true, marked)
-    }
-
-    /// extend.lua.
-    pub(crate) fn extend(
-        &mut self,
-        now: Instant,
-        keys: &LockKeys,
-        token: &str,
-        ttl: Duration,
-    ) -> bool {
-        if keys.shared() {
-            return self.extend_permit(now, keys, token, ttl);
-        }
-        match self.owned_by(&keys.lock, token, now) {
-            Some(held) => {
-                held.expires = now + ttl;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// fence.lua, with the server's clock at `clock_us` microseconds.
-    pub(crate) fn fence(
-        &mut self,
-        now: Instant,
-        keys: &LockKeys,
-        token: &str,
-        clock_us: u64,
-    ) -> Option<u64> {
-        self.owned_by(&keys.lock, token, now)?;
-        Some(self.advance_fence(now, keys, clock_us))
-    }
-
-    /// The next fencing token (the larger of the last + 1 and the clock in µs), stored.
-    fn advance_fence(&mut self, now: Instant, keys: &LockKeys, clock_us: u64) -> u64 {
-        let fence_key = keys.fence();
-        let last = self
-            .live(&fence_key, now)
-            .and_then(|e| e.value.parse::<u64>().ok())
-            .unwrap_or(0);
-        let next = clock_us.max(last + 1);
-        self.keys.insert(
-            fence_key,
-            Entry {
-                value: next.to_string(),
-                expires: now + FENCE_KEEP,
-            },
-        );
-        next
-    }
-
-    /// An operator's look at a lock key: its value and remaining life; for a lock of
-    /// `permits(n)`, each live permit, the earliest taken first (permit_peek.lua).
-    pub(crate) fn peek(&self, now: Instant, key: &str) -> Vec<Found> {
-        if let Some(set) = self.permits.get(key) {
-            let mark = if set.waited { "*" } else { "" };
-            let mut found: Vec<Found> = set
-                .holders
-                .iter()
-                .filter(|(_, ends)| **ends > now)
-                .map(|(token, ends)| Found {
-                    value: format!("{token}{mark}"),
-                    left: Some(*ends - now),
-                    permits: set.n,
-                })
-                .collect();
-            super::taken_first(&mut found);
-            return found;
-        }
-        self.live(key, now)
-            .map(|e| Found {
-                value: e.value.clone(),
-                left: Some(e.expires - now),
-                permits: 1,
-            })
-            .into_iter()
-            .collect()
-    }
-
-    /// force.lua: deletes the lock key whoever holds it and advances its fencing counter.
-    pub(crate) fn evict(&mut self, now: Instant, keys: &LockKeys, clock_us: u64) -> Option<String> {
-        let value = match self.permits.remove(&keys.lock) {
-            Some(set) => set
-                .holders
-                .into_iter()
-                .find(|(_, ends)| *ends > now)
-                .map(|(token, _)| token)?,
-            None => self.live(&keys.lock, now)?.value.clone(),
-        };
-        self.keys.remove(&keys.lock);
-        self.advance_fence(now, keys, clock_us);
-        Some(value)
-    }
-
-    /// The live lock keys (not fencing counters or lines) that `matches`.
-    pub(crate) fn lock_keys(&self, now: Instant, matches: impl Fn(&str) -> bool) -> Vec<String> {
-        let mut keys: Vec<String> = self
-            .keys
-            .iter()
-            .filter(|(k, e)| e.expires > now && k.ends_with('}') && matches(k))
-            .map(|(k, _)| k.clone())
-            .chain(
-                self.permits
-                    .iter()
-                    .filter(|(k, set)| set.holders.values().any(|e| *e > now) && matches(k))
-                    .map(|(k, _)| k.clone()),
-            )
-            .collect();
-        keys.sort();
-        keys
-    }
-
-    /// The owner token in `key` and when it expires, if it is live.
-    #[cfg(test)]
-    pub(crate) fn holder(&self, key: &str, now: Instant) -> Option<(&str, Instant)> {
-        self.live(key, now).map(|e| (owner(&e.value), e.expires))
-    }
-
-    /// When the permit of `token` in the lock of `permits(n)` at `key` ends, if it is live.
-    #[cfg(test)]
-    pub(crate) fn permit_end(&self, key: &str, token: &str, now: Instant) -> Option<Instant> {
-        let ends = *self.permits.get(key)?.holders.get(token)?;
-        (ends > now).then_some(ends)
-    }
-
-    /// Forgets everything (a restart without persistence).
-    #[cfg(test)]
-    pub(crate) fn flush(&mut self) {
-        self.keys.clear();
-        self.swept_len = 0;
-        self.lines.clear();
-        self.permits.clear();
-    }
-}
-
-/// Microseconds since the Unix epoch, as Redis' `TIME` gives them.
-pub(crate) fn wall_clock_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
-/// The in-process backend: one [`Server`] behind a mutex, and a `Notify` for published releases.
-#[derive(Default)]
-pub(crate) struct MemoryNode {
-    server: Mutex<Server>,
-    /// Woken on every published release (waiters of any lock re-check; cheap in one process).
-    released: Arc<Notify>,
-}
-
-impl MemoryNode {
-    fn server(&self) -> MutexGuard<'_, Server> {
-        locked(&self.server)
-    }
-}
-
-impl Node for MemoryNode {
-    fn acquire<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        ttl: Duration,
-        mark: bool,
-        ticket: Option<Ticket<'a>>,
-    ) -> BoxFuture<'a, Result<Taken>> {
-        let now = Instant::now();
-        let mut server = self.server();
-        let taken = match server.permits_mismatch(now, keys) {
-            Some(held) => Err(crate::LockError::PermitsMismatch {
-                name: keys.name().to_owned(),
-                held,
-                requested: keys.permits,
-            }),
-            None if keys.shared() => Ok(server.acquire_permit(now, keys, token, ttl, mark)),
-            None => Ok(server.acquire(now, keys, token, ttl, mark, ticket)),
-        };
-        drop(server);
-        Box::pin(async move { taken })
-    }
-
-    fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>> {
-        if self.server().leave(Instant::now(), keys, ticket) {
-            self.released.notify_waiters();
-        }
-        Box::pin(async { Ok(()) })
-    }
-
-    fn release<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        keep: Duration,
-    ) -> BoxFuture<'a, Result<bool>> {
-        let (ours, published) = self.server().release(Instant::now(), keys, token, keep);
-        if published {
-            self.released.notify_waiters();
-        }
-        Box::pin(async move { Ok(ours) })
-    }
-
-    fn extend<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool>> {
-        let ours = self.server().extend(Instant::now(), keys, token, ttl);
-        Box::pin(async move { Ok(ours) })
-    }
-
-    fn fence<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u64>>> {
-        let fence = self
-            .server()
-            .fence(Instant::now(), keys, token, wall_clock_us());
-        Box::pin(async move { Ok(fence) })
-    }
-
-    fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>> {
-        let found = self
-            .server()
-            .peek(Instant::now(), &keys.lock)
-            .into_iter()
-            .next();
-        Box::pin(async move { Ok(found) })
-    }
-
-    fn evict<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<String>>> {
-        let evicted = self.server().evict(Instant::now(), keys, wall_clock_us());
-        if evicted.is_some() {
-            self.released.notify_waiters();
-        }
-        Box::pin(async move { Ok(evicted) })
-    }
-
-    fn scan<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<Vec<(String, Found)>>> {
-        let now = Instant::now();
-        let server = self.server();
-        let found = server
-            .lock_keys(now, |key| glob(pattern, key))
-            .into_iter()
-            .flat_map(|key| {
-                server
-                    .peek(now, &key)
-                    .into_iter()
-                    .map(move |found| (key.clone(), found))
+    /// Runs one command as the server would, and delivers what it published.
+    fn run(&self, cmd: &Cmd) -> Value {
+        let args: Vec<&[u8]> = cmd
+            .args_iter()
+            .filter_map(|arg| match arg {
+                Arg::Simple(bytes) => Some(bytes),
+                // The client's commands name their cursors themselves.
+                _ => None,
             })
             .collect();
-        Box::pin(async move { Ok(found) })
-    }
-}
-
-/// Redis' `MATCH` glob, for what `list` needs: `*`, `?` and `\` escapes (no classes).
-fn glob(pattern: &str, text: &str) -> bool {
-    fn go(p: &[char], t: &[char]) -> bool {
-        match p.first() {
-            None => t.is_empty(),
-            Some('*') => (0..=t.len()).any(|i| go(&p[1..], &t[i..])),
-            Some('?') => !t.is_empty() && go(&p[1..], &t[1..]),
-            Some('\\') if p.len() > 1 => t.first() == Some(&p[1]) && go(&p[2..], &t[1..]),
-            Some(c) => t.first() == Some(c) && go(&p[1..], &t[1..]),
+        let now = self.now();
+        let (reply, published) = {
+            let mut model = locked(&self.model);
+            let reply = match args.first().map(|c| c.to_ascii_uppercase()) {
+                Some(c) if c == b"EVAL" || c == b"EVALSHA" => script(&mut model, now, &c, &args),
+                _ => model.call(now, &args),
+            };
+            (reply, model.drain_published())
+        };
+        for message in published {
+            self.table.wake(
+                &String::from_utf8_lossy(&message.channel),
+                &String::from_utf8_lossy(&message.message),
+            );
         }
+        value(reply)
     }
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    go(&p, &t)
 }
 
-impl Wake for MemoryNode {
-    fn watch<'a>(&'a self, _keys: &'a LockKeys, _ticket: Option<&'a str>) -> BoxFuture<'a, Watch> {
-        let watch = Watch::new(Arc::clone(&self.released), Vec::new());
-        Box::pin(async move { watch })
+/// `EVAL`/`EVALSHA script numkeys key... arg...` on the model.
+fn script(model: &mut Model, now: Now, command: &[u8], args: &[&[u8]]) -> Reply {
+    let numkeys = args
+        .get(2)
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .and_then(|n| n.parse::<usize>().ok());
+    let (Some(body), Some(numkeys)) = (args.get(1), numkeys) else {
+        return Reply::error("ERR wrong number of arguments for 'eval' command");
+    };
+    let Some((keys, argv)) = args
+        .get(3..)
+        .and_then(|rest| (numkeys <= rest.len()).then(|| rest.split_at(numkeys)))
+    else {
+        return Reply::error("ERR Number of keys can't be greater than number of args");
+    };
+    let body = String::from_utf8_lossy(body);
+    if command == b"EVAL" {
+        model.eval(now, &body, keys, argv)
+    } else {
+        model.evalsha(now, &body, keys, argv)
+    }
+}
+
+/// A model reply as the redis crate reads a server's.
+fn value(reply: Reply) -> Value {
+    match reply {
+        Reply::Nil => Value::Nil,
+        Reply::Int(n) => Value::Int(n),
+        Reply::Bulk(bytes) => Value::BulkString(bytes),
+        Reply::Status(status) if status == "OK" => Value::Okay,
+        Reply::Status(status) => Value::SimpleString(status),
+        // Parsed from the wire form, so that the error's kind (NOSCRIPT, WRONGTYPE, OOM, ...)
+        // is what the redis crate makes of a server's.
+        Reply::Error(text) => redis::parse_redis_value(format!("-{text}\r\n").as_bytes())
+            .unwrap_or_else(|e| Value::SimpleString(format!("unparsable error reply: {e}"))),
+        Reply::Array(items) => Value::Array(items.into_iter().map(value).collect()),
+    }
+}
+
+/// A connection to a [`ModelServer`]: every command runs at once, in the caller's task.
+#[derive(Clone)]
+pub(crate) struct ModelConn(pub(crate) Arc<ModelServer>);
+
+impl redis::aio::ConnectionLike for ModelConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let reply = self.0.run(cmd);
+        Box::pin(async move { Ok(reply) })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let replies: Vec<Value> = pipeline.cmd_iter().map(|cmd| self.0.run(cmd)).collect();
+        Box::pin(async move { Ok(replies.into_iter().skip(offset).take(count).collect()) })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+/// Release messages of a [`ModelServer`]: waiters register in its table, and every message is
+/// delivered as it is published (no connection, no subscription to confirm).
+pub(crate) struct ModelWatcher(pub(crate) Arc<ModelServer>);
+
+impl Watcher for ModelWatcher {
+    fn watch(&self, channel: &str, waiter: &Arc<Notify>, ticket: Option<&str>) -> Interest {
+        self.0.table.register_listening(channel, waiter, ticket)
+    }
+
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 }

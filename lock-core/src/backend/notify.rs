@@ -117,6 +117,20 @@ impl Table {
         }
     }
 
+    /// Registers `waiter` on a channel whose messages are always delivered (the in-process
+    /// server publishes into this table itself): nothing to subscribe, no driver. Entries
+    /// nobody waits on any more go now.
+    pub(crate) fn register_listening(
+        self: &Arc<Self>,
+        channel: &str,
+        waiter: &Arc<Notify>,
+        ticket: Option<&str>,
+    ) -> Interest {
+        let interest = self.register(channel, waiter, ticket);
+        locked(&self.channels).retain(|_, entry| !entry.waiters.is_empty());
+        interest
+    }
+
     /// What to change on the server: channels with waiters not yet subscribed, and subscribed
     /// ones with none left. Entries nobody waits on go now (they are unsubscribed by the
     /// caller, or were never subscribed).

@@ -10,7 +10,6 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, ErrorKind, FromRedisValue, Pipeline, ServerErrorKind, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::memory::FENCE_KEEP;
 use super::notify::{Dial, Notifier, PubSub, Watcher};
 use super::{BoxFuture, Found, Node, Taken, Ticket, Timeouts};
 use crate::error::{connect_failed, invalid_url};
@@ -41,6 +40,9 @@ fn open(url: &str) -> Result<redis::Client> {
 }
 
 /// A Lua script with its SHA1, computed once per process.
+/// How long a fence key outlives its last use (the `PX` that fence.lua sets).
+pub(crate) const FENCE_KEEP: Duration = Duration::from_secs(24 * 3600);
+
 pub(crate) struct LuaScript {
     body: &'static str,
     sha1: String,
@@ -85,6 +87,8 @@ const SCAN_BATCH: usize = 500;
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
+    /// A server modelled in this process (`LockManager::in_memory`).
+    Model(super::memory::ModelConn),
     #[cfg(feature = "cluster")]
     Cluster(redis::cluster_async::ClusterConnection),
     /// The primary named by Sentinel, whichever server that is now.
@@ -189,6 +193,8 @@ pub(crate) struct RedisNode {
 #[derive(Clone)]
 enum Source {
     Client(Box<redis::Client>),
+    /// The in-process server: its one connection is all there is.
+    Model(super::memory::ModelConn),
     #[cfg(feature = "cluster")]
     Cluster(Vec<String>),
     #[cfg(feature = "sentinel")]
@@ -228,6 +234,18 @@ impl RedisNode {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), Self::config(timeouts))
             .map_err(|e| connect_failed(&address(&client), e))?;
         Ok(Self::with(client, Conn::Single(conn)))
+    }
+
+    /// A node on a server modelled in this process, with its release messages.
+    pub(crate) fn in_process(server: Arc<super::memory::ModelServer>) -> Self {
+        let conn = super::memory::ModelConn(Arc::clone(&server));
+        Self {
+            conn: Conn::Model(conn.clone()),
+            notifier: Arc::new(super::memory::ModelWatcher(server)),
+            sharded: false,
+            replicated: None,
+            source: Source::Model(conn),
+        }
     }
 
     fn with(client: redis::Client, conn: Conn) -> Self {
@@ -301,6 +319,7 @@ impl RedisNode {
     /// Another connection to where this node's connections go.
     async fn open(&self, timeouts: Timeouts) -> Result<Conn> {
         Ok(match &self.source {
+            Source::Model(conn) => Conn::Model(conn.clone()),
             Source::Client(client) => Conn::Single(
                 ConnectionManager::new_lazy_with_config((**client).clone(), Self::config(timeouts))
                     .map_err(|e| connect_failed(&address(client), e))?,
@@ -408,7 +427,7 @@ impl RedisNode {
     /// be applied twice.
     pub(crate) fn resends(&self) -> bool {
         match self.conn {
-            Conn::Single(_) => false,
+            Conn::Single(_) | Conn::Model(_) => false,
             #[cfg(feature = "cluster")]
             Conn::Cluster(_) => true,
             // Sent again to a new primary after a failover.
@@ -704,6 +723,7 @@ impl Conn {
     async fn send<T: FromRedisValue>(&self, request: &Request<'_>) -> redis::RedisResult<T> {
         match self {
             Conn::Single(conn) => request.on(&mut conn.clone()).await,
+            Conn::Model(conn) => request.on(&mut conn.clone()).await,
             #[cfg(feature = "sentinel")]
             Conn::Sentinel(following) => {
                 let (mut conn, generation) = following.conn().await?;

@@ -20,6 +20,7 @@ pub(crate) struct Now {
 }
 
 impl Now {
+    #[cfg(test)]
     /// A reading in milliseconds (microsecond part zero).
     pub(crate) fn from_ms(ms: u64) -> Self {
         Now { us: ms * 1000 }
@@ -100,6 +101,7 @@ pub(crate) struct Keyspace {
 }
 
 impl Keyspace {
+    #[cfg(test)]
     /// An empty keyspace.
     pub(crate) fn new() -> Self {
         Self::default()
@@ -116,6 +118,7 @@ impl Keyspace {
         std::mem::take(&mut self.published)
     }
 
+    #[cfg(test)]
     /// Every key with its value and expiry, expired ones included (nothing is expired by
     /// looking): for the simulator's and the tests' own checks.
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&[u8], &Entry)> {

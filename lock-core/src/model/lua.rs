@@ -233,6 +233,7 @@ impl Scripts {
         }
     }
 
+    #[cfg(test)]
     /// `SCRIPT FLUSH`: `EVALSHA` knows no script until `EVAL` runs it again
     /// (the fault a client meets after a restart or a failover).
     pub(crate) fn flush(&mut self) {

@@ -99,6 +99,7 @@ impl Model {
             .evalsha(&mut self.keyspace, now, sha1, keys, argv)
     }
 
+    #[cfg(test)]
     /// `SCRIPT FLUSH`.
     pub(crate) fn flush(&mut self) {
         self.scripts.flush();
@@ -109,6 +110,7 @@ impl Model {
         self.keyspace.drain_published()
     }
 
+    #[cfg(test)]
     /// The keyspace, to inspect.
     pub(crate) fn keyspace(&self) -> &Keyspace {
         &self.keyspace

@@ -1,8 +1,9 @@
 //! A deterministic fault simulator for the lease model.
 //!
 //! The real acquire loop, guard, extend, watchdog, release, drop and waiting code runs against
-//! simulated servers (the in-process [`Server`] state machine, the same semantics as the Lua
-//! scripts) under paused tokio time. Between each client connection and its server sits a
+//! simulated servers (a hand-written [`Server`] state machine meant to have the semantics of
+//! the Lua scripts; the in-memory backend runs the scripts themselves since, and this simulator
+//! is to follow) under paused tokio time. Between each client connection and its server sits a
 //! network that a seeded schedule of faults perturbs:
 //!
 //! - delays of every request and reply (a connection stays FIFO, as a TCP connection is);
@@ -31,7 +32,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::backend::memory::Server;
+mod server;
 use crate::backend::redlock::Redlock;
 use crate::backend::single::Single;
 use crate::backend::{BoxFuture, Drift, Node, Store, Taken, Ticket, Wake, Watch};
@@ -40,6 +41,7 @@ use crate::lease::Lease;
 use crate::locked;
 use crate::shared::{Settings, Shared};
 use crate::{LockError, LockGuard, LockManager};
+use server::Server;
 
 /// splitmix64: small, seedable, good enough to draw faults.
 #[derive(Clone)]
