@@ -167,3 +167,92 @@ async fn a_bare_token_of_an_older_version_is_never_rewritten() {
     let guard = waiter.await.unwrap().expect("taken at the lease end");
     assert!(guard.release().await.unwrap());
 }
+
+/// Runs one of lock-core's scripts on `server`: its reply, or its error's text.
+fn script(server: &RedisServer, source: &str, keys: &[&str], args: &[&str]) -> String {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(source).arg(keys.len()).arg(keys).arg(args);
+    match cmd.query::<redis::Value>(&mut server.conn()) {
+        Ok(value) => format!("{value:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Another client's key of another type under a lock's name (a list, a hash that is not a
+/// lock of permits) is left as it is, and every script says so with a `WRONGTYPE` error, not
+/// a Lua runtime error. Regression: force.lua compared a foreign hash's values with numbers
+/// (`attempt to compare number with nil`), leave.lua failed after taking its ticket out of
+/// line, acquire.lua and fair.lua read a list as a hash.
+#[tokio::test]
+async fn keys_of_other_types_are_refused_with_wrongtype_and_left_alone() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    let (list, hash) = (locks.key_for("a-list"), locks.key_for("a-hash"));
+    let _: () = server.query(redis::cmd("RPUSH").arg(&list).arg("x"));
+    let _: () = server.query(redis::cmd("HSET").arg(&hash).arg("field").arg("value"));
+    let token = "test:1|1|0123456789abcdef0123456789abcdef";
+    for key in [&list, &hash] {
+        let queue = format!("{key}:q");
+        let replies = [
+            (
+                "acquire.lua",
+                script(
+                    &server,
+                    include_str!("../lock-core/src/scripts/acquire.lua"),
+                    &[key],
+                    &[token, "1000", "1"],
+                ),
+            ),
+            (
+                "fair.lua",
+                script(
+                    &server,
+                    include_str!("../lock-core/src/scripts/fair.lua"),
+                    &[key, &queue],
+                    &[token, "1000", "ticket", "5000", "1"],
+                ),
+            ),
+            (
+                "force.lua",
+                script(
+                    &server,
+                    include_str!("../lock-core/src/scripts/force.lua"),
+                    &[key, &format!("{key}:fence")],
+                    &["60000", "PUBLISH"],
+                ),
+            ),
+        ];
+        for (name, reply) in replies {
+            assert!(reply.contains("WRONGTYPE"), "{name} on {key}: {reply}");
+            assert!(!reply.contains("user_script"), "{name} on {key}: {reply}");
+        }
+        // A fair waiter's ticket leaves the line whatever the lock key holds.
+        let _: () = server.query(
+            redis::cmd("HSET")
+                .arg(&queue)
+                .arg("ticket")
+                .arg("1 99999999999999"),
+        );
+        let left = script(
+            &server,
+            include_str!("../lock-core/src/scripts/leave.lua"),
+            &[&queue, key],
+            &["ticket", "PUBLISH"],
+        );
+        assert_eq!(left, "int(1)", "leave.lua with {key}");
+        let kind: String = server.query(redis::cmd("TYPE").arg(key));
+        assert_eq!(
+            kind,
+            if key == &list { "list" } else { "hash" },
+            "left alone"
+        );
+    }
+    assert!(locks
+        .force_release("a-list")
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("WRONGTYPE"));
+    let len: i64 = server.query(redis::cmd("LLEN").arg(&list));
+    assert_eq!(len, 1);
+}

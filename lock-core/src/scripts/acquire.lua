@@ -25,8 +25,13 @@ local function is_token(value)
 end
 local holder = redis.pcall('GET', KEYS[1])
 if type(holder) == 'table' then
-  -- A hash: the key of a lock of permits(n), n > 1 (permit_acquire.lua). Refused while one of
-  -- its permits is live, whatever this request's mark; taken over once none is.
+  -- Not a string. A hash is the key of a lock of permits(n), n > 1 (permit_acquire.lua):
+  -- refused while one of its permits is live, whatever this request's mark; taken over once
+  -- none is. Any other type is not a lock: left as it is.
+  local kind = redis.call('TYPE', KEYS[1]).ok
+  if kind ~= 'hash' then
+    return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a lock')
+  end
   local now = redis.call('TIME')
   now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   local all = redis.call('HGETALL', KEYS[1])

@@ -55,8 +55,13 @@ for i = 1, #line, 2 do
 end
 local holder = redis.pcall('GET', KEYS[1])
 if type(holder) == 'table' then
-  -- A hash: the key of a lock of permits(n), n > 1 (permit_acquire.lua). Refused while one of
-  -- its permits is live; once none is, the lock is free (as in acquire.lua).
+  -- Not a string. A hash is the key of a lock of permits(n), n > 1 (permit_acquire.lua):
+  -- refused while one of its permits is live; once none is, the lock is free (as in
+  -- acquire.lua). Any other type is not a lock: left as it is.
+  local kind = redis.call('TYPE', KEYS[1]).ok
+  if kind ~= 'hash' then
+    return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a lock')
+  end
   local all = redis.call('HGETALL', KEYS[1])
   local n, live = nil, false
   for i = 1, #all, 2 do

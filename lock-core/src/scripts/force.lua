@@ -11,13 +11,19 @@
 -- one, including the evicted holder's, is below it.
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' then
-  -- A hash: a lock of permits(n) (permit_acquire.lua); all its permits go.
+  -- A hash: a lock of permits(n) (permit_acquire.lua); all its permits go. Anything else
+  -- (another type, a hash without '#n') is not a lock: left as it is.
+  local kind = redis.call('TYPE', KEYS[1]).ok
+  if kind ~= 'hash' or redis.call('HEXISTS', KEYS[1], '#n') == 0 then
+    return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ' that is not a lock')
+  end
   local now = redis.call('TIME')
   now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   local all = redis.call('HGETALL', KEYS[1])
   v = false
   for i = 1, #all, 2 do
-    if all[i] ~= '#n' and all[i] ~= '#w' and tonumber(all[i + 1]) > now then
+    local ends = tonumber(all[i + 1])
+    if all[i] ~= '#n' and all[i] ~= '#w' and ends and ends > now then
       v = all[i]
       break
     end

@@ -10,7 +10,12 @@ local left = redis.call('HDEL', KEYS[1], ARGV[1])
 if left == 0 then
   return 0
 end
-local holder = redis.call('GET', KEYS[2])
+local holder = redis.pcall('GET', KEYS[2])
+if type(holder) == 'table' then
+  -- Not a string (a lock of permits(n), or another client's key): no fair holder to pass the
+  -- line on to, and nobody in line may take it now.
+  return 1
+end
 local star = holder and string.find(holder, '*', 1, true)
 if holder and not (star and string.sub(holder, star + 1) == ARGV[1]) then
   return 1
