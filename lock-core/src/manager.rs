@@ -91,10 +91,15 @@ impl LockManager {
     /// not exclude other processes. Clones share the same locks; separate calls do not.
     pub fn in_memory() -> LockManager {
         // The Redis backend's own code and scripts, on a server modelled in this process.
-        let node = RedisNode::in_process(ModelServer::new());
+        let node = RedisNode::in_process(ModelServer::new(), false);
         let wake = node.pubsub();
         Self::from_shared(Shared::new(
-            Box::new(Single::new(Box::new(node), "in-memory", Drift::NONE, false)),
+            Box::new(Single::new(
+                Box::new(node),
+                "in-memory",
+                Drift::MILLIS,
+                false,
+            )),
             Box::new(wake),
             Settings {
                 prefix: DEFAULT_KEY_PREFIX.to_owned(),

@@ -38,12 +38,69 @@ impl ModelServer {
         let epoch_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        Self::with_clock(epoch_us)
+    }
+
+    /// A server whose clock reads `epoch_us` (µs since the Unix epoch) now: the simulator's,
+    /// so that a seed replays exactly.
+    pub(crate) fn with_clock(epoch_us: u64) -> Arc<Self> {
         Arc::new(Self {
             model: Mutex::new(Model::new()),
             epoch_us,
             started: Instant::now(),
             table: Arc::default(),
         })
+    }
+
+    /// A restart without persistence: every key is gone, and every cached script.
+    #[cfg(test)]
+    pub(crate) fn flush(&self) {
+        *locked(&self.model) = Model::new();
+    }
+
+    /// The first instant at which the model's clock is past millisecond `ms` (when a key that
+    /// expires at `ms` is gone).
+    #[cfg(test)]
+    pub(crate) fn instant_after_ms(&self, ms: u64) -> Instant {
+        let us = (ms + 1).saturating_mul(1000).saturating_sub(self.epoch_us);
+        self.started + std::time::Duration::from_micros(us)
+    }
+
+    /// The instant the model's clock reads millisecond `ms`.
+    #[cfg(test)]
+    pub(crate) fn instant_at_ms(&self, ms: u64) -> Instant {
+        let us = ms.saturating_mul(1000).saturating_sub(self.epoch_us);
+        self.started + std::time::Duration::from_micros(us)
+    }
+
+    /// For the simulator's checks, without touching anything: the string at `key` and until
+    /// when it lives, or the hash field `field` of `key` and until when its lease runs (the
+    /// server time in the field, as the permit scripts write it).
+    #[cfg(test)]
+    pub(crate) fn lease_at(&self, key: &str, field: Option<&str>) -> Option<(String, Instant)> {
+        use crate::model::keyspace::Value as Stored;
+        let model = locked(&self.model);
+        let entry = model.keyspace().entry(key.as_bytes())?;
+        let now = self.now().ms();
+        if entry.expires_at_ms.is_some_and(|at| now > at) {
+            return None;
+        }
+        let key_end = entry
+            .expires_at_ms
+            .map_or(self.started + crate::validate::MAX_TTL, |at| {
+                self.instant_after_ms(at)
+            });
+        match (&entry.value, field) {
+            (Stored::Str(value), None) => {
+                Some((String::from_utf8_lossy(value).into_owned(), key_end))
+            }
+            (Stored::Hash(fields), Some(field)) => {
+                let (_, ends) = fields.iter().find(|(f, _)| f == field.as_bytes())?;
+                let ends: u64 = std::str::from_utf8(ends).ok()?.parse().ok()?;
+                (ends > now).then(|| (field.to_owned(), self.instant_at_ms(ends).min(key_end)))
+            }
+            _ => None,
+        }
     }
 
     fn now(&self) -> Now {
@@ -123,11 +180,16 @@ fn value(reply: Reply) -> Value {
 
 /// A connection to a [`ModelServer`]: every command runs at once, in the caller's task.
 #[derive(Clone)]
-pub(crate) struct ModelConn(pub(crate) Arc<ModelServer>);
+pub(crate) struct ModelConn {
+    pub(crate) server: Arc<ModelServer>,
+    /// Whether the client on it re-sends commands by itself (the simulator's stand-in for a
+    /// cluster client), so that the node sends what it sends to a cluster.
+    pub(crate) resends: bool,
+}
 
 impl redis::aio::ConnectionLike for ModelConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let reply = self.0.run(cmd);
+        let reply = self.server.run(cmd);
         Box::pin(async move { Ok(reply) })
     }
 
@@ -137,7 +199,10 @@ impl redis::aio::ConnectionLike for ModelConn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let replies: Vec<Value> = pipeline.cmd_iter().map(|cmd| self.0.run(cmd)).collect();
+        let replies: Vec<Value> = pipeline
+            .cmd_iter()
+            .map(|cmd| self.server.run(cmd))
+            .collect();
         Box::pin(async move { Ok(replies.into_iter().skip(offset).take(count).collect()) })
     }
 

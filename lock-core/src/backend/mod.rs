@@ -155,10 +155,12 @@ pub(crate) struct Drift {
 }
 
 impl Drift {
-    /// Same clock (the in-process backend).
-    pub(crate) const NONE: Drift = Drift {
+    /// Same clock, kept in whole milliseconds as Redis keeps it (the in-process server): a
+    /// permit's end is written as the server's millisecond plus the ttl, up to 1 ms before
+    /// the client's count.
+    pub(crate) const MILLIS: Drift = Drift {
         factor: 0.0,
-        fixed: Duration::ZERO,
+        fixed: Duration::from_millis(1),
     };
 
     /// One Redis server or cluster: its clock may run up to 0.1% faster than the client's (NTP

@@ -237,8 +237,13 @@ impl RedisNode {
     }
 
     /// A node on a server modelled in this process, with its release messages.
-    pub(crate) fn in_process(server: Arc<super::memory::ModelServer>) -> Self {
-        let conn = super::memory::ModelConn(Arc::clone(&server));
+    /// `resends`: as if the client re-sent commands by itself (a cluster client; the
+    /// simulator's re-sending worlds).
+    pub(crate) fn in_process(server: Arc<super::memory::ModelServer>, resends: bool) -> Self {
+        let conn = super::memory::ModelConn {
+            server: Arc::clone(&server),
+            resends,
+        };
         Self {
             conn: Conn::Model(conn.clone()),
             notifier: Arc::new(super::memory::ModelWatcher(server)),
@@ -426,8 +431,9 @@ impl RedisNode {
     /// client does, and so does a Sentinel connection after a failover), so that one call may
     /// be applied twice.
     pub(crate) fn resends(&self) -> bool {
-        match self.conn {
-            Conn::Single(_) | Conn::Model(_) => false,
+        match &self.conn {
+            Conn::Single(_) => false,
+            Conn::Model(conn) => conn.resends,
             #[cfg(feature = "cluster")]
             Conn::Cluster(_) => true,
             // Sent again to a new primary after a failover.

@@ -119,6 +119,13 @@ impl Keyspace {
     }
 
     #[cfg(test)]
+    /// `key`'s value and expiry, if it is there (expired or not: nothing is expired by
+    /// looking): for the simulator's checks.
+    pub(crate) fn entry(&self, key: &[u8]) -> Option<&Entry> {
+        self.keys.get(key)
+    }
+
+    #[cfg(test)]
     /// Every key with its value and expiry, expired ones included (nothing is expired by
     /// looking): for the simulator's and the tests' own checks.
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&[u8], &Entry)> {

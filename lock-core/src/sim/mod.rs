@@ -1,9 +1,11 @@
 //! A deterministic fault simulator for the lease model.
 //!
 //! The real acquire loop, guard, extend, watchdog, release, drop and waiting code runs against
-//! simulated servers (a hand-written [`Server`] state machine meant to have the semantics of
-//! the Lua scripts; the in-memory backend runs the scripts themselves since, and this simulator
-//! is to follow) under paused tokio time. Between each client connection and its server sits a
+//! simulated servers under paused tokio time. Each server is the in-memory backend's: a Redis
+//! keyspace modelled in the process, running the lock's own Lua scripts, driven by the Redis
+//! backend's own node code (the command or script it sends a server for each operation), so
+//! what is checked is the protocol as Redis runs it, not a model of it. Release messages reach
+//! the waiters as they are published. Between each client connection and its server sits a
 //! network that a seeded schedule of faults perturbs:
 //!
 //! - delays of every request and reply (a connection stays FIFO, as a TCP connection is);
@@ -11,7 +13,8 @@
 //! - a connection cut with a command in flight: the client gets an error at once, and the
 //!   command is applied later, after commands sent on the new connection, or never;
 //! - a command re-sent by a client that retries by itself (the cluster client): applied twice,
-//!   the client hears only the second copy's reply;
+//!   the client hears only the second copy's reply; half the time the first copy was stuck on
+//!   a connection the client gave up, and lands late, after later commands of the client;
 //! - a refused connection (nothing sent);
 //! - the server paused past the ttl (commands wait, keys expire meanwhile);
 //! - the server restarted, with or without its data.
@@ -32,16 +35,17 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-mod server;
+use crate::backend::memory::{ModelServer, ModelWatcher};
+use crate::backend::notify::PubSub;
+use crate::backend::redis::RedisNode;
 use crate::backend::redlock::Redlock;
 use crate::backend::single::Single;
-use crate::backend::{BoxFuture, Drift, Node, Store, Taken, Ticket, Wake, Watch};
+use crate::backend::{BoxFuture, Drift, Node, Store, Taken, Ticket, Wake};
 use crate::keys::LockKeys;
 use crate::lease::Lease;
 use crate::locked;
 use crate::shared::{Settings, Shared};
 use crate::{LockError, LockGuard, LockManager};
-use server::Server;
 
 /// splitmix64: small, seedable, good enough to draw faults.
 #[derive(Clone)]
@@ -161,15 +165,12 @@ impl Truth {
 }
 
 struct ServerState {
-    server: Server,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     pending: std::collections::HashMap<u64, Queued>,
     seq: u64,
     generation: u64,
     down_until: Option<Instant>,
     paused_until: Option<Instant>,
-    /// The server clock (Redis `TIME`) at the simulation's start, in microseconds.
-    clock_base_us: u64,
     started: Instant,
 }
 
@@ -177,28 +178,34 @@ struct SimServer {
     index: usize,
     state: Mutex<ServerState>,
     wake_driver: Notify,
-    /// Published releases.
-    released: Arc<Notify>,
+    /// The server: a Redis keyspace modelled in the process, running the lock's scripts. Its
+    /// published releases reach the waiters at once.
+    model: Arc<ModelServer>,
+    /// What applies a command the network delivered: the Redis backend's own code, on the
+    /// model (the command, or script, that it sends a server for each operation).
+    node: RedisNode,
     truth: Arc<Mutex<Truth>>,
 }
 
 impl SimServer {
-    fn new(index: usize, truth: Arc<Mutex<Truth>>) -> Arc<Self> {
+    /// `resends`: the world's clients re-send by themselves (the cluster client), so the node
+    /// sends what it sends a cluster.
+    fn new(index: usize, truth: Arc<Mutex<Truth>>, resends: bool) -> Arc<Self> {
+        let model = ModelServer::with_clock(1_700_000_000_000_000);
         Arc::new(Self {
             index,
             state: Mutex::new(ServerState {
-                server: Server::default(),
                 queue: BinaryHeap::new(),
                 pending: std::collections::HashMap::new(),
                 seq: 0,
                 generation: 0,
                 down_until: None,
                 paused_until: None,
-                clock_base_us: 1_700_000_000_000_000,
                 started: Instant::now(),
             }),
             wake_driver: Notify::new(),
-            released: Arc::new(Notify::new()),
+            node: RedisNode::in_process(Arc::clone(&model), resends),
+            model,
             truth,
         })
     }
@@ -243,7 +250,7 @@ impl SimServer {
                     if q.generation != st.generation {
                         continue; // lost with the restart
                     }
-                    let reply = self.apply(&mut st, &q.op, now);
+                    let reply = self.apply(&q.op);
                     if *TRACE {
                         eprintln!(
                             "{:>6}ms server {} applies {} -> {reply:?}",
@@ -276,7 +283,8 @@ impl SimServer {
         }
     }
 
-    fn apply(&self, st: &mut ServerState, op: &Op, now: Instant) -> Reply {
+    fn apply(&self, op: &Op) -> Reply {
+        let node = &self.node;
         match op {
             Op::Acquire {
                 keys,
@@ -286,25 +294,22 @@ impl SimServer {
                 ticket,
             } => {
                 let ticket = ticket.as_ref().map(|(id, keep)| Ticket { id, keep: *keep });
-                if keys.shared() {
-                    // Every client of a name asks for the same permits here: no mismatch.
-                    if let Some(held) = st.server.permits_mismatch(now, keys) {
+                match at_once(node.acquire(keys, token, *ttl, *mark, ticket)) {
+                    Ok(taken) => Reply::Taken(taken),
+                    Err(e) => {
+                        // Every client of a name asks for the same permits here: no mismatch,
+                        // and no other error is expected of a script.
                         locked(&self.truth).violation(format!(
-                            "`{}` asked for permits({}) found permits({held})",
+                            "acquire of `{}` (permits {}) failed on the server: {e}",
                             keys.name(),
                             keys.permits
                         ));
-                        return Reply::Taken(Taken::Held(None));
+                        Reply::Taken(Taken::Held(None))
                     }
-                    Reply::Taken(st.server.acquire_permit(now, keys, token, *ttl, *mark))
-                } else {
-                    Reply::Taken(st.server.acquire(now, keys, token, *ttl, *mark, ticket))
                 }
             }
             Op::Leave { keys, ticket } => {
-                if st.server.leave(now, keys, ticket) {
-                    self.released.notify_waiters();
-                }
+                self.expect("leave", at_once(node.leave(keys, ticket)));
                 Reply::Yes(true)
             }
             Op::Release { keys, token, keep } => {
@@ -315,22 +320,40 @@ impl SimServer {
                 if cleanup_of_unsent {
                     locked(&self.truth).violation(format!(
                         "I5: a release was sent for token {} whose acquire reached no server (server {})",
-                        &token[..6],
+                        &token[token.len() - 6..],
                         self.index
                     ));
                 }
-                let (ours, published) = st.server.release(now, keys, token, *keep);
-                if published {
-                    self.released.notify_waiters();
-                }
-                Reply::Yes(ours)
+                Reply::Yes(self.expect("release", at_once(node.release(keys, token, *keep))))
             }
-            Op::Extend { keys, token, ttl } => Reply::Yes(st.server.extend(now, keys, token, *ttl)),
+            Op::Extend { keys, token, ttl } => {
+                Reply::Yes(self.expect("extend", at_once(node.extend(keys, token, *ttl))))
+            }
             Op::Fence { keys, token } => {
-                let clock = st.clock_base_us + (now - st.started).as_micros() as u64;
-                Reply::Fence(st.server.fence(now, keys, token, clock))
+                Reply::Fence(self.expect("fence", at_once(node.fence(keys, token))))
             }
         }
+    }
+
+    /// The answer of a command no lock script should refuse; a refusal is a violation.
+    fn expect<T: Default>(&self, what: &str, answer: crate::Result<T>) -> T {
+        answer.unwrap_or_else(|e| {
+            locked(&self.truth).violation(format!("{what} failed on server {}: {e}", self.index));
+            T::default()
+        })
+    }
+
+    /// The lease `token` has on `keys` here, and until when: the key holds it (marked or not),
+    /// or, for a lock of permits, its permit's end.
+    fn lease_of(&self, keys: &LockKeys, token: &str) -> Option<Instant> {
+        if keys.shared() {
+            return self
+                .model
+                .lease_at(&keys.lock, Some(token))
+                .map(|(_, ends)| ends);
+        }
+        let (value, ends) = self.model.lease_at(&keys.lock, None)?;
+        (owner(&value) == token).then_some(ends)
     }
 
     /// A restart: in-flight commands are lost, connections break, clients are refused for
@@ -343,7 +366,7 @@ impl SimServer {
         st.pending.clear();
         st.down_until = Some(now + down);
         if !keep_data {
-            st.server.flush();
+            self.model.flush();
             locked(&self.truth).data_lost_at[self.index] = Some(now);
         }
         drop(st);
@@ -356,8 +379,23 @@ impl SimServer {
     }
 }
 
+/// Runs a future of the in-process node, which answers at once (no I/O, no timer).
+fn at_once<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => panic!("the in-process server answers at once"),
+    }
+}
+
+/// The token a lock key's value belongs to: up to a waiter's mark (`*`, then maybe a ticket).
+fn owner(value: &str) -> &str {
+    value.split('*').next().unwrap_or(value)
+}
+
 fn describe(op: &Op) -> String {
-    let short = |t: &str| t[..6].to_owned();
+    let short = |t: &str| t[t.len() - 6..].to_owned();
     match op {
         Op::Acquire {
             keys,
@@ -414,8 +452,11 @@ enum Fate {
         land_after: Option<Duration>,
     },
     /// Applied, its reply lost, and re-sent by the client: the reply is the second copy's.
+    /// With `first_late`, the first copy was stuck on a connection the client gave up, and
+    /// lands that long after it was sent: after later commands of the same client.
     Resent {
         again_after: Duration,
+        first_late: Option<Duration>,
     },
 }
 
@@ -465,6 +506,7 @@ impl SimConn {
             } else if roll < f.cut + f.lost_reply + f.duplicate {
                 Fate::Resent {
                     again_after: rng.ms(1, f.max_delay_ms + 1),
+                    first_late: rng.chance(50).then(|| rng.ms(0, f.max_late_ms)),
                 }
             } else {
                 Fate::Normal
@@ -507,8 +549,12 @@ impl SimConn {
         drop(conn);
         let (tx, rx) = oneshot::channel();
         let (apply_at, reply_at) = match fate {
-            Fate::Resent { again_after } => {
-                self.server.enqueue(apply_at, Arc::clone(&op), None);
+            Fate::Resent {
+                again_after,
+                first_late,
+            } => {
+                let first_at = first_late.map_or(apply_at, |late| now + late);
+                self.server.enqueue(first_at, Arc::clone(&op), None);
                 (apply_at + again_after, reply_at + again_after)
             }
             _ => (apply_at, reply_at),
@@ -525,10 +571,7 @@ impl SimConn {
                 if let (Ok(Reply::Taken(Taken::Held(_))), Op::Acquire { keys, token, .. }) =
                     (&reply, &*op)
                 {
-                    let own = locked(&self.server.state)
-                        .server
-                        .holder(&keys.lock, Instant::now())
-                        .is_some_and(|(holder, _)| holder == token);
+                    let own = self.server.lease_of(keys, token).is_some();
                     if own {
                         locked(&self.server.truth).violation(
                             "I5: an attempt was told `held` by its own key (a re-sent copy set it): the key is left to its ttl".to_owned(),
@@ -639,13 +682,6 @@ fn yes(reply: Reply) -> Option<bool> {
     }
 }
 
-impl Wake for SimConn {
-    fn watch<'a>(&'a self, _keys: &'a LockKeys, _ticket: Option<&'a str>) -> BoxFuture<'a, Watch> {
-        let watch = Watch::new(Arc::clone(&self.server.released), Vec::new());
-        Box::pin(async move { watch })
-    }
-}
-
 /// I1 and I2: every guard that says it holds has its token on (a majority of) the servers,
 /// expiring no earlier than its local deadline; at most `n` guards of a lock of `permits(n)`
 /// say they hold at once (one of a lock).
@@ -669,13 +705,12 @@ fn check(truth: &Mutex<Truth>, nodes: &[Arc<SimServer>]) {
                 exempt += 1;
                 continue;
             }
-            let st = locked(&node.state);
-            let held = if lease.keys.shared() {
-                st.server
-                    .permit_end(&lease.keys.lock, &lease.token, now)
-                    .map(|ends| (lease.token.as_str(), ends))
-            } else {
-                st.server.holder(&lease.keys.lock, now)
+            let held = match node.lease_of(&lease.keys, &lease.token) {
+                Some(ends) => Some((lease.token.as_str(), ends)),
+                None => node
+                    .model
+                    .lease_at(&lease.keys.lock, None)
+                    .map(|(_, ends)| ("another", ends)),
             };
             match held {
                 Some((token, expires)) => {
@@ -711,7 +746,7 @@ fn check(truth: &Mutex<Truth>, nodes: &[Arc<SimServer>]) {
                 lease.remaining(),
                 w.quorum,
                 seen.join("; ")
-            ) + &format!(" token {} acquired at {:?} ago", &lease.token[..6], now - lease.acquired));
+            ) + &format!(" token ..{} acquired {:?} ago", &lease.token[lease.token.len() - 6..], now - lease.acquired));
         }
         holding.push((lease.keys.lock.as_str(), lease.keys.permits, i));
     }
@@ -749,12 +784,16 @@ impl World {
             .iter()
             .map(|s| SimConn::new(Arc::clone(s), Arc::clone(rng), self.faults))
             .collect();
-        let wake: Box<dyn Wake> = Box::new(Arc::clone(&conns[0]));
+        // Release messages reach the waiters as they are published (on any instance).
+        let wake: Box<dyn Wake> =
+            Box::new(PubSub::all(self.servers.iter().map(|s| {
+                PubSub::new(Arc::new(ModelWatcher(Arc::clone(&s.model))))
+            })));
         let store: Box<dyn Store> = if conns.len() == 1 {
             Box::new(Single::new(
                 Box::new(Arc::clone(&conns[0])),
                 "sim",
-                Drift::NONE,
+                Drift::MILLIS,
                 self.faults.duplicate > 0,
             ))
         } else {
@@ -798,6 +837,12 @@ impl World {
 /// What one client does with a guard it got.
 async fn hold(world: &World, guard: LockGuard, rng: &mut Rng, ttl: Duration) {
     let name = guard.name().to_owned();
+    // A longer lease at once, as a job that knows it runs long asks for.
+    if rng.chance(25) {
+        let long = rng.ms(ttl.as_millis() as u64, 3 * ttl.as_millis() as u64);
+        let _ = guard.extend(long).await;
+        world.check();
+    }
     // Overlapping extends with different leases, as a watchdog and a manual extend make.
     if rng.chance(30) {
         let long = rng.ms(ttl.as_millis() as u64, 3 * ttl.as_millis() as u64);
@@ -924,12 +969,6 @@ fn run_seed(seed: u64) -> Vec<String> {
             data_lost_at: vec![None; n],
             ..Truth::default()
         }));
-        let servers: Vec<Arc<SimServer>> = (0..n)
-            .map(|i| SimServer::new(i, Arc::clone(&truth)))
-            .collect();
-        for s in &servers {
-            tokio::spawn(Arc::clone(s).drive(servers.clone()));
-        }
         let faults = Faults {
             cut: rng.below(4),
             lost_reply: rng.below(4),
@@ -943,6 +982,13 @@ fn run_seed(seed: u64) -> Vec<String> {
             max_delay_ms: rng.below(15),
             max_late_ms: 50 + rng.below(400),
         };
+        let resends = faults.duplicate > 0;
+        let servers: Vec<Arc<SimServer>> = (0..n)
+            .map(|i| SimServer::new(i, Arc::clone(&truth), resends))
+            .collect();
+        for s in &servers {
+            tokio::spawn(Arc::clone(s).drive(servers.clone()));
+        }
         let names = 1 + rng.below(2);
         // One server: some names are locks of 2 or 3 permits (Redlock refuses them).
         let permits: Vec<u32> = (0..names)
