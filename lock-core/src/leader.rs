@@ -301,6 +301,12 @@ impl Leader {
         self.inner.term().is_some()
     }
 
+    /// The lease of the current term, while this handle leads (the simulator's checks).
+    #[cfg(test)]
+    pub(crate) fn term(&self) -> Option<Arc<crate::lease::Lease>> {
+        self.inner.term()
+    }
+
     /// The leadership state, `true` while leading, for `changed().await` loops. It follows
     /// [`is_leader`](Self::is_leader) with the delay of a task wake-up: when it matters that
     /// the lease is valid at an instant, ask `is_leader()`, or use

@@ -58,6 +58,29 @@ impl ModelServer {
         *locked(&self.model) = Model::new();
     }
 
+    /// `SCRIPT FLUSH`, or a restart that kept the data: the next `EVALSHA` of every script
+    /// gets `NOSCRIPT`.
+    #[cfg(test)]
+    pub(crate) fn flush_scripts(&self) {
+        locked(&self.model).flush();
+    }
+
+    /// The keys whose name starts with `prefix` that are still there (not expired): for the
+    /// simulator's end-of-run check.
+    #[cfg(test)]
+    pub(crate) fn live_keys(&self, prefix: &str) -> Vec<String> {
+        let model = locked(&self.model);
+        let now = self.now().ms();
+        model
+            .keyspace()
+            .entries()
+            .filter(|(key, entry)| {
+                key.starts_with(prefix.as_bytes()) && entry.expires_at_ms.is_none_or(|at| now <= at)
+            })
+            .map(|(key, _)| String::from_utf8_lossy(key).into_owned())
+            .collect()
+    }
+
     /// The first instant at which the model's clock is past millisecond `ms` (when a key that
     /// expires at `ms` is gone).
     #[cfg(test)]

@@ -365,7 +365,10 @@ impl SimServer {
         st.queue.clear();
         st.pending.clear();
         st.down_until = Some(now + down);
-        if !keep_data {
+        if keep_data {
+            // Redis keeps no script across a restart: every script meets NOSCRIPT once.
+            self.model.flush_scripts();
+        } else {
             self.model.flush();
             locked(&self.truth).data_lost_at[self.index] = Some(now);
         }
@@ -819,10 +822,17 @@ impl World {
     }
 
     fn watch(&self, guard: &LockGuard) {
-        locked(&self.truth).watched.push(Watched {
-            lease: Arc::clone(guard.lease()),
-            quorum: self.quorum,
-        });
+        self.watch_lease(guard.lease());
+    }
+
+    fn watch_lease(&self, lease: &Arc<Lease>) {
+        let mut truth = locked(&self.truth);
+        if !truth.watched.iter().any(|w| Arc::ptr_eq(&w.lease, lease)) {
+            truth.watched.push(Watched {
+                lease: Arc::clone(lease),
+                quorum: self.quorum,
+            });
+        }
     }
 
     fn violation(&self, what: String) {
@@ -886,6 +896,35 @@ async fn hold(world: &World, guard: LockGuard, rng: &mut Rng, ttl: Duration) {
         }
     }
     world.check();
+}
+
+/// A client that campaigns for leadership of `job0` (a lock, never permits) for a while: every
+/// term it says it leads is watched like a guard (terms never overlap each other, nor another
+/// holder's guard, as the servers saw them: I1/I2).
+async fn leader_client(world: Arc<World>, seed: u64, id: u64) {
+    let mut rng = Rng(seed ^ (id + 1).wrapping_mul(0x9FB2_1C65_1E98_DF25));
+    let locks = world.manager(&Arc::new(Mutex::new(Rng(rng.next()))));
+    let leader = locks.leader("job0").ttl(rng.ms(400, 1200)).start();
+    let end = Instant::now() + rng.ms(500, 4000);
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(7)).await;
+        if let Some(term) = leader.term() {
+            world.watch_lease(&term);
+        }
+        world.check();
+    }
+    if rng.chance(50) {
+        let _ = leader.resign().await;
+    } else {
+        drop(leader);
+    }
+    world.check();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    if let Err(e) = locks.shutdown(Duration::ZERO).await {
+        world.violation(format!(
+            "I5: background work left 5 s after a leader resigned: {e}"
+        ));
+    }
 }
 
 async fn client(world: Arc<World>, seed: u64, id: u64, names: u64) {
@@ -1021,8 +1060,10 @@ fn run_seed(seed: u64) -> Vec<String> {
                 for _ in 0..rng.below(3) {
                     tokio::time::sleep(rng.ms(0, 3000)).await;
                     let s = &servers[rng.below(servers.len() as u64) as usize];
-                    match rng.below(3) {
+                    match rng.below(4) {
                         0 => s.pause(rng.ms(100, 2000)),
+                        // An operator's SCRIPT FLUSH: the next EVALSHA meets NOSCRIPT.
+                        3 => s.model.flush_scripts(),
                         // Redlock promises nothing to a majority that lost its data.
                         1 if !redlock => s.restart(rng.ms(10, 500), false),
                         _ => s.restart(rng.ms(10, 500), true),
@@ -1031,8 +1072,17 @@ fn run_seed(seed: u64) -> Vec<String> {
             })
         };
 
+        // One client in five campaigns for leadership of `job0` instead, where it is a lock.
+        let leaders = world.permits[0] == 1;
         let tasks: Vec<_> = (0..clients)
-            .map(|id| tokio::spawn(client(Arc::clone(&world), seed, id, names)))
+            .map(|id| {
+                let world = Arc::clone(&world);
+                if leaders && rng.chance(20) {
+                    tokio::spawn(leader_client(world, seed, id))
+                } else {
+                    tokio::spawn(client(world, seed, id, names))
+                }
+            })
             .collect();
         for t in tasks {
             if let Err(e) = t.await {
@@ -1040,6 +1090,24 @@ fn run_seed(seed: u64) -> Vec<String> {
             }
         }
         chaos.abort();
+        // I5 at the end: once every lease could have run out (the longest lease, a late copy
+        // and a pause after the last client's last lock), no lock key, permit hash or fair line
+        // is left anywhere; only the fencing counters, which outlive their last use a day.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        for server in &servers {
+            let left: Vec<String> = server
+                .model
+                .live_keys("sim:")
+                .into_iter()
+                .filter(|key| !key.ends_with(":fence"))
+                .collect();
+            if !left.is_empty() {
+                world.violation(format!(
+                    "I5: left on server {} after every lease ran out: {left:?}",
+                    server.index
+                ));
+            }
+        }
         let violations = std::mem::take(&mut locked(&truth).violations);
         violations
     });
