@@ -11,8 +11,10 @@
 //! The server runs on its wall clock, the model on the clock it is given, so each step sends
 //! `TIME`, the command and `TIME` again in one pipeline (nothing runs in between on a server of
 //! its own), and the model runs the command at the first `TIME`. Both then agree on everything
-//! except figures read from the clock, which differ by at most the pipeline's duration plus the
-//! millisecond floor (the tolerance, 2 ms plus the pipeline's span):
+//! except figures read from the clock, which differ by at most the span of the pipeline that read
+//! them plus the millisecond floor (the tolerance: 2 ms plus the widest pipeline of the seed so
+//! far, as a figure may have been read at an earlier step, say a timestamp stored then and read
+//! back now; a loaded machine widens it):
 //! - milliseconds left compare within the tolerance: a `PTTL` of 0 or more (not -1 or -2),
 //!   the negative answers of acquire, fair and permit_acquire (not their 1 or 0), and the
 //!   per-permit figures of permit_peek's list (not its `n` or its flag) ([`Left`]);
@@ -446,16 +448,22 @@ fn run_seed(
     let names = Names::new();
     let mut rng = Rng::new(seed);
     let mut history: Vec<String> = Vec::new();
+    // The widest step of this seed so far: a figure read from the clock at an earlier step (a
+    // stored timestamp, an expiry read back as milliseconds left) is off by that step's span.
+    let mut widest_us = 0u64;
     for i in 0..steps {
         let step = names.step(&mut rng);
-        // Never run a step within MARGIN of a deadline: sleep past it.
+        // Never run a step within the margin of a deadline: sleep past it. The margin grows
+        // with the widest step seen, so a loaded machine (a step that takes longer than
+        // MARGIN) does not let the server decide an expiry the model decided otherwise.
+        let margin = MARGIN.max(widest_us / 1000 + 2);
         let mut now_ms = server_now(con) / 1000;
         while let Some(d) = deadlines(&model, now_ms)
             .into_iter()
-            .filter(|&d| d + MARGIN >= now_ms && d <= now_ms + MARGIN)
+            .filter(|&d| d + margin >= now_ms && d <= now_ms + margin)
             .max()
         {
-            let wait = d + MARGIN + 1 - now_ms;
+            let wait = d + margin + 1 - now_ms;
             std::thread::sleep(Duration::from_millis(wait));
             stats.slept_ms += wait;
             now_ms = server_now(con) / 1000;
@@ -538,7 +546,8 @@ fn run_seed(
             } => model.eval(now, script, keys, argv),
             Step::Sleep(_) | Step::Scan | Step::Flush => unreachable!(),
         };
-        let tolerance_ms = ((t1 - t0) / 1000 + 2) as i64;
+        widest_us = widest_us.max(t1 - t0);
+        let tolerance_ms = (widest_us / 1000 + 2) as i64;
         stats.compared += 1;
         stats.widest_step_us = stats.widest_step_us.max(t1 - t0);
         history.push(format!("{i}: {label} -> {server_reply:?}"));
