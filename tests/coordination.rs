@@ -182,7 +182,7 @@ async fn ten_thousand_cancelled_permit_acquires_leave_no_permit_behind() {
     let lock = RedisServer::start();
     let locks = LockManager::connect(&lock.url()).await.unwrap();
     let held = locks.lock("cancel").permits(3).acquire().await.unwrap();
-    let (mut cancelled, mut completed) = (0u64, 0u64);
+    let (mut cancelled, mut completed, mut refused) = (0u64, 0u64, 0u64);
     let mut i = 0u64;
     while cancelled < 10_000 {
         i += 1;
@@ -205,6 +205,10 @@ async fn ten_thousand_cancelled_permit_acquires_leave_no_permit_behind() {
                 completed += 1;
                 drop(guard);
             }
+            // The other two permits taken, for now, by attempts cut before this one whose
+            // clean-up is still in flight (a loaded machine runs it late): refused, as any
+            // request is while n are held.
+            Some(Err(LockError::Busy { .. } | LockError::Timeout { .. })) => refused += 1,
             Some(Err(e)) => panic!("{e}"),
         }
     }
@@ -221,7 +225,7 @@ async fn ten_thousand_cancelled_permit_acquires_leave_no_permit_behind() {
     report(
         "cancelled permit acquires",
         &format!(
-            "10,000 cancelled after 1 or 2 polls ({completed} more completed first), 0 permits left"
+            "10,000 cancelled after 1 or 2 polls ({completed} more completed first, {refused} refused while earlier ones were being cleaned up), 0 permits left"
         ),
     );
 }
