@@ -14,7 +14,8 @@
 //! - (b) throughput of 64 concurrent tasks on distinct names;
 //! - (c) contended handoff: 8 waiters on one name, each holding ~1 ms: time from a release
 //!   completing to the next acquire succeeding, and acquisitions per second;
-//! - (d) lock-core's client-side cost on the in-process backend;
+//! - (d) lock-core on the in-process backend: its client code plus the modelled server running
+//!   the scripts, no I/O;
 //! - (e) Redlock over 5 local masters against one master;
 //! - (g) `min_replicas(1, ..)` against the same primary without it, one replica on loopback;
 //! - (h) a permit of `permits(4)` (free, and the last free one) against the lock itself.
@@ -746,7 +747,8 @@ async fn main() {
     }
     println!();
 
-    // lock-core's own client-side cost, with no network: the in-process backend.
+    // lock-core with no network: the in-process backend, whose modelled server runs the same
+    // scripts in an embedded Lua (so this is the client's cost plus the scripts').
     let memory = LockManager::in_memory();
     let n = 200_000;
     let start = Instant::now();
@@ -755,7 +757,7 @@ async fn main() {
         assert!(g.release().await.unwrap());
     }
     let client_cost = start.elapsed() / n;
-    println!("(d) lock-core client-side cost (in-process backend, no I/O): {:.2} µs per acquire+release\n", us(client_cost));
+    println!("(d) lock-core on the in-process backend (client code and the scripts in the embedded Lua, no I/O): {:.2} µs per acquire+release\n", us(client_cost));
 
     // (f) Wake-ups under load: many waiters on one name, many names at once, fair and unfair,
     // and Redlock with one instance paused.
