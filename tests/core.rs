@@ -1255,6 +1255,7 @@ async fn url_and_connection_errors_say_where_without_the_password() {
         assert!(matches!(e, LockError::InvalidUrl { .. }), "{e:?}");
         shows(&e, "app:****@localhost");
         shows(&e, "redis+unix://");
+        shows(&e, ".sentinel(master_name");
     }
     let port = free_port();
     let e = LockManager::connect(&format!("redis://:s3cret@127.0.0.1:{port}"))

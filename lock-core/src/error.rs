@@ -120,7 +120,7 @@ pub enum LockError {
 
     /// A server url that does not parse; nothing was contacted. The message shows the url
     /// (its password masked) and the forms accepted.
-    #[error("invalid Redis url `{url}`: {reason}; accepted forms: redis://[user:password@]host[:port][/db], rediss://... (TLS), redis+unix:///path/to/socket[?db=N]")]
+    #[error("invalid Redis url `{url}`: {reason}; accepted forms: redis://[user:password@]host[:port][/db], rediss://... (TLS), redis+unix:///path/to/socket[?db=N]; for Sentinel, LockManager::builder().sentinel(master_name, [sentinel urls in those forms])")]
     InvalidUrl {
         /// The url as given, with any password replaced by `****`.
         url: String,
