@@ -214,9 +214,10 @@ impl LockGuard {
     ///
     /// The loss is checked before every poll of `work`, not only when a timer or a message
     /// says so: a runtime thread that stalled past the lease (a blocking call) wakes the
-    /// work's timer and the loss at the same time, and the work does not run another step
-    /// then. A step already running when the lease ends (between two awaits) cannot be
-    /// stopped from outside: guard its writes with a [fencing token](Self::fencing_token).
+    /// work's timer and the loss at the same time, and the work is not polled again then.
+    /// Once polled, `work` runs until it next yields (an await that is not ready): what runs
+    /// in between, or is running when the lease ends, cannot be stopped from outside, so
+    /// guard its writes with a [fencing token](Self::fencing_token).
     ///
     /// ```no_run
     /// # async fn demo(locks: lock_core::LockManager) -> lock_core::Result<()> {

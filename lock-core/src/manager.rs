@@ -85,7 +85,10 @@ impl LockManager {
     /// A manager whose locks live in this process only, with the same semantics as Redis
     /// (tokens, expiry, fencing, `Busy`/`Timeout`, release on drop) on `tokio::time`: the
     /// Redis backend's own commands and Lua scripts run against a Redis keyspace modelled in
-    /// the process, so nothing about a lock differs but where its keys live.
+    /// the process, so nothing about a lock differs but where its keys live. As on Redis, a key
+    /// lives through the millisecond its expiry falls in, and a guard counts 1 ms less than its
+    /// ttl (expiries are whole milliseconds): under paused time, advance a millisecond past a
+    /// ttl to see the lock free.
     ///
     /// Made for tests of code that takes locks: it works under `tokio::time::pause()`. It does
     /// not exclude other processes. Clones share the same locks; separate calls do not.
@@ -154,16 +157,18 @@ impl LockManager {
     /// 1. stops every watchdog;
     /// 2. releases the locks still held through this manager (their guards then report
     ///    [`is_lost`](LockGuard::is_lost), and their `release` returns `Ok(false)`);
-    /// 3. waits for the releases spawned by dropped guards and for the clean-up of attempts
-    ///    that were refused or cancelled;
-    /// 4. closes the pub/sub connections that wake waiters (waiters still waiting poll);
-    /// 5. on Redlock, waits for the late answers of instances that had not answered when a
+    /// 3. waits for the releases spawned by dropped guards, for the clean-up of attempts that
+    ///    were refused or cancelled, and for leader campaigns to end
+    ///    ([`LockManager::leader`]);
+    /// 4. on Redlock, waits for the late answers of instances that had not answered when a
     ///    command was decided (a slow instance's release among them), each within its
-    ///    per-instance timeout.
+    ///    per-instance timeout;
+    /// 5. closes the pub/sub connections that wake waiters (a waiter still waiting polls).
     ///
-    /// When it returns `Ok`, no task of the manager runs and no key it set is left on an
-    /// instance that answered, so the process may exit at once. Leader campaigns end too
-    /// ([`LockManager::leader`]).
+    /// When it returns `Ok`, nothing of the work started before the call is left running, and
+    /// no key of it is left on an instance that answered, so the process may exit at once. An
+    /// acquire still in flight when `shutdown` is called, or one started after it, is new work:
+    /// release its guard (and call `shutdown` again) before exiting.
     ///
     /// Call it after your job handlers have stopped and before the runtime shuts down: stop
     /// taking work, let running jobs finish (or cancel them), then `shutdown`. Returns

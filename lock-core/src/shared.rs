@@ -600,11 +600,11 @@ impl Shared {
                 self.release_in_background(&lease);
             }
         }
-        // Waiters of this manager poll from now on; the notifiers' connections close.
+        // Last, the notifiers' connections close (a waiter still waiting polls from then on).
         let drained = async {
-            self.wake.close().await;
             self.tasks.wait_idle().await;
             self.store.close().await;
+            self.wake.close().await;
         };
         match tokio::time::timeout(within, drained).await {
             Ok(()) => Ok(()),

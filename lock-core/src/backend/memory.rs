@@ -143,9 +143,11 @@ impl ModelServer {
                 _ => None,
             })
             .collect();
-        let now = self.now();
         let (reply, published) = {
             let mut model = locked(&self.model);
+            // Read under the lock: commands run in the order of their clock readings, as on a
+            // server, whatever thread sends them.
+            let now = self.now();
             let reply = match args.first().map(|c| c.to_ascii_uppercase()) {
                 Some(c) if c == b"EVAL" || c == b"EVALSHA" => script(&mut model, now, &c, &args),
                 _ => model.call(now, &args),
@@ -216,6 +218,9 @@ impl redis::aio::ConnectionLike for ModelConn {
         Box::pin(async move { Ok(reply) })
     }
 
+    /// A plain pipeline (the client's `WAIT` pipelines, `GET`+`PTTL` batches): every command
+    /// in order, the replies `offset..offset + count` of them. No `MULTI`/`EXEC`: the client
+    /// sends none.
     fn req_packed_commands<'a>(
         &'a mut self,
         pipeline: &'a redis::Pipeline,
