@@ -1257,3 +1257,47 @@ async fn under_noeviction_oom_scripts_are_whole_or_nothing() {
     let pttl: i64 = server.query(redis::cmd("PTTL").arg(key("oom")));
     assert!(pttl > 0 && pttl <= 5000, "kept until min_hold ends: {pttl}");
 }
+
+/// A server whose `maxmemory-policy` can evict lock keys (every policy but `noeviction`: each
+/// lock key has an expiry) is refused at `build`, naming the server and the policy, unless the
+/// caller accepts the risk; a Redlock with one such instance too. An evicted lock would let a
+/// second holder in while the first still believes it holds.
+#[tokio::test]
+async fn a_server_that_can_evict_lock_keys_is_refused_unless_accepted() {
+    let evicting = RedisServer::start_with(&["--maxmemory-policy", "volatile-lru"]);
+    let refused = LockManager::connect(&evicting.url()).await.unwrap_err();
+    let text = refused.to_string();
+    assert!(
+        matches!(refused, LockError::InvalidConfig { .. }),
+        "{refused:?}"
+    );
+    assert!(
+        text.contains("volatile-lru") && text.contains(&evicting.port().to_string()),
+        "{text}"
+    );
+    assert!(
+        text.contains("allow_eviction(true)"),
+        "says how to accept it: {text}"
+    );
+    let accepted = LockManager::builder()
+        .url(&evicting.url())
+        .allow_eviction(true)
+        .build()
+        .await
+        .unwrap();
+    let guard = accepted
+        .try_acquire("evictable", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(guard.release().await.unwrap());
+    let others = [RedisServer::start(), RedisServer::start()];
+    let refused = LockManager::builder()
+        .redlock([others[0].url(), others[1].url(), evicting.url()])
+        .build()
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("volatile-lru"), "{refused}");
+    // The servers the suite starts keep the default, `noeviction`: nothing refused there.
+    LockManager::connect(&others[0].url()).await.unwrap();
+}

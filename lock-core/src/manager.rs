@@ -200,6 +200,7 @@ pub struct LockManagerBuilder {
     timeouts: Timeouts,
     poll_cap: Duration,
     lazy: bool,
+    allow_eviction: bool,
     min_replicas: Option<MinReplicas>,
     holder: Option<String>,
 }
@@ -216,6 +217,7 @@ impl Default for LockManagerBuilder {
             },
             poll_cap: DEFAULT_MAX_POLL_INTERVAL,
             lazy: false,
+            allow_eviction: false,
             min_replicas: None,
             holder: None,
         }
@@ -244,6 +246,21 @@ impl LockManagerBuilder {
     /// `build`, to learn its slots.
     pub fn lazy(mut self, on: bool) -> Self {
         self.lazy = on;
+        self
+    }
+
+    /// Accepts servers whose `maxmemory-policy` can evict lock keys (default `false`).
+    ///
+    /// Every lock key has an expiry, so every policy but `noeviction` may evict it under memory
+    /// pressure (the `volatile-*` policies pick among exactly such keys), and an evicted lock
+    /// lets a second holder in while the first still believes it holds. So `build` asks each
+    /// primary (`CONFIG GET maxmemory-policy`) and refuses one with such a policy with
+    /// [`LockError::InvalidConfig`], naming it. Keep locks on a server with `noeviction` (a
+    /// full server then refuses new locks, `OOM`, and never drops a held one), or pass `true`
+    /// to accept the risk. Not checked with [`lazy`](Self::lazy), nor where the server refuses
+    /// `CONFIG` (managed services often do), nor when the policy is changed later.
+    pub fn allow_eviction(mut self, on: bool) -> Self {
+        self.allow_eviction = on;
         self
     }
 
@@ -471,6 +488,7 @@ impl LockManagerBuilder {
                     self.timeouts,
                     "redis",
                     self.lazy,
+                    !self.lazy && !self.allow_eviction,
                 )
                 .await?
             }
@@ -485,6 +503,7 @@ impl LockManagerBuilder {
                     self.timeouts,
                     "redis",
                     self.lazy,
+                    !self.lazy && !self.allow_eviction,
                 )
                 .await?
             }
@@ -502,8 +521,14 @@ impl LockManagerBuilder {
                         "the Redlock clock drift factor must be at least 0 and below 1",
                     ));
                 }
-                let (store, wake) =
-                    Redlock::connect(&instances, self.timeouts, self.drift, self.lazy).await?;
+                let (store, wake) = Redlock::connect(
+                    &instances,
+                    self.timeouts,
+                    self.drift,
+                    self.lazy,
+                    self.allow_eviction,
+                )
+                .await?;
                 (Box::new(store), Box::new(wake))
             }
             Target::Sentinel(master, urls) => {
@@ -521,6 +546,7 @@ impl LockManagerBuilder {
                         self.timeouts,
                         "redis-sentinel",
                         self.lazy,
+                        !self.lazy && !self.allow_eviction,
                     )
                     .await?
                 }
@@ -541,6 +567,9 @@ impl LockManagerBuilder {
                     let mut node = RedisNode::connect_cluster(&urls, self.timeouts).await?;
                     if let Some(want) = self.min_replicas {
                         node = node.min_replicas(want, self.timeouts, true).await?;
+                    }
+                    if !self.allow_eviction {
+                        node.refuse_evicting().await?;
                     }
                     let wake = Box::new(node.pubsub());
                     // The cluster client sends a command again after an I/O error.
@@ -584,12 +613,16 @@ async fn one_server(
     timeouts: Timeouts,
     kind: &'static str,
     lazy: bool,
+    check_eviction: bool,
 ) -> Result<(
     Box<dyn crate::backend::Store>,
     Box<dyn crate::backend::Wake>,
 )> {
     if let Some(want) = min_replicas {
         node = node.min_replicas(want, timeouts, !lazy).await?;
+    }
+    if check_eviction {
+        node.refuse_evicting().await?;
     }
     let wake = Box::new(node.pubsub());
     // A Sentinel connection sends a command again after a failover.

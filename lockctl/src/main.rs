@@ -96,7 +96,11 @@ async fn run(cli: &Cli) -> Result<Outcome, String> {
             "`release {name}` evicts whoever holds the lock: add --force to do it"
         ));
     }
-    let mut builder = LockManager::builder().key_prefix(cli.prefix.clone());
+    // An operator looks at (and frees) locks wherever they are: a server that could evict lock
+    // keys is the applications' risk to accept, not a reason to hide what it holds.
+    let mut builder = LockManager::builder()
+        .key_prefix(cli.prefix.clone())
+        .allow_eviction(true);
     builder = if cli.cluster {
         builder.cluster(&cli.urls)
     } else if cli.redlock {

@@ -569,6 +569,40 @@ impl RedisNode {
         Ok(found)
     }
 
+    /// Refuses a primary whose `maxmemory-policy` can evict lock keys: every policy but
+    /// `noeviction` may, as every lock key has an expiry (the `volatile-*` policies pick among
+    /// exactly those), and an evicted lock lets a second holder in. Asked once, at `build`; a
+    /// server that refuses `CONFIG` (a managed service, an ACL) is not checked, quietly.
+    pub(crate) async fn refuse_evicting(&self) -> Result<()> {
+        let Ok(primaries) = self.primaries().await else {
+            return Ok(());
+        };
+        for at in primaries {
+            let mut cmd = redis::cmd("CONFIG");
+            cmd.arg("GET").arg("maxmemory-policy");
+            let server = match (&at, &self.source) {
+                (Some((host, port)), _) => format!("{host}:{port}"),
+                (None, Source::Client(client)) => address(client),
+                (None, _) => "the primary".to_owned(),
+            };
+            match self.on::<Vec<String>>(at.as_ref(), cmd).await {
+                Ok(reply) => {
+                    if let Some(policy) = reply.get(1).filter(|p| *p != "noeviction") {
+                        return Err(LockError::InvalidConfig {
+                            reason: format!(
+                                "{server} has maxmemory-policy `{policy}`, which can evict lock keys (each has an expiry): an evicted lock lets a second holder in. Set `maxmemory-policy noeviction` (or keep locks on a server of their own), or accept the risk with `LockManagerBuilder::allow_eviction(true)`"
+                            ),
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%server, error = %e, "CONFIG GET maxmemory-policy refused; eviction not checked");
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn is_cluster(&self) -> bool {
         match self.conn {
             #[cfg(feature = "cluster")]

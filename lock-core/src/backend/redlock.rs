@@ -208,6 +208,7 @@ impl Redlock {
         timeouts: Timeouts,
         drift: Drift,
         lazy: bool,
+        allow_eviction: bool,
     ) -> Result<(Self, PubSub)> {
         if lazy {
             let nodes = instances
@@ -224,6 +225,9 @@ impl Redlock {
         for (at, attempt) in instances.iter().zip(attempts) {
             match attempt {
                 Ok(node) => {
+                    if !allow_eviction {
+                        node.refuse_evicting().await?;
+                    }
                     reached += 1;
                     nodes.push(node);
                 }
