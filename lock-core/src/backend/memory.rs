@@ -11,6 +11,7 @@
 //!
 //! [`RedisNode`]: super::redis::RedisNode
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -26,8 +27,9 @@ use crate::model::{Model, Now, Reply};
 /// One modelled Redis server, shared by the connections to it.
 pub(crate) struct ModelServer {
     model: Mutex<Model>,
-    /// The wall clock (µs since the epoch) at `started`, and tokio's clock then.
-    epoch_us: u64,
+    /// The wall clock (µs since the epoch) at `started`, and tokio's clock then. It moves only
+    /// when the simulator makes the server's clock jump.
+    epoch_us: AtomicU64,
     started: Instant,
     /// The waiters, woken by what the scripts publish.
     table: Arc<Table>,
@@ -46,7 +48,7 @@ impl ModelServer {
     pub(crate) fn with_clock(epoch_us: u64) -> Arc<Self> {
         Arc::new(Self {
             model: Mutex::new(Model::new()),
-            epoch_us,
+            epoch_us: AtomicU64::new(epoch_us),
             started: Instant::now(),
             table: Arc::default(),
         })
@@ -85,14 +87,14 @@ impl ModelServer {
     /// expires at `ms` is gone).
     #[cfg(test)]
     pub(crate) fn instant_after_ms(&self, ms: u64) -> Instant {
-        let us = (ms + 1).saturating_mul(1000).saturating_sub(self.epoch_us);
+        let us = (ms + 1).saturating_mul(1000).saturating_sub(self.epoch());
         self.started + std::time::Duration::from_micros(us)
     }
 
     /// The instant the model's clock reads millisecond `ms`.
     #[cfg(test)]
     pub(crate) fn instant_at_ms(&self, ms: u64) -> Instant {
-        let us = ms.saturating_mul(1000).saturating_sub(self.epoch_us);
+        let us = ms.saturating_mul(1000).saturating_sub(self.epoch());
         self.started + std::time::Duration::from_micros(us)
     }
 
@@ -126,10 +128,23 @@ impl ModelServer {
         }
     }
 
+    fn epoch(&self) -> u64 {
+        self.epoch_us.load(Ordering::Relaxed)
+    }
+
+    /// The server's wall clock jumps by `by_us` (forward, or back when negative), as an NTP
+    /// step or an operator's `date -s` makes it: expiries and `TIME` alike move with it.
+    #[cfg(test)]
+    pub(crate) fn jump(&self, by_us: i64) {
+        let _model = locked(&self.model);
+        let epoch = self.epoch().saturating_add_signed(by_us);
+        self.epoch_us.store(epoch, Ordering::Relaxed);
+    }
+
     fn now(&self) -> Now {
         let since = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         Now {
-            us: self.epoch_us.saturating_add(since),
+            us: self.epoch().saturating_add(since),
         }
     }
 

@@ -376,6 +376,16 @@ impl SimServer {
         self.wake_driver.notify_one();
     }
 
+    /// The server's wall clock steps by `by_us` (back when negative). A step forward expires
+    /// keys early, so the leases taken before it are exempt from I1/I2, as after a loss of
+    /// data: a Redis lock promises nothing across it (documented).
+    fn step_clock(&self, by_us: i64) {
+        self.model.jump(by_us);
+        if by_us > 0 {
+            locked(&self.truth).data_lost_at[self.index] = Some(Instant::now());
+        }
+    }
+
     fn pause(&self, length: Duration) {
         locked(&self.state).paused_until = Some(Instant::now() + length);
         self.wake_driver.notify_one();
@@ -1060,8 +1070,15 @@ fn run_seed(seed: u64) -> Vec<String> {
                 for _ in 0..rng.below(3) {
                     tokio::time::sleep(rng.ms(0, 3000)).await;
                     let s = &servers[rng.below(servers.len() as u64) as usize];
-                    match rng.below(4) {
+                    match rng.below(6) {
                         0 => s.pause(rng.ms(100, 2000)),
+                        // The server's clock steps back (NTP, an operator): keys live longer,
+                        // permit ends and fencing tokens are read off an earlier clock.
+                        4 => s.step_clock(-(rng.ms(1, 1000).as_micros() as i64)),
+                        // Or forward: keys expire early; the leases taken before are exempt,
+                        // the rest (I3-I5, later leases) must hold. Redlock promises nothing
+                        // to instances that break their word (as with lost data).
+                        5 if !redlock => s.step_clock(rng.ms(1, 1000).as_micros() as i64),
                         // An operator's SCRIPT FLUSH: the next EVALSHA meets NOSCRIPT.
                         3 => s.model.flush_scripts(),
                         // Redlock promises nothing to a majority that lost its data.
