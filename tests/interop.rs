@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use lock_core::LockManager;
-use lock_test_support::{redis_py, RedisServer};
+use lock_test_support::{eval_cmd, redis_py, RedisServer};
 
 /// Runs `script` in python3 with redis-py, `PORT` and `KEY` set; `None` without redis-py.
 fn python(script: &str, port: u16, key: &str) -> Option<Child> {
@@ -170,9 +170,7 @@ async fn a_bare_token_of_an_older_version_is_never_rewritten() {
 
 /// Runs one of lock-core's scripts on `server`: its reply, or its error's text.
 fn script(server: &RedisServer, source: &str, keys: &[&str], args: &[&str]) -> String {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(source).arg(keys.len()).arg(keys).arg(args);
-    match cmd.query::<redis::Value>(&mut server.conn()) {
+    match eval_cmd(source, keys, args).query::<redis::Value>(&mut server.conn()) {
         Ok(value) => format!("{value:?}"),
         Err(e) => e.to_string(),
     }

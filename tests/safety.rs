@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::{distributed_lock, LockError, LockGuard, LockManager};
-use lock_test_support::{cancel_after_polls, eventually, FaultProxy, RedisServer};
+use lock_test_support::{cancel_after_polls, eval_cmd, eventually, FaultProxy, RedisServer};
 use tokio::time::Instant;
 
 /// One line per scenario for RELIABILITY.md (`--nocapture` shows them).
@@ -998,13 +998,11 @@ async fn an_extend_after_a_min_hold_release_cannot_lengthen_the_key() {
     let pttl: i64 = server.query(redis::cmd("PTTL").arg(&key));
     assert!(pttl > 0 && pttl <= 2000, "kept until min_hold ends: {pttl}");
     // The extend a watchdog may still have had in flight, arriving now.
-    let extended: i64 = server.query(
-        redis::cmd("EVAL")
-            .arg(include_str!("../lock-core/src/scripts/extend.lua"))
-            .arg(1)
-            .arg(&key)
-            .arg(&token)
-            .arg(30_000),
+    let extended: i64 = script(
+        &server,
+        include_str!("../lock-core/src/scripts/extend.lua"),
+        &[&key],
+        &[&token, "30000"],
     );
     assert_eq!(extended, 0, "the retired token is no longer the owner");
     let pttl: i64 = server.query(redis::cmd("PTTL").arg(&key));
@@ -1111,9 +1109,7 @@ fn script<T: redis::FromRedisValue>(
     keys: &[&str],
     args: &[&str],
 ) -> T {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(source).arg(keys.len()).arg(keys).arg(args);
-    server.query(&cmd)
+    server.query(&eval_cmd(source, keys, args))
 }
 
 /// The cluster client re-sends an attempt after an I/O error, with the same token; the re-sent

@@ -38,6 +38,14 @@ pub fn valkey_server() -> Option<String> {
     found
 }
 
+/// `EVAL source numkeys keys... args...`: one of lock-core's scripts as the client sends it,
+/// for tests that run a script on a server themselves.
+pub fn eval_cmd(source: &str, keys: &[&str], args: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(source).arg(keys.len()).arg(keys).arg(args);
+    cmd
+}
+
 /// A `python3` command that can `import redis` (redis-py), for the tests that share keys with
 /// other clients of the same protocol: `$REDIS_PY_PATH` is put on `PYTHONPATH` (`.ci/run`
 /// installs redis-py there). `None` when it cannot; with `LOCK_TESTS_REDIS_PY=required` (as

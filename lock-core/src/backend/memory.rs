@@ -87,8 +87,7 @@ impl ModelServer {
     /// expires at `ms` is gone).
     #[cfg(test)]
     pub(crate) fn instant_after_ms(&self, ms: u64) -> Instant {
-        let us = (ms + 1).saturating_mul(1000).saturating_sub(self.epoch());
-        self.started + std::time::Duration::from_micros(us)
+        self.instant_at_ms(ms + 1)
     }
 
     /// The instant the model's clock reads millisecond `ms`.
