@@ -1298,6 +1298,9 @@ async fn a_lazy_manager_builds_while_redis_is_down_and_works_once_it_is_up() {
         .expect("builds without contacting Redis");
     let e = locks.try_acquire("lazy", LONG).await.unwrap_err();
     assert!(matches!(e, LockError::Redis(_)), "{e:?}");
+    // It says where Redis was looked for.
+    let at = format!("127.0.0.1:{}", server.port());
+    assert!(e.to_string().contains(&at), "{e} does not say {at}");
     let l = locks.clone();
     let waiting =
         tokio::spawn(async move { l.acquire("lazy", LONG, Duration::from_secs(10)).await });

@@ -22,6 +22,21 @@ fn address(client: &redis::Client) -> String {
     client.get_connection_info().addr().to_string()
 }
 
+/// `e` with the server's address in its message when it says the server could not be reached
+/// (a refused connection, a timeout): a lazy manager's first error, or any while the server is
+/// down, then says where. The error keeps its kind, so whether the command may have been
+/// applied is read from it as before.
+fn unreachable_at(at: &str, e: redis::RedisError) -> redis::RedisError {
+    let kind = if e.is_connection_refusal() {
+        std::io::ErrorKind::ConnectionRefused
+    } else if e.is_timeout() {
+        std::io::ErrorKind::TimedOut
+    } else {
+        return e;
+    };
+    std::io::Error::new(kind, format!("{e} (Redis at {at})")).into()
+}
+
 /// A client for `url`, or an error that shows the url (password masked) and the forms accepted.
 fn open(url: &str) -> Result<redis::Client> {
     redis::Client::open(url).map_err(|e| {
@@ -86,7 +101,8 @@ const SCAN_BATCH: usize = 500;
 /// The command connection: one server, or a Redis Cluster.
 #[derive(Clone)]
 enum Conn {
-    Single(ConnectionManager),
+    /// One server, and its address (for the errors that say it could not be reached).
+    Single(ConnectionManager, Arc<str>),
     /// A server modelled in this process (`LockManager::in_memory`).
     Model(super::memory::ModelConn),
     #[cfg(feature = "cluster")]
@@ -219,7 +235,8 @@ impl RedisNode {
         let conn = ConnectionManager::new_with_config(client.clone(), Self::config(timeouts))
             .await
             .map_err(|e| connect_failed(named, e))?;
-        Ok(Self::with(client, Conn::Single(conn)))
+        let conn = Conn::single(conn, &client);
+        Ok(Self::with(client, conn))
     }
 
     /// Like [`connect`](Self::connect), but connects on first use (a lazy manager, or a
@@ -233,7 +250,8 @@ impl RedisNode {
     pub(crate) fn of_client_lazy(client: redis::Client, timeouts: Timeouts) -> Result<Self> {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), Self::config(timeouts))
             .map_err(|e| connect_failed(&address(&client), e))?;
-        Ok(Self::with(client, Conn::Single(conn)))
+        let conn = Conn::single(conn, &client);
+        Ok(Self::with(client, conn))
     }
 
     /// A node on a server modelled in this process, with its release messages.
@@ -325,9 +343,10 @@ impl RedisNode {
     async fn open(&self, timeouts: Timeouts) -> Result<Conn> {
         Ok(match &self.source {
             Source::Model(conn) => Conn::Model(conn.clone()),
-            Source::Client(client) => Conn::Single(
+            Source::Client(client) => Conn::single(
                 ConnectionManager::new_lazy_with_config((**client).clone(), Self::config(timeouts))
                     .map_err(|e| connect_failed(&address(client), e))?,
+                client,
             ),
             #[cfg(feature = "cluster")]
             Source::Cluster(seeds) => Conn::Cluster(Self::cluster_conn(seeds, timeouts).await?),
@@ -432,7 +451,7 @@ impl RedisNode {
     /// be applied twice.
     pub(crate) fn resends(&self) -> bool {
         match &self.conn {
-            Conn::Single(_) => false,
+            Conn::Single(..) => false,
             Conn::Model(conn) => conn.resends,
             #[cfg(feature = "cluster")]
             Conn::Cluster(_) => true,
@@ -760,9 +779,16 @@ impl Request<'_> {
 }
 
 impl Conn {
+    fn single(conn: ConnectionManager, client: &redis::Client) -> Self {
+        Conn::Single(conn, address(client).into())
+    }
+
     async fn send<T: FromRedisValue>(&self, request: &Request<'_>) -> redis::RedisResult<T> {
         match self {
-            Conn::Single(conn) => request.on(&mut conn.clone()).await,
+            Conn::Single(conn, at) => request
+                .on(&mut conn.clone())
+                .await
+                .map_err(|e| unreachable_at(at, e)),
             Conn::Model(conn) => request.on(&mut conn.clone()).await,
             #[cfg(feature = "sentinel")]
             Conn::Sentinel(following) => {
