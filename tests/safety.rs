@@ -1190,6 +1190,96 @@ async fn a_late_copy_of_a_granting_attempt_never_shortens_the_lease() {
     assert!(neighbour.release().await.unwrap());
 }
 
+/// The soak's finding: a client that re-sends (Cluster, Sentinel) can have an earlier copy of an
+/// attempt still on its way when the attempt is refused, or after the lease it took is given
+/// back; landing on the free key, that copy took the lock for a token no guard has, and the name
+/// was busy for nobody until the attempt's ttl. Such a client asks the scripts for the
+/// attempt's tomb (`<lock>:gone:<token>`): a refusal or a release leaves it, and a late copy
+/// then takes nothing. The same schedule without the tomb (what a client that never re-sends sends) shows
+/// the hazard, so the test can fail.
+#[tokio::test]
+async fn a_late_copy_of_a_refused_or_released_attempt_takes_nothing() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    let acquire = include_str!("../lock-core/src/scripts/acquire.lua");
+    let fair = include_str!("../lock-core/src/scripts/fair.lua");
+    let permit = include_str!("../lock-core/src/scripts/permit_acquire.lua");
+    let release = include_str!("../lock-core/src/scripts/release.lua");
+    let permit_release = include_str!("../lock-core/src/scripts/permit_release.lua");
+    let ttl = "20000";
+    for entombed in [true, false] {
+        for (kind, n) in [("plain", 1), ("fair", 1), ("permits", 2)] {
+            let name = format!("late-{kind}-{entombed}");
+            let key = locks.key_for(&name);
+            let queue = format!("{key}:q");
+            // One attempt of each story, copies of the same command each time; a client that
+            // re-sends asks for the tomb with the last argument.
+            let flag = if entombed { "1" } else { "0" };
+            let attempt = |token: &str| -> i64 {
+                match kind {
+                    "plain" => script(&server, acquire, &[&key], &[token, ttl, "1", flag]),
+                    "fair" => script(
+                        &server,
+                        fair,
+                        &[&key, &queue],
+                        &[token, ttl, token, "5000", "1", flag],
+                    ),
+                    _ => script(&server, permit, &[&key], &[token, ttl, "2", "1", flag]),
+                }
+            };
+            let give_back = |token: &str| -> i64 {
+                let source = if n > 1 { permit_release } else { release };
+                script(&server, source, &[&key], &[token, "0", "PUBLISH", flag])
+            };
+            // Refused: every permit is held by others, then given back.
+            let holders: Vec<String> = (0..n.max(1))
+                .map(|i| format!("other:{i}|1|{i:032x}"))
+                .collect();
+            for holder in &holders {
+                assert_eq!(attempt(holder), 1, "{kind}: a holder");
+            }
+            let refused = "late:1|1|0123456789abcdef0123456789abcdef";
+            assert!(attempt(refused) < 1, "{kind}: refused while held");
+            if entombed {
+                let tomb_ttl: i64 =
+                    server.query(redis::cmd("PTTL").arg(format!("{key}:gone:{refused}")));
+                assert!(
+                    (1..=20_000).contains(&tomb_ttl),
+                    "{kind}: the refusal's tomb lives {tomb_ttl} ms"
+                );
+            }
+            for holder in &holders {
+                assert_eq!(give_back(holder), 1, "{kind}: a holder's release");
+            }
+            let _: i64 = server.query(redis::cmd("DEL").arg(&queue));
+            let late = attempt(refused);
+            // Granted: taken, given back, then a late copy.
+            let released = "late:2|1|fedcba9876543210fedcba9876543210";
+            if late != 1 {
+                assert_eq!(attempt(released), 1, "{kind}: a free lock");
+                assert_eq!(give_back(released), 1, "{kind}: its release");
+            }
+            let late_after_release = attempt(released);
+            let left: i64 = server.query(redis::cmd("EXISTS").arg(&key));
+            if entombed {
+                assert_ne!(
+                    late, 1,
+                    "{kind}: a late copy of a refused attempt took the lock"
+                );
+                assert_ne!(
+                    late_after_release, 1,
+                    "{kind}: a late copy of a released attempt took the lock"
+                );
+                assert_eq!(left, 0, "{kind}: the name is busy for nobody");
+            } else {
+                // Without tombs, the hazard the tombs close.
+                assert_eq!(late, 1, "{kind}: the schedule no longer shows the hazard");
+            }
+            let _: i64 = server.query(redis::cmd("DEL").arg(&key).arg(&queue));
+        }
+    }
+}
+
 /// Under `maxmemory` with `noeviction`, Redis refuses a script's first write that may grow
 /// memory, and none after it (script.c, `scriptVerifyOOM`: only while the script has no side
 /// effects yet), so no lock script stops half-way: each is whole or changes nothing. An acquire

@@ -3,7 +3,10 @@
 //! A lock `name` lives at `<prefix>{<name>}`; its value is the holder's owner token (followed by
 //! `*` once a waiter has asked to be told of its release). Its fencing counter, created only
 //! when a guard asks for a fencing token, lives at `<prefix>{<name>}:fence`; fair waiters line
-//! up in `<prefix>{<name>}:q`. A lock of `permits(n)`, `n > 1`, keeps all its holders in the
+//! up in `<prefix>{<name>}:q`. On a deployment whose client re-sends commands by itself (Cluster),
+//! an attempt refused or released leaves a tomb, `<prefix>{<name>}:gone:<token>`, for at most
+//! its lease, so that a late copy of it takes nothing (the scripts name it; acquire.lua). A
+//! lock of `permits(n)`, `n > 1`, keeps all its holders in the
 //! same `<prefix>{<name>}` key, a hash (see [`LockKeys::lock`]). Releases are
 //! published on the channel named like the lock key. The braces are a Redis Cluster hash tag:
 //! every key of a lock hashes to one slot.

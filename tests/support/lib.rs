@@ -295,10 +295,12 @@ impl RedisServer {
         self.query(redis::cmd("KEYS").arg(pattern))
     }
 
-    /// The lock keys (not fencing counters) under the default prefix.
+    /// The lock keys under the default prefix: not fencing counters, nor the tombs that a
+    /// client that re-sends (Cluster, Sentinel) leaves for at most a lease after a refused or
+    /// released attempt (`<lock>:gone:<token>`).
     pub fn lock_keys(&self) -> Vec<String> {
         let mut keys = self.keys("lock:*");
-        keys.retain(|k| !k.ends_with(":fence"));
+        keys.retain(|k| !k.ends_with(":fence") && !k.contains("}:gone:"));
         keys
     }
 }

@@ -858,6 +858,16 @@ fn permits_refused(keys: &LockKeys, e: LockError) -> LockError {
     }
 }
 
+/// The acquire and release scripts' last argument: `'1'` when the client re-sends commands by
+/// itself, so that an attempt refused or released leaves its tomb (see acquire.lua).
+fn tomb_arg(resends: bool) -> &'static str {
+    if resends {
+        "1"
+    } else {
+        "0"
+    }
+}
+
 /// Whether acquire.lua or fair.lua granted the lock.
 fn granted(reply: &i64) -> bool {
     *reply == 1
@@ -875,6 +885,7 @@ impl Node for RedisNode {
         let taken = async move {
             let ttl_ms = millis_ceil(ttl);
             let mark_arg = if mark { "1" } else { "0" };
+            let tomb = tomb_arg(self.resends());
             if keys.shared() {
                 let reply: i64 = self
                     .eval_replicated(
@@ -886,7 +897,8 @@ impl Node for RedisNode {
                                 .arg(token)
                                 .arg(ttl_ms)
                                 .arg(keys.permits)
-                                .arg(mark_arg);
+                                .arg(mark_arg)
+                                .arg(tomb);
                         },
                         granted,
                     )
@@ -906,7 +918,8 @@ impl Node for RedisNode {
                                 .arg(ttl_ms)
                                 .arg(ticket.id)
                                 .arg(millis_ceil(ticket.keep))
-                                .arg(mark_arg);
+                                .arg(mark_arg)
+                                .arg(tomb);
                         },
                         granted,
                     )
@@ -949,7 +962,8 @@ impl Node for RedisNode {
                             .arg(&keys.lock)
                             .arg(token)
                             .arg(ttl_ms)
-                            .arg(mark_arg);
+                            .arg(mark_arg)
+                            .arg(tomb);
                     },
                     granted,
                 )
@@ -988,13 +1002,15 @@ impl Node for RedisNode {
             } else {
                 &RELEASE
             };
+            let tomb = tomb_arg(self.resends());
             let released: i64 = self
                 .eval(script, |cmd| {
                     cmd.arg(1)
                         .arg(&keys.lock)
                         .arg(token)
                         .arg(millis_ceil(keep))
-                        .arg(publish);
+                        .arg(publish)
+                        .arg(tomb);
                 })
                 .await?;
             Ok(released == 1)

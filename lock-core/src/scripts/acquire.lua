@@ -5,6 +5,15 @@
 -- ARGV[2] lease in milliseconds
 -- ARGV[3] '1' to mark a held key (a waiter that subscribed to the key's channel), else '0';
 --         only a holder in lock-core's token format is marked
+-- ARGV[4] '1' from a client that re-sends by itself (the cluster client; Sentinel after a
+--         failover), else absent: the attempt has a tomb, <lock key>:gone:<token>. A copy of a
+--         re-sent attempt can land after the client's later commands; once the attempt was
+--         refused (here) or released (release.lua), its tomb makes such a late copy take
+--         nothing while it lives: the attempt's ttl from the refusal, the lease's remainder
+--         from the release. The tomb shares the lock's hash slot but is not declared in KEYS:
+--         a second key would fail the script with TRYAGAIN while the slot migrates. It is read
+--         and written with pcall, so where a server refuses it (a migrating slot's source
+--         node, a server out of memory) the attempt goes on without it.
 -- Returns 1 when the lock is ours: set now, or by another copy of this same attempt (a
 -- client that re-sends after an I/O error, as the cluster client does; the token is this
 -- attempt's, so the lease still runs from this attempt's send). A copy never shortens the
@@ -13,8 +22,20 @@
 -- latest moment worth trying again.
 -- The uncontended acquire on one server is a plain SET NX PX instead of this script, and the
 -- uncontended release publishes nothing.
+local tomb = ARGV[4] == '1' and KEYS[1] .. ':gone:' .. ARGV[1]
+if tomb and redis.pcall('EXISTS', tomb) == 1 then
+  return 0
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 1
+end
+-- A refusal leaves the attempt's tomb, when it has one: the last write, and one that may fail
+-- (a server out of memory still answers the refusal).
+local function refused(reply)
+  if tomb then
+    redis.pcall('SET', tomb, '1', 'PX', ARGV[2])
+  end
+  return reply
 end
 -- Whether `value` is in lock-core's token format, `<holder>|<unix ms>|<32 hex>` (token.rs). Only
 -- such a value is ever marked: redis-py's, redsync's and node-redlock's holders (and lock-core
@@ -48,7 +69,7 @@ if type(holder) == 'table' then
     return redis.error_reply('WRONGTYPE the lock key holds a hash that is not a lock')
   end
   if live then
-    return redis.error_reply('LOCKPERMITS ' .. n)
+    return refused(redis.error_reply('LOCKPERMITS ' .. n))
   end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
@@ -72,6 +93,6 @@ if ARGV[3] == '1' and not string.find(holder, '*', 1, true) and is_token(holder)
 end
 local left = redis.call('PTTL', KEYS[1])
 if left > 0 then
-  return -left
+  return refused(-left)
 end
-return 0
+return refused(0)

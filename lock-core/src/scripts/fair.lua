@@ -6,6 +6,8 @@
 -- ARGV[3] this acquisition's ticket (the same for all its attempts)
 -- ARGV[4] how long a ticket stays in line without being refreshed, in milliseconds
 -- ARGV[5] '1' to mark a held key so that its release is published (see acquire.lua), else '0'
+-- ARGV[6] '1' from a client that re-sends: the attempt has a tomb (see acquire.lua); a late
+--         copy of an attempt refused or released takes nothing, and leaves the line alone
 -- Returns 1 when the lock is ours (set now, or by another copy of this attempt, whose expiry it
 -- never shortens); when others
 -- are still in line, the key is taken already marked, so that its release is published to them.
@@ -21,6 +23,17 @@
 -- fail and leave their key to its ttl. Their waiters poll and retry at the lease end instead.
 local function is_token(value)
   return string.find(value, '^[^|%*%s%c]+|%d+|' .. string.rep('[0-9a-f]', 32) .. '$') ~= nil
+end
+local tomb = ARGV[6] == '1' and KEYS[1] .. ':gone:' .. ARGV[1]
+if tomb and redis.pcall('EXISTS', tomb) == 1 then
+  return 0
+end
+-- A refusal leaves the attempt's tomb, when it has one (its last write; see acquire.lua).
+local function refused(reply)
+  if tomb then
+    redis.pcall('SET', tomb, '1', 'PX', ARGV[2])
+  end
+  return reply
 end
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -76,7 +89,7 @@ if type(holder) == 'table' then
     return redis.error_reply('WRONGTYPE the lock key holds a hash that is not a lock')
   end
   if live then
-    return redis.error_reply('LOCKPERMITS ' .. n)
+    return refused(redis.error_reply('LOCKPERMITS ' .. n))
   end
   redis.call('DEL', KEYS[1])
   holder = false
@@ -112,7 +125,7 @@ if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
 if not holder then
-  return -math.max(first_expiry - now, 1)
+  return refused(-math.max(first_expiry - now, 1))
 end
 -- Mark the holder's key (once this waiter listens), naming the first ticket in line; a holder
 -- that is not lock-core's is left as it is (see is_token).
@@ -126,6 +139,6 @@ if (ARGV[5] == '1' or star) and is_token(base) then
 end
 local left = redis.call('PTTL', KEYS[1])
 if left > 0 then
-  return -left
+  return refused(-left)
 end
-return 0
+return refused(0)

@@ -6,6 +6,7 @@
 -- ARGV[2] lease in milliseconds
 -- ARGV[3] n
 -- ARGV[4] '1' to mark the lock when no permit is free (a waiter that subscribed), else '0'
+-- ARGV[5] '1' from a client that re-sends: the attempt has a tomb (see acquire.lua)
 -- Returns 1 when a permit is ours: taken now, or by another copy of this same attempt (whose
 -- end it never brings earlier, as acquire.lua). When all n are held, minus the
 -- milliseconds until the first of their leases ends (a crashed holder publishes nothing).
@@ -13,9 +14,20 @@
 -- m = 1): the bound holds only if every holder counts to the same n.
 -- The key lives at least as long as its longest permit: a grant or renewal only moves its expiry
 -- later (permit_release.lua brings it down to the longest live permit).
+local tomb = ARGV[5] == '1' and KEYS[1] .. ':gone:' .. ARGV[1]
+if tomb and redis.pcall('EXISTS', tomb) == 1 then
+  return 0
+end
+-- A refusal leaves the attempt's tomb, when it has one (its last write; see acquire.lua).
+local function refused(reply)
+  if tomb then
+    redis.pcall('SET', tomb, '1', 'PX', ARGV[2])
+  end
+  return reply
+end
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind == 'string' then
-  return redis.error_reply('LOCKPERMITS 1')
+  return refused(redis.error_reply('LOCKPERMITS 1'))
 end
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -50,7 +62,7 @@ elseif kind ~= 'none' then
   return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a lock')
 end
 if held_n and held_n ~= n and (live > 0 or mine) then
-  return redis.error_reply('LOCKPERMITS ' .. held_n)
+  return refused(redis.error_reply('LOCKPERMITS ' .. held_n))
 end
 if mine or live < n then
   -- Another copy of this attempt granted it already: its end only moves later (the guard may
@@ -64,4 +76,4 @@ end
 if ARGV[4] == '1' then
   redis.call('HSET', KEYS[1], '#w', '1')
 end
-return -math.max(soonest - now, 1)
+return refused(-math.max(soonest - now, 1))

@@ -4,6 +4,8 @@
 -- ARGV[1] owner token
 -- ARGV[2] milliseconds the permit must still be held (min_hold); 0 gives it back now
 -- ARGV[3] 'SPUBLISH' on a Redis 7 cluster, else 'PUBLISH'
+-- ARGV[4] '1' from a client that re-sends: leave the tomb of the attempt that took this
+--         permit, until the permit would have ended (see release.lua)
 -- Returns 1 when our lease ended here, 0 when it had expired or is not there.
 -- When a waiter marked the lock ('#w'), the freed permit is published on the channel named
 -- like the key (an empty message: every waiter may take it) and the mark is cleared; waiters
@@ -21,6 +23,9 @@ now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('HDEL', KEYS[1], ARGV[1])
 if tonumber(ends) <= now then
   return 0
+end
+if ARGV[4] == '1' then
+  redis.pcall('SET', KEYS[1] .. ':gone:' .. ARGV[1], '1', 'PX', tonumber(ends) - now)
 end
 local keep = tonumber(ARGV[2])
 if keep > 0 then
