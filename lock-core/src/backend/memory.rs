@@ -33,6 +33,10 @@ pub(crate) struct ModelServer {
     started: Instant,
     /// The waiters, woken by what the scripts publish.
     table: Arc<Table>,
+    /// The simulator's pub/sub links: each gets every message published, to deliver it (or
+    /// not) through its network.
+    #[cfg(test)]
+    taps: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<(String, String)>>>,
 }
 
 impl ModelServer {
@@ -51,7 +55,18 @@ impl ModelServer {
             epoch_us: AtomicU64::new(epoch_us),
             started: Instant::now(),
             table: Arc::default(),
+            #[cfg(test)]
+            taps: Mutex::default(),
         })
+    }
+
+    /// Every message published from now on, as `(channel, message)`: a simulated pub/sub
+    /// connection's view of the server (it filters by what it has subscribed).
+    #[cfg(test)]
+    pub(crate) fn tap(&self) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        locked(&self.taps).push(tx);
+        rx
     }
 
     /// A restart without persistence: every key is gone, and every cached script.
@@ -169,10 +184,12 @@ impl ModelServer {
             (reply, model.drain_published())
         };
         for message in published {
-            self.table.wake(
-                &String::from_utf8_lossy(&message.channel),
-                &String::from_utf8_lossy(&message.message),
-            );
+            let channel = String::from_utf8_lossy(&message.channel);
+            let message = String::from_utf8_lossy(&message.message);
+            self.table.wake(&channel, &message);
+            #[cfg(test)]
+            locked(&self.taps)
+                .retain(|tap| tap.send((channel.to_string(), message.to_string())).is_ok());
         }
         value(reply)
     }

@@ -206,6 +206,26 @@ impl Table {
     pub(crate) async fn changed(&self) {
         self.poke.notified().await;
     }
+
+    /// Whether a release message on `channel` would wake a waiter now (the simulator's W1
+    /// check).
+    #[cfg(test)]
+    pub(crate) fn wakes(&self, channel: &str, message: &str) -> bool {
+        locked(&self.channels).get(channel).is_some_and(|entry| {
+            entry.waiters.values().any(|(_, ticket)| {
+                message.is_empty() || ticket.as_deref().is_none_or(|t| t == message)
+            })
+        })
+    }
+
+    /// How many waiters are registered, on every channel (the simulator's W3 check).
+    #[cfg(test)]
+    pub(crate) fn waiters(&self) -> usize {
+        locked(&self.channels)
+            .values()
+            .map(|e| e.waiters.len())
+            .sum()
+    }
 }
 
 /// Where a [`Notifier`] connects: one server, or whichever the sentinels name as primary.

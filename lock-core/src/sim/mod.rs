@@ -28,15 +28,15 @@
 //! is printed; `LOCK_SIM_SEED=<seed>` replays it alone, `LOCK_SIM_SEEDS=<n>` runs more.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::backend::memory::{ModelServer, ModelWatcher};
-use crate::backend::notify::PubSub;
+use crate::backend::memory::ModelServer;
+use crate::backend::notify::{self, Interest, PubSub, Table, Watcher};
 use crate::backend::redis::RedisNode;
 use crate::backend::redlock::Redlock;
 use crate::backend::single::Single;
@@ -86,6 +86,9 @@ struct Faults {
 
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// The clients' `max_poll_interval`.
+const POLL_CAP: Duration = Duration::from_millis(50);
+
 /// `LOCK_SIM_TRACE=1` prints every command the servers apply.
 static TRACE: std::sync::LazyLock<bool> =
     std::sync::LazyLock::new(|| std::env::var_os("LOCK_SIM_TRACE").is_some());
@@ -117,6 +120,18 @@ enum Op {
         keys: LockKeys,
         token: String,
     },
+}
+
+impl Op {
+    fn keys(&self) -> &LockKeys {
+        match self {
+            Op::Acquire { keys, .. }
+            | Op::Leave { keys, .. }
+            | Op::Release { keys, .. }
+            | Op::Extend { keys, .. }
+            | Op::Fence { keys, .. } => keys,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -151,6 +166,10 @@ struct Truth {
     /// cannot know where it got, and gives back everywhere: only an attempt that reached no
     /// server must never be cleaned up after.
     sent: HashSet<String>,
+    /// Per server and token, on a world whose clients re-send: an attempt refused there, or
+    /// released, from when until when its tomb lives (the attempt's ttl; the lease's rest), so
+    /// that no late copy of it may take the lock for nobody meanwhile.
+    tombs: HashMap<(usize, String), (Instant, Instant)>,
 
     /// Per server: the last time it lost its data; leases acquired before are exempt.
     data_lost_at: Vec<Option<Instant>>,
@@ -294,8 +313,12 @@ impl SimServer {
                 ticket,
             } => {
                 let ticket = ticket.as_ref().map(|(id, keep)| Ticket { id, keep: *keep });
+                let before = self.lease_of(keys, token);
                 match at_once(node.acquire(keys, token, *ttl, *mark, ticket)) {
-                    Ok(taken) => Reply::Taken(taken),
+                    Ok(taken) => {
+                        self.check_tomb(keys, token, *ttl, before.is_some(), &taken);
+                        Reply::Taken(taken)
+                    }
                     Err(e) => {
                         // Every client of a name asks for the same permits here: no mismatch,
                         // and no other error is expected of a script.
@@ -324,7 +347,15 @@ impl SimServer {
                         self.index
                     ));
                 }
-                Reply::Yes(self.expect("release", at_once(node.release(keys, token, *keep))))
+                let before = self.lease_of(keys, token);
+                let released = self.expect("release", at_once(node.release(keys, token, *keep)));
+                if let (true, Some(until), true) = (released, before, node.resends()) {
+                    let key = (self.index, token.clone());
+                    locked(&self.truth)
+                        .tombs
+                        .insert(key, (Instant::now(), until));
+                }
+                Reply::Yes(released)
             }
             Op::Extend { keys, token, ttl } => {
                 Reply::Yes(self.expect("extend", at_once(node.extend(keys, token, *ttl))))
@@ -332,6 +363,46 @@ impl SimServer {
             Op::Fence { keys, token } => {
                 Reply::Fence(self.expect("fence", at_once(node.fence(keys, token))))
             }
+        }
+    }
+
+    /// On a world whose clients re-send: an attempt refused here leaves its tomb for its ttl,
+    /// and a late copy of an attempt refused or released must not take the lock while its tomb
+    /// lives (but for a server that lost its data or stepped its clock forward since). `held`:
+    /// whether the key held the attempt's token before this copy.
+    fn check_tomb(&self, keys: &LockKeys, token: &str, ttl: Duration, held: bool, taken: &Taken) {
+        if !self.node.resends() {
+            return;
+        }
+        let now = Instant::now();
+        let mut truth = locked(&self.truth);
+        let key = (self.index, token.to_owned());
+        match taken {
+            Taken::Held(_) if held => truth.violation(format!(
+                "I5: attempt {} of `{}` was told `held` by its own key (a re-sent copy set it): the key is left to its ttl",
+                &token[token.len() - 6..],
+                keys.name()
+            )),
+            Taken::Held(_) => {
+                truth.tombs.insert(key, (now, now + ttl));
+            }
+            Taken::Granted if !held => {
+                let Some(&(since, until)) = truth.tombs.get(&key) else {
+                    return;
+                };
+                let kept = truth.data_lost_at[self.index].is_none_or(|at| at < since);
+                // Redis keeps expiries in whole milliseconds: a margin of two.
+                if kept && now + Duration::from_millis(2) < until {
+                    truth.violation(format!(
+                        "I5: a late copy of attempt {} of `{}`, refused or released {:?} before, took the lock for nobody while its tomb should live {:?} more",
+                        &token[token.len() - 6..],
+                        keys.name(),
+                        now - since,
+                        until - now
+                    ));
+                }
+            }
+            Taken::Granted => {}
         }
     }
 
@@ -440,6 +511,51 @@ struct SimConn {
     rng: Arc<Mutex<Rng>>,
     faults: Faults,
     conn: Mutex<ConnState>,
+    /// The manager's waiters woken by a release message, per lock key, and when (W1).
+    woken: Woken,
+}
+
+/// A manager's commands on each lock key, for W1: a waiter woken by a release message while
+/// none of its commands on the lock is in flight must send one at once.
+#[derive(Default)]
+struct Commands {
+    /// Per lock key: how many commands are in flight.
+    in_flight: HashMap<String, usize>,
+    /// Per lock key: when a message woke a waiter with nothing in flight, if it has sent
+    /// nothing since.
+    woken: HashMap<String, Instant>,
+}
+
+type Woken = Arc<Mutex<Commands>>;
+
+/// One command in flight on a lock key (until its reply, its timeout, or its drop).
+struct InFlight {
+    woken: Woken,
+    key: String,
+}
+
+impl InFlight {
+    fn new(woken: &Woken, key: &str) -> Self {
+        let mut commands = locked(woken);
+        commands.woken.remove(key);
+        *commands.in_flight.entry(key.to_owned()).or_default() += 1;
+        Self {
+            woken: Arc::clone(woken),
+            key: key.to_owned(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut commands = locked(&self.woken);
+        if let Some(n) = commands.in_flight.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                commands.in_flight.remove(&self.key);
+            }
+        }
+    }
 }
 
 struct ConnState {
@@ -474,12 +590,18 @@ enum Fate {
 }
 
 impl SimConn {
-    fn new(server: Arc<SimServer>, rng: Arc<Mutex<Rng>>, faults: Faults) -> Arc<Self> {
+    fn new(
+        server: Arc<SimServer>,
+        rng: Arc<Mutex<Rng>>,
+        faults: Faults,
+        woken: Woken,
+    ) -> Arc<Self> {
         let now = Instant::now();
         Arc::new(Self {
             server,
             rng,
             faults,
+            woken,
             conn: Mutex::new(ConnState {
                 epoch: 0,
                 generation: 0,
@@ -491,6 +613,7 @@ impl SimConn {
 
     fn call(&self, op: Op) -> BoxFuture<'_, crate::Result<Reply>> {
         let now = Instant::now();
+        let in_flight = InFlight::new(&self.woken, &op.keys().lock);
         let server_generation = {
             let st = locked(&self.server.state);
             if st.down_until.is_some_and(|d| d > now) {
@@ -500,7 +623,8 @@ impl SimConn {
                 if let (Op::Acquire { token, .. }, false) = (&op, resends) {
                     locked(&self.server.truth).refused.insert(token.clone());
                 }
-                return Box::pin(async {
+                return Box::pin(async move {
+                    drop(in_flight);
                     Err(io_error(std::io::ErrorKind::ConnectionRefused, "refused"))
                 });
             }
@@ -547,6 +671,7 @@ impl SimConn {
                 self.server.enqueue(now + late, op, None);
             }
             return Box::pin(async move {
+                let _in_flight = in_flight;
                 tokio::time::sleep(d_req).await;
                 Err(io_error(
                     std::io::ErrorKind::ConnectionReset,
@@ -575,21 +700,12 @@ impl SimConn {
         self.server.enqueue(apply_at, Arc::clone(&op), Some(tx));
         let lost = matches!(fate, Fate::LostReply);
         Box::pin(async move {
+            let _in_flight = in_flight;
             let answer = async {
                 let reply = rx.await;
                 tokio::time::sleep_until(reply_at).await;
                 if lost {
                     std::future::pending::<()>().await;
-                }
-                if let (Ok(Reply::Taken(Taken::Held(_))), Op::Acquire { keys, token, .. }) =
-                    (&reply, &*op)
-                {
-                    let own = self.server.lease_of(keys, token).is_some();
-                    if own {
-                        locked(&self.server.truth).violation(
-                            "I5: an attempt was told `held` by its own key (a re-sent copy set it): the key is left to its ttl".to_owned(),
-                        );
-                    }
                 }
                 match reply {
                     Ok(reply) if locked(&self.conn).epoch == epoch => Ok(reply),
@@ -780,6 +896,195 @@ fn check(truth: &Mutex<Truth>, nodes: &[Arc<SimServer>]) {
     }
 }
 
+/// One client's pub/sub link to one server, faulted like its commands: each message lost,
+/// delayed or delivered twice; the connection broken (the driver learns at once) or silent
+/// (nothing arrives, and the driver learns only when a command it sends times out). It
+/// keeps the real interest [`Table`] the way the pub/sub driver does (`plan`, `confirmed`,
+/// `lost`, `wake`, see notify.rs): only the socket is simulated.
+struct SimLink {
+    server: Arc<SimServer>,
+    table: Arc<Table>,
+    rng: Arc<Mutex<Rng>>,
+    faults: Faults,
+    woken: Woken,
+    /// One server: W1 is checked (a Redlock waiter pauses without listening after a split
+    /// vote).
+    strict: bool,
+    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Watcher for SimLink {
+    fn watch(&self, channel: &str, waiter: &Arc<Notify>, ticket: Option<&str>) -> Interest {
+        let interest = self.table.register(channel, waiter, ticket);
+        notify::ensure_running(&self.driver, || {
+            let link = Link {
+                server: Arc::clone(&self.server),
+                table: Arc::clone(&self.table),
+                rng: Arc::clone(&self.rng),
+                faults: self.faults,
+                woken: Arc::clone(&self.woken),
+                strict: self.strict,
+            };
+            link.drive()
+        });
+        interest
+    }
+
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(notify::stop(&self.driver))
+    }
+}
+
+/// What a [`SimLink`]'s driver task owns.
+struct Link {
+    server: Arc<SimServer>,
+    table: Arc<Table>,
+    rng: Arc<Mutex<Rng>>,
+    faults: Faults,
+    woken: Woken,
+    strict: bool,
+}
+
+impl Link {
+    fn draw<T>(&self, f: impl FnOnce(&mut Rng) -> T) -> T {
+        f(&mut locked(&self.rng))
+    }
+
+    /// The driver's loop: connect, keep the subscriptions in line with the table, forward
+    /// messages, and start over when the connection breaks or is given up.
+    async fn drive(self) {
+        let mut pause = notify::RECONNECT_MIN;
+        loop {
+            self.table.lost();
+            let rtt = self.draw(|r| r.ms(0, 2 * self.faults.max_delay_ms));
+            tokio::time::sleep(rtt).await;
+            let down = locked(&self.server.state)
+                .down_until
+                .is_some_and(|d| d > Instant::now());
+            if down {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(notify::RECONNECT_MAX);
+                continue;
+            }
+            pause = notify::RECONNECT_MIN;
+            let (lives, silent) = self.draw(|r| (r.ms(20, 3000), r.chance(50)));
+            let mut tap = self.server.model.tap();
+            let mut subscribed = self.serve(&mut tap, rtt, Instant::now() + lives).await;
+            if silent {
+                // Nothing arrives any more; the driver notices when its next SUBSCRIBE or
+                // UNSUBSCRIBE goes unanswered for COMMAND_TIMEOUT (no change, no command).
+                loop {
+                    let (subscribe, unsubscribe) = self.table.plan();
+                    for channel in &unsubscribe {
+                        subscribed.remove(channel);
+                    }
+                    if !subscribe.is_empty() || !unsubscribe.is_empty() {
+                        break;
+                    }
+                    self.table.changed().await;
+                }
+                tokio::time::sleep(notify::COMMAND_TIMEOUT).await;
+            }
+            // W4: the waiters of what was subscribed try again (a release may have gone
+            // unheard), as `table.lost()` at the top of the loop wakes them.
+            for channel in &subscribed {
+                self.expect_attempt(channel, "", "the link was given up");
+            }
+        }
+    }
+
+    /// One connection, until `ends`: as notify.rs's `serve`.
+    async fn serve(
+        &self,
+        tap: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+        rtt: Duration,
+        ends: Instant,
+    ) -> HashSet<String> {
+        let mut subscribed: HashSet<String> = HashSet::new();
+        loop {
+            let (subscribe, unsubscribe) = self.table.plan();
+            for channel in &unsubscribe {
+                subscribed.remove(channel);
+            }
+            if !subscribe.is_empty() {
+                tokio::time::sleep(rtt).await;
+                if Instant::now() >= ends {
+                    return subscribed;
+                }
+                subscribed.extend(subscribe.iter().cloned());
+                // W4: each confirmation wakes its channel's waiters (a release before it
+                // reached nobody).
+                for channel in &subscribe {
+                    self.expect_attempt(channel, "", "its subscription was confirmed");
+                }
+                self.table.confirmed(&subscribe);
+            }
+            tokio::select! {
+                message = tap.recv() => {
+                    let Some((channel, message)) = message else {
+                        return subscribed;
+                    };
+                    if !subscribed.contains(&channel) {
+                        continue;
+                    }
+                    let (lost, twice, delay) = self.draw(|r| {
+                        (r.chance(5), r.chance(5), r.ms(0, self.faults.max_delay_ms))
+                    });
+                    if lost {
+                        continue;
+                    }
+                    tokio::time::sleep(delay).await;
+                    for _ in 0..1 + u8::from(twice) {
+                        self.deliver(&channel, &message);
+                    }
+                }
+                () = self.table.changed() => {}
+                () = tokio::time::sleep_until(ends) => return subscribed,
+            }
+        }
+    }
+
+    /// A release message arrives: it wakes the waiters that may take the lock (W1).
+    fn deliver(&self, channel: &str, message: &str) {
+        self.expect_attempt(channel, message, "a release");
+        self.table.wake(channel, message);
+    }
+
+    /// The table is about to wake the waiters of `channel` that `message` concerns. Each such
+    /// waiter of this manager with none of its commands on the lock in flight (it sleeps until
+    /// a wake-up or its poll) must send one at once.
+    fn expect_attempt(&self, channel: &str, message: &str, why: &'static str) {
+        let idle = !locked(&self.woken).in_flight.contains_key(channel);
+        if !(self.strict && idle && self.table.wakes(channel, message)) {
+            return;
+        }
+        let at = Instant::now();
+        locked(&self.woken)
+            .woken
+            .entry(channel.to_owned())
+            .or_insert(at);
+        let (woken, table, truth) = (
+            Arc::clone(&self.woken),
+            Arc::clone(&self.table),
+            Arc::clone(&self.server.truth),
+        );
+        let (channel, message) = (channel.to_owned(), message.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(W1_BOUND).await;
+            let still = locked(&woken).woken.get(&channel) == Some(&at);
+            if still && table.wakes(&channel, &message) {
+                locked(&truth).violation(format!(
+                    "W1/W4: a waiter on `{channel}` woken ({why}) with nothing in flight sent nothing in {W1_BOUND:?}"
+                ));
+            }
+        });
+    }
+}
+
+/// How soon a woken, idle waiter sends its attempt: at once, in the same instant of the
+/// paused clock; a timer's millisecond of slack.
+const W1_BOUND: Duration = Duration::from_millis(2);
+
 /// One seed's world.
 struct World {
     truth: Arc<Mutex<Truth>>,
@@ -791,17 +1096,43 @@ struct World {
 }
 
 impl World {
-    fn manager(&self, rng: &Arc<Mutex<Rng>>) -> LockManager {
+    /// A client's manager, and its pub/sub links (one per server).
+    fn manager(&self, rng: &Arc<Mutex<Rng>>) -> (LockManager, Vec<Arc<SimLink>>) {
+        let woken = Woken::default();
         let conns: Vec<Arc<SimConn>> = self
             .servers
             .iter()
-            .map(|s| SimConn::new(Arc::clone(s), Arc::clone(rng), self.faults))
+            .map(|s| {
+                SimConn::new(
+                    Arc::clone(s),
+                    Arc::clone(rng),
+                    self.faults,
+                    Arc::clone(&woken),
+                )
+            })
             .collect();
-        // Release messages reach the waiters as they are published (on any instance).
-        let wake: Box<dyn Wake> =
-            Box::new(PubSub::all(self.servers.iter().map(|s| {
-                PubSub::new(Arc::new(ModelWatcher(Arc::clone(&s.model))))
-            })));
+        // Release messages reach the waiters through a pub/sub link per server, with its own
+        // faults (on Redlock, whichever instance's message arrives first wakes).
+        let links: Vec<Arc<SimLink>> = self
+            .servers
+            .iter()
+            .map(|s| {
+                Arc::new(SimLink {
+                    server: Arc::clone(s),
+                    table: Arc::default(),
+                    rng: Arc::clone(rng),
+                    faults: self.faults,
+                    woken: Arc::clone(&woken),
+                    strict: self.servers.len() == 1,
+                    driver: Mutex::default(),
+                })
+            })
+            .collect();
+        let wake: Box<dyn Wake> = Box::new(PubSub::all(
+            links
+                .iter()
+                .map(|l| PubSub::new(Arc::clone(l) as Arc<dyn Watcher>)),
+        ));
         let store: Box<dyn Store> = if conns.len() == 1 {
             Box::new(Single::new(
                 Box::new(Arc::clone(&conns[0])),
@@ -819,16 +1150,32 @@ impl World {
                 RESPONSE_TIMEOUT,
             ))
         };
-        LockManager::from_shared(Shared::new(
+        let locks = LockManager::from_shared(Shared::new(
             store,
             wake,
             Settings {
                 prefix: "sim:".to_owned(),
-                poll_cap: Duration::from_millis(50),
+                poll_cap: POLL_CAP,
                 response_timeout: RESPONSE_TIMEOUT,
                 holder: "sim".to_owned(),
             },
-        ))
+        ));
+        (locks, links)
+    }
+
+    /// W3 once a manager shut down: no waiter is left registered on any of its links, and no
+    /// link's driver runs.
+    fn check_links_closed(&self, links: &[Arc<SimLink>]) {
+        for link in links {
+            let waiters = link.table.waiters();
+            let running = locked(&link.driver).is_some();
+            if waiters > 0 || running {
+                self.violation(format!(
+                    "W3: after shutdown, server {}'s link has {waiters} waiter(s) registered, driver running: {running}",
+                    link.server.index
+                ));
+            }
+        }
     }
 
     fn watch(&self, guard: &LockGuard) {
@@ -884,11 +1231,35 @@ async fn hold(world: &World, guard: LockGuard, rng: &mut Rng, ttl: Duration) {
         }
     }
     let pause = rng.ms(0, ttl.as_millis() as u64 * 3 / 2);
-    let step = Duration::from_millis(7);
     let end = Instant::now() + pause;
-    while Instant::now() < end {
-        tokio::time::sleep(step).await;
-        world.check();
+    if rng.chance(40) {
+        // The body of a `#[distributed_lock(on_lost = "abort")]` fn, run as the attribute runs
+        // it: steps of 1-20 ms, each a write the lock protects. No step may run once its
+        // guard's lease is lost (its local deadline passed, or known lost); I1 and I2 then say
+        // the server still held it for this guard alone.
+        let steps: Vec<Duration> = (0..pause.as_millis()).map(|_| rng.ms(1, 20)).collect();
+        let lease = Arc::clone(guard.lease());
+        let body = async {
+            for step in steps {
+                if Instant::now() >= end {
+                    break;
+                }
+                tokio::time::sleep(step).await;
+                if lease.is_lost() {
+                    world.violation(format!(
+                        "a step of an `on_lost = \"abort\"` body on `{name}` ran after its lease was lost"
+                    ));
+                }
+                world.check();
+            }
+        };
+        let _ = crate::__private::holding(&guard, crate::__private::until_lost(&guard, body)).await;
+    } else {
+        let step = Duration::from_millis(7);
+        while Instant::now() < end {
+            tokio::time::sleep(step).await;
+            world.check();
+        }
     }
     if rng.chance(20) {
         let _ = guard.extend(rng.ms(10, 2 * ttl.as_millis() as u64)).await;
@@ -913,7 +1284,7 @@ async fn hold(world: &World, guard: LockGuard, rng: &mut Rng, ttl: Duration) {
 /// holder's guard, as the servers saw them: I1/I2).
 async fn leader_client(world: Arc<World>, seed: u64, id: u64) {
     let mut rng = Rng(seed ^ (id + 1).wrapping_mul(0x9FB2_1C65_1E98_DF25));
-    let locks = world.manager(&Arc::new(Mutex::new(Rng(rng.next()))));
+    let (locks, links) = world.manager(&Arc::new(Mutex::new(Rng(rng.next()))));
     let leader = locks.leader("job0").ttl(rng.ms(400, 1200)).start();
     let end = Instant::now() + rng.ms(500, 4000);
     while Instant::now() < end {
@@ -935,11 +1306,12 @@ async fn leader_client(world: Arc<World>, seed: u64, id: u64) {
             "I5: background work left 5 s after a leader resigned: {e}"
         ));
     }
+    world.check_links_closed(&links);
 }
 
 async fn client(world: Arc<World>, seed: u64, id: u64, names: u64) {
     let mut rng = Rng(seed ^ (id + 1).wrapping_mul(0xA24B_AED4_963E_E407));
-    let locks = world.manager(&Arc::new(Mutex::new(Rng(rng.next()))));
+    let (locks, links) = world.manager(&Arc::new(Mutex::new(Rng(rng.next()))));
     for _ in 0..6 {
         let which = rng.below(names);
         let name = format!("job{which}");
@@ -1000,6 +1372,7 @@ async fn client(world: Arc<World>, seed: u64, id: u64, names: u64) {
             "I5: background work left 5 s after the last lock: {e}"
         ));
     }
+    world.check_links_closed(&links);
 }
 
 /// Runs one seed; the violations it found, if any.
@@ -1136,8 +1509,19 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
+/// Held by the tests that load every core (this simulator) or that a loaded machine disturbs
+/// (the model's differential test, whose steps must each take less than its margin): they run
+/// one after the other.
+pub(crate) fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: Mutex<()> = Mutex::new(());
+    ALONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn lease_invariants_hold_under_seeded_faults() {
+    let _alone = alone();
     let seeds: Vec<u64> = match env_u64("LOCK_SIM_SEED") {
         Some(seed) => vec![seed],
         None => (0..env_u64("LOCK_SIM_SEEDS").unwrap_or(10_000)).collect(),
