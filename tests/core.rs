@@ -1281,6 +1281,43 @@ async fn url_and_connection_errors_say_where_without_the_password() {
     shows(&e, "127.0.0.1:");
 }
 
+/// A release whose caller stopped waiting once it was sent, to a server that has lost its
+/// scripts (`SCRIPT FLUSH`, a restart that kept the data): its `EVALSHA` meets `NOSCRIPT` with
+/// nobody left to send the `EVAL`. The release is finished in the background, body and all,
+/// so the key goes now, not at its ttl.
+#[tokio::test]
+async fn a_release_dropped_in_flight_to_a_server_without_its_scripts_still_completes() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    let key = locks.key_for("noscript");
+    let guard = locks.try_acquire("noscript", LONG).await.unwrap().unwrap();
+    let flushed: String = server.query(redis::cmd("SCRIPT").arg("FLUSH"));
+    assert_eq!(flushed, "OK");
+    // One poll sends the EVALSHA; the future is dropped before its answer.
+    assert!(cancel_after_polls(guard.release(), 1).await.is_none());
+    let gone = eventually(Duration::from_secs(5), || {
+        server.query::<i64>(redis::cmd("EXISTS").arg(&key)) == 0
+    })
+    .await;
+    assert!(gone, "the key waits for its ttl");
+    // And a manager whose waiters started a pub/sub driver shuts down at once when nothing
+    // is in flight. (Closing the notifier used to count against `within`; on a real clock the
+    // aborted driver usually ended within the timer's first millisecond anyway, so it is the
+    // simulator, under paused time, that showed `ShutdownTimeout { pending: 0 }`.)
+    let holder = locks.try_acquire("noscript", LONG).await.unwrap().unwrap();
+    let waiter = locks.acquire("noscript", LONG, Duration::from_millis(300));
+    let (waited, released) = tokio::join!(waiter, async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        holder.release().await
+    });
+    assert!(released.unwrap());
+    assert!(waited.unwrap().release().await.unwrap());
+    locks
+        .shutdown(Duration::ZERO)
+        .await
+        .expect("nothing was in flight");
+}
+
 /// Lazy start: a manager builds while its server is down (a service can boot during a Redis
 /// outage); the first acquire fails with the connection error, a waiting one retries until the
 /// server is back, and a url that does not parse still fails the build.

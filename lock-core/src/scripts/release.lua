@@ -25,11 +25,6 @@ end
 -- The tomb is written after the key's own change, with pcall: a server out of memory refuses
 -- only a script's first write that can grow it, and the release must still give the lock back.
 local left = ARGV[4] == '1' and redis.call('PTTL', KEYS[1])
-local function entomb()
-  if left and left > 0 then
-    redis.pcall('SET', KEYS[1] .. ':gone:' .. ARGV[1], '1', 'PX', left)
-  end
-end
 local keep = tonumber(ARGV[2])
 if keep > 0 then
   -- Never lengthen the lease: only shorten it to the end of the minimum hold. The token is
@@ -39,11 +34,15 @@ if keep > 0 then
   if keep < redis.call('PTTL', KEYS[1]) then
     redis.call('PEXPIRE', KEYS[1], keep)
   end
-  entomb()
+  if left and left > 0 then
+    redis.pcall('SET', KEYS[1] .. ':gone:' .. ARGV[1], '1', 'PX', left)
+  end
   return 1
 end
 redis.call('DEL', KEYS[1])
-entomb()
+if left and left > 0 then
+  redis.pcall('SET', KEYS[1] .. ':gone:' .. ARGV[1], '1', 'PX', left)
+end
 if marked then
   local first = string.sub(v, #ARGV[1] + 2)
   redis.call(ARGV[3] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH', KEYS[1], first)
