@@ -82,6 +82,13 @@ impl ModelServer {
         locked(&self.model).flush();
     }
 
+    /// The server's memory fills up to `maxmemory` under `noeviction` (`true`), or is freed:
+    /// see [`Model::set_full`].
+    #[cfg(test)]
+    pub(crate) fn set_full(&self, full: bool) {
+        locked(&self.model).set_full(full);
+    }
+
     /// The keys whose name starts with `prefix` that are still there (not expired): for the
     /// simulator's end-of-run check.
     #[cfg(test)]

@@ -28,6 +28,10 @@
 //! sequence comes back to them, and a step now and then sleeps on purpose. (So the exact
 //! millisecond a key expires in is not what this test checks: keyspace.rs' unit tests do.)
 //!
+//! Now and then the server's memory is full: `CONFIG SET maxmemory 1` under the default
+//! `noeviction`, for about a hundred steps, and the model is told so; OOM refusals compare
+//! like any other error.
+//!
 //! Not compared: messages sent with `SPUBLISH` (they go to shard channels, which the pattern
 //! subscriber does not hear; the model records them all the same), and `PUBLISH`'s receiver
 //! count (the model answers 0; the scripts ignore it).
@@ -149,6 +153,9 @@ enum Step {
     Scan,
     /// `SCRIPT FLUSH`: later `EVALSHA`s meet `NOSCRIPT` until an `EVAL` of the same script.
     Flush,
+    /// `CONFIG SET maxmemory 1` (`true`: used memory is above it, and under the default
+    /// `noeviction` commands that may grow memory are refused with `OOM`) or `0` (no limit).
+    Memory(bool),
     Sleep(u64),
 }
 
@@ -311,6 +318,9 @@ impl Names {
             97 if rng.chance(50) => Step::command(&["HGET", lock, &token]),
             97 => Step::command(&["PTTL", &format!("{lock}:gone:{token}")]),
             98 if rng.chance(20) => Step::Flush,
+            // Out of memory now and then, for about a hundred steps.
+            98 if rng.chance(30) => Step::Memory(true),
+            99 => Step::Memory(false),
             _ => Step::Sleep(5 + rng.below(60) as u64),
         }
     }
@@ -495,6 +505,17 @@ fn run_seed(
                 history.push(format!("{i}: SCRIPT FLUSH"));
                 continue;
             }
+            Step::Memory(full) => {
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("maxmemory")
+                    .arg(if *full { "1" } else { "0" })
+                    .exec(con)
+                    .expect("CONFIG SET maxmemory");
+                model.set_full(*full);
+                history.push(format!("{i}: out of memory: {full}"));
+                continue;
+            }
             Step::Scan => {
                 let keys = scan_all(con);
                 let now = Now::from_ms(server_now(con) / 1000);
@@ -553,7 +574,7 @@ fn run_seed(
             Step::Eval {
                 script, keys, argv, ..
             } => model.eval(now, script, keys, argv),
-            Step::Sleep(_) | Step::Scan | Step::Flush => unreachable!(),
+            Step::Sleep(_) | Step::Scan | Step::Flush | Step::Memory(_) => unreachable!(),
         };
         widest_us = widest_us.max(t1 - t0);
         let tolerance_ms = (widest_us / 1000 + 2) as i64;

@@ -98,6 +98,9 @@ pub(crate) enum Caller {
 pub(crate) struct Keyspace {
     keys: HashMap<Vec<u8>, Entry>,
     published: Vec<Published>,
+    /// Used memory above `maxmemory` under `noeviction`: a command that may grow memory is
+    /// refused with `OOM` (a script's only while it has written nothing: see lua.rs).
+    full: bool,
 }
 
 impl Keyspace {
@@ -159,6 +162,9 @@ impl Keyspace {
                 }
                 Caller::Client => Reply::error(errors::arity(&name)),
             };
+        }
+        if self.full && matches!(caller, Caller::Client) && denies_oom(&name) {
+            return Reply::error(errors::OOM);
         }
         let now_ms = now.ms();
         let a = &args[1..];
@@ -544,6 +550,31 @@ impl Keyspace {
             Reply::Array(found.into_iter().map(Reply::bulk).collect()),
         ])
     }
+}
+
+impl Keyspace {
+    /// Whether used memory is above `maxmemory` (under `noeviction`).
+    pub(crate) fn is_full(&self) -> bool {
+        self.full
+    }
+
+    /// Used memory goes above `maxmemory` (`true`) or back below it.
+    #[cfg(test)]
+    pub(crate) fn set_full(&mut self, full: bool) {
+        self.full = full;
+    }
+}
+
+/// A command Redis refuses while used memory is above `maxmemory` (`CMD_DENYOOM`): one that
+/// may grow memory. `DEL`, `HDEL` and the expiry commands free or keep it, and are allowed.
+pub(crate) fn denies_oom(name: &str) -> bool {
+    matches!(name, "SET" | "HSET" | "HINCRBY" | "RPUSH")
+}
+
+/// A command that writes (`CMD_WRITE`): once a script has sent one (and it passed the checks),
+/// no later command of the script is refused for memory (`SCRIPT_WRITE_DIRTY`).
+pub(crate) fn writes(name: &str) -> bool {
+    denies_oom(name) || matches!(name, "DEL" | "HDEL" | "PEXPIRE" | "PEXPIREAT")
 }
 
 /// The commands the model knows, with Redis' arity (negative: at least that many).

@@ -67,6 +67,9 @@ struct Running {
     /// a userdata, so the handler looks here for the `{err=..., source=..., line=...}` table
     /// Redis would have raised.
     raised: Option<Raised>,
+    /// The script has sent a write command (`SCRIPT_WRITE_DIRTY`): from then on nothing is
+    /// refused for memory, since the script cannot stop half-way.
+    dirty: bool,
 }
 
 /// An error reply that `redis.call` raised, and the script line that called it.
@@ -203,6 +206,7 @@ impl Scripts {
             keyspace: std::mem::take(keyspace),
             now,
             raised: None,
+            dirty: false,
         });
         let reply = self
             .run(&compiled, keys, argv)
@@ -333,7 +337,14 @@ fn command(lua: &Lua, args: Variadic<Value>) -> mlua::Result<Result<Value, Value
             return Err(mlua::Error::runtime(text));
         };
         let now = running.now;
-        running.keyspace.exec(now, &argv, Caller::Script)
+        // script.c's scriptVerifyOOM, then the write flag, before the command runs.
+        let name = String::from_utf8_lossy(argv[0]).to_ascii_uppercase();
+        if running.keyspace.is_full() && !running.dirty && super::keyspace::denies_oom(&name) {
+            Reply::error(super::reply::errors::OOM)
+        } else {
+            running.dirty |= super::keyspace::writes(&name);
+            running.keyspace.exec(now, &argv, Caller::Script)
+        }
     };
     Ok(match reply {
         Reply::Error(text) => Err(single_field(lua, "err", &error_text(&format!("-{text}")))?),

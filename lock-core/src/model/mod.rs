@@ -44,6 +44,11 @@
 //!   in an outbox ([`Model::drain_published`]) for the caller to deliver.
 //! - Hashes answer `HGETALL` in insertion order, which is Redis' order only while a hash is a
 //!   listpack (at most 128 fields, each field and value at most 64 bytes).
+//! - Memory is full or not, as the simulator says ([`Model::set_full`]); never by the keys'
+//!   size. When full, a command that may grow memory (`SET`, `HSET`, `HINCRBY`, `RPUSH`) is
+//!   refused with `OOM`; in a script, only until its first write command (script.c's
+//!   `scriptVerifyOOM`: a script that has written cannot stop half-way). `EVAL` itself is not
+//!   refused (a script without flags, as the lock's are).
 
 pub(crate) mod keyspace;
 pub(crate) mod lua;
@@ -103,6 +108,14 @@ impl Model {
     /// `SCRIPT FLUSH`.
     pub(crate) fn flush(&mut self) {
         self.scripts.flush();
+    }
+
+    #[cfg(test)]
+    /// Used memory goes above `maxmemory` under `noeviction` (`true`), or back below it: a
+    /// command that may grow memory is refused with `OOM`, in a script only until its first
+    /// write (Redis 7.0's `scriptVerifyOOM`).
+    pub(crate) fn set_full(&mut self, full: bool) {
+        self.keyspace.set_full(full);
     }
 
     /// The messages published since the last drain, oldest first.

@@ -63,6 +63,7 @@ pub(crate) mod errors {
     pub(crate) const WRONGTYPE: &str =
         "WRONGTYPE Operation against a key holding the wrong kind of value";
     pub(crate) const SYNTAX: &str = "ERR syntax error";
+    pub(crate) const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
     pub(crate) const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
     pub(crate) const HASH_NOT_INTEGER: &str = "ERR hash value is not an integer";
     pub(crate) const OVERFLOW: &str = "ERR increment or decrement would overflow";

@@ -134,11 +134,13 @@ impl Op {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Reply {
     Taken(Taken),
     Yes(bool),
     Fence(Option<u64>),
+    /// An error reply from the server (`OOM`).
+    Failed(redis::RedisError),
 }
 
 struct Queued {
@@ -314,26 +316,19 @@ impl SimServer {
             } => {
                 let ticket = ticket.as_ref().map(|(id, keep)| Ticket { id, keep: *keep });
                 let before = self.lease_of(keys, token);
-                match at_once(node.acquire(keys, token, *ttl, *mark, ticket)) {
-                    Ok(taken) => {
-                        self.check_tomb(keys, token, *ttl, before.is_some(), &taken);
-                        Reply::Taken(taken)
-                    }
-                    Err(e) => {
-                        // Every client of a name asks for the same permits here: no mismatch,
-                        // and no other error is expected of a script.
-                        locked(&self.truth).violation(format!(
-                            "acquire of `{}` (permits {}) failed on the server: {e}",
-                            keys.name(),
-                            keys.permits
-                        ));
-                        Reply::Taken(Taken::Held(None))
-                    }
-                }
+                // Every client of a name asks for the same permits here: no mismatch, and no
+                // error but OOM is expected of a script.
+                let what = format!("acquire of `{}` (permits {})", keys.name(), keys.permits);
+                let taken = at_once(node.acquire(keys, token, *ttl, *mark, ticket));
+                self.answer(&what, taken, |taken| {
+                    self.check_tomb(keys, token, *ttl, before.is_some(), &taken);
+                    Reply::Taken(taken)
+                })
             }
             Op::Leave { keys, ticket } => {
-                self.expect("leave", at_once(node.leave(keys, ticket)));
-                Reply::Yes(true)
+                self.answer("leave", at_once(node.leave(keys, ticket)), |()| {
+                    Reply::Yes(true)
+                })
             }
             Op::Release { keys, token, keep } => {
                 let truth = locked(&self.truth);
@@ -348,20 +343,23 @@ impl SimServer {
                     ));
                 }
                 let before = self.lease_of(keys, token);
-                let released = self.expect("release", at_once(node.release(keys, token, *keep)));
-                if let (true, Some(until), true) = (released, before, node.resends()) {
-                    let key = (self.index, token.clone());
-                    locked(&self.truth)
-                        .tombs
-                        .insert(key, (Instant::now(), until));
-                }
-                Reply::Yes(released)
+                let released = at_once(node.release(keys, token, *keep));
+                self.answer("release", released, |released| {
+                    if let (true, Some(until), true) = (released, before, node.resends()) {
+                        let key = (self.index, token.clone());
+                        locked(&self.truth)
+                            .tombs
+                            .insert(key, (Instant::now(), until));
+                    }
+                    Reply::Yes(released)
+                })
             }
             Op::Extend { keys, token, ttl } => {
-                Reply::Yes(self.expect("extend", at_once(node.extend(keys, token, *ttl))))
+                let extended = at_once(node.extend(keys, token, *ttl));
+                self.answer("extend", extended, Reply::Yes)
             }
             Op::Fence { keys, token } => {
-                Reply::Fence(self.expect("fence", at_once(node.fence(keys, token))))
+                self.answer("fence", at_once(node.fence(keys, token)), Reply::Fence)
             }
         }
     }
@@ -406,12 +404,25 @@ impl SimServer {
         }
     }
 
-    /// The answer of a command no lock script should refuse; a refusal is a violation.
-    fn expect<T: Default>(&self, what: &str, answer: crate::Result<T>) -> T {
-        answer.unwrap_or_else(|e| {
-            locked(&self.truth).violation(format!("{what} failed on server {}: {e}", self.index));
-            T::default()
-        })
+    /// The reply to a command: `ok` of its answer; an `OOM` refusal (the server's memory is
+    /// full) as the error it is; any other error is one no lock script should give, a
+    /// violation.
+    fn answer<T>(
+        &self,
+        what: &str,
+        answer: crate::Result<T>,
+        ok: impl FnOnce(T) -> Reply,
+    ) -> Reply {
+        match answer {
+            Ok(value) => ok(value),
+            Err(LockError::Redis(e)) if e.code() == Some("OOM") => Reply::Failed(e),
+            Err(e) => {
+                let at = self.index;
+                let what = format!("{what} failed on server {at}: {e}");
+                locked(&self.truth).violation(what.clone());
+                Reply::Failed(std::io::Error::other(what).into())
+            }
+        }
     }
 
     /// The lease `token` has on `keys` here, and until when: the key holds it (marked or not),
@@ -734,7 +745,11 @@ impl SimConn {
         let call = self.call(op);
         Box::pin(async move {
             let reply = call.await?;
-            Ok(unpack(reply).unwrap_or_else(|| panic!("{reply:?} answers another command")))
+            if let Reply::Failed(e) = reply {
+                return Err(LockError::Redis(e));
+            }
+            let shown = format!("{reply:?}");
+            Ok(unpack(reply).unwrap_or_else(|| panic!("{shown} answers another command")))
         })
     }
 }
@@ -1443,7 +1458,7 @@ fn run_seed(seed: u64) -> Vec<String> {
                 for _ in 0..rng.below(3) {
                     tokio::time::sleep(rng.ms(0, 3000)).await;
                     let s = &servers[rng.below(servers.len() as u64) as usize];
-                    match rng.below(6) {
+                    match rng.below(7) {
                         0 => s.pause(rng.ms(100, 2000)),
                         // The server's clock steps back (NTP, an operator): keys live longer,
                         // permit ends and fencing tokens are read off an earlier clock.
@@ -1454,6 +1469,16 @@ fn run_seed(seed: u64) -> Vec<String> {
                         5 if !redlock => s.step_clock(rng.ms(1, 1000).as_micros() as i64),
                         // An operator's SCRIPT FLUSH: the next EVALSHA meets NOSCRIPT.
                         3 => s.model.flush_scripts(),
+                        // The server's memory is full (noeviction) for 0.1-2 s: what may grow
+                        // it is refused with OOM, each script whole or not at all.
+                        6 => {
+                            s.model.set_full(true);
+                            let (s, free_after) = (Arc::clone(s), rng.ms(100, 2000));
+                            tokio::spawn(async move {
+                                tokio::time::sleep(free_after).await;
+                                s.model.set_full(false);
+                            });
+                        }
                         // Redlock promises nothing to a majority that lost its data.
                         1 if !redlock => s.restart(rng.ms(10, 500), false),
                         _ => s.restart(rng.ms(10, 500), true),
