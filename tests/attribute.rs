@@ -595,3 +595,81 @@ async fn methods_of_async_trait_impls_run_under_the_lock() {
     assert_eq!(waiting.await.unwrap().unwrap(), 80);
     assert!(server.lock_keys().is_empty(), "released after each call");
 }
+
+// ---- Code as users write it: macro fragments, aliases, raw identifiers ----------------------
+
+// A fn written by a `macro_rules!`: its arguments arrive as `$key:expr`, `$key:literal`,
+// `$ttl:literal` fragments (invisible groups), and its template names a parameter that the
+// macro, not its caller, declares.
+macro_rules! job_by_expr {
+    ($name:ident, $key:expr, $ttl:literal, $fair:literal) => {
+        #[distributed_lock(key = $key, ttl = $ttl, fair = $fair, manager = locks)]
+        async fn $name(locks: &LockManager, id: u32) -> Result<bool, JobError> {
+            Ok(lock_core::held(&format!("job-a:{id}")))
+        }
+    };
+}
+job_by_expr!(job_from_expr_fragment, "job-a:{id}", "10s", false);
+
+macro_rules! job_by_literal {
+    ($name:ident, $key:literal, $permits:literal) => {
+        #[distributed_lock(key = $key, ttl = "10s", permits = $permits, manager = locks)]
+        async fn $name(locks: &LockManager, id: u32) -> Result<bool, JobError> {
+            Ok(lock_core::held(&format!("job-a:{id}")))
+        }
+    };
+}
+job_by_literal!(job_from_literal_fragment, "job-a:{id}", 2);
+
+/// Item 1 of the third pass: a key passed through `macro_rules!` was locked literally
+/// (`"job-a:{id}"` for every id, one lock for all); literal arguments from fragments were
+/// refused. The template is rendered per call, and each call holds its own name.
+#[tokio::test]
+async fn a_template_passed_through_macro_rules_is_rendered_per_call() {
+    let (_server, locks) = server_and_manager().await;
+    assert!(job_from_expr_fragment(&locks, 7).await.unwrap());
+    assert!(job_from_literal_fragment(&locks, 8).await.unwrap());
+    // Two ids at once: two names, so neither waits for the other.
+    let busy = locks
+        .try_acquire("job-a:1", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(job_from_expr_fragment(&locks, 2).await.unwrap());
+    assert!(matches!(
+        job_from_expr_fragment(&locks, 1).await,
+        Err(JobError::Lock(LockError::Busy { .. }))
+    ));
+    assert!(busy.release().await.unwrap());
+}
+
+type JobResult<T> = Result<T, JobError>;
+
+#[distributed_lock(key = "alias", ttl = "10s", manager = locks)]
+async fn returns_an_alias(locks: &LockManager) -> JobResult<u8> {
+    Ok(1)
+}
+
+#[distributed_lock(key = "raw:{type}:{r#type}", ttl = "10s", manager = locks)]
+async fn raw_parameter(locks: &LockManager, r#type: u32) -> Result<bool, JobError> {
+    Ok(lock_core::held(&format!("raw:{0}:{0}", r#type)))
+}
+
+/// Items 7 and 10: a `Result` alias of another name is accepted, and a lock error comes back as
+/// its `Err`; a raw identifier parameter is named `{type}` or `{r#type}`.
+#[tokio::test]
+async fn a_result_alias_and_a_raw_parameter_are_accepted() {
+    let (_server, locks) = server_and_manager().await;
+    assert_eq!(returns_an_alias(&locks).await.unwrap(), 1);
+    let busy = locks
+        .try_acquire("alias", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        returns_an_alias(&locks).await,
+        Err(JobError::Lock(LockError::Busy { .. }))
+    ));
+    assert!(busy.release().await.unwrap());
+    assert!(raw_parameter(&locks, 5).await.unwrap());
+}

@@ -52,6 +52,28 @@ impl<E: From<LockError>> FromLockError for E {
     }
 }
 
+/// The return type of an annotated fn whose `Result` goes by another name (an alias such as
+/// `type JobResult<T> = Result<T, JobError>`): a lock error is returned as its `Err`, converted
+/// into its error type by [`FromLockError`] (whose message says what to write when it cannot).
+#[diagnostic::on_unimplemented(
+    message = "`#[distributed_lock]` needs a fn returning `Result<T, E>`; `{Self}` is not a `Result`",
+    label = "not a `Result`",
+    note = "return `Result<T, E>`, or an alias of it, with `E: From<lock_core::LockError>`"
+)]
+pub trait LockResult {
+    type Error;
+    fn from_error(e: Self::Error) -> Self;
+}
+
+// Not offered as a suggestion when another type is returned: it would print lock-core's source.
+#[diagnostic::do_not_recommend]
+impl<T, E> LockResult for core::result::Result<T, E> {
+    type Error = E;
+    fn from_error(e: E) -> Self {
+        Err(e)
+    }
+}
+
 /// The default manager, or `NotConfigured`.
 pub fn default_manager() -> Result<LockManager> {
     crate::default_manager().ok_or(LockError::NotConfigured)

@@ -129,6 +129,16 @@ fn store<T>(slot: &mut Option<Arg<T>>, name: Ident, value: T, errors: &mut Optio
     }
 }
 
+/// What a `macro_rules!` fragment holds: `$key:expr`, `$ttl:literal` and the like arrive
+/// wrapped in an invisible group (`Expr::Group`), which would otherwise make a template an
+/// expression (its placeholders never rendered) and a literal argument "not a literal".
+fn ungrouped(mut value: Expr) -> Expr {
+    while let Expr::Group(group) = value {
+        value = *group.expr;
+    }
+    value
+}
+
 fn string_literal(
     value: Expr,
     name: &Ident,
@@ -202,7 +212,7 @@ pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
         // Recorded before the value is read: an argument with a syntax error is not also
         // reported missing.
         args.mentioned.push(name.to_string());
-        let value: Expr = meta.value()?.parse()?;
+        let value = ungrouped(meta.value()?.parse()?);
         let e = &mut errors;
         match name.to_string().as_str() {
             "key" => {

@@ -216,10 +216,12 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
             // place), a misspelt field gets rustc's error at the literal without a suggestion
             // to replace the whole template by the field it meant.
             let field_span = span.resolved_at(Span::mixed_site());
-            let args = fields.iter().map(|path| {
-                let (first, rest) = path.split_first().expect("a path has a root");
-                let first = proc_macro2::Ident::new(first, span);
-                let rest = rest.iter().map(|f| proc_macro2::Ident::new(f, field_span));
+            let args = fields.iter().map(|field| {
+                let first = &field.root;
+                let rest = field.rest.iter().map(|f| match f.strip_prefix("r#") {
+                    Some(raw) => proc_macro2::Ident::new_raw(raw, field_span),
+                    None => proc_macro2::Ident::new(f, field_span),
+                });
                 quote_spanned!(span=> &#first #(.#rest)*)
             });
             quote!(::std::format!(#fmt #(, #args)*))
@@ -229,12 +231,22 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
     // Lock errors become the fn's error type. When the return type names it
     // (`Result<T, E>`), through a trait whose message says what to write, at `E`: every
     // conversion reports there, so a missing `From<LockError>` is one error at the culprit.
-    let convert = match error_type(&item.sig.output) {
-        Some(err_ty) => {
+    // The `Err` a lock error returns as. A `Result` under another name (an alias) is asked
+    // for its own `Err` through `LockResult`, which also says, at the return type, when it is
+    // no `Result` at all.
+    let fail = match (error_type(&item.sig.output), result_alias(&item.sig.output)) {
+        (Some(err_ty), _) => {
             let span = syn::spanned::Spanned::span(err_ty);
-            quote_spanned!(span=> <#err_ty as #krate::__private::FromLockError>::from_lock_error(#error))
+            let convert = quote_spanned!(span=> <#err_ty as #krate::__private::FromLockError>::from_lock_error(#error));
+            quote!(::core::result::Result::Err(#convert))
         }
-        None => quote!(::core::convert::From::from(#error)),
+        (None, Some(alias)) => {
+            let span = syn::spanned::Spanned::span(alias);
+            quote_spanned!(span=> <#alias as #krate::__private::LockResult>::from_error(
+                <<#alias as #krate::__private::LockResult>::Error as #krate::__private::FromLockError>::from_lock_error(#error)
+            ))
+        }
+        (None, None) => quote!(::core::result::Result::Err(::core::convert::From::from(#error))),
     };
     // Metrics are labelled by the template, not by each key it makes.
     let label = match &config.key {
@@ -246,7 +258,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
         None => quote!(&(match #krate::__private::default_manager() {
             ::core::result::Result::Ok(m) => m,
             ::core::result::Result::Err(#error) => {
-                return ::core::result::Result::Err(#convert);
+                return #fail;
             }
         })),
     };
@@ -305,7 +317,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
             ::core::result::Result::Ok(#ret) => #ret,
             ::core::result::Result::Err(#error) => {
                 #krate::__private::finish(#guard).await;
-                return ::core::result::Result::Err(#convert);
+                return #fail;
             }
         }})
     } else {
@@ -338,7 +350,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
                     ::core::result::Result::Ok(::core::option::Option::Some(#guard)) => #guard,
                     ::core::result::Result::Ok(::core::option::Option::None) => { #on_busy }
                     ::core::result::Result::Err(#error) => {
-                        return ::core::result::Result::Err(#convert);
+                        return #fail;
                     }
                 }
             };
@@ -363,6 +375,21 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
 
 /// `E` of a return type written `Result<T, E>` (any path ending in `Result` with two type
 /// arguments); `None` for an alias such as `io::Result<T>`.
+/// The return type when it is a path whose last segment is not `Result` (an alias of one,
+/// checked by the compiler through `LockResult`), and names no `impl Trait`.
+fn result_alias(output: &ReturnType) -> Option<&Type> {
+    let ReturnType::Type(_, ty) = output else {
+        return None;
+    };
+    let Type::Path(path) = &**ty else {
+        return None;
+    };
+    let mut has_impl = false;
+    FindImplTrait(&mut has_impl).visit_type_mut(&mut (**ty).clone());
+    let last = path.path.segments.last()?;
+    (!has_impl && last.ident != "Result").then_some(&**ty)
+}
+
 fn error_type(output: &ReturnType) -> Option<&Type> {
     let ReturnType::Type(_, ty) = output else {
         return None;

@@ -68,6 +68,8 @@ pub(crate) fn parse_template(template: &str) -> Result<Vec<Piece>, String> {
 }
 
 fn is_ident(s: &str) -> bool {
+    // A raw identifier (`r#type`) names a parameter or field written that way.
+    let s = s.strip_prefix("r#").unwrap_or(s);
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic())
         && chars.all(|c| c == '_' || c.is_alphanumeric())
@@ -79,6 +81,19 @@ mod tests {
 
     fn field(path: &[&str]) -> Piece {
         Piece::Field(path.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn raw_identifiers_are_placeholders() {
+        assert_eq!(
+            parse_template("{r#type}:{job.r#ref}").unwrap(),
+            vec![
+                field(&["r#type"]),
+                Piece::Text(":".into()),
+                field(&["job", "r#ref"])
+            ]
+        );
+        assert!(parse_template("{r#}").is_err());
     }
 
     #[test]

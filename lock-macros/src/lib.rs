@@ -36,8 +36,10 @@ mod valid;
 /// in the background.
 ///
 /// The fn must be `async` and return `Result<T, E>` (any type named `Result`, such as
-/// `anyhow::Result<T>`) with `E: From<lock_core::LockError>`: lock failures and Redis errors
-/// come back as `Err(E::from(LockError))`. It may be a free fn, an inherent or trait-impl
+/// `anyhow::Result<T>`, or an alias of another name, such as `type JobResult<T> = Result<T,
+/// JobError>`) with `E: From<lock_core::LockError>`: lock failures and Redis errors come back
+/// as `Err(E::from(LockError))`. A return type that is no `Result` is a compile error at the
+/// type. It may be a free fn, an inherent or trait-impl
 /// method (`&self`, `&mut self`, `self`), generic, with where clauses, lifetimes, other
 /// attributes and docs: only the body is rewritten. On a method of an `#[async_trait]` impl
 /// (`Send` or `?Send`), the lock is taken inside the boxed future async-trait makes of the
@@ -47,8 +49,12 @@ mod valid;
 ///
 /// - `key` (required): the lock name. A template over the fn's parameters, with `{param}`,
 ///   `{param.field}` (and `{self.field}` in methods), `{{` and `}}` for literal braces:
-///   `key = "invoices:{tenant_id}"`. Each placeholder's type must implement `Display`. Or any
-///   expression giving a `String` or `&str`: `key = job.lock_name()`.
+///   `key = "invoices:{tenant_id}"`. Each placeholder's type must implement `Display`. A raw
+///   identifier parameter (`r#type: u32`) is `{type}` or `{r#type}`. Or any expression giving
+///   a `String` or `&str`: `key = job.lock_name()`.
+/// - Every argument may come from a `macro_rules!` fragment (`key = $key` with `$key:expr` or
+///   `$key:literal`, `ttl = $ttl`, `permits = $n`): a string literal stays a template, rendered
+///   per call, and its placeholders name the parameters of the fn the macro writes.
 /// - `ttl` (required): the lease, checked at compile time: `ttl = "30s"`. Units `ms`, `s`,
 ///   `m`, `h`, `d`, combined largest first: `"500ms"`, `"5m"`, `"1h"`, `"1m30s"`.
 /// - `wait`: how long to wait for the lock: `wait = "5s"`. Default: do not wait.

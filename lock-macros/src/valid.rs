@@ -13,9 +13,19 @@ pub(crate) enum Key {
     /// (`tenant.id`), all spanned at the template literal.
     Template {
         fmt: LitStr,
-        fields: Vec<Vec<String>>,
+        fields: Vec<Field>,
     },
     Expr(Expr),
+}
+
+/// One placeholder: the parameter (or `self`) it starts from, and the field names after it.
+pub(crate) struct Field {
+    /// The parameter's own identifier, so that it resolves where the parameter is bound
+    /// (a fn written by a `macro_rules!` has its parameters in the macro's hygiene, and its
+    /// template may come from the macro's caller), located at the template for errors.
+    pub(crate) root: Ident,
+    /// Field names, as written (`r#type` for a raw one).
+    pub(crate) rest: Vec<String>,
 }
 
 /// Renames `self` to `__self` in an expression (see [`Config::rename_self`]).
@@ -58,9 +68,9 @@ impl Config {
         use syn::visit_mut::VisitMut;
         match &mut self.key {
             Key::Template { fields, .. } => {
-                for path in fields {
-                    if path[0] == "self" {
-                        path[0] = "__self".to_owned();
+                for field in fields {
+                    if field.root == "self" {
+                        field.root = Ident::new("__self", field.root.span());
                     }
                 }
             }
@@ -119,21 +129,27 @@ fn requires_auto_extend<T>(
     }
 }
 
-/// Parameters that a template may name (simple identifiers), and whether `self` is there.
-fn parameters(item: &ItemFn) -> (Vec<String>, bool) {
+/// Parameters that a template may name (simple identifiers), and the `self` token of the
+/// receiver, if any.
+fn parameters(item: &ItemFn) -> (Vec<Ident>, Option<Span>) {
     let mut names = Vec::new();
-    let mut receiver = false;
+    let mut receiver = None;
     for input in &item.sig.inputs {
         match input {
-            FnArg::Receiver(_) => receiver = true,
+            FnArg::Receiver(r) => receiver = Some(r.self_token.span),
             FnArg::Typed(t) => {
                 if let Pat::Ident(p) = &*t.pat {
-                    names.push(p.ident.to_string());
+                    names.push(p.ident.clone());
                 }
             }
         }
     }
     (names, receiver)
+}
+
+/// A name without its raw prefix: `{type}` and `{r#type}` both name `r#type: u32`.
+fn unraw(name: &str) -> &str {
+    name.strip_prefix("r#").unwrap_or(name)
 }
 
 fn template(lit: &LitStr, item: &ItemFn, errors: &mut Option<syn::Error>) -> Option<Key> {
@@ -155,13 +171,14 @@ fn template(lit: &LitStr, item: &ItemFn, errors: &mut Option<syn::Error>) -> Opt
             Piece::Field(path) => {
                 let shown = path.join(".");
                 let root = &path[0];
+                let param = params.iter().find(|p| unraw(&p.to_string()) == unraw(root));
                 let problem = if root == "self" {
-                    (!receiver).then(|| {
+                    receiver.is_none().then(|| {
                         format!("`{{{shown}}}` in `key` needs a method with a `self` receiver, and this fn has none")
                     })
-                } else if !params.contains(root) {
+                } else if param.is_none() {
                     let mut listed: Vec<String> = Vec::new();
-                    if receiver {
+                    if receiver.is_some() {
                         listed.push("`self`".to_owned());
                     }
                     listed.extend(params.iter().map(|p| format!("`{p}`")));
@@ -182,7 +199,19 @@ fn template(lit: &LitStr, item: &ItemFn, errors: &mut Option<syn::Error>) -> Opt
                     continue;
                 }
                 fmt.push_str("{}");
-                fields.push(path);
+                let root = match (param, receiver) {
+                    (Some(param), _) => {
+                        let mut root = param.clone();
+                        root.set_span(param.span().located_at(span));
+                        root
+                    }
+                    (None, Some(receiver)) => Ident::new("self", receiver.located_at(span)),
+                    (None, None) => unreachable!("reported above"),
+                };
+                fields.push(Field {
+                    root,
+                    rest: path[1..].to_vec(),
+                });
             }
         }
     }
@@ -192,9 +221,15 @@ fn template(lit: &LitStr, item: &ItemFn, errors: &mut Option<syn::Error>) -> Opt
     })
 }
 
-/// Checks that the fn returns a `Result` (by the last segment of its path: `Result<T, E>`,
-/// `io::Result<T>`, `anyhow::Result<T>` all qualify).
+/// Checks that the fn returns a `Result`: `Result<T, E>`, `io::Result<T>`, `anyhow::Result<T>`,
+/// or an alias of any name (`type JobResult<T> = Result<T, JobError>`), which the compiler then
+/// checks through `lock_core::__private::LockResult`. A type that is certainly no `Result` (a
+/// primitive, `String`, `Option`, `Vec`, `Box`, a tuple, a reference) is refused here.
 fn check_return(item: &ItemFn, errors: &mut Option<syn::Error>) {
+    const NOT_RESULTS: [&str; 21] = [
+        "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
+        "f32", "f64", "bool", "char", "str", "String", "Option", "Vec", "Box",
+    ];
     let fix = "`#[distributed_lock]` needs a fn returning `Result<T, E>` with `E: From<lock_core::LockError>`, so lock failures can be returned";
     match &item.sig.output {
         ReturnType::Default => push(
@@ -206,7 +241,7 @@ fn check_return(item: &ItemFn, errors: &mut Option<syn::Error>) {
         ),
         ReturnType::Type(_, ty) => {
             let is_result = matches!(&**ty, Type::Path(p) if p.qself.is_none()
-                && p.path.segments.last().is_some_and(|s| s.ident == "Result"));
+                && p.path.segments.last().is_some_and(|s| !NOT_RESULTS.iter().any(|n| s.ident == n)));
             if !is_result {
                 push(
                     errors,
