@@ -215,6 +215,41 @@ async fn lock_is_released_after_the_body_panics() {
     assert!(server.lock_keys().is_empty());
 }
 
+#[distributed_lock(key = "root-panic", ttl = "30s", manager = locks)]
+async fn panics_in_the_root_task(locks: &LockManager) -> Result<(), JobError> {
+    panic!("the job failed");
+}
+
+/// A panic in the root task (`#[tokio::test]`, `block_on`) ends its runtime, so a release left
+/// to the guard's drop never ran and the lock stayed held for its whole ttl (PTTL 29.7 s of 30
+/// s). The release is awaited before the panic goes on, on either runtime flavour.
+#[test]
+fn a_panic_in_a_root_task_releases_the_lock_before_it_unwinds() {
+    let server = RedisServer::start();
+    for multi_thread in [false, true] {
+        let mut builder = if multi_thread {
+            tokio::runtime::Builder::new_multi_thread()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+        };
+        let runtime = builder.enable_all().build().unwrap();
+        let url = server.url();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime.block_on(async {
+                let locks = LockManager::connect(&url).await.unwrap();
+                let _ = panics_in_the_root_task(&locks).await;
+            })
+        }));
+        assert!(unwound.is_err(), "the panic goes on");
+        drop(runtime);
+        let left = server.lock_keys();
+        assert!(
+            left.is_empty(),
+            "multi_thread {multi_thread}: {left:?} still held"
+        );
+    }
+}
+
 #[distributed_lock(key = "forever", ttl = "30s", manager = locks)]
 async fn never_ends(
     locks: &LockManager,

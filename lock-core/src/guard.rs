@@ -85,6 +85,16 @@ impl LockGuard {
         shared.release(&lease).await
     }
 
+    /// [`release`](Self::release) through a reference, for a panic on its way out of an
+    /// annotated body: awaited here, so that the lock is free before the unwinding goes on (a
+    /// root task's panic ends its runtime, which would never run a release left to the
+    /// background). The guard's drop then has nothing left to do.
+    pub(crate) async fn release_in_place(&self) {
+        if !self.nested && self.shared.claim(&self.lease) {
+            let _ = self.shared.release(&self.lease).await;
+        }
+    }
+
     /// Runs `body` with this lock among the current task's held locks, as a
     /// `#[distributed_lock]` body runs: inside it, [`held`](crate::held) is `true` for this
     /// lock and a [`reentrant`](crate::LockRequest::reentrant) acquisition of it (an annotated

@@ -103,6 +103,31 @@ pub async fn until_lost<F: Future>(guard: &LockGuard, body: F) -> Result<F::Outp
     guard.until_lost(body).await
 }
 
+/// Runs the body; when it panics, the lock is released, awaited, before the panic goes on. A
+/// panic in a root task (`#[tokio::test]`, `block_on`) ends its runtime, and a release left to
+/// the guard's drop would never run: the lock would stay held for its whole ttl.
+pub async fn catching<F: Future>(guard: &LockGuard, body: F) -> F::Output {
+    use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+    use std::task::Poll;
+    let mut body = std::pin::pin!(body);
+    // The body is not polled again after a panic: the panic is only carried past the release.
+    let caught = std::future::poll_fn(|cx| {
+        match catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx))) {
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    })
+    .await;
+    match caught {
+        Ok(out) => out,
+        Err(panic) => {
+            guard.release_in_place().await;
+            resume_unwind(panic)
+        }
+    }
+}
+
 /// Runs the body with its lock among the current task's held locks (`held`, `reentrant`).
 pub fn holding<F: Future>(guard: &LockGuard, body: F) -> impl Future<Output = F::Output> {
     crate::held::scope(guard, body)

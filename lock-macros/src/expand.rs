@@ -357,12 +357,13 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
             let #ret: #ret_ty = {
                 #bind_guard
                 // Run with the lock among the task's held locks (`held`, `reentrant`).
-                let #body = #krate::__private::holding(&#guard, async move {
-                    #[allow(unreachable_code, clippy::let_and_return, clippy::needless_return)]
+                // A panic in the body releases the lock (awaited) before it unwinds on.
+                let #body = #krate::__private::catching(&#guard, #krate::__private::holding(&#guard, async move {
+                    #[allow(unreachable_code, clippy::let_and_return, clippy::needless_return, clippy::diverging_sub_expression)]
                     let #ret: #ret_ty = #user_block;
                     #[allow(unreachable_code)]
                     #ret
-                });
+                }));
                 #run_body
             };
             #krate::__private::finish(#guard).await;

@@ -32,8 +32,9 @@ mod valid;
 ///
 /// The body runs only after the lock is acquired. When the fn returns (also through `?`), the
 /// lock has already been released: the release is awaited, so the next caller can take it at
-/// once. If the body panics or the caller drops the future, the guard's drop releases the lock
-/// in the background.
+/// once. If the body panics, the release is awaited before the panic goes on, so the lock is
+/// free even when the panic ends the runtime (a `#[tokio::test]`, a `block_on`). If the caller
+/// drops the future, the guard's drop releases the lock in the background.
 ///
 /// The fn must be `async` and return `Result<T, E>` (any type named `Result`, such as
 /// `anyhow::Result<T>`, or an alias of another name, such as `type JobResult<T> = Result<T,
