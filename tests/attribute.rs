@@ -708,3 +708,42 @@ async fn a_result_alias_and_a_raw_parameter_are_accepted() {
     assert!(busy.release().await.unwrap());
     assert!(raw_parameter(&locks, 5).await.unwrap());
 }
+
+#[distributed_lock(key = "stack-first", ttl = "10s", wait = "5s", manager = locks)]
+#[distributed_lock(key = "stack-second", ttl = "10s", wait = "5s", manager = locks)]
+async fn takes_two(locks: &LockManager) -> Result<(bool, bool), JobError> {
+    Ok((
+        lock_core::held("stack-first"),
+        lock_core::held("stack-second"),
+    ))
+}
+
+/// Stacked attributes take their locks top-down, as the code reads. They used to take them
+/// bottom-up: with `stack-second` busy, the call held nothing while it waited for it (the
+/// top lock, taken second, was free for anyone), inverting the order hand-written code uses.
+#[tokio::test]
+async fn stacked_attributes_take_their_locks_top_down() {
+    let (server, locks) = server_and_manager().await;
+    let other = LockManager::connect(&server.url()).await.unwrap();
+    let second = other
+        .try_acquire("stack-second", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let call = tokio::spawn({
+        let locks = locks.clone();
+        async move { takes_two(&locks).await }
+    });
+    // While it waits for the second, it holds the first (polled, within a deadline).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while other.inspect("stack-first").await.unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the top lock is not held while the call waits for the one below"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!call.is_finished(), "it waits for the second");
+    assert!(second.release().await.unwrap());
+    assert_eq!(call.await.unwrap().unwrap(), (true, true));
+}

@@ -10,6 +10,14 @@ use crate::valid::{self, Config, Key};
 
 /// Entry point: the attribute's arguments and the item it stands on.
 pub(crate) fn distributed_lock(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let (attr, stacked) = stacked_marker(attr);
+    if !stacked {
+        if let Ok(item_fn) = syn::parse2::<ItemFn>(item.clone()) {
+            if let Some(reordered) = top_down(&attr, item_fn) {
+                return reordered;
+            }
+        }
+    }
     let (args, errors) = args::parse(attr);
     let item_fn: ItemFn = match syn::parse2(item.clone()) {
         Ok(f) => f,
@@ -44,6 +52,79 @@ pub(crate) fn distributed_lock(attr: TokenStream, item: TokenStream) -> TokenStr
         // One mistake, one error: the item is emitted unchanged next to it.
         Err(error) => with_error(item, error),
     }
+}
+
+/// The argument that marks an attribute of a stack already put in order (see [`top_down`]):
+/// not for users, and not an argument of the lock.
+const STACKED: &str = "__stacked";
+
+/// `attr` without the [`STACKED`] marker, and whether it had it.
+fn stacked_marker(attr: TokenStream) -> (TokenStream, bool) {
+    let mut tokens = attr.clone().into_iter();
+    match (tokens.next(), tokens.next()) {
+        (Some(proc_macro2::TokenTree::Ident(i)), Some(proc_macro2::TokenTree::Punct(p)))
+            if i == STACKED && p.as_char() == ',' =>
+        {
+            (tokens.collect(), true)
+        }
+        (Some(proc_macro2::TokenTree::Ident(i)), None) if i == STACKED => {
+            (TokenStream::new(), true)
+        }
+        _ => (attr, false),
+    }
+}
+
+fn is_lock_attribute(attr: &syn::Attribute) -> bool {
+    attr.path()
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "distributed_lock")
+}
+
+fn is_marked(attr: &syn::Attribute) -> bool {
+    match &attr.meta {
+        syn::Meta::List(list) => stacked_marker(list.tokens.clone()).1,
+        _ => false,
+    }
+}
+
+/// Stacked attributes take their locks top-down, in the order the code reads (as hand-written
+/// code would take them, and as two stacks must agree on to never deadlock). Attribute macros
+/// expand top first and each wraps the body it is given, so the bottom one would end up
+/// outermost and take its lock first. So the top one, finding other `#[distributed_lock]`s
+/// below it, does not rewrite anything: it puts the whole stack back in reverse order, each
+/// marked as ordered, where the first of the others stood. `None` when there is no stack.
+fn top_down(attr: &TokenStream, mut item: ItemFn) -> Option<TokenStream> {
+    let below: Vec<usize> = (0..item.attrs.len())
+        .filter(|&i| is_lock_attribute(&item.attrs[i]) && !is_marked(&item.attrs[i]))
+        .collect();
+    let first = *below.first()?;
+    let mut stack: Vec<syn::Attribute> = Vec::with_capacity(below.len() + 1);
+    // This attribute is the top of the stack; the compiler has taken it off the item.
+    let (args, _) = args::parse(attr.clone());
+    let krate: syn::Path = args
+        .krate
+        .as_ref()
+        .and_then(|k| k.value.parse().ok())
+        .unwrap_or_else(|| syn::parse_quote!(::lock_core));
+    let marker = proc_macro2::Ident::new(STACKED, Span::call_site());
+    stack.push(syn::parse_quote!(#[#krate::distributed_lock(#marker, #attr)]));
+    for &i in &below {
+        let mut other = item.attrs[i].clone();
+        let tokens = match &other.meta {
+            syn::Meta::List(list) => list.tokens.clone(),
+            _ => TokenStream::new(),
+        };
+        let path = other.path().clone();
+        other.meta = syn::parse_quote!(#path(#marker, #tokens));
+        stack.push(other);
+    }
+    for &i in below.iter().rev() {
+        item.attrs.remove(i);
+    }
+    stack.reverse();
+    item.attrs.splice(first..first, stack);
+    Some(item.into_token_stream())
 }
 
 /// Where async-trait put the method's own body: the `let __ret: Ret = { body };` statement

@@ -94,6 +94,14 @@ mod valid;
 /// - `crate`: the path to lock-core if it is renamed in `Cargo.toml`:
 ///   `crate = "my_lock_core"`.
 ///
+/// # Stacking
+///
+/// Several `#[distributed_lock]`s on one fn take their locks top-down, in the order the code
+/// reads (the top one first, each held while the next is taken), and give them back in
+/// reverse. Two fns that stack the same names must stack them in the same order, as
+/// hand-written code must take them, or each can end up waiting for the other until its
+/// `wait` runs out.
+///
 /// # Equivalent code without the macro
 ///
 /// ```no_run
