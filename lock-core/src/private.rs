@@ -7,28 +7,37 @@ use std::sync::Arc;
 use crate::{LockError, LockGuard, LockManager, LockRequest, Result};
 
 /// Anything `manager = ...` may name: a `LockManager`, a reference to one, or an `Arc` of one.
+#[diagnostic::on_unimplemented(
+    message = "`manager = ...` takes a `LockManager`, `&LockManager` or `Arc<LockManager>`, not `{Self}`",
+    label = "not a lock manager",
+    note = "for a `static LOCKS: LazyLock<LockManager>` write `manager = &*LOCKS`; for an `Option<..>` take the manager out of it first"
+)]
 pub trait ManagerRef {
     fn lock_manager(&self) -> &LockManager;
 }
 
+#[diagnostic::do_not_recommend]
 impl ManagerRef for LockManager {
     fn lock_manager(&self) -> &LockManager {
         self
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<T: ManagerRef + ?Sized> ManagerRef for &T {
     fn lock_manager(&self) -> &LockManager {
         (**self).lock_manager()
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<T: ManagerRef + ?Sized> ManagerRef for &mut T {
     fn lock_manager(&self) -> &LockManager {
         (**self).lock_manager()
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<T: ManagerRef + ?Sized> ManagerRef for Arc<T> {
     fn lock_manager(&self) -> &LockManager {
         (**self).lock_manager()

@@ -22,10 +22,17 @@ pub(crate) fn distributed_lock(attr: TokenStream, item: TokenStream) -> TokenStr
     let item_fn: ItemFn = match syn::parse2(item.clone()) {
         Ok(f) => f,
         Err(_) => {
-            let error = syn::Error::new(
-                not_a_fn_span(&item),
-                "`#[distributed_lock]` only applies to an `async fn`",
-            );
+            let error = match syn::parse2::<syn::TraitItemFn>(item.clone()) {
+                // A trait's method declaration: nothing to lock yet.
+                Ok(decl) if decl.default.is_none() => syn::Error::new(
+                    decl.sig.fn_token.span,
+                    "`#[distributed_lock]` needs a body to lock, and a trait's method declaration has none: annotate the method in each `impl` of the trait",
+                ),
+                _ => syn::Error::new(
+                    not_a_fn_span(&item),
+                    "`#[distributed_lock]` only applies to an `async fn`",
+                ),
+            };
             return with_error(item, error);
         }
     };
@@ -229,6 +236,11 @@ impl AsyncTraitBody {
 
 fn with_error(item: TokenStream, error: syn::Error) -> TokenStream {
     let error = error.to_compile_error();
+    // The fn as it was, so that its callers still compile; its parameters that the lock would
+    // have used (a `manager`) are not reported unused on top of the error.
+    if syn::parse2::<ItemFn>(item.clone()).is_ok() {
+        return quote!(#[allow(unused_variables)] #item #error);
+    }
     quote!(#item #error)
 }
 
@@ -299,15 +311,29 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
             let field_span = span.resolved_at(Span::mixed_site());
             let args = fields.iter().map(|field| {
                 let first = &field.root;
-                let rest = field.rest.iter().map(|f| match f.strip_prefix("r#") {
-                    Some(raw) => proc_macro2::Ident::new_raw(raw, field_span),
-                    None => proc_macro2::Ident::new(f, field_span),
+                let rest = field.rest.iter().map(|f| {
+                    if let Ok(index) = f.parse::<u32>() {
+                        let index = syn::Index {
+                            index,
+                            span: field_span,
+                        };
+                        return index.into_token_stream();
+                    }
+                    match f.strip_prefix("r#") {
+                        Some(raw) => proc_macro2::Ident::new_raw(raw, field_span),
+                        None => proc_macro2::Ident::new(f, field_span),
+                    }
+                    .into_token_stream()
                 });
                 quote_spanned!(span=> &#first #(.#rest)*)
             });
             quote!(::std::format!(#fmt #(, #args)*))
         }
-        Key::Expr(expr) => quote!(::std::string::ToString::to_string(&(#expr))),
+        // Spanned at the expression: a type without `Display` is reported there.
+        Key::Expr(expr) => {
+            let span = syn::spanned::Spanned::span(expr);
+            quote_spanned!(span=> ::std::string::ToString::to_string(&(#expr)))
+        }
     };
     // Lock errors become the fn's error type. When the return type names it
     // (`Result<T, E>`), through a trait whose message says what to write, at `E`: every
@@ -333,6 +359,16 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
     let label = match &config.key {
         Key::Template { fmt, .. } => quote!(.metrics_label(#fmt)),
         Key::Expr(_) => quote!(),
+    };
+    // Spanned at the `manager` expression: a value that is no manager is reported there.
+    let manager_ref = match &config.manager {
+        Some(expr) => {
+            let span = syn::spanned::Spanned::span(expr);
+            // The same binding, located at the expression.
+            let arg = proc_macro2::Ident::new("__lock_manager", mixed.located_at(span));
+            quote_spanned!(span=> #krate::__private::ManagerRef::lock_manager(#arg))
+        }
+        None => quote!(#krate::__private::ManagerRef::lock_manager(#manager)),
     };
     let manager_expr = match &config.manager {
         Some(expr) => quote!(&(#expr)),
@@ -414,7 +450,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
                 // The runtime's own request and builder: one set of options, checked once
                 // more at run time by the same rules.
                 let #request = #krate::LockManager::lock(
-                    #krate::__private::ManagerRef::lock_manager(#manager),
+                    #manager_ref,
                     #name,
                 )
                 .ttl(#ttl)

@@ -37,7 +37,22 @@ pub(crate) fn parse_template(template: &str) -> Result<Vec<Piece>, String> {
                     ));
                 }
                 let path: Vec<String> = inner.split('.').map(|s| s.trim().to_owned()).collect();
-                if path.iter().any(|s| !is_ident(s)) {
+                let as_expression = "write the key as an expression instead: `key = format!(...)`";
+                if inner.contains(':') {
+                    return Err(format!(
+                        "`{{{inner}}}` in `key`: a format spec (`:04`, `:?`) is not a placeholder; {as_expression}"
+                    ));
+                }
+                if inner.contains('(') {
+                    return Err(format!(
+                        "`{{{inner}}}` in `key`: a method call is not a placeholder (placeholders name parameters and their fields); {as_expression}"
+                    ));
+                }
+                // A tuple field (`{pair.0}`) after the parameter's name.
+                let field = |(i, s): (usize, &String)| {
+                    is_ident(s) || (i > 0 && !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                };
+                if !path.iter().enumerate().all(field) {
                     return Err(format!(
                         "`{{{inner}}}` in `key` is not a parameter name; placeholders look like `{{tenant}}` or `{{job.id}}`"
                     ));
@@ -81,6 +96,21 @@ mod tests {
 
     fn field(path: &[&str]) -> Piece {
         Piece::Field(path.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn tuple_fields_are_placeholders_and_specs_and_calls_are_explained() {
+        assert_eq!(
+            parse_template("{pair.0}").unwrap(),
+            vec![field(&["pair", "0"])]
+        );
+        assert!(parse_template("{0}").is_err());
+        assert!(parse_template("{id:04}")
+            .unwrap_err()
+            .contains("format spec"));
+        assert!(parse_template("{job.name()}")
+            .unwrap_err()
+            .contains("method call"));
     }
 
     #[test]

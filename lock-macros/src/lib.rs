@@ -44,14 +44,19 @@ mod valid;
 /// method (`&self`, `&mut self`, `self`), generic, with where clauses, lifetimes, other
 /// attributes and docs: only the body is rewritten. On a method of an `#[async_trait]` impl
 /// (`Send` or `?Send`), the lock is taken inside the boxed future async-trait makes of the
-/// body.
+/// body; `self` in `key` and `manager` may appear inside macros (`format!("c:{}", self.id)`),
+/// and `self::module::ITEM` names a module. Put `#[distributed_lock]` above `#[tokio::test]`
+/// and `#[tokio::main]` (they make the fn a plain one), and on a trait's method, annotate the
+/// `impl`'s method, not the declaration.
 ///
 /// # Arguments
 ///
 /// - `key` (required): the lock name. A template over the fn's parameters, with `{param}`,
-///   `{param.field}` (and `{self.field}` in methods), `{{` and `}}` for literal braces:
-///   `key = "invoices:{tenant_id}"`. Each placeholder's type must implement `Display`. A raw
-///   identifier parameter (`r#type: u32`) is `{type}` or `{r#type}`. Or any expression giving
+///   `{param.field}`, `{pair.0}` (and `{self.field}` in methods), `{{` and `}}` for literal
+///   braces: `key = "invoices:{tenant_id}"`. Each placeholder's type must implement
+///   `Display`. A raw identifier parameter (`r#type: u32`) is `{type}` or `{r#type}`. Format
+///   specs (`{id:04}`) and method calls (`{job.name()}`) are not placeholders: write those
+///   keys as `key = format!(...)`. Or any expression giving
 ///   a `String` or `&str`: `key = job.lock_name()`.
 /// - Every argument may come from a `macro_rules!` fragment (`key = $key` with `$key:expr` or
 ///   `$key:literal`, `ttl = $ttl`, `permits = $n`): a string literal stays a template, rendered
@@ -86,7 +91,8 @@ mod valid;
 ///   (see `LockRequest::permits`): `permits = 3`. Every holder of a name must use the same
 ///   number. Not with `fair = true`.
 /// - `manager`: the `LockManager` to use, as any expression giving a `LockManager`,
-///   `&LockManager` or `Arc<LockManager>`: `manager = self.locks`. Default:
+///   `&LockManager` or `Arc<LockManager>`: `manager = self.locks` (a `static LOCKS:
+///   LazyLock<LockManager>` is `manager = &*LOCKS`). Default:
 ///   `lock_core::default_manager()`, else `Err(LockError::NotConfigured)`.
 /// - `guard`: binds `&LockGuard` under this name inside the body, for the fencing token
 ///   (`lock.fencing_token().await?`, drawn while the lock is held) or `lost()`:

@@ -28,15 +28,51 @@ pub(crate) struct Field {
     pub(crate) rest: Vec<String>,
 }
 
-/// Renames `self` to `__self` in an expression (see [`Config::rename_self`]).
+/// Renames the receiver `self` to `__self` in an expression (see [`Config::rename_self`]):
+/// a path that is `self` alone (`self`, `self.id`, `self.locks()`), and `self` inside macro
+/// invocations (`format!("counter:{}", self.id)`), whose tokens the syntax tree leaves
+/// unparsed; never `self::module::ITEM`, which names a module.
 struct RenameSelf;
 
 impl syn::visit_mut::VisitMut for RenameSelf {
-    fn visit_ident_mut(&mut self, ident: &mut Ident) {
-        if ident == "self" {
-            *ident = Ident::new("__self", ident.span());
+    fn visit_expr_path_mut(&mut self, expr: &mut syn::ExprPath) {
+        let segments = &mut expr.path.segments;
+        if expr.qself.is_none() && segments.len() == 1 && segments[0].ident == "self" {
+            segments[0].ident = Ident::new("__self", segments[0].ident.span());
         }
+        syn::visit_mut::visit_expr_path_mut(self, expr);
     }
+
+    fn visit_macro_mut(&mut self, mac: &mut syn::Macro) {
+        mac.tokens = receiver_renamed(std::mem::take(&mut mac.tokens));
+    }
+}
+
+/// `tokens` with every `self` that is not the start of a path (`self::`) renamed `__self`.
+fn receiver_renamed(tokens: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
+    use proc_macro2::{Group, TokenTree};
+    let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+    let mut out = Vec::with_capacity(tokens.len());
+    for (i, token) in tokens.iter().enumerate() {
+        out.push(match token {
+            TokenTree::Ident(ident) if ident == "self" => {
+                let module =
+                    matches!(tokens.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == ':');
+                if module {
+                    token.clone()
+                } else {
+                    TokenTree::Ident(Ident::new("__self", ident.span()))
+                }
+            }
+            TokenTree::Group(group) => {
+                let mut renamed = Group::new(group.delimiter(), receiver_renamed(group.stream()));
+                renamed.set_span(group.span());
+                TokenTree::Group(renamed)
+            }
+            other => other.clone(),
+        });
+    }
+    out.into_iter().collect()
 }
 
 pub(crate) struct Config {
@@ -145,6 +181,19 @@ fn parameters(item: &ItemFn) -> (Vec<Ident>, Option<Span>) {
         }
     }
     (names, receiver)
+}
+
+/// Whether the fn's body blocks on a runtime (`block_on`): what `#[tokio::test]` and
+/// `#[tokio::main]` make of an `async fn`.
+fn runs_its_own_runtime(item: &ItemFn) -> bool {
+    fn has_block_on(tokens: proc_macro2::TokenStream) -> bool {
+        tokens.into_iter().any(|token| match token {
+            proc_macro2::TokenTree::Ident(ident) => ident == "block_on",
+            proc_macro2::TokenTree::Group(group) => has_block_on(group.stream()),
+            _ => false,
+        })
+    }
+    has_block_on(quote::ToTokens::to_token_stream(&item.block))
 }
 
 /// A name without its raw prefix: `{type}` and `{r#type}` both name `r#type: u32`.
@@ -258,16 +307,29 @@ pub(crate) fn check(
     mut errors: Option<syn::Error>,
 ) -> Result<Config, syn::Error> {
     let e = &mut errors;
-    if item.sig.asyncness.is_none() {
+    if item.sig.asyncness.is_none() && runs_its_own_runtime(item) {
+        // `#[tokio::test]` or `#[tokio::main]` above: it made the `async fn` a plain fn that
+        // blocks on the body, before this attribute saw it. One error, not a second about
+        // the return type it also changed.
         push(
             e,
             syn::Error::new(
                 item.sig.fn_token.span,
-                "`#[distributed_lock]` needs an `async fn`; add `async` before `fn`",
+                "`#[distributed_lock]` must come above `#[tokio::test]` or `#[tokio::main]`: they turn the `async fn` into a plain fn before it is seen; put `#[distributed_lock]` first",
             ),
         );
+    } else {
+        if item.sig.asyncness.is_none() {
+            push(
+                e,
+                syn::Error::new(
+                    item.sig.fn_token.span,
+                    "`#[distributed_lock]` needs an `async fn`; add `async` before `fn`",
+                ),
+            );
+        }
+        check_return(item, e);
     }
-    check_return(item, e);
 
     let mentioned = |name: &str| args.unreadable || args.mentioned.iter().any(|m| m == name);
     let (key_missing, ttl_missing) = (!mentioned("key"), !mentioned("ttl"));

@@ -59,8 +59,41 @@ impl Mutating for Counter {
     }
 }
 
+// `self` inside a macro in the key or the manager, and a key named by a path from `self::`
+// (a module, not the receiver).
+mod keys {
+    pub(crate) const COUNTER: &str = "counter:by-path";
+}
+
+#[async_trait::async_trait]
+trait Paths {
+    async fn by_macro(&mut self) -> Result<u32, LockError>;
+    async fn by_module_path(&self) -> Result<u32, LockError>;
+}
+
+#[async_trait::async_trait]
+impl Paths for Counter {
+    #[distributed_lock(key = format!("counter:{}", self.id), ttl = "30s", manager = self.locks)]
+    async fn by_macro(&mut self) -> Result<u32, LockError> {
+        self.n += 1;
+        Ok(self.n)
+    }
+
+    #[distributed_lock(key = self::keys::COUNTER, ttl = "30s", manager = self.locks)]
+    async fn by_module_path(&self) -> Result<u32, LockError> {
+        Ok(self.n)
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    let mut paths = Counter {
+        locks: LockManager::in_memory(),
+        id: 2,
+        n: 0,
+    };
+    assert_eq!(paths.by_macro().await.unwrap(), 1);
+    assert_eq!(paths.by_module_path().await.unwrap(), 1);
     let mut counter = Counter {
         locks: LockManager::in_memory(),
         id: 1,

@@ -26,10 +26,17 @@ pub(crate) async fn stacked(locks: &LockManager) -> Result<u8, LockError> {
     Ok(1)
 }
 
+// Tuple fields in the template.
+#[distributed_lock(key = "pair:{pair.0}:{pair.1}", ttl = "30s", manager = locks)]
+async fn tuple_fields(locks: &LockManager, pair: (u32, &str)) -> Result<bool, LockError> {
+    Ok(lock_core::held(&format!("pair:{}:{}", pair.0, pair.1)))
+}
+
 #[tokio::main]
 async fn main() {
     let locks = LockManager::in_memory();
     assert_eq!(*generic(&locks, "x", &[1, 2]).await.unwrap(), 1);
     assert_eq!(returns_impl(&locks).await.unwrap().to_string(), "5");
     assert_eq!(stacked(&locks).await.unwrap(), 1);
+    assert!(tuple_fields(&locks, (7, "x")).await.unwrap());
 }
