@@ -747,3 +747,32 @@ async fn stacked_attributes_take_their_locks_top_down() {
     assert!(second.release().await.unwrap());
     assert_eq!(call.await.unwrap().unwrap(), (true, true));
 }
+
+struct Account {
+    id: u32,
+    #[allow(dead_code)]
+    owner: &'static str,
+}
+
+#[distributed_lock(key = "move:{from}:{to}", ttl = "10s", manager = locks)]
+async fn by_tuple_pattern(locks: &LockManager, (from, to): (u32, u32)) -> Result<bool, JobError> {
+    Ok(lock_core::held(&format!("move:{from}:{to}")))
+}
+
+#[distributed_lock(key = "account:{id}", ttl = "10s", manager = locks)]
+async fn by_struct_pattern(
+    locks: &LockManager,
+    Account { id, .. }: Account,
+) -> Result<bool, JobError> {
+    Ok(lock_core::held(&format!("account:{id}")))
+}
+
+/// Parameters written as patterns bind names a template may use (they said "the fn has no
+/// parameters").
+#[tokio::test]
+async fn names_bound_by_parameter_patterns_are_placeholders() {
+    let (_server, locks) = server_and_manager().await;
+    assert!(by_tuple_pattern(&locks, (1, 2)).await.unwrap());
+    let account = Account { id: 9, owner: "x" };
+    assert!(by_struct_pattern(&locks, account).await.unwrap());
+}

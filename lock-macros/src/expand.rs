@@ -143,6 +143,9 @@ struct AsyncTraitBody {
     moves_self: bool,
     ret: Type,
     body: syn::Block,
+    /// Parameters async-trait renamed `__argN` because they were patterns, with the pattern
+    /// it binds before the body (`let (a, b) = { let __arg1 = __arg1; __arg1 };`).
+    patterns: Vec<(String, syn::Pat)>,
 }
 
 impl AsyncTraitBody {
@@ -194,18 +197,50 @@ impl AsyncTraitBody {
             let syn::Expr::Block(body) = &*init.expr else {
                 return None;
             };
+            let patterns = block.block.stmts[..stmt]
+                .iter()
+                .filter_map(Self::pattern_of_argument)
+                .collect();
             Some(AsyncTraitBody {
                 stmt,
                 moves_self,
                 ret: (*typed.ty).clone(),
                 body: body.block.clone(),
+                patterns,
             })
         })
     }
 
     /// The method as the `async fn` it was written as: what the checks and the rewrite read.
+    /// `let <pattern> = { let __argN = __argN; __argN };`: async-trait's binding of a
+    /// parameter written as a pattern.
+    fn pattern_of_argument(stmt: &syn::Stmt) -> Option<(String, syn::Pat)> {
+        let syn::Stmt::Local(local) = stmt else {
+            return None;
+        };
+        let syn::Expr::Block(block) = &*local.init.as_ref()?.expr else {
+            return None;
+        };
+        let Some(syn::Stmt::Expr(syn::Expr::Path(last), None)) = block.block.stmts.last() else {
+            return None;
+        };
+        let name = last.path.get_ident()?.to_string();
+        name.starts_with("__arg").then(|| (name, local.pat.clone()))
+    }
+
     fn as_async_fn(&self, item: &ItemFn) -> ItemFn {
         let mut plain = item.clone();
+        // The parameters as the user wrote them, so that their names can be placeholders.
+        for input in &mut plain.sig.inputs {
+            if let syn::FnArg::Typed(typed) = input {
+                if let syn::Pat::Ident(ident) = &*typed.pat {
+                    let name = ident.ident.to_string();
+                    if let Some((_, pat)) = self.patterns.iter().find(|(n, _)| *n == name) {
+                        *typed.pat = pat.clone();
+                    }
+                }
+            }
+        }
         plain.sig.asyncness = Some(syn::Token![async](item.sig.fn_token.span));
         let ret = &self.ret;
         plain.sig.output = syn::parse_quote!(-> #ret);

@@ -54,7 +54,9 @@ mod valid;
 /// - `key` (required): the lock name. A template over the fn's parameters, with `{param}`,
 ///   `{param.field}`, `{pair.0}` (and `{self.field}` in methods), `{{` and `}}` for literal
 ///   braces: `key = "invoices:{tenant_id}"`. Each placeholder's type must implement
-///   `Display`. A raw identifier parameter (`r#type: u32`) is `{type}` or `{r#type}`. Format
+///   `Display`. A parameter written as a pattern (`(from, to): (u32, u32)`, `Account { id,
+///   .. }: Account`) offers the names it binds (`{from}`, `{id}`), in an `#[async_trait]`
+///   impl too. A raw identifier parameter (`r#type: u32`) is `{type}` or `{r#type}`. Format
 ///   specs (`{id:04}`) and method calls (`{job.name()}`) are not placeholders: write those
 ///   keys as `key = format!(...)`. Or any expression giving
 ///   a `String` or `&str`: `key = job.lock_name()`.

@@ -2,7 +2,7 @@
 //! every error with its span.
 
 use proc_macro2::{Ident, Span};
-use syn::{Expr, FnArg, ItemFn, LitStr, Pat, ReturnType, Type};
+use syn::{Expr, FnArg, ItemFn, LitStr, ReturnType, Type};
 
 use crate::args::{push, Arg, Args, KeyArg, Millis, OnBusy, OnLost};
 use crate::key::{parse_template, Piece};
@@ -173,10 +173,13 @@ fn parameters(item: &ItemFn) -> (Vec<Ident>, Option<Span>) {
     for input in &item.sig.inputs {
         match input {
             FnArg::Receiver(r) => receiver = Some(r.self_token.span),
+            // A parameter written as a pattern (`(a, b): (u32, u32)`, `Job { id, .. }: Job`)
+            // binds each of its names.
             FnArg::Typed(t) => {
-                if let Pat::Ident(p) = &*t.pat {
-                    names.push(p.ident.clone());
-                }
+                syn::visit_mut::VisitMut::visit_pat_mut(
+                    &mut Bindings(&mut names),
+                    &mut t.pat.as_ref().clone(),
+                );
             }
         }
     }
@@ -194,6 +197,16 @@ fn runs_its_own_runtime(item: &ItemFn) -> bool {
         })
     }
     has_block_on(quote::ToTokens::to_token_stream(&item.block))
+}
+
+/// The names a pattern binds.
+struct Bindings<'a>(&'a mut Vec<Ident>);
+
+impl syn::visit_mut::VisitMut for Bindings<'_> {
+    fn visit_pat_ident_mut(&mut self, pat: &mut syn::PatIdent) {
+        self.0.push(pat.ident.clone());
+        syn::visit_mut::visit_pat_ident_mut(self, pat);
+    }
 }
 
 /// A name without its raw prefix: `{type}` and `{r#type}` both name `r#type: u32`.

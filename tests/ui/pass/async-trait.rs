@@ -69,6 +69,7 @@ mod keys {
 trait Paths {
     async fn by_macro(&mut self) -> Result<u32, LockError>;
     async fn by_module_path(&self) -> Result<u32, LockError>;
+    async fn by_pattern(&self, pair: (u32, u32)) -> Result<bool, LockError>;
 }
 
 #[async_trait::async_trait]
@@ -83,6 +84,13 @@ impl Paths for Counter {
     async fn by_module_path(&self) -> Result<u32, LockError> {
         Ok(self.n)
     }
+
+    // A parameter written as a pattern (async-trait renames it `__arg1` and binds the pattern
+    // inside the future).
+    #[distributed_lock(key = "move:{from}:{to}", ttl = "30s", manager = self.locks)]
+    async fn by_pattern(&self, (from, to): (u32, u32)) -> Result<bool, LockError> {
+        Ok(lock_core::held(&format!("move:{from}:{to}")))
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -94,6 +102,7 @@ async fn main() {
     };
     assert_eq!(paths.by_macro().await.unwrap(), 1);
     assert_eq!(paths.by_module_path().await.unwrap(), 1);
+    assert!(paths.by_pattern((3, 4)).await.unwrap());
     let mut counter = Counter {
         locks: LockManager::in_memory(),
         id: 1,
