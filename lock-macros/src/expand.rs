@@ -137,8 +137,9 @@ fn top_down(attr: &TokenStream, mut item: ItemFn) -> Option<TokenStream> {
 /// Where async-trait put the method's own body: the `let __ret: Ret = { body };` statement
 /// of the `async move` block in `Box::pin(..)`, the fn's only statement.
 struct AsyncTraitBody {
-    /// Index of that statement in the async block.
-    stmt: usize,
+    /// Where that statement is: its index in the async block, after the indexes of the
+    /// statements that bind the async blocks it is nested in (see [`Self::find_in`]).
+    path: Vec<usize>,
     /// async-trait wrote `let __self = self;` before it (any receiver).
     moves_self: bool,
     ret: Type,
@@ -175,12 +176,14 @@ impl AsyncTraitBody {
     }
 
     fn find(item: &ItemFn) -> Option<Self> {
-        let block = Self::async_block(item)?;
-        let moves_self = block.block.stmts.iter().any(|s| {
-            matches!(s, syn::Stmt::Local(local)
-                if matches!(&local.pat, syn::Pat::Ident(p) if p.ident == "__self"))
-        });
-        block.block.stmts.iter().enumerate().find_map(|(stmt, s)| {
+        Self::find_in(&Self::async_block(item)?.block)
+    }
+
+    /// The `let __ret: Ret = { body };` statement in `block`, or in an async block bound by one
+    /// of its statements: `#[tracing::instrument]` above this attribute nests async-trait's
+    /// block one level down (`let __tracing_instrument_future = async move { .. };`).
+    fn find_in(block: &syn::Block) -> Option<Self> {
+        let here = block.stmts.iter().enumerate().find_map(|(stmt, s)| {
             let syn::Stmt::Local(local) = s else {
                 return None;
             };
@@ -197,16 +200,33 @@ impl AsyncTraitBody {
             let syn::Expr::Block(body) = &*init.expr else {
                 return None;
             };
-            let patterns = block.block.stmts[..stmt]
+            let moves_self = block.stmts[..stmt].iter().any(|s| {
+                matches!(s, syn::Stmt::Local(local)
+                    if matches!(&local.pat, syn::Pat::Ident(p) if p.ident == "__self"))
+            });
+            let patterns = block.stmts[..stmt]
                 .iter()
                 .filter_map(Self::pattern_of_argument)
                 .collect();
             Some(AsyncTraitBody {
-                stmt,
+                path: vec![stmt],
                 moves_self,
                 ret: (*typed.ty).clone(),
                 body: body.block.clone(),
                 patterns,
+            })
+        });
+        here.or_else(|| {
+            block.stmts.iter().enumerate().find_map(|(stmt, s)| {
+                let syn::Stmt::Local(local) = s else {
+                    return None;
+                };
+                let syn::Expr::Async(inner) = &*local.init.as_ref()?.expr else {
+                    return None;
+                };
+                let mut found = Self::find_in(&inner.block)?;
+                found.path.insert(0, stmt);
+                Some(found)
             })
         })
     }
@@ -256,7 +276,19 @@ impl AsyncTraitBody {
         let syn::Expr::Async(block) = &mut call.args[0] else {
             unreachable!("found above");
         };
-        let syn::Stmt::Local(local) = &mut block.block.stmts[self.stmt] else {
+        let (last, nested) = self.path.split_last().expect("a path has a statement");
+        let mut block = &mut block.block;
+        for &stmt in nested {
+            let syn::Stmt::Local(local) = &mut block.stmts[stmt] else {
+                unreachable!("found above");
+            };
+            let init = local.init.as_mut().expect("found above");
+            let syn::Expr::Async(inner) = &mut *init.expr else {
+                unreachable!("found above");
+            };
+            block = &mut inner.block;
+        }
+        let syn::Stmt::Local(local) = &mut block.stmts[*last] else {
             unreachable!("found above");
         };
         let init = local.init.as_mut().expect("found above");

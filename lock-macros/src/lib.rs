@@ -43,7 +43,8 @@ mod valid;
 /// type. It may be a free fn, an inherent or trait-impl
 /// method (`&self`, `&mut self`, `self`), generic, with where clauses, lifetimes, other
 /// attributes and docs: only the body is rewritten. On a method of an `#[async_trait]` impl
-/// (`Send` or `?Send`), the lock is taken inside the boxed future async-trait makes of the
+/// (`Send` or `?Send`, with `#[tracing::instrument]` above or below), the lock is taken
+/// inside the boxed future async-trait makes of the
 /// body; `self` in `key` and `manager` may appear inside macros (`format!("c:{}", self.id)`),
 /// and `self::module::ITEM` names a module. Put `#[distributed_lock]` above `#[tokio::test]`
 /// and `#[tokio::main]` (they make the fn a plain one), and on a trait's method, annotate the

@@ -70,6 +70,7 @@ trait Paths {
     async fn by_macro(&mut self) -> Result<u32, LockError>;
     async fn by_module_path(&self) -> Result<u32, LockError>;
     async fn by_pattern(&self, pair: (u32, u32)) -> Result<bool, LockError>;
+    async fn traced(&self, tenant: u32) -> Result<bool, LockError>;
 }
 
 #[async_trait::async_trait]
@@ -91,6 +92,13 @@ impl Paths for Counter {
     async fn by_pattern(&self, (from, to): (u32, u32)) -> Result<bool, LockError> {
         Ok(lock_core::held(&format!("move:{from}:{to}")))
     }
+
+    // `#[tracing::instrument]` above: it nests async-trait's future one level deeper.
+    #[tracing::instrument(skip(self))]
+    #[distributed_lock(key = "traced:{self.id}:{tenant}", ttl = "30s", manager = self.locks)]
+    async fn traced(&self, tenant: u32) -> Result<bool, LockError> {
+        Ok(lock_core::held(&format!("traced:{}:{tenant}", self.id)))
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -103,6 +111,7 @@ async fn main() {
     assert_eq!(paths.by_macro().await.unwrap(), 1);
     assert_eq!(paths.by_module_path().await.unwrap(), 1);
     assert!(paths.by_pattern((3, 4)).await.unwrap());
+    assert!(paths.traced(5).await.unwrap());
     let mut counter = Counter {
         locks: LockManager::in_memory(),
         id: 1,
