@@ -132,6 +132,12 @@ mod valid;
 /// }
 /// ```
 ///
+/// Besides, the attribute runs the body with the lock among the task's held locks (for
+/// `held` and `reentrant`), and catches a panic of the body at its poll to await the release
+/// before the panic goes on. The name is rendered from the template with the parameters' own
+/// identifiers, so a template passed through a `macro_rules!` names the parameters of the fn
+/// the macro writes.
+///
 /// # Misuse is a compile error
 ///
 /// Every mistake points at the offending token, with the fix where there is one:
