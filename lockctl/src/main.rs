@@ -26,6 +26,8 @@ struct Cli {
     #[arg(
         long = "url",
         env = "REDIS_URL",
+        // `--help` would print REDIS_URL, password and all.
+        hide_env_values = true,
         default_value = "redis://127.0.0.1:6379"
     )]
     urls: Vec<String>,

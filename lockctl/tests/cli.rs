@@ -167,3 +167,17 @@ async fn lockctl_lists_shows_and_force_releases_live_locks() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
 }
+
+/// `--help` names the `REDIS_URL` variable but never prints its value: a url may carry the
+/// password (it printed `[env: REDIS_URL=redis://:s3cr3tpw@...]`).
+#[test]
+fn help_never_prints_the_redis_url_from_the_environment() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lockctl"))
+        .arg("--help")
+        .env("REDIS_URL", "redis://:s3cr3tpw@127.0.0.1:1")
+        .output()
+        .expect("run lockctl");
+    let help = stdout(&out);
+    assert!(help.contains("REDIS_URL"), "{help}");
+    assert!(!help.contains("s3cr3tpw"), "{help}");
+}
