@@ -569,10 +569,8 @@ fn result_alias(output: &ReturnType) -> Option<&Type> {
     let Type::Path(path) = &**ty else {
         return None;
     };
-    let mut has_impl = false;
-    FindImplTrait(&mut has_impl).visit_type_mut(&mut (**ty).clone());
     let last = path.path.segments.last()?;
-    (!has_impl && last.ident != "Result").then_some(&**ty)
+    (!names_impl_trait(ty) && last.ident != "Result").then_some(&**ty)
 }
 
 fn error_type(output: &ReturnType) -> Option<&Type> {
@@ -584,9 +582,7 @@ fn error_type(output: &ReturnType) -> Option<&Type> {
     };
     let last = path.path.segments.last()?;
     // `impl Trait` cannot be named in an expression: the plain `From` conversion then.
-    let mut has_impl = false;
-    FindImplTrait(&mut has_impl).visit_type_mut(&mut (**ty).clone());
-    if has_impl {
+    if names_impl_trait(ty) {
         return None;
     }
     if last.ident != "Result" {
@@ -601,6 +597,13 @@ fn error_type(output: &ReturnType) -> Option<&Type> {
     });
     let (_ok, err) = (types.next()?, types.next()?);
     Some(err)
+}
+
+/// Whether `ty` contains `impl Trait` (which an expression cannot name).
+fn names_impl_trait(ty: &Type) -> bool {
+    let mut found = false;
+    FindImplTrait(&mut found).visit_type_mut(&mut ty.clone());
+    found
 }
 
 /// Sets its flag when a type contains `impl Trait`.

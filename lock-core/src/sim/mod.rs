@@ -917,31 +917,14 @@ fn check(truth: &Mutex<Truth>, nodes: &[Arc<SimServer>]) {
 /// keeps the real interest [`Table`] the way the pub/sub driver does (`plan`, `confirmed`,
 /// `lost`, `wake`, see notify.rs): only the socket is simulated.
 struct SimLink {
-    server: Arc<SimServer>,
-    table: Arc<Table>,
-    rng: Arc<Mutex<Rng>>,
-    faults: Faults,
-    woken: Woken,
-    /// One server: W1 is checked (a Redlock waiter pauses without listening after a split
-    /// vote).
-    strict: bool,
+    link: Arc<Link>,
     driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Watcher for SimLink {
     fn watch(&self, channel: &str, waiter: &Arc<Notify>, ticket: Option<&str>) -> Interest {
-        let interest = self.table.register(channel, waiter, ticket);
-        notify::ensure_running(&self.driver, || {
-            let link = Link {
-                server: Arc::clone(&self.server),
-                table: Arc::clone(&self.table),
-                rng: Arc::clone(&self.rng),
-                faults: self.faults,
-                woken: Arc::clone(&self.woken),
-                strict: self.strict,
-            };
-            link.drive()
-        });
+        let interest = self.link.table.register(channel, waiter, ticket);
+        notify::ensure_running(&self.driver, || Arc::clone(&self.link).drive());
         interest
     }
 
@@ -950,13 +933,15 @@ impl Watcher for SimLink {
     }
 }
 
-/// What a [`SimLink`]'s driver task owns.
+/// A link's side of the network, which its driver task runs with.
 struct Link {
     server: Arc<SimServer>,
     table: Arc<Table>,
     rng: Arc<Mutex<Rng>>,
     faults: Faults,
     woken: Woken,
+    /// One server: W1 is checked (a Redlock waiter pauses without listening after a split
+    /// vote).
     strict: bool,
 }
 
@@ -967,7 +952,7 @@ impl Link {
 
     /// The driver's loop: connect, keep the subscriptions in line with the table, forward
     /// messages, and start over when the connection breaks or is given up.
-    async fn drive(self) {
+    async fn drive(self: Arc<Self>) {
         let mut pause = notify::RECONNECT_MIN;
         loop {
             self.table.lost();
@@ -1133,12 +1118,14 @@ impl World {
             .iter()
             .map(|s| {
                 Arc::new(SimLink {
-                    server: Arc::clone(s),
-                    table: Arc::default(),
-                    rng: Arc::clone(rng),
-                    faults: self.faults,
-                    woken: Arc::clone(&woken),
-                    strict: self.servers.len() == 1,
+                    link: Arc::new(Link {
+                        server: Arc::clone(s),
+                        table: Arc::default(),
+                        rng: Arc::clone(rng),
+                        faults: self.faults,
+                        woken: Arc::clone(&woken),
+                        strict: self.servers.len() == 1,
+                    }),
                     driver: Mutex::default(),
                 })
             })
@@ -1182,12 +1169,12 @@ impl World {
     /// link's driver runs.
     fn check_links_closed(&self, links: &[Arc<SimLink>]) {
         for link in links {
-            let waiters = link.table.waiters();
+            let waiters = link.link.table.waiters();
             let running = locked(&link.driver).is_some();
             if waiters > 0 || running {
                 self.violation(format!(
                     "W3: after shutdown, server {}'s link has {waiters} waiter(s) registered, driver running: {running}",
-                    link.server.index
+                    link.link.server.index
                 ));
             }
         }
