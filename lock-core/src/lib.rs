@@ -97,8 +97,58 @@
 //! }
 //! ```
 //!
+//! # Deployments
+//!
+//! One manager speaks to one deployment, chosen on [`LockManager::builder`]:
+//!
+//! | deployment | builder | feature | what a grant survives |
+//! |---|---|---|---|
+//! | one server | [`url`](LockManagerBuilder::url), [`client`](LockManagerBuilder::client), or [`LockManager::connect`] | | a restart only with persistence |
+//! | primary and replicas behind Sentinel | [`sentinel`](LockManagerBuilder::sentinel)`(master, sentinels)` | `sentinel` | a failover, with [`min_replicas`](LockManagerBuilder::min_replicas) |
+//! | Redis Cluster | [`cluster`](LockManagerBuilder::cluster)`(seeds)` | `cluster` | a failover, with `min_replicas` |
+//! | Redlock over independent masters | [`redlock`](LockManagerBuilder::redlock)`(urls)` | | the loss of a minority of masters |
+//! | in the process, for tests | [`LockManager::in_memory`] | | nothing: it is the process's |
+//!
+//! ```no_run
+//! # async fn demo() -> lock_core::Result<()> {
+//! use std::time::Duration;
+//! use lock_core::LockManager;
+//!
+//! let locks = LockManager::builder()
+//!     .redlock(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
+//!     .response_timeout(Duration::from_millis(200))
+//!     .holder_id("billing-worker-7")
+//!     .build()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Every deployment runs the same scripts (`lock-core/src/scripts`), and every kind of lock
+//! works on each, with the exceptions named on the request's methods (a fair line is refused by
+//! Redlock).
+//!
+//! # Operations
+//!
 //! Operators see who holds what with [`LockManager::inspect`], [`LockManager::list`] and the
-//! `lockctl` binary, and free a stuck lock with [`LockManager::force_release`].
+//! `lockctl` binary (its own crate), and free a stuck lock with [`LockManager::force_release`]:
+//!
+//! ```
+//! # use std::time::Duration;
+//! # use lock_core::LockManager;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> lock_core::Result<()> {
+//! let locks = LockManager::in_memory();
+//! let _held = locks.acquire("reports:daily", Duration::from_secs(30), Duration::ZERO).await?;
+//!
+//! let info = locks.inspect("reports:daily").await?.expect("held");
+//! println!("held by {} for {:?} more", info.holder, info.remaining); // hostname:pid
+//! assert_eq!(locks.list("reports:*").await?.len(), 1);
+//!
+//! // The holder is stuck: free the lock whoever holds it (logged at WARN).
+//! assert!(locks.force_release("reports:daily").await?);
+//! assert!(locks.inspect("reports:daily").await?.is_none());
+//! # Ok(()) }
+//! ```
 //!
 //! # More than one holder, and leaders
 //!
@@ -158,7 +208,7 @@
 //! - `tls`: `rediss://` urls, through rustls.
 //! - `metrics`: the series below, through the [`metrics`](https://docs.rs/metrics) facade; install
 //!   any recorder (`metrics-exporter-prometheus` serves them for Prometheus: see
-//!   `examples/metrics.rs`).
+//!   `tests/examples/metrics.rs` in the repository).
 //!
 //! # Metrics
 //!
@@ -217,6 +267,7 @@
 //! [`held`] tells a body whether its task holds a lock.
 
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 mod error;
@@ -244,8 +295,14 @@ mod watchdog;
 pub mod __private;
 
 #[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 #[doc(inline)]
 pub use lock_macros::distributed_lock;
+
+// The README's examples compile (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use error::{LockError, Result};
 pub use guard::LockGuard;

@@ -293,7 +293,18 @@ impl LockManagerBuilder {
     /// managers may grant the same name on two servers for that long; `min_replicas` (or the
     /// server's own `min-replicas-to-write`) stops a primary cut off from its replicas from
     /// granting.
-    /// Needs the `sentinel` feature.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> lock_core::Result<()> {
+    /// let locks = lock_core::LockManager::builder()
+    ///     .sentinel("mymaster", ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"])
+    ///     .min_replicas(1, std::time::Duration::from_millis(50))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "sentinel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sentinel")))]
     pub fn sentinel<I: IntoIterator<Item = S>, S: AsRef<str>>(
         mut self,
         master_name: &str,
@@ -378,7 +389,17 @@ impl LockManagerBuilder {
     /// A Redis Cluster, through any of its nodes (`redis://host:port` each). A lock's two keys
     /// share a hash tag, so they live in one slot and each script runs in one round trip;
     /// MOVED and ASK redirections (resharding, failover) are followed by the client.
-    /// Needs the `cluster` feature.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> lock_core::Result<()> {
+    /// let locks = lock_core::LockManager::builder()
+    ///     .cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
     pub fn cluster<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, urls: I) -> Self {
         self.targets.push(Target::Cluster(
             urls.into_iter().map(|u| u.as_ref().to_owned()).collect(),
@@ -531,59 +552,40 @@ impl LockManagerBuilder {
                 .await?;
                 (Box::new(store), Box::new(wake))
             }
+            #[cfg(feature = "sentinel")]
             Target::Sentinel(master, urls) => {
                 if urls.is_empty() {
                     return Err(invalid("`.sentinel(..)` needs at least one sentinel url"));
                 }
-                #[cfg(feature = "sentinel")]
-                {
-                    let node =
-                        RedisNode::connect_sentinel(&master, &urls, self.timeouts, self.lazy)
-                            .await?;
-                    one_server(
-                        node,
-                        self.min_replicas,
-                        self.timeouts,
-                        "redis-sentinel",
-                        self.lazy,
-                        !self.lazy && !self.allow_eviction,
-                    )
-                    .await?
-                }
-                #[cfg(not(feature = "sentinel"))]
-                {
-                    let _ = master;
-                    return Err(invalid(
-                        "Redis Sentinel support is not compiled in: enable lock-core's `sentinel` feature",
-                    ));
-                }
+                let node =
+                    RedisNode::connect_sentinel(&master, &urls, self.timeouts, self.lazy).await?;
+                one_server(
+                    node,
+                    self.min_replicas,
+                    self.timeouts,
+                    "redis-sentinel",
+                    self.lazy,
+                    !self.lazy && !self.allow_eviction,
+                )
+                .await?
             }
+            #[cfg(feature = "cluster")]
             Target::Cluster(urls) => {
                 if urls.is_empty() {
                     return Err(invalid("`.cluster(..)` needs at least one node url"));
                 }
-                #[cfg(feature = "cluster")]
-                {
-                    let mut node = RedisNode::connect_cluster(&urls, self.timeouts).await?;
-                    if let Some(want) = self.min_replicas {
-                        node = node.min_replicas(want, self.timeouts, true).await?;
-                    }
-                    if !self.allow_eviction {
-                        node.refuse_evicting().await?;
-                    }
-                    let wake = Box::new(node.pubsub());
-                    // The cluster client sends a command again after an I/O error.
-                    let resends = node.resends();
-                    let store =
-                        Single::new(Box::new(node), "redis-cluster", Drift::SERVER, resends);
-                    (Box::new(store), wake)
+                let mut node = RedisNode::connect_cluster(&urls, self.timeouts).await?;
+                if let Some(want) = self.min_replicas {
+                    node = node.min_replicas(want, self.timeouts, true).await?;
                 }
-                #[cfg(not(feature = "cluster"))]
-                {
-                    return Err(invalid(
-                            "Redis Cluster support is not compiled in: enable lock-core's `cluster` feature",
-                        ));
+                if !self.allow_eviction {
+                    node.refuse_evicting().await?;
                 }
+                let wake = Box::new(node.pubsub());
+                // The cluster client sends a command again after an I/O error.
+                let resends = node.resends();
+                let store = Single::new(Box::new(node), "redis-cluster", Drift::SERVER, resends);
+                (Box::new(store), wake)
             }
         };
         Ok(LockManager::from_shared(Shared::new(
@@ -637,7 +639,9 @@ enum Target {
     Single(String),
     Client(Box<redis::Client>),
     Redlock(Vec<Endpoint>),
+    #[cfg(feature = "cluster")]
     Cluster(Vec<String>),
+    #[cfg(feature = "sentinel")]
     Sentinel(String, Vec<String>),
 }
 
