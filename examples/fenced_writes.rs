@@ -102,11 +102,10 @@ async fn main() -> Result<(), LockError> {
     locks.shutdown(Duration::from_secs(2)).await?;
     if on_redis {
         // The example's keys, its fencing counter included.
-        let removed = tokio::task::spawn_blocking(move || {
-            lock_test_support::remove_keys(&url, "fenced_writes:")
-        })
-        .await
-        .expect("clean-up panicked")?;
+        let removed =
+            tokio::task::spawn_blocking(move || lock_examples::remove_keys(&url, "fenced_writes:"))
+                .await
+                .expect("clean-up panicked")?;
         println!("removed the example's {removed} key(s)");
     }
     Ok(())

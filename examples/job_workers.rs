@@ -17,7 +17,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lock_core::{distributed_lock, LockError, LockManager};
-use lock_test_support::{flag, run_workers};
+use lock_examples::{flag, run_workers};
 
 const TICKS: u64 = 3;
 const TICK_EVERY: Duration = Duration::from_millis(1500);
@@ -122,7 +122,7 @@ fn main() {
         println!("{line}");
     }
     // The workers' keys, fencing counters included.
-    match lock_test_support::remove_keys(&url, "job_workers:") {
+    match lock_examples::remove_keys(&url, "job_workers:") {
         Ok(n) => println!("\nremoved the example's {n} key(s)"),
         Err(e) => eprintln!("could not remove the example's keys: {e}"),
     }

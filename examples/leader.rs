@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use lock_core::{LockError, LockManager};
-use lock_test_support::{flag, remove_keys};
+use lock_examples::{flag, remove_keys};
 
 const TTL: Duration = Duration::from_secs(2);
 const PREFIX: &str = "leader_example:";

@@ -79,11 +79,10 @@ async fn main() -> Result<(), LockError> {
     if on_redis {
         // A released lock leaves its fencing counter (a day, so that tokens keep growing
         // across holders); the example removes it.
-        let removed = tokio::task::spawn_blocking(move || {
-            lock_test_support::remove_keys(&url, "quickstart:")
-        })
-        .await
-        .expect("clean-up panicked")?;
+        let removed =
+            tokio::task::spawn_blocking(move || lock_examples::remove_keys(&url, "quickstart:"))
+                .await
+                .expect("clean-up panicked")?;
         println!("removed the example's {removed} key(s)");
     }
     Ok(())

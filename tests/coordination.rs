@@ -4,7 +4,7 @@
 //!
 //! Sizes: `LOCK_LEADER_ROUNDS` kills and as many SIGSTOPs of the leader (default 3; the run
 //! RELIABILITY.md reports used 20):
-//! `LOCK_LEADER_ROUNDS=20 cargo test --test coordination -- --nocapture leader_election_across`.
+//! `LOCK_LEADER_ROUNDS=20 cargo test -p lock-tests --test coordination -- --nocapture leader_election_across`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -190,14 +190,14 @@ async fn ten_thousand_cancelled_permit_acquires_leave_no_permit_behind() {
             .lock("cancel")
             .permits(3)
             .ttl(LONG)
-            .wait(if i % 3 == 0 {
+            .wait(if i.is_multiple_of(3) {
                 Duration::from_millis(50)
             } else {
                 Duration::ZERO
             });
         // Cut after one poll (the attempt is on the wire), now and then after two (it may
         // have been answered, or be waiting for the lock).
-        let polls = if i % 10 == 0 { 2 } else { 1 };
+        let polls = if i.is_multiple_of(10) { 2 } else { 1 };
         match cancel_after_polls(request.acquire(), polls).await {
             None => cancelled += 1,
             Some(Ok(guard)) => {

@@ -3,7 +3,7 @@
 //! cancellation and panic torture, bad input. RELIABILITY.md reports the long runs.
 //!
 //! Sizes scale with `LOCK_SOAK` (default 1). The soak that RELIABILITY.md reports:
-//! `LOCK_SOAK=5 cargo test --release --test safety -- --nocapture --test-threads 1`.
+//! `LOCK_SOAK=5 cargo test --release -p lock-tests --test safety -- --nocapture --test-threads 1`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -85,7 +85,7 @@ pub(crate) fn check_ttl(what: &str, ttl: Duration) -> Result<()> {
 /// Whole milliseconds of a checked duration, rounded up so a lease is never shorter than asked.
 pub(crate) fn millis_ceil(d: Duration) -> u64 {
     let ms = d.as_millis();
-    let ms = if d.subsec_nanos() % 1_000_000 != 0 {
+    let ms = if !d.subsec_nanos().is_multiple_of(1_000_000) {
         ms + 1
     } else {
         ms

@@ -95,7 +95,7 @@ pub(crate) fn parse_millis(text: &str) -> Result<u64, String> {
             let digits: u128 = frac_part.parse().map_err(|_| too_large())?;
             let scale = 10u128.pow(frac_part.len() as u32);
             let scaled = digits * u128::from(unit_ms);
-            if scaled % scale != 0 {
+            if !scaled.is_multiple_of(scale) {
                 return Err(not_whole());
             }
             ms = u64::try_from(scaled / scale)

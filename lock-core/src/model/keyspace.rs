@@ -444,7 +444,7 @@ impl Keyspace {
 
     /// `HSET key field value [field value ...]`: the number of fields that are new.
     fn hset(&mut self, now_ms: u64, a: &[&[u8]]) -> Reply {
-        if a.len() % 2 == 0 {
+        if a.len().is_multiple_of(2) {
             return Reply::error(errors::arity("hset"));
         }
         let hash = match self.hash_mut(a[0], now_ms) {

@@ -2,7 +2,7 @@
 //! once: each tick, exactly one process runs the report and the others skip it.
 //!
 //! ```sh
-//! cargo run --example cron -- --workers 3     # about 12 s; needs Redis (REDIS_URL)
+//! cargo run -p lock-tests --example cron -- --workers 3     # about 12 s; needs Redis (REDIS_URL)
 //! ```
 //!
 //! The job keeps its lock at least 1 s (`min_hold`), so a process whose clock or scheduler runs

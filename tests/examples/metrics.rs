@@ -1,4 +1,4 @@
-//! Lock metrics served for Prometheus: `cargo run --example metrics`, then scrape
+//! Lock metrics served for Prometheus: `cargo run -p lock-tests --example metrics`, then scrape
 //! `http://127.0.0.1:9898/metrics` (`METRICS_PORT` to change it) while it runs; it also prints
 //! one scrape itself. Needs Redis (`REDIS_URL`, default `redis://127.0.0.1:6379`); it uses keys of
 //! its own and deletes them before it exits.
