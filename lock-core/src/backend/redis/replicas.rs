@@ -1,0 +1,216 @@
+//! `min_replicas`: the commands whose writes must reach replicas, each followed by `WAIT` on a
+//! connection lent to it alone from a pool of such connections.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::{Cmd, FromRedisValue, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::connect::{Conn, Request};
+use super::scripts::{run_script, LuaScript};
+use super::RedisNode;
+use crate::backend::Timeouts;
+use crate::keys::LockKeys;
+use crate::validate::millis_ceil;
+use crate::{locked, LockError, Result};
+
+/// `min_replicas(n, timeout)`: a grant, fence increment or extend counts once `replicas`
+/// replicas acknowledged it, waiting at most `timeout` for them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MinReplicas {
+    pub(crate) replicas: usize,
+    pub(crate) timeout: Duration,
+}
+
+/// The most connections for commands followed by `WAIT` a manager opens; more such commands at
+/// once wait for one to come free (within their attempt's time bound).
+const REPLICATED_CONNECTIONS: usize = 64;
+
+/// The connections of the commands that must be replicated. `WAIT` holds up every later
+/// command of its connection until it returns, so each such command has a connection to itself
+/// for its round trip, lent from this pool: a lagging replica delays only the grants and
+/// renewals waiting for it, each by at most the timeout, and never a release (which uses the
+/// main connection). `WAIT` counts the acknowledgements of its connection's latest write,
+/// which is this command's, or a write after an earlier copy's (acquire.lua).
+pub(super) struct Replicated {
+    want: MinReplicas,
+    /// The settings of these connections: the reply comes after the wait for the replicas.
+    timeouts: Timeouts,
+    /// Connections not lent now.
+    idle: Mutex<Vec<Conn>>,
+    /// One per connection lent: at most [`REPLICATED_CONNECTIONS`].
+    lendable: Arc<Semaphore>,
+}
+
+/// A connection lent for one command. It goes back to the pool only once that command has its
+/// answer ([`Lent::answered`]): one dropped in flight, or failed, may still be blocked in
+/// `WAIT`, so it is closed instead.
+struct Lent<'a> {
+    conn: Option<Conn>,
+    pool: &'a Replicated,
+    answered: bool,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Lent<'_> {
+    fn conn(&self) -> &Conn {
+        self.conn.as_ref().expect("lent until dropped")
+    }
+
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take().filter(|_| self.answered) {
+            locked(&self.pool.idle).push(conn);
+        }
+    }
+}
+
+impl RedisNode {
+    /// From now on, a grant, a fence increment or an extend counts only once `want.replicas`
+    /// replicas acknowledged it (`WAIT`), each on a connection lent to it alone. Unless
+    /// `check` is false (a lazy manager), asks the server now whether it accepts `WAIT` (an
+    /// ACL or a proxy may refuse it).
+    pub(crate) async fn min_replicas(
+        mut self,
+        want: MinReplicas,
+        timeouts: Timeouts,
+        check: bool,
+    ) -> Result<Self> {
+        let replicated = Replicated {
+            want,
+            timeouts: Timeouts {
+                response: timeouts.response + want.timeout,
+                ..timeouts
+            },
+            idle: Mutex::new(Vec::new()),
+            lendable: Arc::new(Semaphore::new(REPLICATED_CONNECTIONS)),
+        };
+        if check {
+            let lent = self.lend(&replicated).await?;
+            let probe: redis::RedisResult<i64> = lent
+                .conn()
+                .send(&Request::One(redis::cmd("WAIT").arg(0).arg(1)))
+                .await;
+            if let Err(e) = probe {
+                return Err(LockError::InvalidConfig {
+                    reason: format!(
+                        "min_replicas needs the WAIT command, and the server refused it: {e}"
+                    ),
+                });
+            }
+            lent.answered();
+        }
+        self.replicated = Some(replicated);
+        Ok(self)
+    }
+
+    /// A connection of `pool` for one command: an idle one, or a new one (connected on first
+    /// use) while fewer than [`REPLICATED_CONNECTIONS`] are lent.
+    async fn lend<'a>(&self, pool: &'a Replicated) -> Result<Lent<'a>> {
+        let slot = Arc::clone(&pool.lendable)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let idle = locked(&pool.idle).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.open(pool.timeouts).await?,
+        };
+        Ok(Lent {
+            conn: Some(conn),
+            pool,
+            answered: false,
+            _slot: slot,
+        })
+    }
+
+    /// A plain command (`SET NX`) whose write must reach the replicas, as
+    /// [`eval_replicated`](Self::eval_replicated) sends a script.
+    pub(super) async fn query_replicated<T: FromRedisValue>(
+        &self,
+        keys: &LockKeys,
+        cmd: &Cmd,
+        applied: impl Fn(&T) -> bool,
+    ) -> Result<T> {
+        let Some(replicated) = &self.replicated else {
+            return Ok(self.query(cmd).await?);
+        };
+        let lent = self.lend(replicated).await?;
+        let (reply, acked) = send_waited(lent.conn(), cmd, Some(replicated.want)).await?;
+        lent.answered();
+        check_acked(keys, replicated.want, applied(&reply), acked)?;
+        Ok(reply)
+    }
+
+    /// [`eval`](Self::eval) of a script whose write must reach the replicas: with
+    /// `min_replicas`, followed by `WAIT` in the same round trip, on a connection for such
+    /// commands. `applied` tells from the reply whether the script wrote what must be
+    /// replicated; if it did and too few replicas acknowledged it in time, the answer is
+    /// [`LockError::NotReplicated`] (what the script did stays done on the primary).
+    pub(super) async fn eval_replicated<T: FromRedisValue>(
+        &self,
+        keys: &LockKeys,
+        script: &LuaScript,
+        args: impl Fn(&mut Cmd),
+        applied: impl Fn(&T) -> bool,
+    ) -> Result<T> {
+        let Some(replicated) = &self.replicated else {
+            return self.eval(script, args).await;
+        };
+        let lent = self.lend(replicated).await?;
+        let (reply, acked) = run_script(lent.conn(), script, args, Some(replicated.want)).await?;
+        lent.answered();
+        check_acked(keys, replicated.want, applied(&reply), acked)?;
+        Ok(reply)
+    }
+}
+
+/// `cmd`, then `WAIT` in the same round trip when `wait` is given.
+pub(super) async fn send_waited<T: FromRedisValue>(
+    conn: &Conn,
+    cmd: &Cmd,
+    wait: Option<MinReplicas>,
+) -> redis::RedisResult<(T, usize)> {
+    let Some(want) = wait else {
+        return Ok((conn.send(&Request::One(cmd)).await?, 0));
+    };
+    let mut pipe = redis::pipe();
+    pipe.add_command(cmd.clone())
+        .cmd("WAIT")
+        .arg(want.replicas)
+        // `WAIT n 0` would wait forever.
+        .arg(millis_ceil(want.timeout).max(1));
+    // Each reply on its own: the command's error is the command's, and a refused `WAIT`
+    // (checked at `build`, but an ACL can change) counts as no acknowledgement, so a grant it
+    // followed is given back.
+    pipe.ignore_errors();
+    let (reply, waited): (Value, Value) = conn.send(&Request::Pipe(&pipe)).await?;
+    let reply = redis::from_redis_value(reply.extract_error()?)?;
+    let acked = match waited.extract_error() {
+        Ok(n) => redis::from_redis_value(n)?,
+        Err(e) => {
+            tracing::warn!(error = %e, "WAIT refused; counting no replica");
+            0
+        }
+    };
+    Ok((reply, acked))
+}
+
+/// [`LockError::NotReplicated`] when a write was `applied` and fewer than wanted replicas
+/// acknowledged it.
+fn check_acked(keys: &LockKeys, want: MinReplicas, applied: bool, acked: usize) -> Result<()> {
+    if applied && acked < want.replicas {
+        return Err(LockError::NotReplicated {
+            name: keys.name().to_owned(),
+            acked,
+            wanted: want.replicas,
+        });
+    }
+    Ok(())
+}

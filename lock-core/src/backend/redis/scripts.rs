@@ -1,0 +1,87 @@
+//! The lock scripts, each sent by its SHA1 (`EVALSHA`), with its body after `NOSCRIPT`.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind};
+
+use super::connect::Conn;
+use super::replicas::{send_waited, MinReplicas};
+use super::RedisNode;
+use crate::Result;
+
+/// How long a fence key outlives its last use (the `PX` that fence.lua sets).
+pub(crate) const FENCE_KEEP: Duration = Duration::from_secs(24 * 3600);
+
+/// A Lua script with its SHA1, computed once per process.
+pub(super) struct LuaScript {
+    body: &'static str,
+    sha1: String,
+}
+
+impl LuaScript {
+    fn new(body: &'static str) -> Self {
+        Self {
+            body,
+            sha1: redis::Script::new(body).get_hash().to_owned(),
+        }
+    }
+}
+
+pub(super) static ACQUIRE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/acquire.lua")));
+pub(super) static FAIR: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/fair.lua")));
+pub(super) static LEAVE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/leave.lua")));
+pub(super) static RELEASE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/release.lua")));
+pub(super) static EXTEND: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/extend.lua")));
+pub(super) static FENCE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/fence.lua")));
+pub(super) static FORCE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/force.lua")));
+pub(super) static PERMIT_ACQUIRE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/permit_acquire.lua")));
+pub(super) static PERMIT_RELEASE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/permit_release.lua")));
+pub(super) static PERMIT_EXTEND: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/permit_extend.lua")));
+pub(super) static PERMIT_PEEK: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/permit_peek.lua")));
+
+impl RedisNode {
+    /// `EVALSHA`, one round trip while the server has the script cached. After `NOSCRIPT`
+    /// (first use, `SCRIPT FLUSH`, or a restarted server) it sends `EVAL` with the body,
+    /// which runs the script and caches it again: still no separate `SCRIPT LOAD`.
+    pub(super) async fn eval<T: FromRedisValue>(
+        &self,
+        script: &LuaScript,
+        args: impl Fn(&mut Cmd),
+    ) -> Result<T> {
+        Ok(run_script(&self.conn, script, args, None).await?.0)
+    }
+}
+
+/// `script` with `args` on `conn` (see [`RedisNode::eval`]), followed by `WAIT` when `wait`
+/// is given: its reply, and how many replicas acknowledged it (0 without `wait`).
+pub(super) async fn run_script<T: FromRedisValue>(
+    conn: &Conn,
+    script: &LuaScript,
+    args: impl Fn(&mut Cmd),
+    wait: Option<MinReplicas>,
+) -> Result<(T, usize)> {
+    let command = |name: &str, first: &str| {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(first);
+        args(&mut cmd);
+        cmd
+    };
+    match send_waited(conn, &command("EVALSHA", &script.sha1), wait).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            Ok(send_waited(conn, &command("EVAL", script.body), wait).await?)
+        }
+        other => Ok(other?),
+    }
+}
