@@ -196,7 +196,7 @@ async fn keys_of_other_types_are_refused_with_wrongtype_and_left_alone() {
                 "acquire.lua",
                 script(
                     &server,
-                    include_str!("../lock-core/src/scripts/acquire.lua"),
+                    lock_core::__private::script("acquire"),
                     &[key],
                     &[token, "1000", "1"],
                 ),
@@ -205,7 +205,7 @@ async fn keys_of_other_types_are_refused_with_wrongtype_and_left_alone() {
                 "fair.lua",
                 script(
                     &server,
-                    include_str!("../lock-core/src/scripts/fair.lua"),
+                    lock_core::__private::script("fair"),
                     &[key, &queue],
                     &[token, "1000", "ticket", "5000", "1"],
                 ),
@@ -214,7 +214,7 @@ async fn keys_of_other_types_are_refused_with_wrongtype_and_left_alone() {
                 "force.lua",
                 script(
                     &server,
-                    include_str!("../lock-core/src/scripts/force.lua"),
+                    lock_core::__private::script("force"),
                     &[key, &format!("{key}:fence")],
                     &["60000", "PUBLISH"],
                 ),
@@ -233,7 +233,7 @@ async fn keys_of_other_types_are_refused_with_wrongtype_and_left_alone() {
         );
         let left = script(
             &server,
-            include_str!("../lock-core/src/scripts/leave.lua"),
+            lock_core::__private::script("leave"),
             &[&queue, key],
             &["ticket", "PUBLISH"],
         );

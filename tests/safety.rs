@@ -1000,7 +1000,7 @@ async fn an_extend_after_a_min_hold_release_cannot_lengthen_the_key() {
     // The extend a watchdog may still have had in flight, arriving now.
     let extended: i64 = script(
         &server,
-        include_str!("../lock-core/src/scripts/extend.lua"),
+        lock_core::__private::script("extend"),
         &[&key],
         &[&token, "30000"],
     );
@@ -1123,11 +1123,11 @@ async fn a_late_copy_of_a_granting_attempt_never_shortens_the_lease() {
     let server = RedisServer::start();
     let locks = LockManager::connect(&server.url()).await.unwrap();
     let other = LockManager::connect(&server.url()).await.unwrap();
-    let acquire = include_str!("../lock-core/src/scripts/acquire.lua");
-    let fair = include_str!("../lock-core/src/scripts/fair.lua");
-    let extend = include_str!("../lock-core/src/scripts/extend.lua");
-    let permit = include_str!("../lock-core/src/scripts/permit_acquire.lua");
-    let permit_extend = include_str!("../lock-core/src/scripts/permit_extend.lua");
+    let acquire = lock_core::__private::script("acquire");
+    let fair = lock_core::__private::script("fair");
+    let extend = lock_core::__private::script("extend");
+    let permit = lock_core::__private::script("permit_acquire");
+    let permit_extend = lock_core::__private::script("permit_extend");
     let token = "test:1|1|0123456789abcdef0123456789abcdef";
     let (plain, line) = (locks.key_for("copied"), locks.key_for("copied-fair"));
     let queue = format!("{line}:q");
@@ -1201,11 +1201,11 @@ async fn a_late_copy_of_a_granting_attempt_never_shortens_the_lease() {
 async fn a_late_copy_of_a_refused_or_released_attempt_takes_nothing() {
     let server = RedisServer::start();
     let locks = LockManager::connect(&server.url()).await.unwrap();
-    let acquire = include_str!("../lock-core/src/scripts/acquire.lua");
-    let fair = include_str!("../lock-core/src/scripts/fair.lua");
-    let permit = include_str!("../lock-core/src/scripts/permit_acquire.lua");
-    let release = include_str!("../lock-core/src/scripts/release.lua");
-    let permit_release = include_str!("../lock-core/src/scripts/permit_release.lua");
+    let acquire = lock_core::__private::script("acquire");
+    let fair = lock_core::__private::script("fair");
+    let permit = lock_core::__private::script("permit_acquire");
+    let release = lock_core::__private::script("release");
+    let permit_release = lock_core::__private::script("permit_release");
     let ttl = "20000";
     for entombed in [true, false] {
         for (kind, n) in [("plain", 1), ("fair", 1), ("permits", 2)] {

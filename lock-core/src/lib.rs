@@ -281,6 +281,7 @@ mod metrics;
 mod model;
 mod ops;
 mod request;
+mod scripts;
 mod shared;
 #[cfg(test)]
 mod sim;

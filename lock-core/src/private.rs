@@ -147,3 +147,14 @@ pub fn holding<F: Future>(guard: &LockGuard, body: F) -> impl Future<Output = F:
 pub async fn finish(guard: LockGuard) {
     let _ = guard.release().await;
 }
+
+/// The script `name` (its file's name, `acquire`) as lock-core sends it, prelude pieces
+/// included: for tests that send the scripts to a server themselves (tests/interop.rs,
+/// tests/safety.rs).
+pub fn script(name: &str) -> &'static str {
+    crate::scripts::ALL
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, body)| *body)
+        .unwrap_or_else(|| panic!("no script named {name}"))
+}

@@ -46,17 +46,17 @@ use redis::Value as Wire;
 use super::keyspace::{Now, Value};
 use super::{Model, Reply};
 
-const ACQUIRE: &str = include_str!("../scripts/acquire.lua");
-const EXTEND: &str = include_str!("../scripts/extend.lua");
-const FAIR: &str = include_str!("../scripts/fair.lua");
-const FENCE: &str = include_str!("../scripts/fence.lua");
-const FORCE: &str = include_str!("../scripts/force.lua");
-const LEAVE: &str = include_str!("../scripts/leave.lua");
-const PERMIT_ACQUIRE: &str = include_str!("../scripts/permit_acquire.lua");
-const PERMIT_EXTEND: &str = include_str!("../scripts/permit_extend.lua");
-const PERMIT_PEEK: &str = include_str!("../scripts/permit_peek.lua");
-const PERMIT_RELEASE: &str = include_str!("../scripts/permit_release.lua");
-const RELEASE: &str = include_str!("../scripts/release.lua");
+const ACQUIRE: &str = crate::scripts::ACQUIRE;
+const EXTEND: &str = crate::scripts::EXTEND;
+const FAIR: &str = crate::scripts::FAIR;
+const FENCE: &str = crate::scripts::FENCE;
+const FORCE: &str = crate::scripts::FORCE;
+const LEAVE: &str = crate::scripts::LEAVE;
+const PERMIT_ACQUIRE: &str = crate::scripts::PERMIT_ACQUIRE;
+const PERMIT_EXTEND: &str = crate::scripts::PERMIT_EXTEND;
+const PERMIT_PEEK: &str = crate::scripts::PERMIT_PEEK;
+const PERMIT_RELEASE: &str = crate::scripts::PERMIT_RELEASE;
+const RELEASE: &str = crate::scripts::RELEASE;
 
 /// How close to a deadline no step may run, in ms: larger than any step's clock difference,
 /// with room for a machine that deschedules the server for a few milliseconds mid-step.

@@ -143,10 +143,10 @@ mod tests {
     #[ignore = "a measurement, not a check"]
     fn throughput() {
         let scripts = [
-            include_str!("../scripts/acquire.lua"),
-            include_str!("../scripts/extend.lua"),
-            include_str!("../scripts/fence.lua"),
-            include_str!("../scripts/release.lua"),
+            crate::scripts::ACQUIRE,
+            crate::scripts::EXTEND,
+            crate::scripts::FENCE,
+            crate::scripts::RELEASE,
         ];
         let mut model = Model::new();
         let runs = 200_000u64;

@@ -6,14 +6,7 @@
 -- ARGV[3] '1' to mark a held key (a waiter that subscribed to the key's channel), else '0';
 --         only a holder in lock-core's token format is marked
 -- ARGV[4] '1' from a client that re-sends by itself (the cluster client; Sentinel after a
---         failover), else absent: the attempt has a tomb, <lock key>:gone:<token>. A copy of a
---         re-sent attempt can land after the client's later commands; once the attempt was
---         refused (here) or released (release.lua), its tomb makes such a late copy take
---         nothing while it lives: the attempt's ttl from the refusal, the lease's remainder
---         from the release. The tomb shares the lock's hash slot but is not declared in KEYS:
---         a second key would fail the script with TRYAGAIN while the slot migrates. It is read
---         and written with pcall, so where a server refuses it (a migrating slot's source
---         node, a server out of memory) the attempt goes on without it.
+--         failover), else absent: the attempt has a tomb (prelude/tomb.lua)
 -- Returns 1 when the lock is ours: set now, or by another copy of this same attempt (a
 -- client that re-sends after an I/O error, as the cluster client does; the token is this
 -- attempt's, so the lease still runs from this attempt's send). A copy never shortens the
@@ -22,8 +15,8 @@
 -- latest moment worth trying again.
 -- The uncontended acquire on one server is a plain SET NX PX instead of this script, and the
 -- uncontended release publishes nothing.
-local tomb = ARGV[4] == '1' and KEYS[1] .. ':gone:' .. ARGV[1]
-if tomb and redis.pcall('EXISTS', tomb) == 1 then
+local tomb = tomb_of(ARGV[4])
+if buried(tomb) then
   return 0
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -32,17 +25,8 @@ end
 -- A refusal leaves the attempt's tomb, when it has one: the last write, and one that may fail
 -- (a server out of memory still answers the refusal).
 local function refused(reply)
-  if tomb then
-    redis.pcall('SET', tomb, '1', 'PX', ARGV[2])
-  end
+  bury(tomb, ARGV[2])
   return reply
-end
--- Whether `value` is in lock-core's token format, `<holder>|<unix ms>|<32 hex>` (token.rs). Only
--- such a value is ever marked: redis-py's, redsync's and node-redlock's holders (and lock-core
--- before holder ids) compare the value whole on release, so a mark would make their release
--- fail and leave their key to its ttl. Their waiters poll and retry at the lease end instead.
-local function is_token(value)
-  return string.find(value, '^[^|%*%s%c]+|%d+|' .. string.rep('[0-9a-f]', 32) .. '$') ~= nil
 end
 local holder = redis.pcall('GET', KEYS[1])
 if type(holder) == 'table' then
@@ -53,22 +37,11 @@ if type(holder) == 'table' then
   if kind ~= 'hash' then
     return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a lock')
   end
-  local now = redis.call('TIME')
-  now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-  local all = redis.call('HGETALL', KEYS[1])
-  local n, live = nil, false
-  for i = 1, #all, 2 do
-    local ends = tonumber(all[i + 1])
-    if all[i] == '#n' then
-      n = all[i + 1]
-    elseif all[i] ~= '#w' and ends and ends > now then
-      live = true
-    end
-  end
+  local n = redis.call('HGET', KEYS[1], '#n')
   if not n then
     return redis.error_reply('WRONGTYPE the lock key holds a hash that is not a lock')
   end
-  if live then
+  if latest_permit(redis.call('HGETALL', KEYS[1]), now_ms()) then
     return refused(redis.error_reply('LOCKPERMITS ' .. n))
   end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])

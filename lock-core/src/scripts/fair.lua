@@ -17,26 +17,16 @@
 -- milliseconds worth waiting at most: the holder's lease left, or, when the lock is free but
 -- another ticket is first, the time that ticket has left unless its waiter refreshes it (a
 -- waiter that died leaves the line by then; a live one takes the lock and publishes its release).
--- Whether `value` is in lock-core's token format, `<holder>|<unix ms>|<32 hex>` (token.rs). Only
--- such a value is ever marked: redis-py's, redsync's and node-redlock's holders (and lock-core
--- before holder ids) compare the value whole on release, so a mark would make their release
--- fail and leave their key to its ttl. Their waiters poll and retry at the lease end instead.
-local function is_token(value)
-  return string.find(value, '^[^|%*%s%c]+|%d+|' .. string.rep('[0-9a-f]', 32) .. '$') ~= nil
-end
-local tomb = ARGV[6] == '1' and KEYS[1] .. ':gone:' .. ARGV[1]
-if tomb and redis.pcall('EXISTS', tomb) == 1 then
+local tomb = tomb_of(ARGV[6])
+if buried(tomb) then
   return 0
 end
 -- A refusal leaves the attempt's tomb, when it has one (its last write; see acquire.lua).
 local function refused(reply)
-  if tomb then
-    redis.pcall('SET', tomb, '1', 'PX', ARGV[2])
-  end
+  bury(tomb, ARGV[2])
   return reply
 end
-local now = redis.call('TIME')
-now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now = now_ms()
 -- Tickets whose waiter stopped refreshing them leave the line; find who is first.
 local first, first_arrival, first_expiry, mine = nil, nil, nil, nil
 -- The first of the others, who is next once this acquisition takes the lock.

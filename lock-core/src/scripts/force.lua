@@ -6,9 +6,8 @@
 -- ARGV[2] 'PUBLISH', or 'SPUBLISH' on a Redis 7 cluster
 -- Returns the evicted value (the holder's token, maybe marked; for a lock of permits(n), the
 -- token of one of its live holders: every permit is evicted), or false when it was free.
--- The fencing counter moves as fence.lua would move it for a new holder (the larger of the
--- last token + 1 and the server's clock in microseconds), so every token drawn before this
--- one, including the evicted holder's, is below it.
+-- The fencing counter moves as fence.lua would move it for a new holder (prelude/fence.lua),
+-- so every token drawn before this one, including the evicted holder's, is below it.
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' then
   -- A hash: a lock of permits(n) (permit_acquire.lua); all its permits go. Anything else
@@ -17,8 +16,7 @@ if type(v) == 'table' then
   if kind ~= 'hash' or redis.call('HEXISTS', KEYS[1], '#n') == 0 then
     return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ' that is not a lock')
   end
-  local now = redis.call('TIME')
-  now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local now = now_ms()
   local all = redis.call('HGETALL', KEYS[1])
   v = false
   for i = 1, #all, 2 do
@@ -33,13 +31,7 @@ if not v then
   return false
 end
 redis.call('DEL', KEYS[1])
-local now = redis.call('TIME')
-local token = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-if last and last >= token then
-  token = last + 1
-end
-redis.call('SET', KEYS[2], string.format('%.0f', token), 'PX', ARGV[1])
+next_fence(KEYS[2], ARGV[1])
 -- An empty message wakes every waiter, fair ones included.
 redis.call(ARGV[2], KEYS[1], '')
 return v

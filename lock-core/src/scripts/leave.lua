@@ -20,8 +20,7 @@ local star = holder and string.find(holder, '*', 1, true)
 if holder and not (star and string.sub(holder, star + 1) == ARGV[1]) then
   return 1
 end
-local now = redis.call('TIME')
-now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now = now_ms()
 local first, first_arrival = '', nil
 local line = redis.call('HGETALL', KEYS[1])
 for i = 1, #line, 2 do

@@ -14,23 +14,20 @@
 -- m = 1): the bound holds only if every holder counts to the same n.
 -- The key lives at least as long as its longest permit: a grant or renewal only moves its expiry
 -- later (permit_release.lua brings it down to the longest live permit).
-local tomb = ARGV[5] == '1' and KEYS[1] .. ':gone:' .. ARGV[1]
-if tomb and redis.pcall('EXISTS', tomb) == 1 then
+local tomb = tomb_of(ARGV[5])
+if buried(tomb) then
   return 0
 end
 -- A refusal leaves the attempt's tomb, when it has one (its last write; see acquire.lua).
 local function refused(reply)
-  if tomb then
-    redis.pcall('SET', tomb, '1', 'PX', ARGV[2])
-  end
+  bury(tomb, ARGV[2])
   return reply
 end
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind == 'string' then
   return refused(redis.error_reply('LOCKPERMITS 1'))
 end
-local now = redis.call('TIME')
-now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now = now_ms()
 local n = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[2])
 if kind == 'hash' and redis.call('HEXISTS', KEYS[1], '#n') == 0 then

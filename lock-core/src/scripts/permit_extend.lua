@@ -11,8 +11,7 @@ local ends = redis.call('HGET', KEYS[1], ARGV[1])
 if not ends then
   return 0
 end
-local now = redis.call('TIME')
-now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now = now_ms()
 if tonumber(ends) <= now then
   redis.call('HDEL', KEYS[1], ARGV[1])
   return 0
@@ -23,13 +22,6 @@ redis.call('HSET', KEYS[1], ARGV[1], now + ttl)
 -- brings it down too, or the hash would outlive every permit and keep a plain lock of the
 -- name out while nobody holds it. At an absolute time on the clock the ends were written
 -- with, one millisecond more as the ends are floored (see permit_release.lua).
-local latest = now + ttl
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local permit_ends = tonumber(all[i + 1])
-  if all[i] ~= '#n' and all[i] ~= '#w' and permit_ends and permit_ends > latest then
-    latest = permit_ends
-  end
-end
+local latest = math.max(now + ttl, latest_permit(redis.call('HGETALL', KEYS[1]), now) or 0)
 redis.call('PEXPIREAT', KEYS[1], latest + 1)
 return 1

@@ -5,8 +5,7 @@
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then
   return {}
 end
-local now = redis.call('TIME')
-now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now = now_ms()
 local out = {'0', '0'}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do

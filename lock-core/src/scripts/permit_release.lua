@@ -18,15 +18,12 @@ local ends = redis.call('HGET', KEYS[1], ARGV[1])
 if not ends then
   return 0
 end
-local now = redis.call('TIME')
-now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now = now_ms()
 redis.call('HDEL', KEYS[1], ARGV[1])
 if tonumber(ends) <= now then
   return 0
 end
-if ARGV[4] == '1' then
-  redis.pcall('SET', KEYS[1] .. ':gone:' .. ARGV[1], '1', 'PX', tonumber(ends) - now)
-end
+bury(tomb_of(ARGV[4]), tonumber(ends) - now)
 local keep = tonumber(ARGV[2])
 if keep > 0 then
   -- Held on until the end of the minimum hold (never longer), under a retired token ('~') that
@@ -37,16 +34,7 @@ elseif redis.call('HDEL', KEYS[1], '#w') == 1 then
 end
 -- The key lives as long as its longest live permit, no longer: a lock whose holders are all
 -- gone is free at once for a request of any n.
-local latest = nil
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local permit_ends = tonumber(all[i + 1])
-  if all[i] ~= '#n' and all[i] ~= '#w' and permit_ends and permit_ends > now then
-    if latest == nil or permit_ends > latest then
-      latest = permit_ends
-    end
-  end
-end
+local latest = latest_permit(redis.call('HGETALL', KEYS[1]), now)
 if latest == nil then
   redis.call('DEL', KEYS[1])
 else

@@ -29,27 +29,27 @@ impl LuaScript {
 }
 
 pub(super) static ACQUIRE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/acquire.lua")));
+    LazyLock::new(|| LuaScript::new(crate::scripts::ACQUIRE));
 pub(super) static FAIR: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/fair.lua")));
+    LazyLock::new(|| LuaScript::new(crate::scripts::FAIR));
 pub(super) static LEAVE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/leave.lua")));
+    LazyLock::new(|| LuaScript::new(crate::scripts::LEAVE));
 pub(super) static RELEASE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/release.lua")));
+    LazyLock::new(|| LuaScript::new(crate::scripts::RELEASE));
 pub(super) static EXTEND: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/extend.lua")));
+    LazyLock::new(|| LuaScript::new(crate::scripts::EXTEND));
 pub(super) static FENCE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/fence.lua")));
+    LazyLock::new(|| LuaScript::new(crate::scripts::FENCE));
 pub(super) static FORCE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/force.lua")));
+    LazyLock::new(|| LuaScript::new(crate::scripts::FORCE));
 pub(super) static PERMIT_ACQUIRE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/permit_acquire.lua")));
+    LazyLock::new(|| LuaScript::new(crate::scripts::PERMIT_ACQUIRE));
 pub(super) static PERMIT_RELEASE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/permit_release.lua")));
+    LazyLock::new(|| LuaScript::new(crate::scripts::PERMIT_RELEASE));
 pub(super) static PERMIT_EXTEND: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/permit_extend.lua")));
+    LazyLock::new(|| LuaScript::new(crate::scripts::PERMIT_EXTEND));
 pub(super) static PERMIT_PEEK: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(include_str!("../../scripts/permit_peek.lua")));
+    LazyLock::new(|| LuaScript::new(crate::scripts::PERMIT_PEEK));
 
 impl RedisNode {
     /// `EVALSHA`, one round trip while the server has the script cached. After `NOSCRIPT`

@@ -1,0 +1,7 @@
+-- Whether `value` is in lock-core's token format, `<holder>|<unix ms>|<32 hex>` (token.rs). Only
+-- such a value is ever marked: redis-py's, redsync's and node-redlock's holders (and lock-core
+-- before holder ids) compare the value whole on release, so a mark would make their release
+-- fail and leave their key to its ttl. Their waiters poll and retry at the lease end instead.
+local function is_token(value)
+  return string.find(value, '^[^|%*%s%c]+|%d+|' .. string.rep('[0-9a-f]', 32) .. '$') ~= nil
+end
