@@ -5,7 +5,7 @@
 //! when a guard asks for a fencing token, lives at `<prefix>{<name>}:fence`; fair waiters line
 //! up in `<prefix>{<name>}:q`. On a deployment whose client re-sends commands by itself (Cluster),
 //! an attempt refused or released leaves a tomb, `<prefix>{<name>}:gone:<token>`, for at most
-//! its lease, so that a late copy of it takes nothing (the scripts name it; acquire.lua). A
+//! its lease, so that a late copy of it takes nothing (scripts/prelude/tomb.lua). A
 //! lock of `permits(n)`, `n > 1`, keeps all its holders in the
 //! same `<prefix>{<name>}` key, a hash (see [`LockKeys::lock`]). Releases are
 //! published on the channel named like the lock key. The braces are a Redis Cluster hash tag:

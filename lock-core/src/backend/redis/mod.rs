@@ -70,7 +70,7 @@ fn permits_refused(keys: &LockKeys, e: LockError) -> LockError {
 }
 
 /// The acquire and release scripts' last argument: `'1'` when the client re-sends commands by
-/// itself, so that an attempt refused or released leaves its tomb (see acquire.lua).
+/// itself, so that an attempt refused or released leaves its tomb (see scripts/prelude/tomb.lua).
 fn tomb_arg(resends: bool) -> &'static str {
     if resends {
         "1"
