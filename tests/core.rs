@@ -428,11 +428,6 @@ async fn never_polling(server: &RedisServer) -> LockManager {
         .unwrap()
 }
 
-fn subscribers(server: &RedisServer, channel: &str) -> i64 {
-    let reply: (String, i64) = server.query(redis::cmd("PUBSUB").arg("NUMSUB").arg(channel));
-    reply.1
-}
-
 #[tokio::test]
 async fn waiter_is_woken_by_the_release_not_by_polling() {
     let server = RedisServer::start();
@@ -445,10 +440,9 @@ async fn waiter_is_woken_by_the_release_not_by_polling() {
         (g, began.elapsed())
     });
     assert!(
-        eventually(Duration::from_secs(5), || subscribers(
-            &server,
-            "lock:{woken}"
-        ) == 1)
+        eventually(Duration::from_secs(5), || server
+            .subscribers("lock:{woken}")
+            == 1)
         .await
     );
     assert!(held.release().await.unwrap());
@@ -486,10 +480,9 @@ async fn after_a_silent_link_is_given_up_waiters_are_woken_by_the_release_again(
         }
     });
     assert!(
-        eventually(Duration::from_secs(5), || subscribers(
-            &server,
-            "lock:{silent}"
-        ) == 1)
+        eventually(Duration::from_secs(5), || server
+            .subscribers("lock:{silent}")
+            == 1)
         .await
     );
     proxy.stall(true);
@@ -508,13 +501,12 @@ async fn after_a_silent_link_is_given_up_waiters_are_woken_by_the_release_again(
             }
         });
         assert!(
-            eventually(Duration::from_secs(10), || subscribers(
-                &server,
-                "lock:{silent}"
-            ) == 1)
+            eventually(Duration::from_secs(10), || server
+                .subscribers("lock:{silent}")
+                == 1)
             .await,
             "cycle {cycle}: subscribed again ({} subscribers)",
-            subscribers(&server, "lock:{silent}")
+            server.subscribers("lock:{silent}")
         );
         // Its attempt after the subscription marks the key.
         assert!(
@@ -610,20 +602,16 @@ async fn subscriptions_end_when_nobody_waits() {
         let waiting =
             tokio::spawn(async move { w.acquire("sub", LONG, Duration::from_secs(10)).await });
         assert!(
-            eventually(Duration::from_secs(5), || subscribers(
-                &server,
-                "lock:{sub}"
-            ) == 1)
+            eventually(Duration::from_secs(5), || server.subscribers("lock:{sub}")
+                == 1)
             .await,
             "round {round}"
         );
         assert!(held.release().await.unwrap());
         assert!(waiting.await.unwrap().unwrap().release().await.unwrap());
         assert!(
-            eventually(Duration::from_secs(5), || subscribers(
-                &server,
-                "lock:{sub}"
-            ) == 0)
+            eventually(Duration::from_secs(5), || server.subscribers("lock:{sub}")
+                == 0)
             .await,
             "round {round}: the subscription outlived its waiters"
         );
@@ -671,10 +659,9 @@ async fn waiters_recover_when_the_pubsub_connection_is_killed() {
         let waiting =
             tokio::spawn(async move { w.acquire("killed", LONG, Duration::from_secs(10)).await });
         assert!(
-            eventually(Duration::from_secs(5), || subscribers(
-                &server,
-                "lock:{killed}"
-            ) == 1)
+            eventually(Duration::from_secs(5), || server
+                .subscribers("lock:{killed}")
+                == 1)
             .await,
             "round {round}"
         );
@@ -703,11 +690,7 @@ async fn wait_cycle(server: &RedisServer, holder: &LockManager, waiter: &LockMan
     let (w, n) = (waiter.clone(), name.to_owned());
     let waiting = tokio::spawn(async move { w.acquire(&n, LONG, Duration::from_secs(10)).await });
     let channel = format!("lock:{{{name}}}");
-    assert!(
-        eventually(Duration::from_secs(5), || subscribers(server, &channel)
-            == 1)
-        .await
-    );
+    assert!(eventually(Duration::from_secs(5), || server.subscribers(&channel) == 1).await);
     assert!(held.release().await.unwrap());
     assert!(waiting.await.unwrap().unwrap().release().await.unwrap());
 }
@@ -854,7 +837,7 @@ async fn settled(nodes: &[RedisServer], key: &str) {
         let now = attempts();
         let waited_on = nodes.iter().all(|n| {
             let value: Option<String> = n.query(redis::cmd("GET").arg(key));
-            value.is_some_and(|v| v.contains('*')) && subscribers(n, key) >= 1
+            value.is_some_and(|v| v.contains('*')) && n.subscribers(key) >= 1
         });
         quiet = if waited_on && now == last {
             quiet + 1
@@ -976,18 +959,16 @@ async fn waiters_are_subscribed_again_after_the_pubsub_connection_is_killed() {
         })
         .collect();
     assert!(
-        eventually(Duration::from_secs(5), || subscribers(
-            &server,
-            "lock:{again}"
-        ) == 1)
+        eventually(Duration::from_secs(5), || server
+            .subscribers("lock:{again}")
+            == 1)
         .await
     );
     let _: i64 = server.query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"));
     assert!(
-        eventually(Duration::from_secs(5), || subscribers(
-            &server,
-            "lock:{again}"
-        ) == 1)
+        eventually(Duration::from_secs(5), || server
+            .subscribers("lock:{again}")
+            == 1)
         .await,
         "subscribed again after the kill"
     );

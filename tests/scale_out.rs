@@ -346,12 +346,6 @@ async fn settled(locks: &LockManager) {
     panic!("no answer from the new primary within 10 s");
 }
 
-/// Subscribers of `channel` on `server`.
-fn subscribers(server: &RedisServer, channel: &str) -> i64 {
-    let (_, n): (String, i64) = server.query(redis::cmd("PUBSUB").arg("NUMSUB").arg(channel));
-    n
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_passes_the_semantic_suite() {
     let watched = Watched::start();
@@ -410,10 +404,10 @@ async fn sentinel_follows_the_primary_across_a_failover() {
     };
     let channel = locks.key_for("kept");
     assert!(
-        eventually(Duration::from_secs(5), || subscribers(
-            &watched.primary,
-            &channel
-        ) == 1)
+        eventually(Duration::from_secs(5), || watched
+            .primary
+            .subscribers(&channel)
+            == 1)
         .await
     );
 
@@ -435,10 +429,10 @@ async fn sentinel_follows_the_primary_across_a_failover() {
 
     // The waiter's subscription moved to the new primary.
     assert!(
-        eventually(Duration::from_secs(10), || subscribers(
-            &watched.replica,
-            &channel
-        ) == 1)
+        eventually(Duration::from_secs(10), || watched
+            .replica
+            .subscribers(&channel)
+            == 1)
         .await,
         "the waiter subscribed again on the promoted replica"
     );
