@@ -11,6 +11,8 @@
 //! published on the channel named like the lock key. The braces are a Redis Cluster hash tag:
 //! every key of a lock hashes to one slot.
 
+use crate::kind::Kind;
+
 /// The keys of one lock.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct LockKeys {
@@ -21,8 +23,8 @@ pub(crate) struct LockKeys {
     /// while a waiter asks for releases to be published, and one field per permit, the
     /// holder's token -> the server time (ms) its lease ends (permit_*.lua).
     pub(crate) lock: String,
-    /// How many holders the lock admits at once (`permits`; 1 for a plain lock).
-    pub(crate) permits: u32,
+    /// What kind of lock the request that made these keys asks for.
+    pub(crate) kind: Kind,
 }
 
 impl LockKeys {
@@ -32,18 +34,16 @@ impl LockKeys {
         lock.push('{');
         lock.push_str(name);
         lock.push('}');
-        Self { lock, permits: 1 }
+        Self {
+            lock,
+            kind: Kind::Exclusive,
+        }
     }
 
-    /// The same keys for a lock of `permits` holders at once.
-    pub(crate) fn with_permits(mut self, permits: u32) -> Self {
-        self.permits = permits;
+    /// The same keys, for a request of `kind`.
+    pub(crate) fn of_kind(mut self, kind: Kind) -> Self {
+        self.kind = kind;
         self
-    }
-
-    /// Whether this lock admits more than one holder (the permit scripts, not `SET NX`).
-    pub(crate) fn shared(&self) -> bool {
-        self.permits > 1
     }
 
     /// The lock name, as given (the prefix has no braces, so the name runs from the first `{`

@@ -274,6 +274,7 @@ mod error;
 mod guard;
 mod held;
 mod keys;
+mod kind;
 mod leader;
 mod lease;
 mod manager;

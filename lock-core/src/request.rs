@@ -9,6 +9,7 @@ use tracing::Instrument as _;
 
 use crate::backend::{Ticket, Watch};
 use crate::keys::LockKeys;
+use crate::kind::Kind;
 use crate::lease::Grant;
 use crate::shared::{Shared, Tried};
 use crate::token::{new_token, random_u64};
@@ -200,12 +201,12 @@ impl<'a> LockRequest<'a> {
     pub async fn acquire(self) -> Result<LockGuard> {
         let wait = self.wait;
         let shared = self.shared;
-        let permits = self.permits;
+        let kind = self.validate()?;
         let began = Instant::now();
-        match self.run(wait).await? {
+        match self.run(kind, wait).await? {
             Acquired::Guard(guard) => Ok(guard),
             Acquired::Busy { name, .. } if wait.is_zero() => {
-                Err(refusal(shared, name, permits, began).await)
+                Err(refusal(shared, name, kind, began).await)
             }
             Acquired::Busy { name, waited } => Err(LockError::Timeout { name, waited }),
         }
@@ -216,48 +217,29 @@ impl<'a> LockRequest<'a> {
     /// [`permits`](Self::permits) (told with one more command, on the refusal path only).
     pub async fn try_acquire(self) -> Result<Option<LockGuard>> {
         let shared = self.shared;
-        let permits = self.permits;
+        let kind = self.validate()?;
         let began = Instant::now();
-        match self.run(Duration::ZERO).await? {
+        match self.run(kind, Duration::ZERO).await? {
             Acquired::Guard(guard) => Ok(Some(guard)),
             // A permit request's script reports other permits itself.
-            Acquired::Busy { .. } if permits > 1 => Ok(None),
+            Acquired::Busy { .. } if kind.counted() => Ok(None),
             // `SET NX` alone cannot tell a lock held with other permits.
-            Acquired::Busy { name, .. } => match refusal(shared, name, permits, began).await {
+            Acquired::Busy { name, .. } => match refusal(shared, name, kind, began).await {
                 e @ LockError::PermitsMismatch { .. } => Err(e),
                 _ => Ok(None),
             },
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// The request's kind, once its options are checked (before any I/O).
+    fn validate(&self) -> Result<Kind> {
         check_name(&self.name)?;
-        if self.fair && !self.shared.orders_fairly() {
-            return Err(LockError::InvalidConfig {
-                reason: "fair mode needs one server or a cluster: Redlock's instances would each keep their own line of waiters".to_owned(),
-            });
-        }
-        if self.permits == 0 {
-            return Err(LockError::InvalidConfig {
-                reason: format!(
-                    "lock `{}`: permits(0) admits no holder; use 1 for a lock, or more",
-                    self.name
-                ),
-            });
-        }
-        if self.permits > 1 && self.fair {
-            return Err(LockError::InvalidConfig {
-                reason: format!(
-                    "lock `{}`: fair mode serves one holder at a time; it cannot be combined with permits({})",
-                    self.name, self.permits
-                ),
-            });
-        }
-        if self.permits > 1 && !self.shared.counts_permits() {
-            return Err(LockError::InvalidConfig {
-                reason: "permits(n) for n > 1 needs one server or a cluster: on Redlock, n + 1 holders could each find a majority of instances with a free permit".to_owned(),
-            });
-        }
+        let kind = Kind::of(
+            &self.name,
+            self.fair,
+            self.permits,
+            self.shared.by_majority(),
+        )?;
         check_ttl("ttl", self.ttl)?;
         if let Some(min) = self.min_hold {
             check_ttl("min_hold", min)?;
@@ -280,20 +262,19 @@ impl<'a> LockRequest<'a> {
                 });
             }
         }
-        Ok(())
+        Ok(kind)
     }
 
-    async fn run(mut self, wait: Duration) -> Result<Acquired> {
-        self.validate()?;
+    async fn run(mut self, kind: Kind, wait: Duration) -> Result<Acquired> {
         if self.reentrant {
             if let Some(lease) = crate::held::find(self.shared, &self.name) {
-                if lease.keys.permits != self.permits {
+                if lease.keys.kind.permits() != kind.permits() {
                     // The enclosing hold is of another kind: a permit is no lock, nor the
                     // reverse.
                     return Err(LockError::PermitsMismatch {
                         name: self.name,
-                        held: lease.keys.permits,
-                        requested: self.permits,
+                        held: lease.keys.kind.permits(),
+                        requested: kind.permits(),
                     });
                 }
                 tracing::debug!(lock = %self.name, "held by this task already; reentrant");
@@ -306,8 +287,8 @@ impl<'a> LockRequest<'a> {
         let span = tracing::debug_span!("lock.acquire", lock = %self.name);
         let lease_len = self.max_hold.map_or(self.ttl, |max| max.min(self.ttl));
         let began = Instant::now();
-        let keys = self.shared.keys(&self.name).with_permits(self.permits);
-        let ticket = self.fair.then(new_token);
+        let keys = self.shared.keys(&self.name).of_kind(kind);
+        let ticket = (kind == Kind::Fair).then(new_token);
         let mut line = ticket.as_deref().map(|id| Line {
             shared: self.shared,
             keys: &keys,
@@ -371,9 +352,9 @@ impl<'a> LockRequest<'a> {
 /// Why an attempt without wait on `name` was refused ([`Shared::busy`]): best effort, and
 /// within the bound of I4 (no wait, plus one response timeout, counted from `began`);
 /// [`LockError::Busy`] naming no holder when the question gets no answer by then.
-async fn refusal(shared: &Shared, name: String, permits: u32, began: Instant) -> LockError {
+async fn refusal(shared: &Shared, name: String, kind: Kind, began: Instant) -> LockError {
     let bound = began + shared.settings().response_timeout;
-    let keys = shared.keys(&name).with_permits(permits);
+    let keys = shared.keys(&name).of_kind(kind);
     timeout_at(bound, shared.busy(&keys))
         .await
         .unwrap_or(LockError::Busy { name, holder: None })

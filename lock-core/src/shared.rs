@@ -332,10 +332,10 @@ impl Shared {
         let name = keys.name().to_owned();
         let found = self.store.peek(keys).await.ok().flatten();
         match found {
-            Some(found) if found.permits != keys.permits => LockError::PermitsMismatch {
+            Some(found) if found.permits != keys.kind.permits() => LockError::PermitsMismatch {
                 name,
                 held: found.permits,
-                requested: keys.permits,
+                requested: keys.kind.permits(),
             },
             found => LockError::Busy {
                 name,
@@ -356,14 +356,10 @@ impl Shared {
         self.store.scan(pattern).await
     }
 
-    /// Whether fair acquisitions can be served (see [`Store::orders_fairly`]).
-    pub(crate) fn orders_fairly(&self) -> bool {
-        self.store.orders_fairly()
-    }
-
-    /// Whether `permits(n)` for `n > 1` can be served (see [`Store::counts_permits`]).
-    pub(crate) fn counts_permits(&self) -> bool {
-        self.store.counts_permits()
+    /// Whether the deployment decides by a majority of independent instances (see
+    /// [`Store::by_majority`]).
+    pub(crate) fn by_majority(&self) -> bool {
+        self.store.by_majority()
     }
 
     /// Takes a fair acquisition's ticket out of the line in the background, tracked for
@@ -444,14 +440,7 @@ impl Shared {
         let lost = || LockError::Lost {
             name: lease.name.clone(),
         };
-        if lease.keys.shared() {
-            return Err(LockError::InvalidConfig {
-                reason: format!(
-                    "lock `{}`: a fencing token orders holders that exclude each other, and permits({}) admits that many at once; fence the resource per permit holder instead",
-                    lease.name, lease.keys.permits
-                ),
-            });
-        }
+        lease.keys.kind.fenced(&lease.name)?;
         if let Some(&fence) = lease.fence.get() {
             return Ok(fence);
         }

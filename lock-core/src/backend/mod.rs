@@ -250,17 +250,13 @@ pub(crate) trait Store: Send + Sync {
     /// Takes a fair acquisition's ticket out of the line.
     fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>>;
 
-    /// Whether this deployment can keep one line of fair waiters (Redlock cannot: each
-    /// instance would keep its own, and they could disagree on who is first).
-    fn orders_fairly(&self) -> bool {
-        true
-    }
-
-    /// Whether this deployment can bound a lock to `n > 1` holders (Redlock cannot: a permit
-    /// counts where a majority grants it, and `n + 1` holders can each find a majority with
-    /// free permits, as every instance grants up to `n` of them).
-    fn counts_permits(&self) -> bool {
-        true
+    /// Whether this deployment decides by a majority of independent instances (Redlock),
+    /// which cannot keep one line of fair waiters (each instance would keep its own, and they
+    /// could disagree on who is first) nor bound a lock to `n > 1` holders (a permit counts
+    /// where a majority grants it, and `n + 1` holders can each find a majority with free
+    /// permits). [`Kind::of`](crate::kind::Kind::of) refuses those kinds there.
+    fn by_majority(&self) -> bool {
+        false
     }
 
     /// Compare-and-delete everywhere; see [`Node::release`].

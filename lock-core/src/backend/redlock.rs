@@ -406,7 +406,7 @@ impl Store for Redlock {
         mark: bool,
         ticket: Option<Ticket<'a>>,
     ) -> BoxFuture<'a, Result<Attempt>> {
-        // Refused before any I/O (`orders_fairly`); a ticket here would be a bug.
+        // Refused before any I/O (`Kind::of`); a ticket here would be a bug.
         debug_assert!(ticket.is_none(), "Redlock keeps no line of fair waiters");
         Box::pin(async move {
             let start = Instant::now();
@@ -509,12 +509,8 @@ impl Store for Redlock {
         Box::pin(async { Ok(()) })
     }
 
-    fn orders_fairly(&self) -> bool {
-        false
-    }
-
-    fn counts_permits(&self) -> bool {
-        false
+    fn by_majority(&self) -> bool {
+        true
     }
 
     fn release<'a>(

@@ -243,7 +243,11 @@ impl SimServer {
                 let before = self.lease_of(keys, token);
                 // Every client of a name asks for the same permits here: no mismatch, and no
                 // error but OOM is expected of a script.
-                let what = format!("acquire of `{}` (permits {})", keys.name(), keys.permits);
+                let what = format!(
+                    "acquire of `{}` (permits {})",
+                    keys.name(),
+                    keys.kind.permits()
+                );
                 let taken = at_once(node.acquire(keys, token, *ttl, *mark, ticket));
                 self.answer(&what, taken, |taken| {
                     self.check_tomb(keys, token, *ttl, before.is_some(), &taken);
@@ -360,7 +364,7 @@ impl SimServer {
     /// The lease `token` has on `keys` here, and until when: the key holds it (marked or not),
     /// or, for a lock of permits, its permit's end.
     pub(super) fn lease_of(&self, keys: &LockKeys, token: &str) -> Option<Instant> {
-        if keys.shared() {
+        if keys.kind.counted() {
             return self
                 .model
                 .lease_at(&keys.lock, Some(token))
@@ -514,7 +518,7 @@ pub(super) fn check(truth: &Mutex<Truth>, nodes: &[Arc<SimServer>]) {
                 seen.join("; ")
             ) + &format!(" token ..{} acquired {:?} ago", &lease.token[lease.token.len() - 6..], now - lease.acquired));
         }
-        holding.push((lease.keys.lock.as_str(), lease.keys.permits, i));
+        holding.push((lease.keys.lock.as_str(), lease.keys.kind.permits(), i));
     }
     holding.sort();
     for group in holding.chunk_by(|a, b| a.0 == b.0) {

@@ -161,7 +161,7 @@ pub(super) async fn hold(world: &World, guard: LockGuard, rng: &mut Rng, ttl: Du
             Ok(_) | Err(LockError::Redis(_) | LockError::NoQuorum { .. }) => {}
             Err(LockError::Lost { .. }) if guard.is_lost() => {}
             // A permit has no fencing token, by design.
-            Err(LockError::InvalidConfig { .. }) if guard.lease().keys.shared() => {}
+            Err(LockError::InvalidConfig { .. }) if guard.lease().keys.kind.counted() => {}
             Err(e) => world.violation(format!("fencing token on `{name}`: {e}")),
         }
     }

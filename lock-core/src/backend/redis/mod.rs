@@ -63,7 +63,7 @@ fn permits_refused(keys: &LockKeys, e: LockError) -> LockError {
         Some(held) => LockError::PermitsMismatch {
             name: keys.name().to_owned(),
             held,
-            requested: keys.permits,
+            requested: keys.kind.permits(),
         },
         None => e,
     }
@@ -97,7 +97,7 @@ impl Node for RedisNode {
             let ttl_ms = millis_ceil(ttl);
             let mark_arg = if mark { "1" } else { "0" };
             let tomb = tomb_arg(self.resends());
-            if keys.shared() {
+            if keys.kind.counted() {
                 let reply: i64 = self
                     .eval_replicated(
                         keys,
@@ -107,7 +107,7 @@ impl Node for RedisNode {
                                 .arg(&keys.lock)
                                 .arg(token)
                                 .arg(ttl_ms)
-                                .arg(keys.permits)
+                                .arg(keys.kind.permits())
                                 .arg(mark_arg)
                                 .arg(tomb);
                         },
@@ -199,7 +199,7 @@ impl Node for RedisNode {
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let publish = if self.sharded { "SPUBLISH" } else { "PUBLISH" };
-            let script = if keys.shared() {
+            let script = if keys.kind.counted() {
                 &PERMIT_RELEASE
             } else {
                 &RELEASE
@@ -226,7 +226,7 @@ impl Node for RedisNode {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let script = if keys.shared() {
+            let script = if keys.kind.counted() {
                 &PERMIT_EXTEND
             } else {
                 &EXTEND
