@@ -8,7 +8,6 @@ use redis::{Cmd, FromRedisValue, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::connect::{Conn, Request};
-use super::scripts::{run_script, LuaScript};
 use super::RedisNode;
 use crate::backend::Timeouts;
 use crate::keys::LockKeys;
@@ -34,7 +33,7 @@ const REPLICATED_CONNECTIONS: usize = 64;
 /// main connection). `WAIT` counts the acknowledgements of its connection's latest write,
 /// which is this command's, or a write after an earlier copy's (acquire.lua).
 pub(super) struct Replicated {
-    want: MinReplicas,
+    pub(super) want: MinReplicas,
     /// The settings of these connections: the reply comes after the wait for the replicas.
     timeouts: Timeouts,
     /// Connections not lent now.
@@ -46,7 +45,7 @@ pub(super) struct Replicated {
 /// A connection lent for one command. It goes back to the pool only once that command has its
 /// answer ([`Lent::answered`]): one dropped in flight, or failed, may still be blocked in
 /// `WAIT`, so it is closed instead.
-struct Lent<'a> {
+pub(super) struct Lent<'a> {
     conn: Option<Conn>,
     pool: &'a Replicated,
     answered: bool,
@@ -54,11 +53,11 @@ struct Lent<'a> {
 }
 
 impl Lent<'_> {
-    fn conn(&self) -> &Conn {
+    pub(super) fn conn(&self) -> &Conn {
         self.conn.as_ref().expect("lent until dropped")
     }
 
-    fn answered(mut self) {
+    pub(super) fn answered(mut self) {
         self.answered = true;
     }
 }
@@ -112,7 +111,7 @@ impl RedisNode {
 
     /// A connection of `pool` for one command: an idle one, or a new one (connected on first
     /// use) while fewer than [`REPLICATED_CONNECTIONS`] are lent.
-    async fn lend<'a>(&self, pool: &'a Replicated) -> Result<Lent<'a>> {
+    pub(super) async fn lend<'a>(&self, pool: &'a Replicated) -> Result<Lent<'a>> {
         let slot = Arc::clone(&pool.lendable)
             .acquire_owned()
             .await
@@ -143,28 +142,6 @@ impl RedisNode {
         };
         let lent = self.lend(replicated).await?;
         let (reply, acked) = send_waited(lent.conn(), cmd, Some(replicated.want)).await?;
-        lent.answered();
-        check_acked(keys, replicated.want, applied(&reply), acked)?;
-        Ok(reply)
-    }
-
-    /// [`eval`](Self::eval) of a script whose write must reach the replicas: with
-    /// `min_replicas`, followed by `WAIT` in the same round trip, on a connection for such
-    /// commands. `applied` tells from the reply whether the script wrote what must be
-    /// replicated; if it did and too few replicas acknowledged it in time, the answer is
-    /// [`LockError::NotReplicated`] (what the script did stays done on the primary).
-    pub(super) async fn eval_replicated<T: FromRedisValue>(
-        &self,
-        keys: &LockKeys,
-        script: &LuaScript,
-        args: impl Fn(&mut Cmd),
-        applied: impl Fn(&T) -> bool,
-    ) -> Result<T> {
-        let Some(replicated) = &self.replicated else {
-            return self.eval(script, args).await;
-        };
-        let lent = self.lend(replicated).await?;
-        let (reply, acked) = run_script(lent.conn(), script, args, Some(replicated.want)).await?;
         lent.answered();
         check_acked(keys, replicated.want, applied(&reply), acked)?;
         Ok(reply)
@@ -204,7 +181,12 @@ pub(super) async fn send_waited<T: FromRedisValue>(
 
 /// [`LockError::NotReplicated`] when a write was `applied` and fewer than wanted replicas
 /// acknowledged it.
-fn check_acked(keys: &LockKeys, want: MinReplicas, applied: bool, acked: usize) -> Result<()> {
+pub(super) fn check_acked(
+    keys: &LockKeys,
+    want: MinReplicas,
+    applied: bool,
+    acked: usize,
+) -> Result<()> {
     if applied && acked < want.replicas {
         return Err(LockError::NotReplicated {
             name: keys.name().to_owned(),

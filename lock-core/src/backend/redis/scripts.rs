@@ -6,8 +6,9 @@ use std::time::Duration;
 use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind};
 
 use super::connect::Conn;
-use super::replicas::{send_waited, MinReplicas};
+use super::replicas::{check_acked, send_waited, MinReplicas};
 use super::RedisNode;
+use crate::keys::LockKeys;
 use crate::Result;
 
 /// How long a fence key outlives its last use (the `PX` that fence.lua sets).
@@ -61,6 +62,28 @@ impl RedisNode {
         args: impl Fn(&mut Cmd),
     ) -> Result<T> {
         Ok(run_script(&self.conn, script, args, None).await?.0)
+    }
+
+    /// [`eval`](Self::eval) of a script whose write must reach the replicas: with
+    /// `min_replicas`, followed by `WAIT` in the same round trip, on a connection for such
+    /// commands. `applied` tells from the reply whether the script wrote what must be
+    /// replicated; if it did and too few replicas acknowledged it in time, the answer is
+    /// [`LockError::NotReplicated`] (what the script did stays done on the primary).
+    pub(super) async fn eval_replicated<T: FromRedisValue>(
+        &self,
+        keys: &LockKeys,
+        script: &LuaScript,
+        args: impl Fn(&mut Cmd),
+        applied: impl Fn(&T) -> bool,
+    ) -> Result<T> {
+        let Some(replicated) = &self.replicated else {
+            return self.eval(script, args).await;
+        };
+        let lent = self.lend(replicated).await?;
+        let (reply, acked) = run_script(lent.conn(), script, args, Some(replicated.want)).await?;
+        lent.answered();
+        check_acked(keys, replicated.want, applied(&reply), acked)?;
+        Ok(reply)
     }
 }
 
