@@ -38,7 +38,7 @@ impl RedisServer {
         Self::start_binary("redis-server", extra_args)
     }
 
-    /// Starts `binary` (`redis-server`, or a `valkey-server`: see [`valkey_server`]) with extra
+    /// Starts `binary` (`redis-server`, or a `valkey-server`: see [`valkey_server`](crate::valkey_server)) with extra
     /// arguments.
     pub fn start_binary(binary: &str, extra_args: &[&str]) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
