@@ -104,8 +104,8 @@
 //! | deployment | builder | feature | what a grant survives |
 //! |---|---|---|---|
 //! | one server | [`url`](LockManagerBuilder::url), [`client`](LockManagerBuilder::client), or [`LockManager::connect`] | | a restart only with persistence |
-//! | primary and replicas behind Sentinel | [`sentinel`](LockManagerBuilder::sentinel)`(master, sentinels)` | `sentinel` | a failover, with [`min_replicas`](LockManagerBuilder::min_replicas) |
-//! | Redis Cluster | [`cluster`](LockManagerBuilder::cluster)`(seeds)` | `cluster` | a failover, with `min_replicas` |
+//! | primary and replicas behind Sentinel | `sentinel(master, sentinels)` | `sentinel` | a failover, with [`min_replicas`](LockManagerBuilder::min_replicas) |
+//! | Redis Cluster | `cluster(seeds)` | `cluster` | a failover, with `min_replicas` |
 //! | Redlock over independent masters | [`redlock`](LockManagerBuilder::redlock)`(urls)` | | the loss of a minority of masters |
 //! | in the process, for tests | [`LockManager::in_memory`] | | nothing: it is the process's |
 //!
@@ -202,8 +202,8 @@
 //! # Features
 //!
 //! - `macros` (default): the `#[distributed_lock]` attribute.
-//! - `cluster`: [`LockManagerBuilder::cluster`], Redis Cluster.
-//! - `sentinel`: [`LockManagerBuilder::sentinel`], a primary found through Redis Sentinel and
+//! - `cluster`: `LockManagerBuilder::cluster`, Redis Cluster.
+//! - `sentinel`: `LockManagerBuilder::sentinel`, a primary found through Redis Sentinel and
 //!   followed across failovers.
 //! - `tls`: `rediss://` urls, through rustls.
 //! - `metrics`: the series below, through the [`metrics`](https://docs.rs/metrics) facade; install
@@ -270,6 +270,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+mod deploy;
 mod error;
 mod guard;
 mod held;

@@ -5,12 +5,10 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::backend::memory::ModelServer;
-use crate::backend::redis::{Endpoint, MinReplicas, RedisNode};
-use crate::backend::redlock::Redlock;
-use crate::backend::single::Single;
+use crate::backend::redis::{Endpoint, MinReplicas};
 use crate::backend::Drift;
 use crate::backend::Timeouts;
+use crate::deploy::{self, Connection, Target};
 use crate::keys::LockKeys;
 use crate::request::LockRequest;
 use crate::shared::{Settings, Shared};
@@ -93,17 +91,10 @@ impl LockManager {
     /// Made for tests of code that takes locks: it works under `tokio::time::pause()`. It does
     /// not exclude other processes. Clones share the same locks; separate calls do not.
     pub fn in_memory() -> LockManager {
-        // The Redis backend's own code and scripts, on a server modelled in this process.
-        let node = RedisNode::in_process(ModelServer::new(), false);
-        let wake = node.pubsub();
+        let (store, wake) = deploy::in_memory();
         Self::from_shared(Shared::new(
-            Box::new(Single::new(
-                Box::new(node),
-                "in-memory",
-                Drift::MILLIS,
-                false,
-            )),
-            Box::new(wake),
+            store,
+            wake,
             Settings {
                 prefix: DEFAULT_KEY_PREFIX.to_owned(),
                 poll_cap: DEFAULT_MAX_POLL_INTERVAL,
@@ -494,100 +485,17 @@ impl LockManagerBuilder {
                 ))
             }
         };
-        let (store, wake): (
-            Box<dyn crate::backend::Store>,
-            Box<dyn crate::backend::Wake>,
-        ) = match target {
-            Target::Single(url) => {
-                one_server(
-                    if self.lazy {
-                        RedisNode::connect_lazy(&url, self.timeouts)?
-                    } else {
-                        RedisNode::connect(&url, self.timeouts).await?
-                    },
-                    self.min_replicas,
-                    self.timeouts,
-                    "redis",
-                    self.lazy,
-                    !self.lazy && !self.allow_eviction,
-                )
-                .await?
-            }
-            Target::Client(client) => {
-                one_server(
-                    if self.lazy {
-                        RedisNode::of_client_lazy(*client, self.timeouts)?
-                    } else {
-                        RedisNode::of_client(*client, self.timeouts).await?
-                    },
-                    self.min_replicas,
-                    self.timeouts,
-                    "redis",
-                    self.lazy,
-                    !self.lazy && !self.allow_eviction,
-                )
-                .await?
-            }
-            Target::Redlock(instances) => {
-                if instances.len() < 3 || instances.len() % 2 == 0 {
-                    return Err(invalid(&format!(
-                        "Redlock needs an odd number of independent masters, at least 3; got {}",
-                        instances.len()
-                    )));
-                }
-                let factor_ok =
-                    self.drift.factor.is_finite() && (0.0..1.0).contains(&self.drift.factor);
-                if !factor_ok {
-                    return Err(invalid(
-                        "the Redlock clock drift factor must be at least 0 and below 1",
-                    ));
-                }
-                let (store, wake) = Redlock::connect(
-                    &instances,
-                    self.timeouts,
-                    self.drift,
-                    self.lazy,
-                    self.allow_eviction,
-                )
-                .await?;
-                (Box::new(store), Box::new(wake))
-            }
-            #[cfg(feature = "sentinel")]
-            Target::Sentinel(master, urls) => {
-                if urls.is_empty() {
-                    return Err(invalid("`.sentinel(..)` needs at least one sentinel url"));
-                }
-                let node =
-                    RedisNode::connect_sentinel(&master, &urls, self.timeouts, self.lazy).await?;
-                one_server(
-                    node,
-                    self.min_replicas,
-                    self.timeouts,
-                    "redis-sentinel",
-                    self.lazy,
-                    !self.lazy && !self.allow_eviction,
-                )
-                .await?
-            }
-            #[cfg(feature = "cluster")]
-            Target::Cluster(urls) => {
-                if urls.is_empty() {
-                    return Err(invalid("`.cluster(..)` needs at least one node url"));
-                }
-                let mut node = RedisNode::connect_cluster(&urls, self.timeouts).await?;
-                if let Some(want) = self.min_replicas {
-                    node = node.min_replicas(want, self.timeouts, true).await?;
-                }
-                if !self.allow_eviction {
-                    node.refuse_evicting().await?;
-                }
-                let wake = Box::new(node.pubsub());
-                // The cluster client sends a command again after an I/O error.
-                let resends = node.resends();
-                let store = Single::new(Box::new(node), "redis-cluster", Drift::SERVER, resends);
-                (Box::new(store), wake)
-            }
-        };
+        let (store, wake) = deploy::connect(
+            target,
+            &Connection {
+                timeouts: self.timeouts,
+                drift: self.drift,
+                lazy: self.lazy,
+                allow_eviction: self.allow_eviction,
+                min_replicas: self.min_replicas,
+            },
+        )
+        .await?;
         Ok(LockManager::from_shared(Shared::new(
             store,
             wake,
@@ -606,43 +514,6 @@ impl LockManagerBuilder {
             },
         )))
     }
-}
-
-/// The store and wake-ups of one Redis server.
-async fn one_server(
-    mut node: RedisNode,
-    min_replicas: Option<MinReplicas>,
-    timeouts: Timeouts,
-    kind: &'static str,
-    lazy: bool,
-    check_eviction: bool,
-) -> Result<(
-    Box<dyn crate::backend::Store>,
-    Box<dyn crate::backend::Wake>,
-)> {
-    if let Some(want) = min_replicas {
-        node = node.min_replicas(want, timeouts, !lazy).await?;
-    }
-    if check_eviction {
-        node.refuse_evicting().await?;
-    }
-    let wake = Box::new(node.pubsub());
-    // A Sentinel connection sends a command again after a failover.
-    let replays = node.resends();
-    let store = Single::new(Box::new(node), kind, Drift::SERVER, replays);
-    Ok((Box::new(store), wake))
-}
-
-/// One deployment named on the builder.
-#[derive(Debug, Clone)]
-enum Target {
-    Single(String),
-    Client(Box<redis::Client>),
-    Redlock(Vec<Endpoint>),
-    #[cfg(feature = "cluster")]
-    Cluster(Vec<String>),
-    #[cfg(feature = "sentinel")]
-    Sentinel(String, Vec<String>),
 }
 
 static DEFAULT_MANAGER: RwLock<Option<LockManager>> = RwLock::new(None);

@@ -1,0 +1,164 @@
+//! Connecting the one deployment a [`LockManagerBuilder`](crate::LockManagerBuilder) names:
+//! the [`Store`] that decides locks there and the [`Wake`] that tells its waiters of releases.
+//! The builder checks its own settings; what only a deployment can say (Redlock's instance
+//! count, an evicting memory policy, a server refusing `WAIT`) is checked here.
+
+use crate::backend::memory::ModelServer;
+use crate::backend::redis::{Endpoint, MinReplicas, RedisNode};
+use crate::backend::redlock::Redlock;
+use crate::backend::single::Single;
+use crate::backend::{Drift, Store, Timeouts, Wake};
+use crate::{LockError, Result};
+
+/// How to connect: the builder's connection settings.
+pub(crate) struct Connection {
+    pub(crate) timeouts: Timeouts,
+    /// Redlock's clock-drift allowance.
+    pub(crate) drift: Drift,
+    pub(crate) lazy: bool,
+    pub(crate) allow_eviction: bool,
+    pub(crate) min_replicas: Option<MinReplicas>,
+}
+
+/// The store and wake-ups of one Redis server.
+async fn one_server(
+    mut node: RedisNode,
+    min_replicas: Option<MinReplicas>,
+    timeouts: Timeouts,
+    kind: &'static str,
+    lazy: bool,
+    check_eviction: bool,
+) -> Result<(Box<dyn Store>, Box<dyn Wake>)> {
+    if let Some(want) = min_replicas {
+        node = node.min_replicas(want, timeouts, !lazy).await?;
+    }
+    if check_eviction {
+        node.refuse_evicting().await?;
+    }
+    let wake = Box::new(node.pubsub());
+    // A Sentinel connection sends a command again after a failover.
+    let replays = node.resends();
+    let store = Single::new(Box::new(node), kind, Drift::SERVER, replays);
+    Ok((Box::new(store), wake))
+}
+
+/// One deployment named on the builder.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    Single(String),
+    Client(Box<redis::Client>),
+    Redlock(Vec<Endpoint>),
+    #[cfg(feature = "cluster")]
+    Cluster(Vec<String>),
+    #[cfg(feature = "sentinel")]
+    Sentinel(String, Vec<String>),
+}
+
+/// The in-process deployment ([`LockManager::in_memory`](crate::LockManager::in_memory)): the
+/// Redis backend's own code and scripts, on a server modelled in this process.
+pub(crate) fn in_memory() -> (Box<dyn Store>, Box<dyn Wake>) {
+    let node = RedisNode::in_process(ModelServer::new(), false);
+    let wake = Box::new(node.pubsub());
+    let store = Single::new(Box::new(node), "in-memory", Drift::MILLIS, false);
+    (Box::new(store), wake)
+}
+
+/// Connects `target` (unless [`lazy`](crate::LockManagerBuilder::lazy)): its store and its
+/// release notifications.
+pub(crate) async fn connect(
+    target: Target,
+    how: &Connection,
+) -> Result<(Box<dyn Store>, Box<dyn Wake>)> {
+    let invalid = |reason: &str| LockError::InvalidConfig {
+        reason: reason.to_owned(),
+    };
+    Ok(match target {
+        Target::Single(url) => {
+            one_server(
+                if how.lazy {
+                    RedisNode::connect_lazy(&url, how.timeouts)?
+                } else {
+                    RedisNode::connect(&url, how.timeouts).await?
+                },
+                how.min_replicas,
+                how.timeouts,
+                "redis",
+                how.lazy,
+                !how.lazy && !how.allow_eviction,
+            )
+            .await?
+        }
+        Target::Client(client) => {
+            one_server(
+                if how.lazy {
+                    RedisNode::of_client_lazy(*client, how.timeouts)?
+                } else {
+                    RedisNode::of_client(*client, how.timeouts).await?
+                },
+                how.min_replicas,
+                how.timeouts,
+                "redis",
+                how.lazy,
+                !how.lazy && !how.allow_eviction,
+            )
+            .await?
+        }
+        Target::Redlock(instances) => {
+            if instances.len() < 3 || instances.len() % 2 == 0 {
+                return Err(invalid(&format!(
+                    "Redlock needs an odd number of independent masters, at least 3; got {}",
+                    instances.len()
+                )));
+            }
+            let factor_ok = how.drift.factor.is_finite() && (0.0..1.0).contains(&how.drift.factor);
+            if !factor_ok {
+                return Err(invalid(
+                    "the Redlock clock drift factor must be at least 0 and below 1",
+                ));
+            }
+            let (store, wake) = Redlock::connect(
+                &instances,
+                how.timeouts,
+                how.drift,
+                how.lazy,
+                how.allow_eviction,
+            )
+            .await?;
+            (Box::new(store), Box::new(wake))
+        }
+        #[cfg(feature = "sentinel")]
+        Target::Sentinel(master, urls) => {
+            if urls.is_empty() {
+                return Err(invalid("`.sentinel(..)` needs at least one sentinel url"));
+            }
+            let node = RedisNode::connect_sentinel(&master, &urls, how.timeouts, how.lazy).await?;
+            one_server(
+                node,
+                how.min_replicas,
+                how.timeouts,
+                "redis-sentinel",
+                how.lazy,
+                !how.lazy && !how.allow_eviction,
+            )
+            .await?
+        }
+        #[cfg(feature = "cluster")]
+        Target::Cluster(urls) => {
+            if urls.is_empty() {
+                return Err(invalid("`.cluster(..)` needs at least one node url"));
+            }
+            let mut node = RedisNode::connect_cluster(&urls, how.timeouts).await?;
+            if let Some(want) = how.min_replicas {
+                node = node.min_replicas(want, how.timeouts, true).await?;
+            }
+            if !how.allow_eviction {
+                node.refuse_evicting().await?;
+            }
+            let wake = Box::new(node.pubsub());
+            // The cluster client sends a command again after an I/O error.
+            let resends = node.resends();
+            let store = Single::new(Box::new(node), "redis-cluster", Drift::SERVER, resends);
+            (Box::new(store), wake)
+        }
+    })
+}
