@@ -270,6 +270,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+mod cleanup;
 mod deploy;
 mod error;
 mod guard;

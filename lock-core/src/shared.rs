@@ -1,10 +1,6 @@
 //! The state a manager's guards, requests and watchdogs share, and the only path from them to
-//! the backend: every command about a lock is sent, timed and accounted for here.
-//!
-//! What this module guarantees about commands (I5): a command that failed before it was sent,
-//! or that the server refused, is never cleaned up after; one that may have been applied (sent,
-//! no answer, or its future dropped in flight) is undone by token in the background, retried
-//! while Redis cannot be reached, and never past the moment the key would have expired anyway.
+//! the backend: every command about a lock is sent, timed and accounted for here. What a
+//! command may leave behind is handed to the background clean-up (`cleanup.rs`, I5).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,9 +9,9 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::time::Instant;
-use tracing::Instrument as _;
 
 use crate::backend::{Attempt, Found, Leftover, Renewal, Store, Ticket, Wake, Watch};
+use crate::cleanup::{keep_for, CleanUp, Cleaner, Orphan, PendingRelease};
 use crate::keys::LockKeys;
 use crate::lease::{Grant, Landed, Lease};
 use crate::locked;
@@ -36,7 +32,9 @@ pub(crate) struct Settings {
 }
 
 pub(crate) struct Shared {
-    store: Box<dyn Store>,
+    store: Arc<dyn Store>,
+    /// Releases that go on in the background; shares `store` and `tasks`.
+    cleaner: Cleaner,
     wake: Box<dyn Wake>,
     settings: Settings,
     tasks: Arc<Tasks>,
@@ -62,118 +60,19 @@ pub(crate) enum Tried {
     Failed(LockError, Option<Orphan>),
 }
 
-/// A release by token that runs in the background until it gets an answer or the key would
-/// have expired by itself.
-struct ReleaseJob {
-    keys: LockKeys,
-    token: String,
-    name: String,
-    /// With min_hold, the key must live until then rather than be deleted at once.
-    hold_until: Option<Instant>,
-    /// The key expires by itself by then: retrying past it is pointless.
-    give_up: Instant,
-    /// A clean-up after an interrupted command: finding nothing is the expected outcome.
-    quiet: bool,
-}
-
-/// Armed while a command on a lock key is in flight or failed with an unknown outcome. Dropped
-/// armed (its future was cancelled, or the command may have been applied), it releases by
-/// token in the background. [`disarm`](Self::disarm) it once the outcome is known. It only
-/// borrows what it needs until it fires, so arming it costs nothing on the common path.
-pub(crate) struct CleanUp<'a> {
-    shared: &'a Arc<Shared>,
-    job: Option<PendingRelease<'a>>,
-}
-
-/// A [`ReleaseJob`] not yet made: the borrowed parts of one.
-struct PendingRelease<'a> {
-    keys: &'a LockKeys,
-    token: &'a str,
-    name: &'a str,
-    hold_until: Option<Instant>,
-    give_up: Instant,
-    quiet: bool,
-}
-
-impl PendingRelease<'_> {
-    fn to_job(&self) -> ReleaseJob {
-        ReleaseJob {
-            keys: self.keys.clone(),
-            token: self.token.to_owned(),
-            name: self.name.to_owned(),
-            hold_until: self.hold_until,
-            give_up: self.give_up,
-            quiet: self.quiet,
-        }
-    }
-}
-
-impl CleanUp<'_> {
-    pub(crate) fn disarm(mut self) {
-        self.job = None;
-    }
-
-    fn into_orphan(mut self) -> Orphan {
-        Orphan {
-            shared: Arc::clone(self.shared),
-            job: self.job.take().map(|pending| pending.to_job()),
-        }
-    }
-}
-
-impl Drop for CleanUp<'_> {
-    fn drop(&mut self) {
-        if let Some(pending) = self.job.take() {
-            self.shared.spawn(None, pending.to_job());
-        }
-    }
-}
-
-/// The token of an attempt that may have set the key although nobody holds a guard for it.
-/// Dropped, it is released in the background; [`release_now`](Self::release_now) does it first.
-pub(crate) struct Orphan {
-    shared: Arc<Shared>,
-    job: Option<ReleaseJob>,
-}
-
-impl Orphan {
-    /// Nothing of the attempt remains: no release needed.
-    fn disarm(mut self) {
-        self.job = None;
-    }
-
-    /// Releases it now (on the connection that replaced a broken one), so that the next attempt
-    /// does not find its own earlier key; left to the background if Redis does not answer.
-    pub(crate) async fn release_now(mut self) {
-        if let Some(job) = &self.job {
-            if self
-                .shared
-                .store
-                .release(&job.keys, &job.token, Duration::ZERO)
-                .await
-                .is_ok()
-            {
-                self.job = None;
-            }
-        }
-    }
-}
-
-impl Drop for Orphan {
-    fn drop(&mut self) {
-        if let Some(job) = self.job.take() {
-            self.shared.spawn(None, job);
-        }
-    }
-}
-
 impl Shared {
     pub(crate) fn new(store: Box<dyn Store>, wake: Box<dyn Wake>, settings: Settings) -> Arc<Self> {
+        let store: Arc<dyn Store> = Arc::from(store);
+        let tasks: Arc<Tasks> = Arc::default();
         Arc::new(Self {
+            cleaner: Cleaner {
+                store: Arc::clone(&store),
+                tasks: Arc::clone(&tasks),
+            },
             store,
             wake,
             settings,
-            tasks: Arc::default(),
+            tasks,
             held: Mutex::default(),
             next_id: AtomicU64::new(1),
             shut_down: AtomicBool::new(false),
@@ -239,17 +138,17 @@ impl Shared {
     ) -> Tried {
         let token = owner_token(&self.settings.holder);
         let sent = Instant::now();
-        let cleanup = CleanUp {
-            shared: self,
-            job: Some(PendingRelease {
+        let cleanup = CleanUp::armed(
+            &self.cleaner,
+            PendingRelease {
                 keys,
                 token: &token,
                 name,
                 hold_until: None,
                 give_up: sent + ttl,
                 quiet: true,
-            }),
-        };
+            },
+        );
         match self.store.acquire(keys, &token, ttl, mark, ticket).await {
             Ok(Attempt::Granted(usable)) => {
                 cleanup.disarm();
@@ -494,10 +393,7 @@ impl Shared {
     /// then compare-and-deletes the key. If this future is dropped, or Redis cannot be reached,
     /// the release goes on in the background until the key would have expired.
     pub(crate) async fn release(self: &Arc<Self>, lease: &Lease) -> Result<bool> {
-        let on_failure = CleanUp {
-            shared: self,
-            job: Some(Self::release_job(lease)),
-        };
+        let on_failure = CleanUp::armed(&self.cleaner, Self::release_job(lease));
         if let Some(watchdog) = lease.stop_watchdog() {
             let _ = watchdog.await;
         }
@@ -523,58 +419,8 @@ impl Shared {
     /// to its ttl.
     pub(crate) fn release_in_background(self: &Arc<Self>, lease: &Lease) {
         let watchdog = lease.stop_watchdog();
-        self.spawn(watchdog, Self::release_job(lease).to_job());
-    }
-
-    fn spawn(self: &Arc<Self>, watchdog: Option<tokio::task::JoinHandle<()>>, job: ReleaseJob) {
-        let Ok(handle) = Handle::try_current() else {
-            tracing::warn!(
-                lock = %job.name, holder = %crate::token::holder_or_unknown(&job.token),
-                "lock released outside a tokio runtime; the key expires with its ttl"
-            );
-            return;
-        };
-        let shared = Arc::clone(self);
-        let span = tracing::debug_span!("lock.release", lock = %job.name);
-        self.tasks.spawn(
-            &handle,
-            async move {
-                if let Some(watchdog) = watchdog {
-                    let _ = watchdog.await;
-                }
-                shared.release_until_answered(job).await;
-            }
-            .instrument(span),
-        );
-    }
-
-    /// The one retry policy of releases: back off from 50 ms to 1 s while Redis cannot be
-    /// reached, and stop once the key would have expired.
-    async fn release_until_answered(&self, job: ReleaseJob) {
-        let mut pause = Duration::from_millis(50);
-        loop {
-            let keep = keep_for(job.hold_until);
-            match self.store.release(&job.keys, &job.token, keep).await {
-                Ok(true) => tracing::debug!(lock = %job.name, "released in the background"),
-                Ok(false) if job.quiet => {}
-                Ok(false) => tracing::warn!(
-                    lock = %job.name, holder = %crate::token::holder_or_unknown(&job.token),
-                    "release found the lock expired or held by another owner"
-                ),
-                Err(e) if Instant::now() + pause < job.give_up => {
-                    tracing::debug!(lock = %job.name, error = %e, "release failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-                Err(e) => tracing::warn!(
-                    lock = %job.name, holder = %crate::token::holder_or_unknown(&job.token),
-                    error = %e,
-                    "release failed; the key expires with its ttl"
-                ),
-            }
-            return;
-        }
+        self.cleaner
+            .spawn(watchdog, Self::release_job(lease).to_job());
     }
 
     /// Gives up every lease still held and waits for the background releases, within `within`.
@@ -603,11 +449,4 @@ impl Shared {
             pending: self.tasks.pending(),
         })
     }
-}
-
-/// How long the key must still live at release for `min_hold`; zero deletes it.
-fn keep_for(hold_until: Option<Instant>) -> Duration {
-    hold_until.map_or(Duration::ZERO, |end| {
-        end.saturating_duration_since(Instant::now())
-    })
 }
