@@ -1,19 +1,20 @@
-//! `LockRequest`: the options of one acquisition, and the acquire loop.
+//! `LockRequest`: the options of one acquisition, checked before any I/O, and what becomes of
+//! the acquire loop's outcome (`acquire.rs`): a guard, `Busy` or `Timeout`.
 
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{timeout_at, Instant};
 use tracing::Instrument as _;
 
-use crate::backend::{Ticket, Watch};
+use crate::acquire::{later, line_keep, Acquisition, Line, Outcome};
+use crate::backend::Ticket;
 use crate::keys::LockKeys;
 use crate::kind::Kind;
 use crate::lease::Grant;
-use crate::shared::{Shared, Tried};
-use crate::token::{new_token, random_u64};
-use crate::validate::{check_name, check_ttl, MIN_TTL};
+use crate::shared::Shared;
+use crate::token::new_token;
+use crate::validate::{check_name, check_ttl};
 use crate::{watchdog, LockError, LockGuard, Result};
 
 /// The lease used when a request does not set one.
@@ -289,7 +290,7 @@ impl<'a> LockRequest<'a> {
         let began = Instant::now();
         let keys = self.shared.keys(&self.name).of_kind(kind);
         let ticket = (kind == Kind::Fair).then(new_token);
-        let mut line = ticket.as_deref().map(|id| Line {
+        let line = ticket.as_deref().map(|id| Line {
             shared: self.shared,
             keys: &keys,
             ticket: id,
@@ -312,11 +313,11 @@ impl<'a> LockRequest<'a> {
             woken_by: "nothing",
         };
         let outcome = acquisition.run().instrument(span).await;
-        if let (Outcome::Granted(_), Some(line)) = (&outcome, line.as_mut()) {
-            // The winning attempt took the ticket out of the line itself.
-            line.left = true;
+        match (line, &outcome) {
+            (Some(line), Outcome::Granted(_)) => line.taken(),
+            // Without the lock, the ticket leaves the line in the background.
+            (line, _) => drop(line),
         }
-        drop(line);
         let label = match self.label.take() {
             Some(label) => label,
             None => crate::metrics::default_label(&self.name).to_owned(),
@@ -364,291 +365,4 @@ async fn refusal(shared: &Shared, name: String, kind: Kind, began: Instant) -> L
 enum Acquired {
     Guard(LockGuard),
     Busy { name: String, waited: Duration },
-}
-
-/// How an acquisition ended.
-enum Outcome {
-    Granted(Grant),
-    /// Another owner still held the lock at the deadline.
-    Busy {
-        waited: Duration,
-    },
-    Failed(LockError),
-}
-
-/// What the acquisition does next.
-enum Step {
-    /// Attempt again at once.
-    Attempt,
-    /// Subscribe to release notifications, then attempt again at once.
-    Subscribe,
-    Done(Outcome),
-}
-
-/// What an attempt's answer calls for.
-enum Next {
-    Go(Step),
-    /// Wait for a release notification, at most this long, then attempt again; the label
-    /// says what the pause was for if it runs out ("timer": a poll; "retry": a pause after a
-    /// failed attempt).
-    Sleep(Duration, &'static str),
-    /// Pause this long whatever happens, then attempt again (after a split vote: the other
-    /// waiters' give-backs publish too, and waking on those would keep them all in step).
-    Pause(Duration),
-}
-
-/// The acquire loop: attempts, each with a fresh token, until one is granted or the deadline
-/// passes. Every attempt is bounded by the deadline plus one response timeout (I4).
-struct Acquisition<'a> {
-    shared: &'a Arc<Shared>,
-    keys: &'a LockKeys,
-    /// A fair acquisition's place in line.
-    ticket: Option<Ticket<'a>>,
-    name: &'a str,
-    lease_len: Duration,
-    began: Instant,
-    deadline: Instant,
-    /// Release notifications, set up after the first refusal: never on the uncontended path.
-    watch: Option<Watch>,
-    /// The one immediate retry after a broken connection was used.
-    retried_broken: bool,
-    /// Split votes in a row (Redlock), each answered with a short random pause.
-    splits: u32,
-    /// What ended the last sleep ("message": a release or subscription notification, "timer":
-    /// the poll interval or the holder's lease end, "retry": the pause after a failed attempt),
-    /// reported with the grant.
-    woken_by: &'static str,
-}
-
-impl Acquisition<'_> {
-    async fn run(mut self) -> Outcome {
-        let mut step = Step::Attempt;
-        loop {
-            step = match step {
-                Step::Done(outcome) => return outcome,
-                Step::Attempt => self.attempt().await,
-                Step::Subscribe => {
-                    // An attempt follows at once: the lock may have been released before the
-                    // subscription was in place. With no time left to subscribe, it is the last.
-                    let subscribe = self.shared.watch(self.keys, self.ticket.map(|t| t.id));
-                    self.watch = timeout_at(self.deadline, subscribe).await.ok();
-                    Step::Attempt
-                }
-            };
-        }
-    }
-
-    /// One attempt, then the wait its answer calls for (woken early by a release).
-    async fn attempt(&mut self) -> Step {
-        // Enabled before the attempt, so a release that lands after it wakes us.
-        let notify = self.watch.as_ref().map(|w| Arc::clone(w.notify()));
-        let notified = notify.as_ref().map(|n| n.notified());
-        let mut notified = pin!(notified);
-        if let Some(n) = notified.as_mut().as_pin_mut() {
-            n.enable();
-        }
-        let bound = self.bound();
-        let attempt = self.shared.attempt(
-            self.keys,
-            self.name,
-            self.lease_len,
-            self.watch.is_some(),
-            self.ticket,
-        );
-        let tried = timeout_at(bound, attempt)
-            .await
-            .unwrap_or_else(|_| Tried::Failed(no_answer_by_deadline(), None));
-        match self.decide(tried).await {
-            Next::Sleep(pause, timer) => {
-                let pause = pause.min(self.deadline.saturating_duration_since(Instant::now()));
-                self.woken_by = match notified.as_mut().as_pin_mut() {
-                    Some(n) => match tokio::time::timeout(pause, n).await {
-                        Ok(()) => "message",
-                        Err(_) => timer,
-                    },
-                    None => {
-                        tokio::time::sleep(pause).await;
-                        timer
-                    }
-                };
-                Step::Attempt
-            }
-            Next::Pause(pause) => {
-                let pause = pause.min(self.deadline.saturating_duration_since(Instant::now()));
-                tokio::time::sleep(pause).await;
-                self.woken_by = "retry";
-                Step::Attempt
-            }
-            Next::Go(step) => step,
-        }
-    }
-
-    async fn decide(&mut self, tried: Tried) -> Next {
-        if !matches!(tried, Tried::NoQuorum { .. }) {
-            self.splits = 0;
-        }
-        let now = Instant::now();
-        let out_of_time = now >= self.deadline;
-        match tried {
-            Tried::Granted(grant) => {
-                tracing::debug!(
-                    waited_ms = self.began.elapsed().as_millis() as u64,
-                    woken_by = self.woken_by,
-                    "acquired"
-                );
-                Next::Go(Step::Done(Outcome::Granted(grant)))
-            }
-            Tried::Held(left) => {
-                if out_of_time {
-                    let waited = now.duration_since(self.began);
-                    tracing::debug!(
-                        waited_ms = waited.as_millis() as u64,
-                        "held by another owner"
-                    );
-                    Next::Go(Step::Done(Outcome::Busy { waited }))
-                } else if self.watch.is_none() {
-                    Next::Go(Step::Subscribe)
-                } else {
-                    // Woken by the release; else poll, no later than the holder's lease end
-                    // (a crashed holder publishes nothing).
-                    let poll = jittered(self.shared.settings().poll_cap);
-                    Next::Sleep(left.map_or(poll, |left| poll.min(left + MIN_TTL)), "timer")
-                }
-            }
-            Tried::NoQuorum {
-                granted,
-                needed,
-                refused,
-            } => {
-                let e = LockError::NoQuorum {
-                    name: self.name.to_owned(),
-                    granted,
-                    needed,
-                };
-                if granted > 0 && refused > 0 && !out_of_time && self.splits < MAX_SPLITS {
-                    // A split vote: waiters woken by the same release took different instances,
-                    // and each has given its share back. Pauses of a few round trips, drawn at
-                    // random, let one of them take them all on the next try. A few in a row at
-                    // most: the same answers also come from a holder that only a minority sees.
-                    self.splits += 1;
-                    tracing::debug!(granted, refused, "split vote; retrying shortly");
-                    Next::Pause(split_pause())
-                } else {
-                    self.retry_after(e, out_of_time)
-                }
-            }
-            // Waiting cannot end it: the other holders keep their `n` until they all let go.
-            Tried::Failed(e @ LockError::PermitsMismatch { .. }, _) => {
-                Next::Go(Step::Done(Outcome::Failed(e)))
-            }
-            Tried::Failed(e, orphan) if e.is_broken_connection() && !self.retried_broken => {
-                // The shared connection reconnects now: one more attempt right away is worth
-                // it, even without a wait (the first acquire after a Redis restart). If the
-                // broken attempt may have set the key, it is deleted by its token first, so
-                // the retry does not find it.
-                tracing::debug!(error = %e, "connection lost; retrying once on a new connection");
-                self.retried_broken = true;
-                if let Some(orphan) = orphan {
-                    // Within the same bound as the attempts; past it, the background does it.
-                    let _ = timeout_at(self.bound(), orphan.release_now()).await;
-                }
-                Next::Go(Step::Attempt)
-            }
-            Tried::Failed(e, _orphan) => self.retry_after(e, out_of_time),
-        }
-    }
-
-    /// No attempt runs past the deadline plus one response timeout (I4).
-    fn bound(&self) -> Instant {
-        later(self.deadline, self.shared.settings().response_timeout)
-    }
-
-    /// After an error: another try while the wait lasts (a reconnect, a restart), else the
-    /// error.
-    fn retry_after(&self, e: LockError, out_of_time: bool) -> Next {
-        if out_of_time {
-            return Next::Go(Step::Done(Outcome::Failed(e)));
-        }
-        tracing::debug!(error = %e, "retrying while the wait lasts");
-        Next::Sleep(jittered(ERROR_RETRY), "retry")
-    }
-}
-
-/// The attempt in flight when the deadline plus one response timeout passed.
-fn no_answer_by_deadline() -> LockError {
-    LockError::Redis(redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "no answer to the acquire attempt by the end of the wait plus the response timeout",
-    )))
-}
-
-/// A fair acquisition's ticket while it may be in line: when the acquisition ends without the
-/// lock (timed out, failed, or its future dropped), the ticket leaves the line in the
-/// background, so that the waiters behind it need not wait for it to expire.
-struct Line<'a> {
-    shared: &'a Arc<Shared>,
-    keys: &'a LockKeys,
-    ticket: &'a str,
-    left: bool,
-}
-
-impl Drop for Line<'_> {
-    fn drop(&mut self) {
-        if !self.left {
-            self.shared
-                .leave_in_background(self.keys.clone(), self.ticket.to_owned());
-        }
-    }
-}
-
-/// How long a fair ticket stays in line without an attempt refreshing it: a waiter attempts at
-/// least every `max_poll_interval`, each attempt within a response timeout.
-fn line_keep(settings: &crate::shared::Settings) -> Duration {
-    settings.poll_cap * 3 + settings.response_timeout
-}
-
-/// `t + d`, or a century after `t` when that overflows: `wait(Duration::MAX)` waits "forever".
-fn later(t: Instant, d: Duration) -> Instant {
-    t.checked_add(d)
-        .unwrap_or_else(|| t + crate::validate::MAX_TTL)
-}
-
-/// Pause before retrying after a communication error.
-const ERROR_RETRY: Duration = Duration::from_millis(50);
-
-/// The longest pause after a split vote (Redlock): a few round trips on a LAN.
-const SPLIT_RETRY: Duration = Duration::from_millis(4);
-
-/// Split votes in a row answered with a short pause; after that, the usual error pause.
-const MAX_SPLITS: u32 = 3;
-
-/// A pause drawn uniformly from zero to [`SPLIT_RETRY`].
-fn split_pause() -> Duration {
-    Duration::from_nanos(random_u64() % (SPLIT_RETRY.as_nanos() as u64 + 1))
-}
-
-/// A pause drawn uniformly from the upper half of `max`, so that pollers spread out.
-fn jittered(max: Duration) -> Duration {
-    let half = max / 2;
-    let jitter_ns = random_u64() % (half.as_nanos() as u64 + 1);
-    half + Duration::from_nanos(jitter_ns)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_in_the_upper_half() {
-        for max in [
-            Duration::from_millis(1),
-            Duration::from_millis(250),
-            Duration::from_secs(3),
-        ] {
-            for _ in 0..100 {
-                let d = jittered(max);
-                assert!(d >= max / 2 && d <= max, "{d:?} outside {max:?}");
-            }
-        }
-    }
 }
