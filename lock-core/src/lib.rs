@@ -265,6 +265,39 @@
 //! nested acquisition inside an annotated body (or inside [`LockGuard::holding`]), in the same
 //! task, then reuses the hold.
 //! [`held`] tells a body whether its task holds a lock.
+//!
+//! # How this crate is built
+//!
+//! For contributors; the files are private, under `src/`. Each layer uses only those below it,
+//! and there are no import circles between files.
+//!
+//! - **The face**: `manager.rs` (the manager and its builder), `request.rs` (a request's
+//!   options, checked before any I/O), `guard.rs`, `leader.rs`, `ops.rs` (operators' calls).
+//! - **The kind**: `kind.rs`. A request's options make one `Kind` of lock (exclusive,
+//!   fair, permits); the kind alone decides which deployments serve it, whether its holds
+//!   carry fencing tokens, and whether its key is one holder's token or a hash of holders.
+//! - **The loop**: `acquire.rs` (attempts, waiting woken by releases, the fair line's ticket)
+//!   and `watchdog.rs` (renewals).
+//! - **The state**: `shared.rs` (settings, held leases, shutdown, and the one path from guards
+//!   and requests to the deployment), `lease.rs` (what a guard may count on: I1), `held.rs`
+//!   (reentrancy), `tasks.rs`.
+//! - **The background**: `cleanup.rs` releases by token what a command may have left (I5); it
+//!   owns the store and the task tracker, nothing else.
+//! - **Deployments**: `deploy.rs` connects the one a builder names; `backend/` has the
+//!   traits: `Store` (a deployment's policy: `single.rs`, `redlock.rs`), `Node` (one server's
+//!   operations: `redis/`, split into `connect`, `replicas`, `scripts`, `operate`; `memory.rs`
+//!   puts the model behind the same node code) and `Wake` (release notifications: `notify.rs`,
+//!   `sharded.rs`, `sentinel.rs`).
+//! - **The definition**: `scripts/` (the Lua scripts, each assembled at compile time from the
+//!   `prelude/` pieces it calls). `model/` runs them on a Redis keyspace in the process (the
+//!   in-memory backend), held to a real server by its differential test; `sim/` (tests only)
+//!   runs the real client code against that model under seeded faults.
+//!
+//! A new kind of lock goes in `kind.rs` (its rules), its scripts in `scripts/`, and the
+//! request method that asks for it. Today the Redis node (`backend/redis/mod.rs`) still picks
+//! between the lock's and the permits' scripts by `Kind::counted` and builds their arguments;
+//! moving that choice into the kind, so that a backend only runs the commands it is handed, is
+//! the next step of this design.
 
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
