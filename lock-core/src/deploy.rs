@@ -7,8 +7,11 @@ use crate::backend::memory::ModelServer;
 use crate::backend::redis::{Endpoint, MinReplicas, RedisNode};
 use crate::backend::redlock::Redlock;
 use crate::backend::single::Single;
-use crate::backend::{Drift, Store, Timeouts, Wake};
+use crate::backend::{BoxFuture, Drift, Store, Timeouts, Wake};
 use crate::{LockError, Result};
+
+/// A connected deployment: the store that decides its locks and its release notifications.
+pub(crate) type Deployment = (Box<dyn Store>, Box<dyn Wake>);
 
 /// How to connect: the builder's connection settings.
 pub(crate) struct Connection {
@@ -28,7 +31,7 @@ async fn one_server(
     kind: &'static str,
     lazy: bool,
     check_eviction: bool,
-) -> Result<(Box<dyn Store>, Box<dyn Wake>)> {
+) -> Result<Deployment> {
     if let Some(want) = min_replicas {
         node = node.min_replicas(want, timeouts, !lazy).await?;
     }
@@ -56,7 +59,7 @@ pub(crate) enum Target {
 
 /// The in-process deployment ([`LockManager::in_memory`](crate::LockManager::in_memory)): the
 /// Redis backend's own code and scripts, on a server modelled in this process.
-pub(crate) fn in_memory() -> (Box<dyn Store>, Box<dyn Wake>) {
+pub(crate) fn in_memory() -> Deployment {
     let node = RedisNode::in_process(ModelServer::new(), false);
     let wake = Box::new(node.pubsub());
     let store = Single::new(Box::new(node), "in-memory", Drift::MILLIS, false);
@@ -65,10 +68,16 @@ pub(crate) fn in_memory() -> (Box<dyn Store>, Box<dyn Wake>) {
 
 /// Connects `target` (unless [`lazy`](crate::LockManagerBuilder::lazy)): its store and its
 /// release notifications.
-pub(crate) async fn connect(
-    target: Target,
-    how: &Connection,
-) -> Result<(Box<dyn Store>, Box<dyn Wake>)> {
+///
+/// Boxed: the connecting futures of the redis crate (the cluster client's above all) nest
+/// deep, and a caller's future that held them unboxed, a few `async fn`s down, made rustc's
+/// layout computation overflow its query depth ("queries overflow the depth limit!") in the
+/// caller's crate. Built once per manager, so the allocation costs nothing that matters.
+pub(crate) fn connect(target: Target, how: &Connection) -> BoxFuture<'_, Result<Deployment>> {
+    Box::pin(connect_unboxed(target, how))
+}
+
+async fn connect_unboxed(target: Target, how: &Connection) -> Result<Deployment> {
     let invalid = |reason: &str| LockError::InvalidConfig {
         reason: reason.to_owned(),
     };
