@@ -23,33 +23,34 @@ pub(crate) struct Connection {
     pub(crate) min_replicas: Option<MinReplicas>,
 }
 
-/// The store and wake-ups of one Redis server.
+/// The store and wake-ups of one Redis server (or cluster) `node`, with `min_replicas` and the
+/// memory-policy check applied. `contacted`: the node is connected already (not
+/// [`lazy`](crate::LockManagerBuilder::lazy); a cluster always is), so both are checked now.
 async fn one_server(
     mut node: RedisNode,
-    min_replicas: Option<MinReplicas>,
-    timeouts: Timeouts,
     kind: &'static str,
-    lazy: bool,
-    check_eviction: bool,
+    how: &Connection,
+    contacted: bool,
 ) -> Result<Deployment> {
-    if let Some(want) = min_replicas {
-        node = node.min_replicas(want, timeouts, !lazy).await?;
+    if let Some(want) = how.min_replicas {
+        node = node.min_replicas(want, how.timeouts, contacted).await?;
     }
-    if check_eviction {
+    if contacted && !how.allow_eviction {
         node.refuse_evicting().await?;
     }
     let wake = Box::new(node.pubsub());
-    // A Sentinel connection sends a command again after a failover.
-    let replays = node.resends();
-    let store = Single::new(Box::new(node), kind, Drift::SERVER, replays);
+    // The cluster client sends a command again after an I/O error, a Sentinel connection after
+    // a failover.
+    let resends = node.resends();
+    let store = Single::new(Box::new(node), kind, Drift::SERVER, resends);
     Ok((Box::new(store), wake))
 }
 
 /// One deployment named on the builder.
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
-    Single(String),
-    Client(Box<redis::Client>),
+    /// One server, by url or through the service's own client.
+    One(Endpoint),
     Redlock(Vec<Endpoint>),
     #[cfg(feature = "cluster")]
     Cluster(Vec<String>),
@@ -82,35 +83,13 @@ async fn connect_unboxed(target: Target, how: &Connection) -> Result<Deployment>
         reason: reason.to_owned(),
     };
     Ok(match target {
-        Target::Single(url) => {
-            one_server(
-                if how.lazy {
-                    RedisNode::connect_lazy(&url, how.timeouts)?
-                } else {
-                    RedisNode::connect(&url, how.timeouts).await?
-                },
-                how.min_replicas,
-                how.timeouts,
-                "redis",
-                how.lazy,
-                !how.lazy && !how.allow_eviction,
-            )
-            .await?
-        }
-        Target::Client(client) => {
-            one_server(
-                if how.lazy {
-                    RedisNode::of_client_lazy(*client, how.timeouts)?
-                } else {
-                    RedisNode::of_client(*client, how.timeouts).await?
-                },
-                how.min_replicas,
-                how.timeouts,
-                "redis",
-                how.lazy,
-                !how.lazy && !how.allow_eviction,
-            )
-            .await?
+        Target::One(endpoint) => {
+            let node = if how.lazy {
+                endpoint.connect_lazy(how.timeouts)?
+            } else {
+                endpoint.connect(how.timeouts).await?
+            };
+            one_server(node, "redis", how, !how.lazy).await?
         }
         Target::Redlock(instances) => {
             if instances.len() < 3 || instances.len() % 2 == 0 {
@@ -141,33 +120,15 @@ async fn connect_unboxed(target: Target, how: &Connection) -> Result<Deployment>
                 return Err(invalid("`.sentinel(..)` needs at least one sentinel url"));
             }
             let node = RedisNode::connect_sentinel(&master, &urls, how.timeouts, how.lazy).await?;
-            one_server(
-                node,
-                how.min_replicas,
-                how.timeouts,
-                "redis-sentinel",
-                how.lazy,
-                !how.lazy && !how.allow_eviction,
-            )
-            .await?
+            one_server(node, "redis-sentinel", how, !how.lazy).await?
         }
         #[cfg(feature = "cluster")]
         Target::Cluster(urls) => {
             if urls.is_empty() {
                 return Err(invalid("`.cluster(..)` needs at least one node url"));
             }
-            let mut node = RedisNode::connect_cluster(&urls, how.timeouts).await?;
-            if let Some(want) = how.min_replicas {
-                node = node.min_replicas(want, how.timeouts, true).await?;
-            }
-            if !how.allow_eviction {
-                node.refuse_evicting().await?;
-            }
-            let wake = Box::new(node.pubsub());
-            // The cluster client sends a command again after an I/O error.
-            let resends = node.resends();
-            let store = Single::new(Box::new(node), "redis-cluster", Drift::SERVER, resends);
-            (Box::new(store), wake)
+            let node = RedisNode::connect_cluster(&urls, how.timeouts).await?;
+            one_server(node, "redis-cluster", how, true).await?
         }
     })
 }

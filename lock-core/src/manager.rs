@@ -218,7 +218,8 @@ impl Default for LockManagerBuilder {
 impl LockManagerBuilder {
     /// One Redis server; see [`LockManager::connect`] for the url forms.
     pub fn url(mut self, url: &str) -> Self {
-        self.targets.push(Target::Single(url.to_owned()));
+        self.targets
+            .push(Target::One(Endpoint::Url(url.to_owned())));
         self
     }
 
@@ -226,7 +227,8 @@ impl LockManagerBuilder {
     /// credentials, TLS, protocol). The manager opens connections of its own from it: one for
     /// commands and, on the first wait, one for release notifications.
     pub fn client(mut self, client: redis::Client) -> Self {
-        self.targets.push(Target::Client(Box::new(client)));
+        self.targets
+            .push(Target::One(Endpoint::Client(Box::new(client))));
         self
     }
 

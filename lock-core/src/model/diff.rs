@@ -45,18 +45,10 @@ use redis::Value as Wire;
 
 use super::keyspace::{Now, Value};
 use super::{Model, Reply};
-
-const ACQUIRE: &str = crate::scripts::ACQUIRE;
-const EXTEND: &str = crate::scripts::EXTEND;
-const FAIR: &str = crate::scripts::FAIR;
-const FENCE: &str = crate::scripts::FENCE;
-const FORCE: &str = crate::scripts::FORCE;
-const LEAVE: &str = crate::scripts::LEAVE;
-const PERMIT_ACQUIRE: &str = crate::scripts::PERMIT_ACQUIRE;
-const PERMIT_EXTEND: &str = crate::scripts::PERMIT_EXTEND;
-const PERMIT_PEEK: &str = crate::scripts::PERMIT_PEEK;
-const PERMIT_RELEASE: &str = crate::scripts::PERMIT_RELEASE;
-const RELEASE: &str = crate::scripts::RELEASE;
+use crate::scripts::{
+    ACQUIRE, EXTEND, FAIR, FENCE, FORCE, LEAVE, PERMIT_ACQUIRE, PERMIT_EXTEND, PERMIT_PEEK,
+    PERMIT_RELEASE, RELEASE,
+};
 
 /// How close to a deadline no step may run, in ms: larger than any step's clock difference,
 /// with room for a machine that deschedules the server for a few milliseconds mid-step.
