@@ -66,16 +66,20 @@ pub enum LockError {
     /// The lock is held with another number of permits than this request asked for
     /// ([`LockRequest::permits`](crate::LockRequest::permits)): every holder of a name must
     /// use the same `n`, or the bound "at most `n` at once" would mean nothing. Refused at
-    /// once, never waited on. A plain lock counts as `permits(1)`.
+    /// once, never waited on. A plain lock counts as `permits(1)`, and
+    /// [`shared`](crate::LockRequest::shared) holds as `0` (no bound): shared and exclusive
+    /// holds of a name wait for each other, but neither meets a lock of `permits(n)`, `n > 1`.
     #[error(
-        "lock `{name}` is held with permits = {held}, but this request asked for permits = {requested}; every holder of a name must use the same number of permits"
+        "lock `{name}` is held {}, but this request asked for {}; every holder of a name must use the same number of permits",
+        held_as(*held),
+        asked(*requested)
     )]
     PermitsMismatch {
         /// The lock name as given, without the key prefix.
         name: String,
-        /// The permits its live holders use.
+        /// The permits its live holders use (0: shared holds).
         held: u32,
-        /// The permits this request asked for.
+        /// The permits this request asked for (0: a shared hold).
         requested: u32,
     },
 
@@ -239,6 +243,22 @@ impl From<LockError> for std::io::Error {
             _ => std::io::ErrorKind::Other,
         };
         std::io::Error::new(kind, e)
+    }
+}
+
+/// How [`LockError::PermitsMismatch`] says how a lock is held.
+fn held_as(permits: u32) -> String {
+    match permits {
+        0 => "by shared holds".to_owned(),
+        n => format!("with permits = {n}"),
+    }
+}
+
+/// How [`LockError::PermitsMismatch`] says what the request asked for.
+fn asked(permits: u32) -> String {
+    match permits {
+        0 => "a shared hold".to_owned(),
+        n => format!("permits = {n}"),
     }
 }
 

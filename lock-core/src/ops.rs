@@ -25,10 +25,13 @@ pub struct LockInfo {
     pub remaining: Option<Duration>,
     /// Whether a waiter has asked to be woken by its release.
     pub waited_for: bool,
-    /// The lock's [`permits`](crate::LockRequest::permits): 1 for a lock. With more, each
-    /// live permit is a `LockInfo` of its own in [`LockManager::list`] (same name, its holder,
-    /// its lease), and [`LockManager::inspect`] gives the one taken first.
+    /// The lock's [`permits`](crate::LockRequest::permits): 1 for a lock, 0 for
+    /// [`shared`](Self::shared) holds (no bound). With more than one holder, each live permit
+    /// or shared hold is a `LockInfo` of its own in [`LockManager::list`] (same name, its
+    /// holder, its lease), and [`LockManager::inspect`] gives the one taken first.
     pub permits: u32,
+    /// Whether this is a [`shared`](crate::LockRequest::shared) (read) hold.
+    pub shared: bool,
 }
 
 impl LockInfo {
@@ -44,6 +47,7 @@ impl LockInfo {
             remaining: found.left,
             waited_for: found.value.contains('*'),
             permits: found.permits,
+            shared: found.permits == 0,
         }
     }
 }
@@ -113,9 +117,9 @@ impl LockManager {
     /// `auto_extend`, its next renewal finds the key gone and reports the lease lost; without
     /// it, it holds until its own deadline (the exception to I2 in the crate docs).
     ///
-    /// A lock of [`permits(n)`](crate::LockRequest::permits) loses every permit at once; the
-    /// `LockInfo` returned names one of their holders (its `permits` reads 1: the script
-    /// returns one token).
+    /// A lock of [`permits(n)`](crate::LockRequest::permits) or of
+    /// [`shared`](crate::LockRequest::shared) holds loses every holder at once; the `LockInfo`
+    /// returned names one of them (its `permits` reads 1: the script returns one token).
     pub async fn evict(&self, name: &str) -> Result<Option<LockInfo>> {
         check_name(name)?;
         let keys = self.shared().keys(name);

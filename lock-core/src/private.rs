@@ -154,7 +154,7 @@ pub async fn finish(guard: LockGuard) {
 pub fn script(name: &str) -> &'static str {
     crate::scripts::ALL
         .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, body)| *body)
+        .find(|script| script.name == name)
+        .map(|script| script.body)
         .unwrap_or_else(|| panic!("no script named {name}"))
 }

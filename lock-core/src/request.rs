@@ -40,6 +40,8 @@ pub struct LockRequest<'a> {
     label: Option<String>,
     reentrant: bool,
     permits: u32,
+    /// A shared (read) hold.
+    read: bool,
 }
 
 impl std::fmt::Debug for LockRequest<'_> {
@@ -55,6 +57,7 @@ impl std::fmt::Debug for LockRequest<'_> {
             .field("label", &self.label)
             .field("reentrant", &self.reentrant)
             .field("permits", &self.permits)
+            .field("shared", &self.read)
             .finish_non_exhaustive()
     }
 }
@@ -73,6 +76,7 @@ impl<'a> LockRequest<'a> {
             label: None,
             reentrant: false,
             permits: 1,
+            read: false,
         }
     }
 
@@ -167,6 +171,38 @@ impl<'a> LockRequest<'a> {
         self
     }
 
+    /// A shared (read) hold (default `false`: exclusive, a write lock). Any number of shared
+    /// holders of a name hold it at once, each on its own lease (renewed by its own watchdog
+    /// with `auto_extend`, released by its owner only, lost on its own), and none while an
+    /// exclusive holder of the name holds it: a read-write lock, whose writers are the name's
+    /// ordinary exclusive (or [`fair`](Self::fair)) requests.
+    ///
+    /// Writers do not starve. A writer that waits for shared holds to end records its wait on
+    /// the lock; from then on no new shared hold is granted until the writer has taken the lock
+    /// (or stopped waiting), so a writer waits at most for the shared holds live when it came,
+    /// the longest of their leases (or `max_hold` with `auto_extend`) and one handoff. A writer
+    /// that stops waiting keeps new shared holds out for at most its own ttl after the last of
+    /// those ends. Shared holds wait for writers in turn: a shared request waiting on a writer
+    /// is woken by the writer's release, and shared requests that arrive while writers keep
+    /// coming can wait for them (writers go first).
+    ///
+    /// Taking and giving back a shared hold is one script and one round trip each, on the one
+    /// key `<prefix>{<name>}` (a hash of the holders' tokens and lease ends, as for
+    /// [`permits`](Self::permits); Cluster-safe). Works on every deployment, Redlock included:
+    /// a shared hold and an exclusive hold each need a majority of the instances, any two
+    /// majorities share an instance, and no instance grants both at once.
+    ///
+    /// Not with `fair` nor `permits(n)` for `n > 1` ([`LockError::InvalidConfig`], before any
+    /// I/O); a shared request on a name held with permits, or the reverse, fails with
+    /// [`LockError::PermitsMismatch`]. A shared hold has no
+    /// [`fencing_token`](LockGuard::fencing_token) (shared holders do not exclude each other);
+    /// the exclusive holds of the name keep theirs, drawn after every shared hold that ended
+    /// before them.
+    pub fn shared(mut self, on: bool) -> Self {
+        self.read = on;
+        self
+    }
+
     /// How long this request waits (for the attribute's `on_busy = "skip"`).
     pub(crate) fn waits_for(&self) -> Duration {
         self.wait
@@ -239,6 +275,7 @@ impl<'a> LockRequest<'a> {
             &self.name,
             self.fair,
             self.permits,
+            self.read,
             self.shared.by_majority(),
         )?;
         check_ttl("ttl", self.ttl)?;
@@ -271,7 +308,7 @@ impl<'a> LockRequest<'a> {
             if let Some(lease) = crate::held::find(self.shared, &self.name) {
                 if lease.keys.kind.permits() != kind.permits() {
                     // The enclosing hold is of another kind: a permit is no lock, nor the
-                    // reverse.
+                    // reverse, and a shared hold is not an exclusive one.
                     return Err(LockError::PermitsMismatch {
                         name: self.name,
                         held: lease.keys.kind.permits(),

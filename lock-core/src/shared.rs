@@ -231,7 +231,7 @@ impl Shared {
         let name = keys.name().to_owned();
         let found = self.store.peek(keys).await.ok().flatten();
         match found {
-            Some(found) if found.permits != keys.kind.permits() => LockError::PermitsMismatch {
+            Some(found) if !keys.kind.meets(found.permits) => LockError::PermitsMismatch {
                 name,
                 held: found.permits,
                 requested: keys.kind.permits(),

@@ -185,6 +185,7 @@ fn print(json: bool, locks: &[LockInfo]) {
                     "remaining_ms": info.remaining.map(|d| d.as_millis() as u64),
                     "waited_for": info.waited_for,
                     "permits": info.permits,
+                    "shared": info.shared,
                 })
             })
             .collect();
@@ -195,8 +196,10 @@ fn print(json: bool, locks: &[LockInfo]) {
         .iter()
         .map(|info| {
             [
-                // One row per permit of a lock of `permits(n)`.
-                if info.permits > 1 {
+                // One row per permit of a lock of `permits(n)`, and per shared holder.
+                if info.shared {
+                    format!("{} (shared)", info.name)
+                } else if info.permits > 1 {
                     format!("{} (permits {})", info.name, info.permits)
                 } else {
                     info.name.clone()

@@ -100,6 +100,9 @@ macro_rules! semantic_tests {
             permits_admit_n_holders_each_on_its_own_lease,
             permits_refuse_a_different_n_and_fencing,
             twelve_tasks_on_three_permits_never_exceed_three,
+            shared_holds_admit_many_and_exclude_an_exclusive_hold,
+            a_waiting_writer_keeps_new_shared_holds_out_and_is_woken_by_the_last_release,
+            shared_holds_and_permits_do_not_meet,
         );
     };
 }
@@ -863,4 +866,188 @@ pub(crate) async fn twelve_tasks_on_three_permits_never_exceed_three(fx: Fixture
     let most = most.load(Ordering::SeqCst);
     assert!(most <= 3, "{most} holders at once");
     assert!(most >= 2, "the permits were shared: {most} at most at once");
+}
+
+fn read(m: &LockManager, ttl: Duration) -> lock_core::LockRequest<'_> {
+    m.lock("catalog").shared(true).ttl(ttl)
+}
+
+/// `shared(true)`: any number of shared holders at once, each on its own lease, and none
+/// together with an exclusive holder; operators see every shared holder; no fencing token.
+pub(crate) async fn shared_holds_admit_many_and_exclude_an_exclusive_hold(fx: Fixture) {
+    let a = read(&fx.locks, LONG).try_acquire().await.unwrap().unwrap();
+    let b = read(&fx.other, LONG).try_acquire().await.unwrap().unwrap();
+    let short = read(&fx.locks, Duration::from_secs(1))
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("a third shared hold");
+    // A writer is refused as busy (not as a mismatch), naming a holder.
+    assert!(fx
+        .other
+        .try_acquire("catalog", LONG)
+        .await
+        .unwrap()
+        .is_none());
+    let err = fx.other.lock("catalog").acquire().await.unwrap_err();
+    assert!(
+        matches!(&err, LockError::Busy { name, holder: Some(_), .. } if name == "catalog"),
+        "{err:?}"
+    );
+    // Operators see each shared holder.
+    let info = fx.locks.list("catalog").await.unwrap();
+    assert_eq!(info.len(), 3, "{info:?}");
+    assert!(info.iter().all(|i| i.shared && i.permits == 0), "{info:?}");
+    assert!(fx.locks.inspect("catalog").await.unwrap().unwrap().shared);
+    // No fencing token, and the error says why.
+    let err = a.fencing_token().await.unwrap_err();
+    assert!(
+        matches!(&err, LockError::InvalidConfig { reason } if reason.contains("shared hold carries no fencing token")),
+        "{err:?}"
+    );
+    // Each on its own lease: the short one lapses alone, and is not renewed after.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(short.is_lost() && !a.is_lost() && !b.is_lost());
+    assert!(!short.extend(LONG).await.unwrap());
+    assert!(b.extend(LONG).await.unwrap());
+    // Released by its owner only; the writer gets in once the last one is gone.
+    assert!(a.release().await.unwrap());
+    assert!(fx
+        .other
+        .try_acquire("catalog", LONG)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(b.release().await.unwrap());
+    let writer = fx.other.try_acquire("catalog", LONG).await.unwrap();
+    let writer = writer.expect("free once the last shared hold is released");
+    assert!(writer.fencing_token().await.is_ok());
+    assert!(read(&fx.locks, LONG).try_acquire().await.unwrap().is_none());
+    let err = read(&fx.locks, LONG).acquire().await.unwrap_err();
+    assert!(matches!(&err, LockError::Busy { .. }), "{err:?}");
+    assert!(!fx.locks.inspect("catalog").await.unwrap().unwrap().shared);
+    assert!(writer.release().await.unwrap());
+    let again = read(&fx.locks, LONG).try_acquire().await.unwrap();
+    assert!(again.unwrap().release().await.unwrap());
+    assert!(fx.locks.inspect("catalog").await.unwrap().is_none());
+}
+
+/// A writer waiting on shared holds keeps new ones out (writers do not starve) and takes the
+/// lock when the last shared hold is released, long before their leases end; shared requests
+/// waiting on that writer get in when it releases.
+pub(crate) async fn a_waiting_writer_keeps_new_shared_holds_out_and_is_woken_by_the_last_release(
+    fx: Fixture,
+) {
+    let a = read(&fx.locks, LONG).try_acquire().await.unwrap().unwrap();
+    let b = read(&fx.other, LONG).try_acquire().await.unwrap().unwrap();
+    let writers = fx.other.clone();
+    let began = Instant::now();
+    let writer = tokio::spawn(async move {
+        let guard = writers
+            .lock("catalog")
+            .ttl(LONG)
+            .wait(LONG)
+            .acquire()
+            .await
+            .unwrap();
+        (guard, Instant::now())
+    });
+    // Once the writer waits, a new shared hold is refused although only shared holds hold.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match read(&fx.locks, LONG).try_acquire().await.unwrap() {
+            None => break,
+            Some(late) => {
+                assert!(late.release().await.unwrap());
+                assert!(
+                    Instant::now() < deadline,
+                    "the writer's wait never kept a reader out"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    // Shared requests that wait now queue behind the writer.
+    let readers = fx.locks.clone();
+    let reader = tokio::spawn(async move {
+        let guard = read(&readers, LONG).wait(LONG).acquire().await.unwrap();
+        (guard, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!writer.is_finished() && !reader.is_finished());
+    assert!(a.release().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!writer.is_finished(), "one shared hold is still live");
+    assert!(b.release().await.unwrap());
+    let (guard, taken) = writer.await.unwrap();
+    assert!(
+        taken - began < Duration::from_secs(20),
+        "the writer took the lock at the release, not at the shared leases' end ({:?})",
+        taken - began
+    );
+    assert!(
+        !reader.is_finished(),
+        "the waiting reader went before the writer"
+    );
+    let released = Instant::now();
+    assert!(guard.release().await.unwrap());
+    let (shared, taken) = reader.await.unwrap();
+    assert!(taken >= released && taken - released < Duration::from_secs(20));
+    assert!(shared.release().await.unwrap());
+}
+
+/// Shared holds are not permits: a shared request on a name held with permits(n), or the
+/// reverse, is refused at once with the mismatch.
+pub(crate) async fn shared_holds_and_permits_do_not_meet(fx: Fixture) {
+    if is_redlock(&fx.locks) {
+        return; // permits(n) are refused on Redlock outright
+    }
+    let r = read(&fx.locks, LONG).try_acquire().await.unwrap().unwrap();
+    let err = fx
+        .other
+        .lock("catalog")
+        .permits(3)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            LockError::PermitsMismatch {
+                held: 0,
+                requested: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("held by shared holds"), "{err}");
+    assert!(r.release().await.unwrap());
+    let p = fx.other.lock("catalog").permits(3).acquire().await.unwrap();
+    let err = read(&fx.locks, LONG)
+        .wait(LONG)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            LockError::PermitsMismatch {
+                held: 3,
+                requested: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("asked for a shared hold"), "{err}");
+    assert!(p.release().await.unwrap());
+    // Mixed options are refused before any I/O.
+    for request in [
+        read(&fx.locks, LONG).fair(true),
+        read(&fx.locks, LONG).permits(2),
+    ] {
+        let err = request.try_acquire().await.unwrap_err();
+        assert!(matches!(&err, LockError::InvalidConfig { .. }), "{err:?}");
+    }
 }

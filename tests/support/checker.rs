@@ -7,8 +7,9 @@
 //!
 //! ```text
 //! lock-checker --lock-url URL --resource-url URL --name NAME --iterations N
-//!              [--mode lock|canary|permits|permit-hold|leader|contend|stall] [--ttl-ms 1000]
-//!              [--wait-ms 10000] [--hold-ms 5] [--seed S] [--fair 0|1] [--permits N] [--bound B]
+//!              [--mode lock|canary|permits|permit-hold|rw|shared-hold|leader|contend|stall]
+//!              [--ttl-ms 1000] [--wait-ms 10000] [--hold-ms 5] [--seed S] [--fair 0|1]
+//!              [--permits N] [--bound B] [--writers-pct P] [--unlocked-writers 0|1]
 //! ```
 //!
 //! `canary` does the same work without the lock, to prove the checker sees violations.
@@ -16,7 +17,16 @@
 //! with an atomic counter on the resource, against the bound `--bound B` (default N): a run
 //! with N = B + 1 is the canary. It prints `PERMITS overlaps=.. most=..` (entries that found
 //! more than B inside, and the most inside at once). `permit-hold` takes one permit, prints
-//! `HOLDING`, and holds it with the watchdog until killed. `leader` campaigns in a leader
+//! `HOLDING`, and holds it with the watchdog until killed. `rw` is a reader or a writer each
+//! iteration (a writer `--writers-pct P` percent of the time, default 25): a reader takes a
+//! shared hold, a writer an exclusive one; inside, each counts itself in an atomic counter of
+//! its side on the resource and reads the other side's: a reader that sees a writer inside, or
+//! a writer that sees a reader or another writer, is a violation. Writers also do the lock
+//! mode's read-modify-write. With `--unlocked-writers 1` (the canary) writers take a shared
+//! hold too, so readers and writers meet. It prints `RW violations=.. most_readers=..
+//! reads=.. writes=..`. `shared-hold` takes a shared hold (`--fair 0`), or an exclusive one
+//! with `--writers-pct 100`, prints `HOLDING`, and holds it with the watchdog until killed.
+//! `leader` campaigns in a leader
 //! election (its manager never polls: `max_poll_interval` is a minute) and samples
 //! `is_leader()` every millisecond until its stdin closes: it prints
 //! `TERM-START a b` at the first sample of each term that said leader and `TERM-END a b` at
@@ -56,6 +66,8 @@ struct Args {
     fair: bool,
     permits: u32,
     bound: u64,
+    writers_pct: u64,
+    unlocked_writers: bool,
 }
 
 fn parse_args() -> Args {
@@ -81,6 +93,8 @@ fn parse_args() -> Args {
         fair: num("--fair", 0) == 1,
         permits: u32::try_from(num("--permits", 1)).expect("a u32"),
         bound: num("--bound", num("--permits", 1)),
+        writers_pct: num("--writers-pct", 25),
+        unlocked_writers: num("--unlocked-writers", 0) == 1,
     }
 }
 
@@ -261,6 +275,80 @@ async fn main() {
                 }
             }
             println!("PERMITS overlaps={overlaps} most={most}");
+        }
+        "rw" => {
+            let readers = format!("checker:{}:readers", args.name);
+            let writers = format!("checker:{}:writers", args.name);
+            let incr = |key: &str, by: i64| {
+                let mut conn = resource.conn.clone();
+                let key = key.to_owned();
+                async move {
+                    let n: i64 = redis::cmd("INCRBY")
+                        .arg(key)
+                        .arg(by)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    n
+                }
+            };
+            let (mut violations, mut most_readers, mut reads, mut writes) = (0u64, 0i64, 0, 0);
+            let mut done = 0;
+            while done < args.iterations {
+                let writer = rng.below(100) < args.writers_pct;
+                let guard = match locks
+                    .lock(&args.name)
+                    .shared(!writer || args.unlocked_writers)
+                    .ttl(args.ttl)
+                    .wait(args.wait)
+                    .auto_extend(true)
+                    .acquire()
+                    .await
+                {
+                    Ok(guard) => guard,
+                    Err(LockError::Timeout { .. } | LockError::Redis(_)) => {
+                        tally.errors += 1;
+                        continue;
+                    }
+                    Err(e) => panic!("{e}"),
+                };
+                done += 1;
+                tally.acquisitions += 1;
+                let hold = Duration::from_micros(rng.below(args.hold_ms * 1000));
+                if writer {
+                    writes += 1;
+                    let alone = incr(&writers, 1).await == 1 && incr(&readers, 0).await == 0;
+                    violations += u64::from(!alone);
+                    let seen = resource.get(&resource.counter).await;
+                    tokio::time::sleep(hold).await;
+                    resource.set(&resource.counter, seen + 1).await;
+                    incr(&writers, -1).await;
+                } else {
+                    reads += 1;
+                    most_readers = most_readers.max(incr(&readers, 1).await);
+                    violations += u64::from(incr(&writers, 0).await != 0);
+                    tokio::time::sleep(hold).await;
+                    incr(&readers, -1).await;
+                }
+                if guard.release().await.is_err() {
+                    tally.errors += 1;
+                }
+            }
+            println!(
+                "RW violations={violations} most_readers={most_readers} reads={reads} writes={writes}"
+            );
+        }
+        "shared-hold" => {
+            let _guard = locks
+                .lock(&args.name)
+                .shared(args.writers_pct < 100)
+                .ttl(args.ttl)
+                .auto_extend(true)
+                .acquire()
+                .await
+                .unwrap();
+            println!("HOLDING");
+            std::future::pending::<()>().await; // killed here
         }
         "permit-hold" => {
             let _guard = locks

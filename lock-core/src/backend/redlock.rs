@@ -591,7 +591,8 @@ impl Store for Redlock {
             let (answers, error) = self
                 .everywhere(Some(self.response_timeout), |node| node.peek(keys))
                 .await;
-            Ok(self.agreed(self.majority_or(answers, error)?.into_iter().flatten()))
+            let agreed = self.agreed(self.majority_or(answers, error)?.into_iter().flatten());
+            Ok(agreed.into_iter().next())
         })
     }
 
@@ -622,7 +623,10 @@ impl Store for Redlock {
             }
             Ok(by_key
                 .into_iter()
-                .filter_map(|(key, found)| Some((key, self.agreed(found)?)))
+                .flat_map(|(key, found)| {
+                    let agreed = self.agreed(found);
+                    agreed.into_iter().map(move |found| (key.clone(), found))
+                })
                 .collect())
         })
     }
@@ -689,9 +693,10 @@ impl Redlock {
         }))
     }
 
-    /// The lock as a majority of instances hold it (the same owner token, marks aside), with
-    /// the shortest remaining life among them; `None` when no token has a majority.
-    fn agreed(&self, found: impl IntoIterator<Item = Found>) -> Option<Found> {
+    /// The holds of a lock that a majority of instances agree on (the same owner token, marks
+    /// aside), each with the shortest remaining life among them, the earliest taken first: one
+    /// for an exclusive lock, one per shared holder; none when no token has a majority.
+    fn agreed(&self, found: impl IntoIterator<Item = Found>) -> Vec<Found> {
         let mut tokens: Vec<(String, Vec<Found>)> = Vec::new();
         for f in found {
             // The owner token, without a waiter's mark or a min_hold release's retirement.
@@ -702,12 +707,17 @@ impl Redlock {
                 None => tokens.push((token, vec![f])),
             }
         }
-        let (_, same) = tokens
+        let mut agreed: Vec<Found> = tokens
             .into_iter()
-            .find(|(_, same)| same.len() >= self.quorum)?;
-        let left = same.iter().map(|f| f.left).min().flatten();
-        let mut first = same.into_iter().next()?;
-        first.left = left;
-        Some(first)
+            .filter(|(_, same)| same.len() >= self.quorum)
+            .filter_map(|(_, same)| {
+                let left = same.iter().map(|f| f.left).min().flatten();
+                let mut first = same.into_iter().next()?;
+                first.left = left;
+                Some(first)
+            })
+            .collect();
+        super::taken_first(&mut agreed);
+        agreed
     }
 }

@@ -47,7 +47,7 @@ use super::keyspace::{Now, Value};
 use super::{Model, Reply};
 use crate::scripts::{
     ACQUIRE, EXTEND, FAIR, FENCE, FORCE, LEAVE, PERMIT_ACQUIRE, PERMIT_EXTEND, PERMIT_PEEK,
-    PERMIT_RELEASE, RELEASE,
+    PERMIT_RELEASE, RELEASE, SHARED_ACQUIRE,
 };
 
 /// How close to a deadline no step may run, in ms: larger than any step's clock difference,
@@ -171,7 +171,7 @@ impl Step {
         match self {
             Step::Command(args) if args[0] == "PTTL" => Left::Positive,
             Step::Eval { name, .. } => match *name {
-                "acquire" | "fair" | "permit_acquire" => Left::Negative,
+                "acquire" | "fair" | "permit_acquire" | "shared_acquire" => Left::Negative,
                 "permit_peek" => Left::PeekList,
                 _ => Left::None,
             },
@@ -187,7 +187,7 @@ enum Left {
     None,
     /// PTTL: a figure of 0 or more.
     Positive,
-    /// acquire, fair, permit_acquire: minus the figure.
+    /// acquire, fair, permit_acquire, shared_acquire: minus the figure.
     Negative,
     /// permit_peek: `{n, waited, token, left, token, left, ...}`.
     PeekList,
@@ -250,40 +250,56 @@ impl Names {
             r => r,
         };
         match kind {
-            0..=14 => Step::eval("acquire", ACQUIRE, &[lock], &[&token, &ttl, &mark, &tomb]),
+            0..=14 => Step::eval(
+                "acquire",
+                ACQUIRE.body,
+                &[lock],
+                &[&token, &ttl, &mark, &tomb],
+            ),
             15..=24 => {
                 let keep_ticket = rng.pick(&["30", "60000"]);
                 Step::eval(
                     "fair",
-                    FAIR,
+                    FAIR.body,
                     &[lock, &queue],
                     &[&token, &ttl, &ticket, keep_ticket, &mark, &tomb],
                 )
             }
-            25..=27 => Step::eval("leave", LEAVE, &[&queue, lock], &[&ticket, publish]),
+            25..=27 => Step::eval("leave", LEAVE.body, &[&queue, lock], &[&ticket, publish]),
             28..=37 => Step::eval(
                 "release",
-                RELEASE,
+                RELEASE.body,
                 &[lock],
                 &[&token, &keep, publish, &tomb],
             ),
-            38..=43 => Step::eval("extend", EXTEND, &[lock], &[&token, &ttl]),
-            44..=47 => Step::eval("fence", FENCE, &[lock, &fence], &[&token, "60000"]),
-            48..=49 => Step::eval("force", FORCE, &[lock, &fence], &["60000", publish]),
-            50..=59 => Step::eval(
+            38..=43 => Step::eval("extend", EXTEND.body, &[lock], &[&token, &ttl]),
+            44..=47 => Step::eval("fence", FENCE.body, &[lock, &fence], &[&token, "60000"]),
+            48..=49 => Step::eval("force", FORCE.body, &[lock, &fence], &["60000", publish]),
+            50..=55 => Step::eval(
                 "permit_acquire",
-                PERMIT_ACQUIRE,
+                PERMIT_ACQUIRE.body,
                 &[lock],
-                &[&token, &ttl, &n, &mark, &tomb],
+                &[&token, &ttl, &mark, &tomb, &n],
+            ),
+            56..=59 => Step::eval(
+                "shared_acquire",
+                SHARED_ACQUIRE.body,
+                &[lock],
+                &[&token, &ttl, &mark, &tomb],
             ),
             60..=64 => Step::eval(
                 "permit_release",
-                PERMIT_RELEASE,
+                PERMIT_RELEASE.body,
                 &[lock],
                 &[&token, &keep, publish, &tomb],
             ),
-            65..=67 => Step::eval("permit_extend", PERMIT_EXTEND, &[lock], &[&token, &ttl]),
-            68..=69 => Step::eval("permit_peek", PERMIT_PEEK, &[lock], &[]),
+            65..=67 => Step::eval(
+                "permit_extend",
+                PERMIT_EXTEND.body,
+                &[lock],
+                &[&token, &ttl],
+            ),
+            68..=69 => Step::eval("permit_peek", PERMIT_PEEK.body, &[lock], &[]),
             // The uncontended acquire and the operator's reads.
             70..=74 => Step::command(&["SET", lock, &token, "NX", "PX", &ttl]),
             75..=77 => Step::command(&["GET", lock]),

@@ -143,10 +143,10 @@ mod tests {
     #[ignore = "a measurement, not a check"]
     fn throughput() {
         let scripts = [
-            crate::scripts::ACQUIRE,
-            crate::scripts::EXTEND,
-            crate::scripts::FENCE,
-            crate::scripts::RELEASE,
+            crate::scripts::ACQUIRE.body,
+            crate::scripts::EXTEND.body,
+            crate::scripts::FENCE.body,
+            crate::scripts::RELEASE.body,
         ];
         let mut model = Model::new();
         let runs = 200_000u64;

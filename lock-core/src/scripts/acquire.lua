@@ -30,21 +30,18 @@ local function refused(reply)
 end
 local holder = redis.pcall('GET', KEYS[1])
 if type(holder) == 'table' then
-  -- Not a string. A hash is the key of a lock of permits(n), n > 1 (permit_acquire.lua):
-  -- refused while one of its permits is live, whatever this request's mark; taken over once
-  -- none is. Any other type is not a lock: left as it is.
-  local kind = redis.call('TYPE', KEYS[1]).ok
-  if kind ~= 'hash' then
-    return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a lock')
+  -- Not a string: a hash is the key of a lock whose holders share it (permits(n), or shared
+  -- holds; prelude/writer.lua). Refused while one of them is live, whatever this request's
+  -- mark (a waiting writer keeps new shared holds out meanwhile); taken over once none is.
+  -- Any other type is not a lock: left as it is.
+  local may, reply = writer_meets_hash(KEYS[1], now_ms(), tonumber(ARGV[2]), ARGV[3] == '1')
+  if may == 'error' then
+    return reply
+  elseif may == 'refuse' then
+    return refused(reply)
   end
-  local n = redis.call('HGET', KEYS[1], '#n')
-  if not n then
-    return redis.error_reply('WRONGTYPE the lock key holds a hash that is not a lock')
-  end
-  if latest_permit(redis.call('HGETALL', KEYS[1]), now_ms()) then
-    return refused(redis.error_reply('LOCKPERMITS ' .. n))
-  end
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  -- Marked at once when a waiter asked to be told (shared holds waiting for this writer).
+  redis.call('SET', KEYS[1], ARGV[1] .. (reply and '*' or ''), 'PX', ARGV[2])
   return 1
 end
 if holder == ARGV[1] or string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. '*' then

@@ -57,30 +57,20 @@ for i = 1, #line, 2 do
   end
 end
 local holder = redis.pcall('GET', KEYS[1])
+-- A waiter of another kind asked to be told when this lock is released (shared holds waiting
+-- on a hash this attempt takes over).
+local waited = false
 if type(holder) == 'table' then
-  -- Not a string. A hash is the key of a lock of permits(n), n > 1 (permit_acquire.lua):
-  -- refused while one of its permits is live; once none is, the lock is free (as in
-  -- acquire.lua). Any other type is not a lock: left as it is.
-  local kind = redis.call('TYPE', KEYS[1]).ok
-  if kind ~= 'hash' then
-    return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a lock')
+  -- Not a string: a hash of holders sharing the key (permits(n), or shared holds), refused
+  -- while one is live; once none is, the lock is free (as in acquire.lua). Any other type is
+  -- not a lock: left as it is.
+  local may, reply = writer_meets_hash(KEYS[1], now, tonumber(ARGV[2]), ARGV[5] == '1')
+  if may == 'error' then
+    return reply
+  elseif may == 'refuse' then
+    return refused(reply)
   end
-  local all = redis.call('HGETALL', KEYS[1])
-  local n, live = nil, false
-  for i = 1, #all, 2 do
-    local ends = tonumber(all[i + 1])
-    if all[i] == '#n' then
-      n = all[i + 1]
-    elseif all[i] ~= '#w' and ends and ends > now then
-      live = true
-    end
-  end
-  if not n then
-    return redis.error_reply('WRONGTYPE the lock key holds a hash that is not a lock')
-  end
-  if live then
-    return refused(redis.error_reply('LOCKPERMITS ' .. n))
-  end
+  waited = reply
   redis.call('DEL', KEYS[1])
   holder = false
 end
@@ -90,6 +80,8 @@ if ours or (not holder and (first == nil or first == ARGV[3])) then
     local value = ARGV[1]
     if waiting > 0 then
       value = value .. '*' .. after
+    elseif waited then
+      value = value .. '*'
     end
     redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
   elseif redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then

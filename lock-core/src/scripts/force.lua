@@ -5,12 +5,13 @@
 -- ARGV[1] how long the fence key outlives its last use, in milliseconds (as fence.lua)
 -- ARGV[2] 'PUBLISH', or 'SPUBLISH' on a Redis 7 cluster
 -- Returns the evicted value (the holder's token, maybe marked; for a lock of permits(n), the
--- token of one of its live holders: every permit is evicted), or false when it was free.
+-- token of one of its live holders: every one is evicted), or false when it was free.
 -- The fencing counter moves as fence.lua would move it for a new holder (prelude/fence.lua),
 -- so every token drawn before this one, including the evicted holder's, is below it.
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' then
-  -- A hash: a lock of permits(n) (permit_acquire.lua); all its permits go. Anything else
+  -- A hash: a lock of permits(n) or of shared holds (prelude/permits.lua); all its holders go
+  -- (and a writer's wait). Anything else
   -- (another type, a hash without '#n') is not a lock: left as it is.
   local kind = redis.call('TYPE', KEYS[1]).ok
   if kind ~= 'hash' or redis.call('HEXISTS', KEYS[1], '#n') == 0 then
@@ -21,7 +22,7 @@ if type(v) == 'table' then
   v = false
   for i = 1, #all, 2 do
     local ends = tonumber(all[i + 1])
-    if all[i] ~= '#n' and all[i] ~= '#w' and ends and ends > now then
+    if not is_meta(all[i]) and ends and ends > now then
       v = all[i]
       break
     end

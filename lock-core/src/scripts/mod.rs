@@ -18,40 +18,85 @@ macro_rules! script {
     };
 }
 
-/// Take a lock (contended, or on a client that re-sends).
-pub(crate) const ACQUIRE: &str = script!("acquire", "tomb", "token", "ms", "permits");
-/// A fair attempt: the lock when free and first in line, else a place in line.
-pub(crate) const FAIR: &str = script!("fair", "tomb", "token", "ms");
-/// A fair acquisition's ticket out of the line.
-pub(crate) const LEAVE: &str = script!("leave", "ms");
-/// Compare-and-delete.
-pub(crate) const RELEASE: &str = script!("release", "owner", "tomb");
-/// Compare-and-pexpire.
-pub(crate) const EXTEND: &str = script!("extend", "owner");
-/// A fencing token, while held.
-pub(crate) const FENCE: &str = script!("fence", "owner", "us", "fence");
-/// An operator's eviction.
-pub(crate) const FORCE: &str = script!("force", "ms", "us", "fence");
-/// Take one of `n` permits.
-pub(crate) const PERMIT_ACQUIRE: &str = script!("permit_acquire", "tomb", "ms");
-/// Give a permit back.
-pub(crate) const PERMIT_RELEASE: &str = script!("permit_release", "tomb", "ms", "permits");
-/// Renew a permit.
-pub(crate) const PERMIT_EXTEND: &str = script!("permit_extend", "ms", "permits");
-/// What an operator sees of a lock of permits.
-pub(crate) const PERMIT_PEEK: &str = script!("permit_peek", "ms");
+/// A script as lock-core sends it: its file's name, its body (prelude pieces first) and the
+/// SHA1 of the body, which `EVALSHA` names it by (computed once per process, on first use).
+pub(crate) struct Script {
+    pub(crate) name: &'static str,
+    pub(crate) body: &'static str,
+    sha1: std::sync::OnceLock<String>,
+}
 
-/// Every script by its file's name, for tests that send them to a server themselves.
-pub(crate) const ALL: [(&str, &str); 11] = [
-    ("acquire", ACQUIRE),
-    ("fair", FAIR),
-    ("leave", LEAVE),
-    ("release", RELEASE),
-    ("extend", EXTEND),
-    ("fence", FENCE),
-    ("force", FORCE),
-    ("permit_acquire", PERMIT_ACQUIRE),
-    ("permit_release", PERMIT_RELEASE),
-    ("permit_extend", PERMIT_EXTEND),
-    ("permit_peek", PERMIT_PEEK),
+impl Script {
+    const fn new(name: &'static str, body: &'static str) -> Self {
+        Self {
+            name,
+            body,
+            sha1: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The SHA1 of the body, in lowercase hex.
+    pub(crate) fn sha1(&self) -> &str {
+        self.sha1
+            .get_or_init(|| redis::Script::new(self.body).get_hash().to_owned())
+    }
+}
+
+/// Take a lock (contended, or on a client that re-sends).
+pub(crate) static ACQUIRE: Script = Script::new(
+    "acquire",
+    script!("acquire", "tomb", "token", "ms", "permits", "writer"),
+);
+/// A fair attempt: the lock when free and first in line, else a place in line.
+pub(crate) static FAIR: Script = Script::new(
+    "fair",
+    script!("fair", "tomb", "token", "ms", "permits", "writer"),
+);
+/// A fair acquisition's ticket out of the line.
+pub(crate) static LEAVE: Script = Script::new("leave", script!("leave", "ms"));
+/// Compare-and-delete.
+pub(crate) static RELEASE: Script = Script::new("release", script!("release", "owner", "tomb"));
+/// Compare-and-pexpire.
+pub(crate) static EXTEND: Script = Script::new("extend", script!("extend", "owner"));
+/// A fencing token, while held.
+pub(crate) static FENCE: Script = Script::new("fence", script!("fence", "owner", "us", "fence"));
+/// An operator's eviction.
+pub(crate) static FORCE: Script =
+    Script::new("force", script!("force", "ms", "us", "fence", "permits"));
+/// Take one of `n` permits.
+pub(crate) static PERMIT_ACQUIRE: Script = Script::new(
+    "permit_acquire",
+    script!("permit_acquire", "tomb", "ms", "permits"),
+);
+/// Give a permit (or a shared hold) back.
+pub(crate) static PERMIT_RELEASE: Script = Script::new(
+    "permit_release",
+    script!("permit_release", "tomb", "ms", "permits"),
+);
+/// Renew a permit (or a shared hold).
+pub(crate) static PERMIT_EXTEND: Script =
+    Script::new("permit_extend", script!("permit_extend", "ms", "permits"));
+/// What an operator sees of a lock of permits or of shared holds.
+pub(crate) static PERMIT_PEEK: Script =
+    Script::new("permit_peek", script!("permit_peek", "ms", "permits"));
+/// Take a shared (read) hold.
+pub(crate) static SHARED_ACQUIRE: Script = Script::new(
+    "shared_acquire",
+    script!("shared_acquire", "tomb", "token", "ms", "permits"),
+);
+
+/// Every script, for tests that send them to a server themselves.
+pub(crate) static ALL: [&Script; 12] = [
+    &ACQUIRE,
+    &FAIR,
+    &LEAVE,
+    &RELEASE,
+    &EXTEND,
+    &FENCE,
+    &FORCE,
+    &PERMIT_ACQUIRE,
+    &PERMIT_RELEASE,
+    &PERMIT_EXTEND,
+    &PERMIT_PEEK,
+    &SHARED_ACQUIRE,
 ];

@@ -1,20 +1,21 @@
 -- Take one of `n` permits of a lock (`permits(n)`, n > 1); when all are taken, optionally mark
 -- the lock so that the next permit given back is published.
--- KEYS[1] lock key  <prefix>{<name>}: a hash. '#n' -> n; '#w' -> '1' while a waiter waits; and
---                   per permit, the holder's token -> the server time (ms) its lease ends.
+-- KEYS[1] lock key  <prefix>{<name>}: a hash (prelude/permits.lua). '#n' -> n; '#w' -> '1'
+--                   while a waiter waits; and per permit, the holder's token -> the server
+--                   time (ms) its lease ends.
 -- ARGV[1] a fresh owner token: this attempt's alone
 -- ARGV[2] lease in milliseconds
--- ARGV[3] n
--- ARGV[4] '1' to mark the lock when no permit is free (a waiter that subscribed), else '0'
--- ARGV[5] '1' from a client that re-sends: the attempt has a tomb (see acquire.lua)
+-- ARGV[3] '1' to mark the lock when no permit is free (a waiter that subscribed), else '0'
+-- ARGV[4] '1' from a client that re-sends: the attempt has a tomb (see acquire.lua)
+-- ARGV[5] n
 -- Returns 1 when a permit is ours: taken now, or by another copy of this same attempt (whose
 -- end it never brings earlier, as acquire.lua). When all n are held, minus the
 -- milliseconds until the first of their leases ends (a crashed holder publishes nothing).
 -- An error reply 'LOCKPERMITS <m>' when the live holders use m permits, not n (a plain lock:
--- m = 1): the bound holds only if every holder counts to the same n.
+-- m = 1; shared holds: m = 0): the bound holds only if every holder counts to the same n.
 -- The key lives at least as long as its longest permit: a grant or renewal only moves its expiry
 -- later (permit_release.lua brings it down to the longest live permit).
-local tomb = tomb_of(ARGV[5])
+local tomb = tomb_of(ARGV[4])
 if buried(tomb) then
   return 0
 end
@@ -28,7 +29,7 @@ if kind == 'string' then
   return refused(redis.error_reply('LOCKPERMITS 1'))
 end
 local now = now_ms()
-local n = tonumber(ARGV[3])
+local n = tonumber(ARGV[5])
 local ttl = tonumber(ARGV[2])
 if kind == 'hash' and redis.call('HEXISTS', KEYS[1], '#n') == 0 then
   -- Not one of ours: left as it is.
@@ -41,7 +42,7 @@ if kind == 'hash' then
     local field, value = all[i], all[i + 1]
     if field == '#n' then
       held_n = tonumber(value)
-    elseif field ~= '#w' then
+    elseif not is_meta(field) then
       local ends = tonumber(value) or 0
       if ends <= now then
         redis.call('HDEL', KEYS[1], field)
@@ -58,8 +59,12 @@ if kind == 'hash' then
 elseif kind ~= 'none' then
   return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a lock')
 end
-if held_n and held_n ~= n and (live > 0 or mine) then
-  return refused(redis.error_reply('LOCKPERMITS ' .. held_n))
+if held_n and held_n ~= n then
+  if live > 0 or mine then
+    return refused(redis.error_reply('LOCKPERMITS ' .. held_n))
+  end
+  -- Nobody holds it: a fresh hash, without the marks of another kind's waiters.
+  redis.call('DEL', KEYS[1])
 end
 if mine or live < n then
   -- Another copy of this attempt granted it already: its end only moves later (the guard may
@@ -70,7 +75,7 @@ if mine or live < n then
   end
   return 1
 end
-if ARGV[4] == '1' then
+if ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], '#w', '1')
 end
 return refused(-math.max(soonest - now, 1))

@@ -1,5 +1,5 @@
--- Renew a permit's lease, but only if it is still ours (`permits(n)`, n > 1; see
--- permit_acquire.lua for the hash).
+-- Renew a permit's or a shared hold's lease, but only if it is still ours (`permits(n)`,
+-- n > 1, or shared holds: prelude/permits.lua for the hash).
 -- KEYS[1] lock key
 -- ARGV[1] owner token
 -- ARGV[2] new lease in milliseconds, counted from now
@@ -18,10 +18,9 @@ if tonumber(ends) <= now then
 end
 local ttl = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], now + ttl)
--- The key lives as long as its longest live permit, no longer: an extend to a shorter lease
--- brings it down too, or the hash would outlive every permit and keep a plain lock of the
--- name out while nobody holds it. At an absolute time on the clock the ends were written
--- with, one millisecond more as the ends are floored (see permit_release.lua).
-local latest = math.max(now + ttl, latest_permit(redis.call('HGETALL', KEYS[1]), now) or 0)
-redis.call('PEXPIREAT', KEYS[1], latest + 1)
+-- The key lives as long as its longest live permit (or a writer's wait), no longer: an extend
+-- to a shorter lease brings it down too, or the hash would outlive every permit and keep a
+-- plain lock of the name out while nobody holds it.
+local latest = math.max(now + ttl, hash_end(redis.call('HGETALL', KEYS[1]), now) or 0)
+expire_at(KEYS[1], latest)
 return 1

@@ -1,4 +1,5 @@
--- What an operator sees of a lock of `permits(n)`, n > 1 (see permit_acquire.lua): read only.
+-- What an operator sees of a lock of `permits(n)`, n > 1, or of shared holds (n = 0; see
+-- prelude/permits.lua): read only.
 -- KEYS[1] lock key
 -- Returns {n, waited ('1' or '0'), token, milliseconds left, token, milliseconds left, ...} for
 -- the live permits, or an empty list when the key is not such a lock (a hash without '#n').
@@ -6,7 +7,7 @@ if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then
   return {}
 end
 local now = now_ms()
-local out = {'0', '0'}
+local out = {false, '0'}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local field, value = all[i], all[i + 1]
@@ -14,7 +15,7 @@ for i = 1, #all, 2 do
     out[1] = value
   elseif field == '#w' then
     out[2] = '1'
-  else
+  elseif not is_meta(field) then
     local ends = tonumber(value)
     if ends and ends > now then
       out[#out + 1] = field
@@ -22,7 +23,7 @@ for i = 1, #all, 2 do
     end
   end
 end
-if out[1] == '0' then
+if not out[1] then
   -- No '#n': a hash of something else.
   return {}
 end

@@ -1,5 +1,5 @@
--- Give a permit back, but only if it is still ours (`permits(n)`, n > 1; see
--- permit_acquire.lua for the hash).
+-- Give a permit or a shared hold back, but only if it is still ours (`permits(n)`, n > 1, or
+-- shared holds: prelude/permits.lua for the hash).
 -- KEYS[1] lock key
 -- ARGV[1] owner token
 -- ARGV[2] milliseconds the permit must still be held (min_hold); 0 gives it back now
@@ -9,8 +9,10 @@
 -- Returns 1 when our lease ended here, 0 when it had expired or is not there.
 -- When a waiter marked the lock ('#w'), the freed permit is published on the channel named
 -- like the key (an empty message: every waiter may take it) and the mark is cleared; waiters
--- still refused mark it again. The key's expiry is brought down to the end of the longest
--- live permit left, and the last permit out deletes it.
+-- still refused mark it again. Shared holds free nobody but with the last of them, which is
+-- published when a waiter marked the lock or a writer waits ('#x'). The key's expiry is
+-- brought down to the end of the longest live permit left (or of a writer's wait), and the
+-- last permit out deletes it.
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then
   return 0
 end
@@ -29,18 +31,23 @@ if keep > 0 then
   -- Held on until the end of the minimum hold (never longer), under a retired token ('~') that
   -- no extend still in flight can find.
   redis.call('HSET', KEYS[1], ARGV[1] .. '~', math.min(tonumber(ends), now + keep))
-elseif redis.call('HDEL', KEYS[1], '#w') == 1 then
-  redis.call(ARGV[3] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH', KEYS[1], '')
 end
--- The key lives as long as its longest live permit, no longer: a lock whose holders are all
--- gone is free at once for a request of any n.
-local latest = latest_permit(redis.call('HGETALL', KEYS[1]), now)
+local all = redis.call('HGETALL', KEYS[1])
+if keep == 0 then
+  local shared = redis.call('HGET', KEYS[1], '#n') == '0'
+  if not shared or not latest_permit(all, now) then
+    local writer = shared and writer_waits(all, now)
+    if redis.call('HDEL', KEYS[1], '#w') == 1 or writer then
+      redis.call(ARGV[3] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH', KEYS[1], '')
+    end
+  end
+end
+-- The key lives as long as its longest live permit (or a writer's wait), no longer: a lock
+-- whose holders are all gone is free at once for a request of any kind.
+local latest = hash_end(all, now)
 if latest == nil then
   redis.call('DEL', KEYS[1])
 else
-  -- At an absolute time, on the clock the permit ends were written with (TIME): a relative
-  -- PEXPIRE would count from the script's start, which TIME may have left behind. One
-  -- millisecond more: the ends are floored to the millisecond.
-  redis.call('PEXPIREAT', KEYS[1], latest + 1)
+  expire_at(KEYS[1], latest)
 end
 return 1

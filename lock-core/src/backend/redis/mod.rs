@@ -21,12 +21,12 @@ mod operate;
 mod replicas;
 mod scripts;
 
+use crate::scripts::{FENCE, FORCE, LEAVE};
 pub(crate) use connect::Endpoint;
 use connect::{Conn, Source};
 pub(crate) use replicas::MinReplicas;
 use replicas::Replicated;
 pub(crate) use scripts::FENCE_KEEP;
-use scripts::*;
 
 pub(crate) struct RedisNode {
     conn: Conn,
@@ -97,50 +97,11 @@ impl Node for RedisNode {
             let ttl_ms = millis_ceil(ttl);
             let mark_arg = if mark { "1" } else { "0" };
             let tomb = tomb_arg(self.resends());
-            if keys.kind.counted() {
-                let reply: i64 = self
-                    .eval_replicated(
-                        keys,
-                        &PERMIT_ACQUIRE,
-                        |cmd| {
-                            cmd.arg(1)
-                                .arg(&keys.lock)
-                                .arg(token)
-                                .arg(ttl_ms)
-                                .arg(keys.kind.permits())
-                                .arg(mark_arg)
-                                .arg(tomb);
-                        },
-                        granted,
-                    )
-                    .await?;
-                return Ok(taken(reply));
-            }
-            if let Some(ticket) = ticket {
-                let reply: i64 = self
-                    .eval_replicated(
-                        keys,
-                        &FAIR,
-                        |cmd| {
-                            cmd.arg(2)
-                                .arg(&keys.lock)
-                                .arg(keys.queue())
-                                .arg(token)
-                                .arg(ttl_ms)
-                                .arg(ticket.id)
-                                .arg(millis_ceil(ticket.keep))
-                                .arg(mark_arg)
-                                .arg(tomb);
-                        },
-                        granted,
-                    )
-                    .await?;
-                return Ok(taken(reply));
-            }
+            let scripts = keys.kind.scripts();
             // A plain SET NX cannot tell our own key from another's. That is enough where the
             // client never re-sends (one server); the cluster client re-sends after I/O errors,
             // so there, a copy of this attempt may already have set the key: the script says so.
-            if !mark && !self.resends() {
+            if scripts.set_nx && !mark && !self.resends() {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(&keys.lock)
                     .arg(token)
@@ -158,14 +119,24 @@ impl Node for RedisNode {
             let reply: i64 = self
                 .eval_replicated(
                     keys,
-                    &ACQUIRE,
+                    scripts.acquire,
                     |cmd| {
-                        cmd.arg(1)
-                            .arg(&keys.lock)
-                            .arg(token)
-                            .arg(ttl_ms)
-                            .arg(mark_arg)
-                            .arg(tomb);
+                        match ticket {
+                            // fair.lua: the line too, and the ticket.
+                            Some(ticket) => cmd
+                                .arg(2)
+                                .arg(&keys.lock)
+                                .arg(keys.queue())
+                                .arg(token)
+                                .arg(ttl_ms)
+                                .arg(ticket.id)
+                                .arg(millis_ceil(ticket.keep)),
+                            None => cmd.arg(1).arg(&keys.lock).arg(token).arg(ttl_ms),
+                        };
+                        cmd.arg(mark_arg).arg(tomb);
+                        if let Some(bound) = scripts.bound {
+                            cmd.arg(bound);
+                        }
                     },
                     granted,
                 )
@@ -199,11 +170,7 @@ impl Node for RedisNode {
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let publish = if self.sharded { "SPUBLISH" } else { "PUBLISH" };
-            let script = if keys.kind.counted() {
-                &PERMIT_RELEASE
-            } else {
-                &RELEASE
-            };
+            let script = keys.kind.scripts().release;
             let tomb = tomb_arg(self.resends());
             let released: i64 = self
                 .eval(script, |cmd| {
@@ -226,11 +193,7 @@ impl Node for RedisNode {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let script = if keys.kind.counted() {
-                &PERMIT_EXTEND
-            } else {
-                &EXTEND
-            };
+            let script = keys.kind.scripts().extend;
             let extended: i64 = self
                 .eval_replicated(
                     keys,

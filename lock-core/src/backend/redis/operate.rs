@@ -10,9 +10,9 @@ use redis::{Cmd, FromRedisValue, Value};
 #[cfg(feature = "cluster")]
 use super::connect::Conn;
 use super::connect::{address, Request, Source};
-use super::scripts::PERMIT_PEEK;
 use super::RedisNode;
 use crate::backend::Found;
+use crate::scripts::PERMIT_PEEK;
 use crate::{LockError, Result};
 
 /// Keys asked for per `SCAN` call, and peeked at per round trip, by `list`.

@@ -1,6 +1,6 @@
-//! The lock scripts, each sent by its SHA1 (`EVALSHA`), with its body after `NOSCRIPT`.
+//! Running the lock scripts (`crate::scripts`): each sent by its SHA1 (`EVALSHA`), with its
+//! body after `NOSCRIPT`.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind};
@@ -9,48 +9,11 @@ use super::connect::Conn;
 use super::replicas::{check_acked, send_waited, MinReplicas};
 use super::RedisNode;
 use crate::keys::LockKeys;
+use crate::scripts::Script;
 use crate::Result;
 
 /// How long a fence key outlives its last use (the `PX` that fence.lua sets).
 pub(crate) const FENCE_KEEP: Duration = Duration::from_secs(24 * 3600);
-
-/// A Lua script with its SHA1, computed once per process.
-pub(super) struct LuaScript {
-    body: &'static str,
-    sha1: String,
-}
-
-impl LuaScript {
-    fn new(body: &'static str) -> Self {
-        Self {
-            body,
-            sha1: redis::Script::new(body).get_hash().to_owned(),
-        }
-    }
-}
-
-pub(super) static ACQUIRE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(crate::scripts::ACQUIRE));
-pub(super) static FAIR: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(crate::scripts::FAIR));
-pub(super) static LEAVE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(crate::scripts::LEAVE));
-pub(super) static RELEASE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(crate::scripts::RELEASE));
-pub(super) static EXTEND: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(crate::scripts::EXTEND));
-pub(super) static FENCE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(crate::scripts::FENCE));
-pub(super) static FORCE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(crate::scripts::FORCE));
-pub(super) static PERMIT_ACQUIRE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(crate::scripts::PERMIT_ACQUIRE));
-pub(super) static PERMIT_RELEASE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(crate::scripts::PERMIT_RELEASE));
-pub(super) static PERMIT_EXTEND: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(crate::scripts::PERMIT_EXTEND));
-pub(super) static PERMIT_PEEK: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(crate::scripts::PERMIT_PEEK));
 
 impl RedisNode {
     /// `EVALSHA`, one round trip while the server has the script cached. After `NOSCRIPT`
@@ -58,7 +21,7 @@ impl RedisNode {
     /// which runs the script and caches it again: still no separate `SCRIPT LOAD`.
     pub(super) async fn eval<T: FromRedisValue>(
         &self,
-        script: &LuaScript,
+        script: &Script,
         args: impl Fn(&mut Cmd),
     ) -> Result<T> {
         Ok(run_script(&self.conn, script, args, None).await?.0)
@@ -72,7 +35,7 @@ impl RedisNode {
     pub(super) async fn eval_replicated<T: FromRedisValue>(
         &self,
         keys: &LockKeys,
-        script: &LuaScript,
+        script: &Script,
         args: impl Fn(&mut Cmd),
         applied: impl Fn(&T) -> bool,
     ) -> Result<T> {
@@ -91,7 +54,7 @@ impl RedisNode {
 /// is given: its reply, and how many replicas acknowledged it (0 without `wait`).
 pub(super) async fn run_script<T: FromRedisValue>(
     conn: &Conn,
-    script: &LuaScript,
+    script: &Script,
     args: impl Fn(&mut Cmd),
     wait: Option<MinReplicas>,
 ) -> Result<(T, usize)> {
@@ -101,7 +64,7 @@ pub(super) async fn run_script<T: FromRedisValue>(
         args(&mut cmd);
         cmd
     };
-    match send_waited(conn, &command("EVALSHA", &script.sha1), wait).await {
+    match send_waited(conn, &command("EVALSHA", script.sha1()), wait).await {
         Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
             Ok(send_waited(conn, &command("EVAL", script.body), wait).await?)
         }
