@@ -44,6 +44,84 @@ async fn body_never_runs_twice_at_once_across_concurrent_calls() {
     assert_eq!(counter.load(Ordering::SeqCst), 24);
 }
 
+/// Readers and writers of one catalog: `inside` counts the readers in their body, `writing`
+/// is set while the writer is in its own.
+struct Catalog {
+    inside: AtomicU32,
+    most: AtomicU32,
+    writing: AtomicBool,
+    writes: AtomicU32,
+}
+
+#[distributed_lock(key = "catalog:{id}", ttl = "10s", wait = "20s", shared = true, manager = locks)]
+async fn read_catalog(locks: &LockManager, id: u32, catalog: &Catalog) -> Result<(), JobError> {
+    let now = catalog.inside.fetch_add(1, Ordering::SeqCst) + 1;
+    catalog.most.fetch_max(now, Ordering::SeqCst);
+    assert!(
+        !catalog.writing.load(Ordering::SeqCst),
+        "read during a write"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !catalog.writing.load(Ordering::SeqCst),
+        "read during a write"
+    );
+    catalog.inside.fetch_sub(1, Ordering::SeqCst);
+    Ok(())
+}
+
+#[distributed_lock(key = "catalog:{id}", ttl = "10s", wait = "20s", manager = locks)]
+async fn write_catalog(locks: &LockManager, id: u32, catalog: &Catalog) -> Result<(), JobError> {
+    assert!(!catalog.writing.swap(true, Ordering::SeqCst), "two writers");
+    assert_eq!(
+        catalog.inside.load(Ordering::SeqCst),
+        0,
+        "write during a read"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        catalog.inside.load(Ordering::SeqCst),
+        0,
+        "write during a read"
+    );
+    catalog.writes.fetch_add(1, Ordering::SeqCst);
+    catalog.writing.store(false, Ordering::SeqCst);
+    Ok(())
+}
+
+/// `shared = true`: calls of the reader run together, never with the writer (the same key
+/// without `shared`), which still gets its turns among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_true_reads_together_and_never_with_a_write() {
+    let (_server, locks) = server_and_manager().await;
+    let catalog = Arc::new(Catalog {
+        inside: AtomicU32::new(0),
+        most: AtomicU32::new(0),
+        writing: AtomicBool::new(false),
+        writes: AtomicU32::new(0),
+    });
+    let mut calls = Vec::new();
+    for i in 0..24 {
+        let (locks, catalog) = (locks.clone(), catalog.clone());
+        calls.push(tokio::spawn(async move {
+            if i % 6 == 5 {
+                write_catalog(&locks, 7, &catalog).await
+            } else {
+                read_catalog(&locks, 7, &catalog).await
+            }
+        }));
+    }
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(catalog.writes.load(Ordering::SeqCst), 4);
+    assert!(
+        catalog.most.load(Ordering::SeqCst) >= 2,
+        "shared holds ran together"
+    );
+    assert!(locks.inspect("catalog:7").await.unwrap().is_none());
+}
+
 #[distributed_lock(key = "fair-count", ttl = "10s", wait = "20s", fair = true, manager = locks)]
 async fn count_in_turn(
     locks: &LockManager,

@@ -48,6 +48,7 @@ pub(crate) struct Args {
     pub(crate) on_busy: Option<Arg<OnBusy>>,
     pub(crate) auto_extend: Option<Arg<LitBool>>,
     pub(crate) fair: Option<Arg<LitBool>>,
+    pub(crate) shared: Option<Arg<LitBool>>,
     pub(crate) reentrant: Option<Arg<LitBool>>,
     /// `permits = 3`: the value, checked to be at least 1, and its literal.
     pub(crate) permits: Option<Arg<(u32, LitInt)>>,
@@ -65,7 +66,7 @@ pub(crate) struct Args {
 }
 
 /// The known argument names, for "did you mean".
-const KNOWN: [&str; 14] = [
+const KNOWN: [&str; 15] = [
     "key",
     "ttl",
     "wait",
@@ -75,6 +76,7 @@ const KNOWN: [&str; 14] = [
     "min_hold",
     "max_hold",
     "fair",
+    "shared",
     "reentrant",
     "permits",
     "manager",
@@ -108,7 +110,7 @@ fn did_you_mean(name: &str) -> Option<&'static str> {
         .map(|(_, known)| known)
 }
 
-pub(crate) const NAMES: &str = "`key`, `ttl`, `wait`, `on_busy`, `auto_extend`, `on_lost`, `min_hold`, `max_hold`, `fair`, `reentrant`, `permits`, `manager`, `guard`, `crate`";
+pub(crate) const NAMES: &str = "`key`, `ttl`, `wait`, `on_busy`, `auto_extend`, `on_lost`, `min_hold`, `max_hold`, `fair`, `shared`, `reentrant`, `permits`, `manager`, `guard`, `crate`";
 
 /// Adds `error` to `errors`.
 pub(crate) fn push(errors: &mut Option<syn::Error>, error: syn::Error) {
@@ -276,6 +278,15 @@ pub(crate) fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
                 other => push(
                     e,
                     syn::Error::new_spanned(other, "`fair` takes `true` or `false`"),
+                ),
+            },
+            "shared" => match value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Bool(b), ..
+                }) => store(&mut args.shared, name, b, e),
+                other => push(
+                    e,
+                    syn::Error::new_spanned(other, "`shared` takes `true` or `false`"),
                 ),
             },
             "reentrant" => match value {

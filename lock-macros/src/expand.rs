@@ -467,6 +467,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
     });
     let auto_extend = config.auto_extend;
     let fair = config.fair;
+    let shared = config.shared.then(|| quote!(.shared(true)));
     let reentrant = config.reentrant;
     let permits = config.permits.map(|n| quote!(.permits(#n)));
     let skip_if_busy = config.skip.is_some();
@@ -525,6 +526,7 @@ fn rewrite(mut item: ItemFn, config: &Config) -> ItemFn {
                 .auto_extend(#auto_extend)
                 .fair(#fair)
                 .reentrant(#reentrant)
+                #shared
                 #permits
                 #min_hold
                 #max_hold

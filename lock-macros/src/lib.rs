@@ -86,6 +86,10 @@ mod valid;
 ///   hold the lock forever: `max_hold = "1h"`.
 /// - `fair`: serve waiters in arrival order, across processes (see `LockRequest::fair`):
 ///   `fair = true`.
+/// - `shared`: a shared (read) hold: any number of calls hold the name at once, and none while
+///   an exclusive holder (the same key without `shared`: a writer) holds it; a waiting writer
+///   keeps new shared holds out, so writers do not starve (see `LockRequest::shared`):
+///   `shared = true`. Not with `fair = true` nor `permits`.
 /// - `reentrant`: a call made from inside another annotated body holding the same lock, in the
 ///   same task, reuses that hold (no command; it releases nothing): `reentrant = true`. A task
 ///   spawned from the body is another owner. `lock_core::held(name)` tells a body whether its

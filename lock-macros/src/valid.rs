@@ -86,6 +86,7 @@ pub(crate) struct Config {
     pub(crate) auto_extend: bool,
     pub(crate) abort_on_lost: bool,
     pub(crate) fair: bool,
+    pub(crate) shared: bool,
     pub(crate) reentrant: bool,
     /// `permits = n`, when given (1 is the lock itself).
     pub(crate) permits: Option<u32>,
@@ -418,6 +419,29 @@ pub(crate) fn check(
             );
         }
     }
+    if let Some(shared) = args.shared.as_ref().filter(|a| a.value.value) {
+        if fair.is_some() {
+            push(
+                e,
+                syn::Error::new(
+                    shared.name.span(),
+                    "`shared = true` holds do not wait for one another, so they cannot be served in line: remove `fair = true` or `shared = true`",
+                ),
+            );
+        }
+        if let Some(permits) = args.permits.as_ref().filter(|p| p.value.0 > 1) {
+            push(
+                e,
+                syn::Error::new(
+                    shared.name.span(),
+                    format!(
+                        "`shared = true` admits any number of holders; it cannot be combined with `permits = {}`: remove one",
+                        permits.value.0
+                    ),
+                ),
+            );
+        }
+    }
     let auto_extend = args.auto_extend.as_ref().is_some_and(|a| a.value.value);
     requires_auto_extend(&args.on_lost, auto_extend, e);
     requires_auto_extend(&args.max_hold, auto_extend, e);
@@ -455,6 +479,7 @@ pub(crate) fn check(
         auto_extend,
         abort_on_lost: auto_extend && on_lost == OnLost::Abort,
         fair: args.fair.as_ref().is_some_and(|a| a.value.value),
+        shared: args.shared.as_ref().is_some_and(|a| a.value.value),
         reentrant: args.reentrant.as_ref().is_some_and(|a| a.value.value),
         permits: args.permits.as_ref().map(|a| a.value.0),
         min_hold_ms: min_hold.map(|(ms, _)| ms),
