@@ -112,6 +112,218 @@ fn permits_across_six_processes_never_exceed_n_and_the_canary_does() {
     );
 }
 
+/// What `rw` workers saw together: entries, violations, most readers inside at once, reads,
+/// writes.
+struct RwRun {
+    acquisitions: u64,
+    violations: u64,
+    most_readers: u64,
+    reads: u64,
+    writes: u64,
+}
+
+/// Runs `workers` `rw` workers of `iterations` each on `name`; with `unlocked_writers` (the
+/// canary), writers take shared holds too.
+fn run_rw_workers(
+    lock: &RedisServer,
+    resource: &RedisServer,
+    name: &str,
+    workers: u64,
+    iterations: u64,
+    unlocked_writers: bool,
+) -> RwRun {
+    let children: Vec<Child> = (0..workers)
+        .map(|_| {
+            checker(lock, resource, name, "rw")
+                .args(["--iterations", &iterations.to_string()])
+                .args(["--writers-pct", "25", "--hold-ms", "3"])
+                .args(["--ttl-ms", "2000", "--wait-ms", "30000"])
+                .args([
+                    "--unlocked-writers",
+                    if unlocked_writers { "1" } else { "0" },
+                ])
+                .spawn()
+                .expect("start lock-checker")
+        })
+        .collect();
+    let mut run = RwRun {
+        acquisitions: 0,
+        violations: 0,
+        most_readers: 0,
+        reads: 0,
+        writes: 0,
+    };
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "an rw worker failed: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        run.acquisitions += field(&text, "RESULT ", "acquisitions");
+        run.violations += field(&text, "RW ", "violations");
+        run.most_readers = run.most_readers.max(field(&text, "RW ", "most_readers"));
+        run.reads += field(&text, "RW ", "reads");
+        run.writes += field(&text, "RW ", "writes");
+    }
+    run
+}
+
+/// Six processes, each a reader (shared hold) or a writer (exclusive) at random: no reader
+/// ever sees a writer inside and no writer sees anyone, while readers do share; the writers'
+/// non-atomic read-modify-write of a counter loses no update. The same workers whose writers
+/// take shared holds too (the canary) see readers and writers meet.
+#[test]
+fn shared_holds_across_six_processes_never_meet_a_writer_and_the_canary_does() {
+    let lock = RedisServer::start();
+    let resource = RedisServer::start();
+    let began = std::time::Instant::now();
+    let run = run_rw_workers(&lock, &resource, "catalog", 6, 300, false);
+    let took = began.elapsed();
+    assert_eq!(run.acquisitions, 1800);
+    assert_eq!(run.violations, 0, "a reader met a writer, or writers met");
+    assert!(run.most_readers >= 2, "shared holds never overlapped");
+    assert!(run.writes > 0 && run.reads > 0);
+    let counter: Option<u64> = resource.query(redis::cmd("GET").arg("checker:catalog:counter"));
+    assert_eq!(counter, Some(run.writes), "a write was lost");
+    let canary = run_rw_workers(&lock, &resource, "canary", 6, 100, true);
+    assert!(
+        canary.violations > 0,
+        "the canary (writers on shared holds) must see readers and writers meet"
+    );
+    report(
+        "shared holds across 6 processes",
+        &format!(
+            "{} entries ({} reads, {} writes) in {:.1} s, up to {} readers at once, 0 violations, counter = writes; canary: {} violations in {} entries",
+            run.acquisitions,
+            run.reads,
+            run.writes,
+            took.as_secs_f64(),
+            run.most_readers,
+            canary.violations,
+            canary.acquisitions
+        ),
+    );
+    assert!(lock.lock_keys().is_empty(), "{:?}", lock.lock_keys());
+}
+
+/// Four readers whose shared holds overlap without a gap (a reader is always inside) cannot
+/// starve a writer: once it waits, new shared holds wait behind it, and it takes the lock when
+/// the holds live at its arrival end. Then the readers go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_is_not_starved_by_a_stream_of_overlapping_readers() {
+    let lock = RedisServer::start();
+    let locks = LockManager::connect(&lock.url()).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..4u64)
+        .map(|i| {
+            let (locks, stop, reads) = (locks.clone(), stop.clone(), reads.clone());
+            tokio::spawn(async move {
+                // Staggered, so that their holds overlap: some reader is always inside.
+                tokio::time::sleep(Duration::from_millis(25 * i)).await;
+                while !stop.load(Ordering::SeqCst) {
+                    let guard = locks
+                        .lock("catalog")
+                        .shared(true)
+                        .ttl(Duration::from_secs(5))
+                        .wait(LONG)
+                        .acquire()
+                        .await
+                        .unwrap();
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    assert!(guard.release().await.unwrap());
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (asked, reads_before) = (Instant::now(), reads.load(Ordering::SeqCst));
+    let writer = locks
+        .lock("catalog")
+        .ttl(LONG)
+        .wait(Duration::from_secs(20))
+        .acquire()
+        .await
+        .expect("the writer gets in among a stream of readers");
+    let waited = asked.elapsed();
+    let reads_during = reads.load(Ordering::SeqCst) - reads_before;
+    assert!(writer.release().await.unwrap());
+    // The readers go on after the write.
+    let after = reads.load(Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(10), || reads.load(Ordering::SeqCst)
+            > after + 4)
+        .await
+    );
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        r.await.unwrap();
+    }
+    report(
+        "writer among a stream of readers",
+        &format!(
+            "4 readers holding 100 ms each, overlapping: the writer waited {} ms; {reads_during} shared holds were granted while it waited (those already asked for)",
+            waited.as_millis()
+        ),
+    );
+}
+
+/// A reader killed with kill -9 keeps the name from writers until its lease ends, and not
+/// longer; so does a killed writer from readers. Nothing is left after.
+#[tokio::test]
+async fn killed_shared_holders_and_writers_free_the_name_at_their_lease_end() {
+    let lock = RedisServer::start();
+    let locks = LockManager::connect(&lock.url()).await.unwrap();
+    for writer_killed in [false, true] {
+        let mut holder = checker(&lock, &lock, "catalog", "shared-hold")
+            .args(["--ttl-ms", "1500"])
+            .args(["--writers-pct", if writer_killed { "100" } else { "0" }])
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(holder.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "HOLDING");
+        // The watchdog renews a few times; kill it right after a renewal would be due.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let theirs = locks.inspect("catalog").await.unwrap().expect("held");
+        assert_eq!(theirs.shared, !writer_killed);
+        let left_at_kill = theirs.remaining.expect("a lease");
+        let killed = Instant::now();
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        let taken = locks
+            .lock("catalog")
+            .shared(writer_killed)
+            .wait(Duration::from_secs(10))
+            .acquire()
+            .await
+            .expect("the name frees at the killed holder's lease end");
+        let after = killed.elapsed();
+        assert!(
+            after + Duration::from_millis(50) >= left_at_kill,
+            "taken after {after:?}, before the lease ({left_at_kill:?} left) ended"
+        );
+        assert!(
+            after < Duration::from_millis(1500) + Duration::from_secs(2),
+            "{after:?}"
+        );
+        report(
+            if writer_killed {
+                "killed writer, waiting reader"
+            } else {
+                "killed reader, waiting writer"
+            },
+            &format!(
+                "lease 1.5 s with the watchdog, {} ms left at kill -9, taken {} ms after the kill",
+                left_at_kill.as_millis(),
+                after.as_millis()
+            ),
+        );
+        assert!(taken.release().await.unwrap());
+    }
+    assert!(lock.lock_keys().is_empty(), "{:?}", lock.lock_keys());
+}
+
 /// A holder killed with kill -9 keeps its permit until its lease ends, and not longer: a
 /// waiter gets it then.
 #[tokio::test]
