@@ -20,11 +20,13 @@
 //! - the server restarted, with or without its data.
 //!
 //! Some names are locks of `permits(2)` or `permits(3)` on one server, with enough clients
-//! to go past them (every client of a name asks for the same permits).
+//! to go past them (every client of a name asks for the same permits). On the other names,
+//! about a third of the requests are shared (read) holds, among exclusive and fair ones.
 //!
 //! After every command the servers apply, every millisecond, and around every client step, it
 //! checks the invariants I1-I5 (see the crate docs) against the servers' truth; for permits,
-//! I2 reads "at most `n` guards say they hold". A failing seed
+//! I2 reads "at most `n` guards say they hold", and with shared holds "no guard of the lock
+//! says it holds together with a shared hold's". A failing seed
 //! is printed; `LOCK_SIM_SEED=<seed>` replays it alone, `LOCK_SIM_SEEDS=<n>` runs more.
 //!
 //! The files, each depending only on those before it: `faults` (the seeded draws), `server`

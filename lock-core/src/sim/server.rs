@@ -454,7 +454,8 @@ pub(super) fn describe(op: &Op) -> String {
 
 /// I1 and I2: every guard that says it holds has its token on (a majority of) the servers,
 /// expiring no earlier than its local deadline; at most `n` guards of a lock of `permits(n)`
-/// say they hold at once (one of a lock).
+/// say they hold at once (one of a lock), and a guard of a lock never says so together with a
+/// shared hold's (any number of which may hold together).
 pub(super) fn check(truth: &Mutex<Truth>, nodes: &[Arc<SimServer>]) {
     let now = Instant::now();
     let mut truth = locked(truth);
@@ -522,8 +523,17 @@ pub(super) fn check(truth: &Mutex<Truth>, nodes: &[Arc<SimServer>]) {
     }
     holding.sort();
     for group in holding.chunk_by(|a, b| a.0 == b.0) {
-        let permits = group[0].1 as usize;
-        if group.len() > permits {
+        // Shared holds (permits 0) sort first: any number of them, but with nothing else.
+        let shared = group.iter().filter(|g| g.1 == 0).count();
+        let permits = group[group.len() - 1].1 as usize;
+        if shared > 0 && shared < group.len() {
+            let who: Vec<String> = group.iter().map(|g| format!("#{}", g.2)).collect();
+            problems.push(format!(
+                "I2: guards {} say they hold `{}`, {shared} of them shared and the others not",
+                who.join(", "),
+                group[0].0
+            ));
+        } else if shared == 0 && group.len() > permits {
             let who: Vec<String> = group.iter().map(|g| format!("#{}", g.2)).collect();
             problems.push(format!(
                 "I2: guards {} all say they hold `{}` (at most {permits} may)",

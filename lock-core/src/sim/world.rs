@@ -258,10 +258,13 @@ pub(super) async fn client(world: Arc<World>, seed: u64, id: u64, names: u64) {
             rng.ms(50, 800)
         };
         let auto_extend = rng.chance(40);
-        let fair = world.quorum == 1 && permits == 1 && rng.chance(25);
+        // On a name of one holder, shared (read) holds too, among exclusive ones.
+        let shared = permits == 1 && rng.chance(30);
+        let fair = world.quorum == 1 && permits == 1 && !shared && rng.chance(25);
         let request = locks
             .lock(name.clone())
             .permits(permits)
+            .shared(shared)
             .ttl(ttl)
             .wait(wait)
             .auto_extend(auto_extend)
