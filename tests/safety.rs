@@ -1150,7 +1150,12 @@ async fn a_late_copy_of_a_granting_attempt_never_shortens_the_lease() {
             &[token, "1000", "ticket", "5000", "0"],
         );
         assert_eq!(granted, 1, "fair.lua, {round}");
-        let granted: i64 = script(&server, permit, &[&permits], &[token, "1000", "2", "0"]);
+        let granted: i64 = script(
+            &server,
+            permit,
+            &[&permits],
+            &[token, "1000", "0", "0", "2"],
+        );
         assert_eq!(granted, 1, "permit_acquire.lua, {round}");
         if round == "first copy" {
             // The guards' renewals, between the two copies.
@@ -1224,7 +1229,7 @@ async fn a_late_copy_of_a_refused_or_released_attempt_takes_nothing() {
                         &[&key, &queue],
                         &[token, ttl, token, "5000", "1", flag],
                     ),
-                    _ => script(&server, permit, &[&key], &[token, ttl, "2", "1", flag]),
+                    _ => script(&server, permit, &[&key], &[token, ttl, "1", flag, "2"]),
                 }
             };
             let give_back = |token: &str| -> i64 {

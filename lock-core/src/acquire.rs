@@ -10,6 +10,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::backend::{Ticket, Watch};
 use crate::keys::LockKeys;
+use crate::kind::Kind;
 use crate::lease::Grant;
 use crate::shared::{Shared, Tried};
 use crate::token::random_u64;
@@ -79,7 +80,9 @@ impl Acquisition<'_> {
                 Step::Subscribe => {
                     // An attempt follows at once: the lock may have been released before the
                     // subscription was in place. With no time left to subscribe, it is the last.
-                    let subscribe = self.shared.watch(self.keys, self.ticket.map(|t| t.id));
+                    // Only a fair waiter may skip a release that names another one first.
+                    let fair = self.ticket.filter(|_| self.keys.kind == Kind::Fair);
+                    let subscribe = self.shared.watch(self.keys, fair.map(|t| t.id));
                     self.watch = timeout_at(self.deadline, subscribe).await.ok();
                     Step::Attempt
                 }
@@ -231,9 +234,10 @@ fn no_answer_by_deadline() -> LockError {
     )))
 }
 
-/// A fair acquisition's ticket while it may be in line: when the acquisition ends without the
-/// lock (timed out, failed, or its future dropped), the ticket leaves the line in the
-/// background, so that the waiters behind it need not wait for it to expire.
+/// A fair acquisition's ticket while it may be in line, or a waiting writer's claim: when the
+/// acquisition ends without the lock (timed out, failed, or its future dropped), the ticket
+/// leaves the line (the claim is taken out) in the background, so that the waiters behind it
+/// need not wait for it to expire.
 pub(crate) struct Line<'a> {
     pub(crate) shared: &'a Arc<Shared>,
     pub(crate) keys: &'a LockKeys,
@@ -242,7 +246,8 @@ pub(crate) struct Line<'a> {
 }
 
 impl Line<'_> {
-    /// The acquisition took the lock: its winning attempt took the ticket out of the line.
+    /// The acquisition took the lock: its winning attempt took the ticket out of the line (the
+    /// claim out of the claims).
     pub(crate) fn taken(mut self) {
         self.left = true;
     }

@@ -92,6 +92,16 @@ impl Kind {
         }
     }
 
+    /// The `kind` label of its metrics: `exclusive`, `fair`, `permits` or `shared`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Kind::Exclusive => "exclusive",
+            Kind::Fair => "fair",
+            Kind::Permits(_) => "permits",
+            Kind::Shared => "shared",
+        }
+    }
+
     /// Whether its holders share the lock key as a hash of their tokens (the permit scripts)
     /// rather than one string key holding the holder's token (`SET NX`, the lock scripts).
     pub(crate) fn counted(self) -> bool {

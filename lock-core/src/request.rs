@@ -326,7 +326,10 @@ impl<'a> LockRequest<'a> {
         let lease_len = self.max_hold.map_or(self.ttl, |max| max.min(self.ttl));
         let began = Instant::now();
         let keys = self.shared.keys(&self.name).of_kind(kind);
-        let ticket = (kind == Kind::Fair).then(new_token);
+        // A fair acquisition's place in line, or a waiting writer's claim (both keep new shared
+        // holds out while it waits): the same id for all its attempts.
+        let ticket =
+            (kind == Kind::Fair || kind == Kind::Exclusive && !wait.is_zero()).then(new_token);
         let line = ticket.as_deref().map(|id| Line {
             shared: self.shared,
             keys: &keys,
@@ -365,7 +368,7 @@ impl<'a> LockRequest<'a> {
             Outcome::Busy { .. } => "timeout",
             Outcome::Failed(_) => "error",
         };
-        crate::metrics::acquire(&label, ended, began.elapsed());
+        crate::metrics::acquire(&label, kind, ended, began.elapsed());
         match outcome {
             Outcome::Granted(grant) => Ok(Acquired::Guard(self.into_guard(keys, grant, label))),
             Outcome::Busy { waited } => Ok(Acquired::Busy {

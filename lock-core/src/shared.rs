@@ -261,8 +261,9 @@ impl Shared {
         self.store.by_majority()
     }
 
-    /// Takes a fair acquisition's ticket out of the line in the background, tracked for
-    /// `shutdown`; one try, as the ticket leaves the line by itself a few poll intervals later.
+    /// Takes a fair acquisition's ticket out of the line (a waiting writer's claim out of the
+    /// claims) in the background, tracked for `shutdown`; one try, as either lapses by itself a
+    /// few poll intervals later.
     pub(crate) fn leave_in_background(self: &Arc<Self>, keys: LockKeys, ticket: String) {
         let Ok(handle) = Handle::try_current() else {
             return;
@@ -286,7 +287,7 @@ impl Shared {
         min_hold: Option<Duration>,
     ) -> Arc<Lease> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::held(&label);
+        crate::metrics::held(&label, keys.kind);
         let lease = Arc::new(Lease::new(id, name, label, keys, ttl, grant, min_hold));
         locked(&self.held).insert(id, Arc::clone(&lease));
         lease
@@ -309,14 +310,14 @@ impl Shared {
                 } else {
                     Landed::Applied(usable)
                 });
-                crate::metrics::extend(&lease.label, "renewed");
+                crate::metrics::extend(&lease.label, lease.keys.kind, "renewed");
                 Ok(true)
             }
             Ok(Renewal::NotOurs) => {
                 renewing.finish(Landed::NotApplied);
-                crate::metrics::extend(&lease.label, "not_ours");
+                crate::metrics::extend(&lease.label, lease.keys.kind, "not_ours");
                 if !lease.is_lost() {
-                    crate::metrics::lost(&lease.label);
+                    crate::metrics::lost(&lease.label, lease.keys.kind);
                 }
                 tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), "lease lost: the key expired or another owner holds it");
                 lease.mark_lost();
@@ -328,7 +329,7 @@ impl Shared {
                 } else {
                     Landed::NotApplied
                 });
-                crate::metrics::extend(&lease.label, "error");
+                crate::metrics::extend(&lease.label, lease.keys.kind, "error");
                 Err(e)
             }
         }
@@ -353,7 +354,7 @@ impl Shared {
                     Some(fence) => Ok(fence),
                     None => {
                         if !lease.is_lost() {
-                            crate::metrics::lost(&lease.label);
+                            crate::metrics::lost(&lease.label, lease.keys.kind);
                         }
                         tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), "no fencing token: the key expired or another owner holds it");
                         lease.mark_lost();
@@ -370,7 +371,7 @@ impl Shared {
         if !lease.claim() {
             return false;
         }
-        crate::metrics::released(&lease.label, lease.acquired.elapsed());
+        crate::metrics::released(&lease.label, lease.keys.kind, lease.acquired.elapsed());
         // Over for every guard on it: a reentrant (nested) guard that outlives its holder must
         // not say it still holds.
         lease.mark_lost();
@@ -430,7 +431,7 @@ impl Shared {
         let leases: Vec<Arc<Lease>> = locked(&self.held).drain().map(|(_, l)| l).collect();
         for lease in leases {
             if lease.claim() {
-                crate::metrics::released(&lease.label, lease.acquired.elapsed());
+                crate::metrics::released(&lease.label, lease.keys.kind, lease.acquired.elapsed());
                 lease.mark_lost();
                 self.release_in_background(&lease);
             }

@@ -56,7 +56,7 @@ async fn run(shared: Arc<Shared>, lease: Arc<Lease>, max_hold: Option<Duration>)
                 let left = lease.remaining();
                 if left.is_zero() {
                     if !reported_lost {
-                        crate::metrics::lost(&lease.label);
+                        crate::metrics::lost(&lease.label, lease.keys.kind);
                         tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), error = %e, "lease lost: could not renew it before it ran out; still trying");
                         reported_lost = true;
                     }

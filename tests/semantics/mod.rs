@@ -103,6 +103,7 @@ macro_rules! semantic_tests {
             shared_holds_admit_many_and_exclude_an_exclusive_hold,
             a_waiting_writer_keeps_new_shared_holds_out_and_is_woken_by_the_last_release,
             shared_holds_and_permits_do_not_meet,
+            a_writer_waiting_on_a_writer_goes_before_shared_requests,
         );
     };
 }
@@ -1050,4 +1051,69 @@ pub(crate) async fn shared_holds_and_permits_do_not_meet(fx: Fixture) {
         let err = request.try_acquire().await.unwrap_err();
         assert!(matches!(&err, LockError::InvalidConfig { .. }), "{err:?}");
     }
+}
+
+/// A writer that waits on another writer keeps its claim through that writer's hold: when the
+/// lock frees, it goes before a shared request that waited as long. A writer that stops
+/// waiting lets shared holds in again within its claim's few poll intervals.
+pub(crate) async fn a_writer_waiting_on_a_writer_goes_before_shared_requests(fx: Fixture) {
+    let first = fx
+        .other
+        .try_acquire("catalog", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    let writers = fx.locks.clone();
+    let writer = tokio::spawn(async move {
+        let guard = writers.lock("catalog").ttl(LONG).wait(LONG).acquire();
+        guard.await.unwrap()
+    });
+    // The writer's second attempt (after it subscribed) records its claim.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let readers = fx.other.clone();
+    let reader = tokio::spawn(async move {
+        let guard = read(&readers, LONG).wait(LONG).acquire().await.unwrap();
+        (guard, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(first.release().await.unwrap());
+    let second = writer.await.unwrap();
+    assert!(
+        !reader.is_finished(),
+        "the shared request went before the waiting writer"
+    );
+    let released = Instant::now();
+    assert!(second.release().await.unwrap());
+    let (shared, taken) = reader.await.unwrap();
+    assert!(taken >= released);
+    assert!(shared.release().await.unwrap());
+
+    // A writer that gives up: its claim lapses, shared holds come back.
+    let held = fx
+        .other
+        .try_acquire("catalog", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = fx
+        .locks
+        .lock("catalog")
+        .wait(Duration::from_millis(600))
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::Timeout { .. }), "{err:?}");
+    assert!(held.release().await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shared = loop {
+        if let Some(guard) = read(&fx.locks, LONG).try_acquire().await.unwrap() {
+            break guard;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "an abandoned claim kept shared holds out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(shared.release().await.unwrap());
 }

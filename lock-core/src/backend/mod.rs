@@ -41,8 +41,10 @@ pub(crate) enum Taken {
     Held(Option<Duration>),
 }
 
-/// A fair acquisition's place in line: its ticket (the same for all its attempts), and how long
-/// the ticket stays in line unless an attempt refreshes it.
+/// A waiting acquisition's id, the same for all its attempts, and how long what it records
+/// lasts unless an attempt refreshes it: a fair acquisition's ticket in line, or a waiting
+/// exclusive acquisition's claim (both keep new shared holds out while it waits; see
+/// scripts/prelude/claims.lua).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ticket<'a> {
     pub(crate) id: &'a str,
@@ -78,9 +80,10 @@ fn unsupported(what: &str) -> crate::LockError {
 /// a key that already exists: a token is only ever set by `SET NX`.
 pub(crate) trait Node: Send + Sync {
     /// `SET key token NX PX ttl`. With `mark`, a refused attempt also marks the key so that its
-    /// release is published to waiters (only waiters pay for that). With a `ticket`, the lock is
-    /// taken only when it is free and the ticket is first in line; otherwise the ticket is put
-    /// in line (or kept there) (fair.lua).
+    /// release is published to waiters (only waiters pay for that). With a fair `ticket`, the
+    /// lock is taken only when it is free and the ticket is first in line; otherwise the ticket
+    /// is put in line (or kept there) (fair.lua). Any other kind's `ticket` is a waiting
+    /// writer's claim (acquire.lua).
     fn acquire<'a>(
         &'a self,
         keys: &'a LockKeys,

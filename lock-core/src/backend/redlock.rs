@@ -25,6 +25,7 @@ use super::redis::{Endpoint, RedisNode};
 use super::Timeouts;
 use super::{Attempt, BoxFuture, Drift, Found, Leftover, Node, Renewal, Store, Taken, Ticket};
 use crate::keys::LockKeys;
+use crate::kind::Kind;
 use crate::tasks::Tasks;
 use crate::validate::MIN_TTL;
 use crate::{locked, LockError, Result};
@@ -266,7 +267,7 @@ impl Redlock {
     where
         T: Send + 'static,
         Op: for<'b> Fn(&'b dyn Node, &'b LockKeys, &'b str) -> BoxFuture<'b, Result<T>>
-            + Copy
+            + Clone
             + Send
             + 'static,
     {
@@ -276,7 +277,7 @@ impl Redlock {
             .enumerate()
             .map(|(i, instance)| {
                 let (at, sent) = (Instant::now(), instance.may_send());
-                let (instance, owned) = (Arc::clone(instance), Arc::clone(&owned));
+                let (instance, owned, op) = (Arc::clone(instance), Arc::clone(&owned), op.clone());
                 Box::pin(async move {
                     let reply = if sent {
                         let (keys, token) = &*owned;
@@ -406,14 +407,27 @@ impl Store for Redlock {
         mark: bool,
         ticket: Option<Ticket<'a>>,
     ) -> BoxFuture<'a, Result<Attempt>> {
-        // Refused before any I/O (`Kind::of`); a ticket here would be a bug.
-        debug_assert!(ticket.is_none(), "Redlock keeps no line of fair waiters");
+        // Fair requests are refused before any I/O (`Kind::of`); a waiting writer's claim is
+        // recorded on each instance.
+        debug_assert!(
+            keys.kind != Kind::Fair,
+            "Redlock keeps no line of fair waiters"
+        );
         Box::pin(async move {
             let start = Instant::now();
             let per_node = self.node_timeout(ttl);
             // Replies still to come when the attempt is decided are awaited after it returns.
+            // Owned by each instance's future, which may outlive this attempt.
+            let claim: Option<Arc<(String, Duration)>> =
+                ticket.map(|t| Arc::new((t.id.to_owned(), t.keep)));
             let mut pending = self.send(per_node, keys, token, move |node, keys, token| {
-                node.acquire(keys, token, ttl, mark, None)
+                let claim = claim.clone();
+                Box::pin(async move {
+                    let ticket = claim
+                        .as_deref()
+                        .map(|(id, keep)| Ticket { id, keep: *keep });
+                    node.acquire(keys, token, ttl, mark, ticket).await
+                })
             });
             let answers = self
                 .gather(&mut pending, |taken| *taken == Taken::Granted)
@@ -505,8 +519,15 @@ impl Store for Redlock {
         })
     }
 
-    fn leave<'a>(&'a self, _keys: &'a LockKeys, _ticket: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async { Ok(()) })
+    /// A waiting writer's claim, taken out wherever it was recorded (Redlock keeps no line of
+    /// fair waiters); an instance that does not answer lets it lapse by itself.
+    fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let (_, error) = self
+                .everywhere(Some(self.response_timeout), |node| node.leave(keys, ticket))
+                .await;
+            error.map_or(Ok(()), Err)
+        })
     }
 
     fn by_majority(&self) -> bool {

@@ -226,6 +226,7 @@ impl Names {
         let lock = *rng.pick(&self.locks);
         let queue = format!("{lock}:q");
         let fence = format!("{lock}:fence");
+        let claims = format!("{lock}:x");
         let token = rng.pick(&self.tokens).clone();
         let ticket = rng.pick(&self.tickets).clone();
         let ttl = if rng.chance(40) {
@@ -250,12 +251,22 @@ impl Names {
             r => r,
         };
         match kind {
-            0..=14 => Step::eval(
+            0..=7 => Step::eval(
                 "acquire",
                 ACQUIRE.body,
                 &[lock],
                 &[&token, &ttl, &mark, &tomb],
             ),
+            // A waiting writer's attempt, with its claim.
+            8..=14 => {
+                let keep_claim = rng.pick(&["30", "60000"]);
+                Step::eval(
+                    "acquire",
+                    ACQUIRE.body,
+                    &[lock],
+                    &[&token, &ttl, &mark, &tomb, &ticket, keep_claim],
+                )
+            }
             15..=24 => {
                 let keep_ticket = rng.pick(&["30", "60000"]);
                 Step::eval(
@@ -305,7 +316,10 @@ impl Names {
             75..=77 => Step::command(&["GET", lock]),
             78..=80 => Step::command(&["PTTL", lock]),
             81 => Step::command(&["TYPE", lock]),
-            82 => Step::command(&["HGETALL", *rng.pick(&[lock, queue.as_str()])]),
+            82 => Step::command(&[
+                "HGETALL",
+                *rng.pick(&[lock, queue.as_str(), claims.as_str()]),
+            ]),
             83 => Step::command(&["GET", &fence]),
             84 => Step::Scan,
             85 => Step::command(&["DEL", lock, &queue]),
@@ -465,7 +479,14 @@ fn run_seed(
     sub: &mut redis::PubSub<'_>,
     stats: &mut Stats,
 ) -> Result<(), Mismatch> {
-    // A server as new as the model: no keys, no scripts.
+    // A server as new as the model: no keys, no scripts, memory not full (an earlier seed may
+    // have ended in a full period).
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .exec(con)
+        .expect("CONFIG SET maxmemory");
     redis::cmd("FLUSHALL").exec(con).expect("FLUSHALL");
     redis::cmd("SCRIPT")
         .arg("FLUSH")

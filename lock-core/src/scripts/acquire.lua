@@ -7,6 +7,10 @@
 --         only a holder in lock-core's token format is marked
 -- ARGV[4] '1' from a client that re-sends by itself (the cluster client; Sentinel after a
 --         failover), else absent: the attempt has a tomb (prelude/tomb.lua)
+-- ARGV[5] a waiting acquisition's claim id (the same for all its attempts), and
+-- ARGV[6] how long its claim lasts without another attempt, in ms; both absent when it does
+--         not wait. A refused attempt that marks (ARGV[3]) records its claim, which keeps new
+--         shared holds out until the claim is taken out by its grant or lapses (claims.lua).
 -- Returns 1 when the lock is ours: set now, or by another copy of this same attempt (a
 -- client that re-sends after an I/O error, as the cluster client does; the token is this
 -- attempt's, so the lease still runs from this attempt's send). A copy never shortens the
@@ -19,12 +23,23 @@ local tomb = tomb_of(ARGV[4])
 if buried(tomb) then
   return 0
 end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+-- A grant takes this acquisition's claim out; when shared requests waited on the claims, the
+-- lock is taken marked, so that its release wakes them.
+local function granted()
+  if unclaim(ARGV[5]) then
+    redis.call('SET', KEYS[1], ARGV[1] .. '*', 'KEEPTTL')
+  end
   return 1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return granted()
 end
 -- A refusal leaves the attempt's tomb, when it has one: the last write, and one that may fail
 -- (a server out of memory still answers the refusal).
 local function refused(reply)
+  if ARGV[3] == '1' and type(reply) == 'number' then
+    claim(ARGV[5], now_ms(), tonumber(ARGV[6]))
+  end
   bury(tomb, ARGV[2])
   return reply
 end
@@ -32,17 +47,17 @@ local holder = redis.pcall('GET', KEYS[1])
 if type(holder) == 'table' then
   -- Not a string: a hash is the key of a lock whose holders share it (permits(n), or shared
   -- holds; prelude/writer.lua). Refused while one of them is live, whatever this request's
-  -- mark (a waiting writer keeps new shared holds out meanwhile); taken over once none is.
-  -- Any other type is not a lock: left as it is.
-  local may, reply = writer_meets_hash(KEYS[1], now_ms(), tonumber(ARGV[2]), ARGV[3] == '1')
+  -- mark (a waiting writer's claim keeps new shared holds out meanwhile); taken over once none
+  -- is. Any other type is not a lock: left as it is.
+  local may, reply = writer_meets_hash(KEYS[1], now_ms(), ARGV[3] == '1')
   if may == 'error' then
     return reply
   elseif may == 'refuse' then
     return refused(reply)
   end
-  -- Marked at once when a waiter asked to be told (shared holds waiting for this writer).
+  -- Marked at once when a waiter asked to be told.
   redis.call('SET', KEYS[1], ARGV[1] .. (reply and '*' or ''), 'PX', ARGV[2])
-  return 1
+  return granted()
 end
 if holder == ARGV[1] or string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. '*' then
   -- A write of our own, after the first copy's: a `WAIT` that follows on this connection

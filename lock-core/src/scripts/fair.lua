@@ -8,6 +8,8 @@
 -- ARGV[5] '1' to mark a held key so that its release is published (see acquire.lua), else '0'
 -- ARGV[6] '1' from a client that re-sends: the attempt has a tomb (see acquire.lua); a late
 --         copy of an attempt refused or released takes nothing, and leaves the line alone
+-- A refused attempt that marks keeps its ticket as its claim too (prelude/claims.lua): no new
+-- shared hold is granted while a fair writer waits.
 -- Returns 1 when the lock is ours (set now, or by another copy of this attempt, whose expiry it
 -- never shortens); when others
 -- are still in line, the key is taken already marked, so that its release is published to them.
@@ -23,6 +25,9 @@ if buried(tomb) then
 end
 -- A refusal leaves the attempt's tomb, when it has one (its last write; see acquire.lua).
 local function refused(reply)
+  if ARGV[5] == '1' and type(reply) == 'number' then
+    claim(ARGV[3], now_ms(), tonumber(ARGV[4]))
+  end
   bury(tomb, ARGV[2])
   return reply
 end
@@ -57,30 +62,34 @@ for i = 1, #line, 2 do
   end
 end
 local holder = redis.pcall('GET', KEYS[1])
--- A waiter of another kind asked to be told when this lock is released (shared holds waiting
--- on a hash this attempt takes over).
-local waited = false
+-- Shared holds are live (the refusal's reply), or a waiter of another kind asked to be told
+-- when this lock is released (shared requests waiting on a hash this attempt takes over).
+local blocked, waited = nil, false
 if type(holder) == 'table' then
   -- Not a string: a hash of holders sharing the key (permits(n), or shared holds), refused
-  -- while one is live; once none is, the lock is free (as in acquire.lua). Any other type is
-  -- not a lock: left as it is.
-  local may, reply = writer_meets_hash(KEYS[1], now, tonumber(ARGV[2]), ARGV[5] == '1')
+  -- while one is live; once none is, the lock is free (as in acquire.lua; the SET that takes it
+  -- replaces the hash). Any other type is not a lock: left as it is.
+  local may, reply = writer_meets_hash(KEYS[1], now, ARGV[5] == '1')
   if may == 'error' then
     return reply
-  elseif may == 'refuse' then
+  elseif may == 'refuse' and type(reply) ~= 'number' then
     return refused(reply)
+  elseif may == 'refuse' then
+    blocked = reply
+  else
+    waited = reply
   end
-  waited = reply
-  redis.call('DEL', KEYS[1])
   holder = false
 end
 local ours = holder and (holder == ARGV[1] or string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. '*')
-if ours or (not holder and (first == nil or first == ARGV[3])) then
+if ours or (not holder and not blocked and (first == nil or first == ARGV[3])) then
   if not ours then
+    -- The grant takes this acquisition's claim out (claims.lua).
+    local readers = unclaim(ARGV[3])
     local value = ARGV[1]
     if waiting > 0 then
       value = value .. '*' .. after
-    elseif waited then
+    elseif waited or readers then
       value = value .. '*'
     end
     redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
@@ -105,6 +114,9 @@ redis.call('HSET', KEYS[2], ARGV[3], string.format('%d %d', mine, now + tonumber
 -- other managers may keep their tickets longer).
 if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+if blocked then
+  return refused(blocked)
 end
 if not holder then
   return refused(-math.max(first_expiry - now, 1))

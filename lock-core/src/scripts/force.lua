@@ -10,8 +10,8 @@
 -- so every token drawn before this one, including the evicted holder's, is below it.
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' then
-  -- A hash: a lock of permits(n) or of shared holds (prelude/permits.lua); all its holders go
-  -- (and a writer's wait). Anything else
+  -- A hash: a lock of permits(n) or of shared holds (prelude/permits.lua); all its holders go.
+  -- Anything else
   -- (another type, a hash without '#n') is not a lock: left as it is.
   local kind = redis.call('TYPE', KEYS[1]).ok
   if kind ~= 'hash' or redis.call('HEXISTS', KEYS[1], '#n') == 0 then

@@ -1,11 +1,31 @@
--- Leave the line of a fair lock: an acquisition that stopped waiting gives its ticket back.
+-- Leave the line of a fair lock, and the writers' claims (prelude/claims.lua): an acquisition
+-- that stopped waiting gives its ticket or claim back.
 -- KEYS[1] queue key  <prefix>{<name>}:q
 -- KEYS[2] lock key   <prefix>{<name>}
--- ARGV[1] the acquisition's ticket
+-- ARGV[1] the acquisition's ticket (a fair one's) or claim id (a waiting writer's)
 -- ARGV[2] 'SPUBLISH' on a Redis 7 cluster, else 'PUBLISH'
 -- Returns 1 when the ticket was in line. If it was first, the first live ticket left in line is
 -- told: named in the holder's marked value (fair.lua), so that the release wakes it; or, when
 -- the lock is free, on the lock's channel (as a release would): it may take the lock now.
+-- When the last live claim goes and shared requests wait on the claims, they are told on the
+-- lock's channel (an empty message) that they may try again.
+local publish = ARGV[2] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH'
+local claims = KEYS[2] .. ':x'
+if redis.pcall('HDEL', claims, ARGV[1]) == 1 and redis.pcall('HEXISTS', claims, '#w') == 1 then
+  local now = now_ms()
+  local all = redis.pcall('HGETALL', claims)
+  local live = false
+  for i = 1, #all, 2 do
+    local ends = tonumber(all[i + 1])
+    if all[i] ~= '#w' and ends and ends > now then
+      live = true
+    end
+  end
+  if not live then
+    redis.pcall('HDEL', claims, '#w')
+    redis.call(publish, KEYS[2], '')
+  end
+end
 local left = redis.call('HDEL', KEYS[1], ARGV[1])
 if left == 0 then
   return 0
@@ -37,6 +57,6 @@ end
 if holder then
   redis.call('SET', KEYS[2], string.sub(holder, 1, star) .. first, 'KEEPTTL')
 else
-  redis.call(ARGV[2] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH', KEYS[2], first)
+  redis.call(publish, KEYS[2], first)
 end
 return 1

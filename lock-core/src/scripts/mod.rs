@@ -4,7 +4,7 @@
 //!
 //! Each script is assembled at compile time from the pieces it shares with others
 //! (`prelude/*.lua`: the server clock, the owner check, lock-core's token format, tombs, the
-//! fencing counter, the live permits of a hash) followed by its own file, which documents its
+//! fencing counter, the live holders of a hash, a writer meeting such a hash, writers' claims) followed by its own file, which documents its
 //! KEYS, ARGV and reply. A piece defines local functions only; a script takes only the pieces it
 //! calls.
 
@@ -45,12 +45,12 @@ impl Script {
 /// Take a lock (contended, or on a client that re-sends).
 pub(crate) static ACQUIRE: Script = Script::new(
     "acquire",
-    script!("acquire", "tomb", "token", "ms", "permits", "writer"),
+    script!("acquire", "tomb", "token", "ms", "permits", "writer", "claims"),
 );
 /// A fair attempt: the lock when free and first in line, else a place in line.
 pub(crate) static FAIR: Script = Script::new(
     "fair",
-    script!("fair", "tomb", "token", "ms", "permits", "writer"),
+    script!("fair", "tomb", "token", "ms", "permits", "writer", "claims"),
 );
 /// A fair acquisition's ticket out of the line.
 pub(crate) static LEAVE: Script = Script::new("leave", script!("leave", "ms"));
@@ -82,7 +82,7 @@ pub(crate) static PERMIT_PEEK: Script =
 /// Take a shared (read) hold.
 pub(crate) static SHARED_ACQUIRE: Script = Script::new(
     "shared_acquire",
-    script!("shared_acquire", "tomb", "token", "ms", "permits"),
+    script!("shared_acquire", "tomb", "token", "ms", "permits", "claims"),
 );
 
 /// Every script, for tests that send them to a server themselves.

@@ -18,9 +18,9 @@ if tonumber(ends) <= now then
 end
 local ttl = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], now + ttl)
--- The key lives as long as its longest live permit (or a writer's wait), no longer: an extend
+-- The key lives as long as its longest live permit, no longer: an extend
 -- to a shorter lease brings it down too, or the hash would outlive every permit and keep a
 -- plain lock of the name out while nobody holds it.
-local latest = math.max(now + ttl, hash_end(redis.call('HGETALL', KEYS[1]), now) or 0)
+local latest = math.max(now + ttl, latest_permit(redis.call('HGETALL', KEYS[1]), now) or 0)
 expire_at(KEYS[1], latest)
 return 1

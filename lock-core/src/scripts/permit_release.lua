@@ -9,10 +9,9 @@
 -- Returns 1 when our lease ended here, 0 when it had expired or is not there.
 -- When a waiter marked the lock ('#w'), the freed permit is published on the channel named
 -- like the key (an empty message: every waiter may take it) and the mark is cleared; waiters
--- still refused mark it again. Shared holds free nobody but with the last of them, which is
--- published when a waiter marked the lock or a writer waits ('#x'). The key's expiry is
--- brought down to the end of the longest live permit left (or of a writer's wait), and the
--- last permit out deletes it.
+-- still refused mark it again. Shared holds free nobody but with the last of them, which alone
+-- is published (a writer waiting on them marked the lock). The key's expiry is brought down to
+-- the end of the longest live permit left, and the last permit out deletes it.
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then
   return 0
 end
@@ -35,16 +34,13 @@ end
 local all = redis.call('HGETALL', KEYS[1])
 if keep == 0 then
   local shared = redis.call('HGET', KEYS[1], '#n') == '0'
-  if not shared or not latest_permit(all, now) then
-    local writer = shared and writer_waits(all, now)
-    if redis.call('HDEL', KEYS[1], '#w') == 1 or writer then
-      redis.call(ARGV[3] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH', KEYS[1], '')
-    end
+  if (not shared or not latest_permit(all, now)) and redis.call('HDEL', KEYS[1], '#w') == 1 then
+    redis.call(ARGV[3] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH', KEYS[1], '')
   end
 end
--- The key lives as long as its longest live permit (or a writer's wait), no longer: a lock
--- whose holders are all gone is free at once for a request of any kind.
-local latest = hash_end(all, now)
+-- The key lives as long as its longest live permit, no longer: a lock whose holders are all
+-- gone is free at once for a request of any kind.
+local latest = latest_permit(all, now)
 if latest == nil then
   redis.call('DEL', KEYS[1])
 else

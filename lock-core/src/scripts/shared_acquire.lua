@@ -1,23 +1,22 @@
 -- Take a shared (read) hold of a lock: any number of shared holders at once, each on its own
 -- lease, and none while a writer (an exclusive or fair acquisition: acquire.lua, fair.lua)
--- holds the lock or waits for it.
+-- holds the lock or waits for it (its claim, prelude/claims.lua).
 -- KEYS[1] lock key  <prefix>{<name>}: while shared holders hold it, a hash (prelude/permits.lua)
 --                   with '#n' -> 0 (no bound), '#w' -> '1' while a waiter asks for releases to be
---                   published, '#x' -> until when a writer waits (prelude/writer.lua), and per
---                   holder, its token -> the server time (ms) its lease ends. While a writer
---                   holds it, the writer's string (acquire.lua).
+--                   published, and per holder, its token -> the server time (ms) its lease ends.
+--                   While a writer holds it, the writer's string (acquire.lua).
 -- ARGV[1] a fresh owner token: this attempt's alone
 -- ARGV[2] lease in milliseconds
 -- ARGV[3] '1' to mark the lock when refused (a waiter that subscribed), else '0'
 -- ARGV[4] '1' from a client that re-sends: the attempt has a tomb (see acquire.lua)
 -- Returns 1 when the hold is ours: taken now, or by another copy of this same attempt (whose
 -- end it never brings earlier, as acquire.lua). When a writer holds the lock, minus the
--- milliseconds left on its lease (0 if unknown); when a writer waits, minus the milliseconds
--- until its wait lapses unless it attempts again (a writer that takes the lock takes it
--- marked, so its release wakes this waiter).
+-- milliseconds left on its lease (0 if unknown); when writers wait, minus the milliseconds
+-- until the first of their claims lapses unless its writer attempts again (a writer that takes
+-- the lock takes it marked, so its release wakes this waiter).
 -- An error reply 'LOCKPERMITS <n>' when the live holders hold permits(n).
--- The key lives as long as its longest shared hold, or a writer's wait: a grant or renewal only
--- moves its expiry later (permit_release.lua brings it down).
+-- The key lives as long as its longest shared hold: a grant or renewal only moves its expiry
+-- later (permit_release.lua brings it down).
 local tomb = tomb_of(ARGV[4])
 if buried(tomb) then
   return 0
@@ -57,29 +56,28 @@ for i = 1, #all, 2 do
     mine = tonumber(value)
   end
 end
-local latest = latest_permit(all, now)
 if held_n and held_n ~= '0' then
-  if latest then
+  if latest_permit(all, now) then
     return refused(redis.error_reply('LOCKPERMITS ' .. held_n))
   end
   -- Permits nobody holds any more: the lock is free.
   redis.call('DEL', KEYS[1])
-  all = {}
 end
 if not (mine and mine > now) then
-  local writer = writer_waits(all, now)
-  if writer then
+  local claimed = first_claim(now)
+  if claimed then
     -- A writer waits: no new shared hold until it has had its turn.
     if ARGV[3] == '1' then
-      redis.call('HSET', KEYS[1], '#w', '1')
+      redis.pcall('HSET', KEYS[1] .. ':x', '#w', '1')
     end
-    return refused(-math.max(writer - now, 1))
+    return refused(-math.max(claimed - now, 1))
   end
 end
 -- Another copy of this attempt granted it already: its end only moves later (the guard may
 -- have extended it since; see acquire.lua).
-redis.call('HSET', KEYS[1], ARGV[1], math.max(mine or 0, now + ttl), '#n', 0)
-if redis.call('PTTL', KEYS[1]) < ttl then
-  redis.call('PEXPIRE', KEYS[1], ttl)
+local ends = math.max(mine or 0, now + ttl)
+redis.call('HSET', KEYS[1], ARGV[1], ends, '#n', 0)
+if redis.call('PTTL', KEYS[1]) <= ends - now then
+  expire_at(KEYS[1], ends)
 end
 return 1

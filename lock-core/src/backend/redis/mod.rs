@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::notify::Watcher;
 use super::{BoxFuture, Found, Node, Taken, Ticket};
 use crate::keys::LockKeys;
+use crate::kind::Kind;
 use crate::validate::millis_ceil;
 use crate::{LockError, Result};
 
@@ -121,7 +122,8 @@ impl Node for RedisNode {
                     keys,
                     scripts.acquire,
                     |cmd| {
-                        match ticket {
+                        let fair = ticket.filter(|_| keys.kind == Kind::Fair);
+                        match fair {
                             // fair.lua: the line too, and the ticket.
                             Some(ticket) => cmd
                                 .arg(2)
@@ -136,6 +138,9 @@ impl Node for RedisNode {
                         cmd.arg(mark_arg).arg(tomb);
                         if let Some(bound) = scripts.bound {
                             cmd.arg(bound);
+                        } else if let (Some(claim), None) = (ticket, fair) {
+                            // acquire.lua: a waiting writer's claim.
+                            cmd.arg(claim.id).arg(millis_ceil(claim.keep));
                         }
                     },
                     granted,

@@ -1,12 +1,11 @@
 -- The hash of a lock whose holders share its key: permits(n), n > 1 (permit_acquire.lua), or
 -- shared holds (shared_acquire.lua, '#n' = 0). Its fields: '#n' -> n; '#w' -> '1' while a
--- waiter asks for releases to be published; '#x' -> the server time (ms) until which a writer
--- (an exclusive or fair acquisition) waits for the shared holds to end; and per holder, the
--- holder's token -> the server time (ms) its lease ends.
+-- waiter asks for releases to be published; and per holder, the holder's token -> the server
+-- time (ms) its lease ends.
 --
 -- Whether `field` of such a hash is not a holder's.
 local function is_meta(field)
-  return field == '#n' or field == '#w' or field == '#x'
+  return field == '#n' or field == '#w'
 end
 -- The end (server ms) of the latest holder's lease still live at `now` in `all`, the HGETALL of
 -- such a hash; nil when none is.
@@ -19,26 +18,6 @@ local function latest_permit(all, now)
     end
   end
   return latest
-end
--- The end (server ms) of a writer's wait in `all` ('#x') when it is still live at `now`; nil
--- when none is.
-local function writer_waits(all, now)
-  for i = 1, #all, 2 do
-    if all[i] == '#x' then
-      local ends = tonumber(all[i + 1])
-      return ends and ends > now and ends or nil
-    end
-  end
-  return nil
-end
--- Until when (server ms) the hash must live: its latest live holder's lease and a writer's
--- wait, whichever ends later; nil when neither is live.
-local function hash_end(all, now)
-  local holders, writer = latest_permit(all, now), writer_waits(all, now)
-  if holders and writer then
-    return math.max(holders, writer)
-  end
-  return holders or writer
 end
 -- Expires `key` at server time `ends` (ms): at an absolute time on the clock the ends were
 -- written with (TIME), as a relative PEXPIRE would count from the script's start, which TIME

@@ -5,10 +5,9 @@
 -- - 'refuse', reply: holders are live; the reply to refuse with (minus the milliseconds until
 --   the last shared hold ends; the error 'LOCKPERMITS <n>' for a lock of permits(n));
 -- - 'error', reply: the key is not a lock (left as it is).
--- A writer that waits (`mark`) on shared holds records its wait in '#x', until the last of them
--- ends plus its own lease `ttl`: no shared hold is granted meanwhile (shared_acquire.lua), so a
--- stream of readers cannot starve it, and the mark outlives the moment its next attempt is due.
-local function writer_meets_hash(key, now, ttl, mark)
+-- A writer that waits (`mark`) on shared holds marks the hash so that the last of them is
+-- published; its claim (claims.lua) keeps new shared holds out meanwhile.
+local function writer_meets_hash(key, now, mark)
   local kind = redis.call('TYPE', key).ok
   if kind ~= 'hash' then
     return 'error', redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a lock')
@@ -32,12 +31,8 @@ local function writer_meets_hash(key, now, ttl, mark)
   if n ~= '0' then
     return 'refuse', redis.error_reply('LOCKPERMITS ' .. n)
   end
-  if mark then
-    local wait_end = latest + ttl
-    if wait_end > (writer_waits(all, now) or 0) then
-      redis.call('HSET', key, '#x', wait_end)
-      expire_at(key, wait_end)
-    end
+  if mark and not waited then
+    redis.call('HSET', key, '#w', '1')
   end
   return 'refuse', -math.max(latest - now, 1)
 end
