@@ -63,7 +63,8 @@ impl Floor {
             }
         };
         let cad_sha = load(CAD).await;
-        let release_sha = load(include_str!("../../lock-core/src/scripts/release.lua")).await;
+        // As lock-core sends it: release.lua after the prelude pieces it calls.
+        let release_sha = load(lock_core::__private::script("release")).await;
 
         Self {
             conn,
@@ -573,6 +574,65 @@ async fn handoff(c: &Arc<Clients>, imp: Imp, total: u64) -> (Duration, Duration,
     (percentile(&gaps, 0.5), percentile(&gaps, 0.99), rate)
 }
 
+/// (i) read-write handoffs, `rounds` times on fresh names: a writer waiting on 8 shared holds,
+/// from the last of them released to the writer's grant; then 8 shared requests waiting on that
+/// writer, from its release to each one's grant. Returns both gaps, sorted.
+async fn rw_handoffs(locks: &LockManager, rounds: u64) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut writer_gaps, mut reader_gaps) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let name = format!("g:{r}");
+        let mut readers = Vec::new();
+        for _ in 0..8 {
+            let read = locks.lock(name.as_str()).shared(true).ttl(TTL);
+            readers.push(read.try_acquire().await.unwrap().unwrap());
+        }
+        let writer = {
+            let (locks, name) = (locks.clone(), name.clone());
+            tokio::spawn(async move {
+                let write = locks
+                    .lock(name.as_str())
+                    .ttl(TTL)
+                    .wait(Duration::from_secs(30));
+                let guard = write.acquire().await.unwrap();
+                (guard, Instant::now())
+            })
+        };
+        // The writer subscribes and records its claim.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for guard in readers {
+            assert!(guard.release().await.unwrap());
+        }
+        let released = Instant::now();
+        let (writer, got) = writer.await.unwrap();
+        writer_gaps.push(got.saturating_duration_since(released));
+        let waiting: Vec<_> = (0..8)
+            .map(|_| {
+                let (locks, name) = (locks.clone(), name.clone());
+                tokio::spawn(async move {
+                    let read = locks.lock(name.as_str()).shared(true).ttl(TTL);
+                    let guard = read.wait(Duration::from_secs(30)).acquire().await.unwrap();
+                    (guard, Instant::now())
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(writer.release().await.unwrap());
+        let released = Instant::now();
+        let mut granted = Vec::new();
+        for t in waiting {
+            let (guard, got) = t.await.unwrap();
+            reader_gaps.push(got.saturating_duration_since(released));
+            granted.push(guard);
+        }
+        for guard in granted {
+            assert!(guard.release().await.unwrap());
+        }
+    }
+    writer_gaps.sort();
+    reader_gaps.sort();
+    (writer_gaps, reader_gaps)
+}
+
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -1000,6 +1060,25 @@ async fn main() {
             us(percentile(s, 0.5)),
             us(percentile(s, 0.99)),
             us(percentile(s, 0.5)) / us(percentile(&lock_row, 0.5))
+        );
+    }
+    println!();
+
+    let rw_rounds = arg("--rw-rounds", 200) as u64;
+    println!(
+        "(i) read-write handoffs, {rw_rounds} rounds (a release completing to the next grant)"
+    );
+    let (writer_gaps, reader_gaps) = rw_handoffs(&clients.locks, rw_rounds).await;
+    println!("  {:<40} {:>9} {:>9}", "", "p50 ms", "p99 ms");
+    for (label, gaps) in [
+        ("a writer after 8 shared holds", &writer_gaps),
+        ("8 shared requests after a writer (each)", &reader_gaps),
+    ] {
+        println!(
+            "  {:<40} {:>9.3} {:>9.3}",
+            label,
+            us(percentile(gaps, 0.5)) / 1000.0,
+            us(percentile(gaps, 0.99)) / 1000.0
         );
     }
     println!();

@@ -124,8 +124,8 @@
 //! ```
 //!
 //! Every deployment runs the same scripts (`lock-core/src/scripts`), and every kind of lock
-//! works on each, with the exceptions named on the request's methods (a fair line is refused by
-//! Redlock).
+//! works on each, with the exceptions named on the request's methods (a fair line and
+//! `permits(n)` are refused by Redlock; [shared holds](LockRequest::shared) work everywhere).
 //!
 //! # Operations
 //!
@@ -215,9 +215,10 @@
 //! Every series has the label `lock`, bounded by the kinds of locks rather than the locks: the
 //! attribute's key template with its placeholders as `{}` (`invoices:{}`), a label set with
 //! [`LockRequest::metrics_label`], or else the name up to its first `:` (`reports:daily` is
-//! `reports`; a name without `:` is its own label).
+//! `reports`; a name without `:` is its own label). Every series also has the label `kind`:
+//! `exclusive`, `fair`, `permits` or `shared` (a [shared](LockRequest::shared) hold).
 //!
-//! | name | kind | labels, and what it counts |
+//! | name | type | labels besides `lock` and `kind`, and what it counts |
 //! |---|---|---|
 //! | `lock_acquire_total` | counter | `lock`, `outcome` = `acquired`, `busy`, `timeout`, `error` |
 //! | `lock_wait_seconds` | histogram | `lock`: from the request to the grant |
@@ -252,7 +253,11 @@
 //! Redis Cluster hash tag: both keys of a lock hash to one slot, so a deployment can move from
 //! one server to a cluster without renaming anything. A lock of [`LockRequest::permits`] above
 //! one keeps all its holders in the same `<prefix>{<name>}` key, a hash of the holders' tokens
-//! and the server time their leases end (`#n` holds `n`).
+//! and the server time their leases end (`#n` holds `n`); so do [shared](LockRequest::shared)
+//! holds, with `#n` = 0. A waiting exclusive or fair acquisition records a claim in
+//! `<prefix>{<name>}:x` (a hash of claim ids and the server time each lapses) that keeps new
+//! shared holds out while it waits; the key is gone a few poll intervals after the last writer
+//! stops waiting.
 //!
 //! # Limits
 //!
@@ -274,8 +279,9 @@
 //! - **The face**: `manager.rs` (the manager and its builder), `request.rs` (a request's
 //!   options, checked before any I/O), `guard.rs`, `leader.rs`, `ops.rs` (operators' calls).
 //! - **The kind**: `kind.rs`. A request's options make one `Kind` of lock (exclusive,
-//!   fair, permits); the kind alone decides which deployments serve it, whether its holds
-//!   carry fencing tokens, and whether its key is one holder's token or a hash of holders.
+//!   fair, permits, shared); the kind alone decides which deployments serve it, whether its
+//!   holds carry fencing tokens, which kinds may meet on one name, and which scripts take,
+//!   renew and give back its holds (`Kind::scripts`).
 //! - **The loop**: `acquire.rs` (attempts, waiting woken by releases, the fair line's ticket)
 //!   and `watchdog.rs` (renewals).
 //! - **The state**: `shared.rs` (settings, held leases, shutdown, and the one path from guards
@@ -289,15 +295,15 @@
 //!   puts the model behind the same node code) and `Wake` (release notifications: `notify.rs`,
 //!   `sharded.rs`, `sentinel.rs`).
 //! - **The definition**: `scripts/` (the Lua scripts, each assembled at compile time from the
-//!   `prelude/` pieces it calls). `model/` runs them on a Redis keyspace in the process (the
+//!   `prelude/` pieces it calls, with the SHA1 each is sent by). `model/` runs them on a Redis keyspace in the process (the
 //!   in-memory backend), held to a real server by its differential test; `sim/` (tests only)
 //!   runs the real client code against that model under seeded faults.
 //!
-//! A new kind of lock goes in `kind.rs` (its rules), its scripts in `scripts/`, and the
-//! request method that asks for it. Today the Redis node (`backend/redis/mod.rs`) still picks
-//! between the lock's and the permits' scripts by `Kind::counted` and builds their arguments;
-//! moving that choice into the kind, so that a backend only runs the commands it is handed, is
-//! the next step of this design.
+//! A new kind of lock goes in `kind.rs` (its rules and its scripts), its scripts in
+//! `scripts/`, and the request method that asks for it; shared holds went in that way. What is
+//! left of this design: the Redis node (`backend/redis/mod.rs`) still lays out each script's
+//! arguments itself, and the backends still answer in a few types of their own
+//! (`Taken`, `Attempt`, `Renewal`) rather than one.
 
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
