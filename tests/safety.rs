@@ -1112,6 +1112,69 @@ fn script<T: redis::FromRedisValue>(
     server.query(&eval_cmd(source, keys, args))
 }
 
+/// A waiting writer's claim keeps shared holds out while it waits, ends with its grant, and a
+/// late attempt of the same acquisition (a cluster client's re-send that ran first after the
+/// grant) records nothing: shared holds are not kept out by a writer that is done.
+#[tokio::test]
+async fn a_claim_ends_with_its_grant_and_a_late_attempt_cannot_renew_it() {
+    let server = RedisServer::start();
+    let acquire = lock_core::__private::script("acquire");
+    let release = lock_core::__private::script("release");
+    let shared = lock_core::__private::script("shared_acquire");
+    let (key, claims) = ("lock:{catalog}", "lock:{catalog}:x");
+    let token = |n: u32| format!("test|1733500000000|{n:032x}");
+    let (holder, attempt, granted, late, reader) =
+        (token(1), token(2), token(3), token(4), token(5));
+    let ok: i64 = script(&server, acquire, &[key], &[&holder, "60000", "0", "0"]);
+    assert_eq!(ok, 1);
+    // The writer waits: refused, marked, its claim recorded.
+    let refused: i64 = script(
+        &server,
+        acquire,
+        &[key],
+        &[&attempt, "60000", "1", "1", "w1", "60000"],
+    );
+    assert!(refused < 0);
+    let claim: Option<i64> = server.query(redis::cmd("HGET").arg(claims).arg("w1"));
+    assert!(claim.is_some_and(|c| c > 0), "{claim:?}");
+    // The lock is free, but a shared request is kept out while the claim lives, and asks to
+    // be told.
+    let released: i64 = script(&server, release, &[key], &[&holder, "0", "PUBLISH", "1"]);
+    assert_eq!(released, 1);
+    let kept_out: i64 = script(&server, shared, &[key], &[&reader, "60000", "1", "1"]);
+    assert!(kept_out < 0);
+    // The writer's grant ends the claim, and takes the lock marked for the reader.
+    let ok: i64 = script(
+        &server,
+        acquire,
+        &[key],
+        &[&granted, "60000", "1", "1", "w1", "60000"],
+    );
+    assert_eq!(ok, 1);
+    let value: String = server.query(redis::cmd("GET").arg(key));
+    assert_eq!(
+        value,
+        format!("{granted}*"),
+        "marked: the release wakes the reader"
+    );
+    let ended: i64 = server.query(redis::cmd("HGET").arg(claims).arg("w1"));
+    assert!(ended < 0, "{ended}");
+    // A late attempt of the same acquisition is refused and records no claim.
+    let refused: i64 = script(
+        &server,
+        acquire,
+        &[key],
+        &[&late, "60000", "1", "1", "w1", "60000"],
+    );
+    assert!(refused < 0);
+    let still: i64 = server.query(redis::cmd("HGET").arg(claims).arg("w1"));
+    assert!(still < 0, "a late attempt renewed an ended claim: {still}");
+    let released: i64 = script(&server, release, &[key], &[&granted, "0", "PUBLISH", "1"]);
+    assert_eq!(released, 1);
+    let ok: i64 = script(&server, shared, &[key], &[&token(6), "60000", "1", "1"]);
+    assert_eq!(ok, 1, "no live claim: the shared hold is granted");
+}
+
 /// The cluster client re-sends an attempt after an I/O error, with the same token; the re-sent
 /// copy is granted, the guard extends its lease to a minute, and then the first copy lands
 /// late. Regression: the scripts' "another copy of this attempt" branch set the expiry (or the

@@ -177,14 +177,16 @@ impl<'a> LockRequest<'a> {
     /// exclusive holder of the name holds it: a read-write lock, whose writers are the name's
     /// ordinary exclusive (or [`fair`](Self::fair)) requests.
     ///
-    /// Writers do not starve. A writer that waits for shared holds to end records its wait on
-    /// the lock; from then on no new shared hold is granted until the writer has taken the lock
-    /// (or stopped waiting), so a writer waits at most for the shared holds live when it came,
-    /// the longest of their leases (or `max_hold` with `auto_extend`) and one handoff. A writer
-    /// that stops waiting keeps new shared holds out for at most its own ttl after the last of
-    /// those ends. Shared holds wait for writers in turn: a shared request waiting on a writer
-    /// is woken by the writer's release, and shared requests that arrive while writers keep
-    /// coming can wait for them (writers go first).
+    /// Writers do not starve. A writer (an exclusive or fair request) that waits records a
+    /// claim on the lock (`<prefix>{<name>}:x`); while any claim is live, no new shared hold is
+    /// granted, so a writer waits at most for the shared holds live when it came (the longest
+    /// of their leases, or `max_hold` with `auto_extend`), for the writers that came before it,
+    /// and one handoff. Its grant ends its claim; a writer that stops waiting ends it in the
+    /// background, and one that crashed lets it lapse after three
+    /// [`max_poll_interval`](crate::LockManagerBuilder::max_poll_interval)s and a response
+    /// timeout. Shared holds wait for writers in turn: a shared request waiting on a writer is
+    /// woken by the writer's release, and shared requests can wait as long as writers keep
+    /// coming (writers go first).
     ///
     /// Taking and giving back a shared hold is one script and one round trip each, on the one
     /// key `<prefix>{<name>}` (a hash of the holders' tokens and lease ends, as for
@@ -354,7 +356,9 @@ impl<'a> LockRequest<'a> {
         };
         let outcome = acquisition.run().instrument(span).await;
         match (line, &outcome) {
-            (Some(line), Outcome::Granted(_)) => line.taken(),
+            // On Redlock, instances that refused the granted attempt (or answered late) keep
+            // the writer's claim: it leaves them in the background too.
+            (Some(line), Outcome::Granted(_)) if !self.shared.by_majority() => line.taken(),
             // Without the lock, the ticket leaves the line in the background.
             (line, _) => drop(line),
         }

@@ -276,7 +276,12 @@ impl Names {
                     &[&token, &ttl, &ticket, keep_ticket, &mark, &tomb],
                 )
             }
-            25..=27 => Step::eval("leave", LEAVE.body, &[&queue, lock], &[&ticket, publish]),
+            25..=27 => Step::eval(
+                "leave",
+                LEAVE.body,
+                &[&queue, lock],
+                &[&ticket, publish, &tomb],
+            ),
             28..=37 => Step::eval(
                 "release",
                 RELEASE.body,

@@ -26,7 +26,7 @@ end
 -- A grant takes this acquisition's claim out; when shared requests waited on the claims, the
 -- lock is taken marked, so that its release wakes them.
 local function granted()
-  if unclaim(ARGV[5]) then
+  if unclaim(ARGV[5], now_ms(), tonumber(ARGV[6] or '0'), ARGV[4]) then
     redis.call('SET', KEYS[1], ARGV[1] .. '*', 'KEEPTTL')
   end
   return 1

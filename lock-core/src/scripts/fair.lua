@@ -85,7 +85,7 @@ local ours = holder and (holder == ARGV[1] or string.sub(holder, 1, #ARGV[1] + 1
 if ours or (not holder and not blocked and (first == nil or first == ARGV[3])) then
   if not ours then
     -- The grant takes this acquisition's claim out (claims.lua).
-    local readers = unclaim(ARGV[3])
+    local readers = unclaim(ARGV[3], now, tonumber(ARGV[4]), ARGV[6])
     local value = ARGV[1]
     if waiting > 0 then
       value = value .. '*' .. after

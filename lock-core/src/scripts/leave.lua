@@ -4,26 +4,36 @@
 -- KEYS[2] lock key   <prefix>{<name>}
 -- ARGV[1] the acquisition's ticket (a fair one's) or claim id (a waiting writer's)
 -- ARGV[2] 'SPUBLISH' on a Redis 7 cluster, else 'PUBLISH'
+-- ARGV[3] '1' from a client that re-sends: the ended claim is kept as ended (claims.lua)
 -- Returns 1 when the ticket was in line. If it was first, the first live ticket left in line is
 -- told: named in the holder's marked value (fair.lua), so that the release wakes it; or, when
 -- the lock is free, on the lock's channel (as a release would): it may take the lock now.
--- When the last live claim goes and shared requests wait on the claims, they are told on the
+-- When the last live claim ends and shared requests wait on the claims, they are told on the
 -- lock's channel (an empty message) that they may try again.
 local publish = ARGV[2] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH'
+local now = now_ms()
 local claims = KEYS[2] .. ':x'
-if redis.pcall('HDEL', claims, ARGV[1]) == 1 and redis.pcall('HEXISTS', claims, '#w') == 1 then
-  local now = now_ms()
-  local all = redis.pcall('HGETALL', claims)
-  local live = false
-  for i = 1, #all, 2 do
-    local ends = tonumber(all[i + 1])
-    if all[i] ~= '#w' and ends and ends > now then
-      live = true
-    end
+if redis.pcall('HEXISTS', claims, ARGV[1]) == 1 then
+  if ARGV[3] == '1' then
+    -- The ended claim's marker (prelude/claims.lua) stays as long as the claims key would.
+    local kept = redis.pcall('PTTL', claims)
+    redis.pcall('HSET', claims, ARGV[1], -(now + math.max(tonumber(kept) or 0, 1)))
+  else
+    redis.pcall('HDEL', claims, ARGV[1])
   end
-  if not live then
-    redis.pcall('HDEL', claims, '#w')
-    redis.call(publish, KEYS[2], '')
+  if redis.pcall('HEXISTS', claims, '#w') == 1 then
+    local all = redis.pcall('HGETALL', claims)
+    local live = false
+    for i = 1, #all, 2 do
+      local ends = tonumber(all[i + 1])
+      if all[i] ~= '#w' and ends and ends > now then
+        live = true
+      end
+    end
+    if not live then
+      redis.pcall('HDEL', claims, '#w')
+      redis.call(publish, KEYS[2], '')
+    end
   end
 end
 local left = redis.call('HDEL', KEYS[1], ARGV[1])
@@ -40,7 +50,6 @@ local star = holder and string.find(holder, '*', 1, true)
 if holder and not (star and string.sub(holder, star + 1) == ARGV[1]) then
   return 1
 end
-local now = now_ms()
 local first, first_arrival = '', nil
 local line = redis.call('HGETALL', KEYS[1])
 for i = 1, #line, 2 do

@@ -160,7 +160,8 @@ impl Node for RedisNode {
                         .arg(keys.queue())
                         .arg(&keys.lock)
                         .arg(ticket)
-                        .arg(publish);
+                        .arg(publish)
+                        .arg(tomb_arg(self.resends()));
                 })
                 .await?;
             Ok(())
