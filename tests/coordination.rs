@@ -1,8 +1,10 @@
-//! Beyond one holder at a time: permits (`permits(n)`: at most `n` holders) and leader
-//! election, against real `redis-server` processes and worker processes (`lock-checker`).
-//! RELIABILITY.md reports the long runs.
+//! Beyond one holder at a time: fair lines (`LockRequest::fair`: waiters in arrival order,
+//! across managers and processes), permits (`permits(n)`: at most `n` holders), shared holds
+//! (readers together, never with a writer) and leader election, against real `redis-server`
+//! processes and worker processes (`lock-checker`). RELIABILITY.md reports the long runs.
 //!
-//! Sizes: `LOCK_LEADER_ROUNDS` kills and as many SIGSTOPs of the leader (default 3; the run
+//! Sizes: the fair-line processes contend for 3 s times `LOCK_SOAK` (default 1);
+//! `LOCK_LEADER_ROUNDS` kills and as many SIGSTOPs of the leader (default 3; the run
 //! RELIABILITY.md reports used 20):
 //! `LOCK_LEADER_ROUNDS=20 cargo test -p lock-tests --test coordination -- --nocapture leader_election_across`.
 
@@ -13,7 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lock_core::{distributed_lock, LockError, LockManager};
-use lock_test_support::{cancel_after_polls, eventually, monotonic_ns, FaultProxy, RedisServer};
+use lock_test_support::{
+    cancel_after_polls, counter, eventually, monotonic_ns, never_polling, settled, soak,
+    FaultProxy, RedisServer,
+};
 use tokio::time::Instant;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -43,6 +48,325 @@ fn field(out: &str, prefix: &str, key: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key}= in {line}"))
 }
+
+// ---- Fair lines (LockRequest::fair) ----
+// Waiters take the lock in arrival order, across managers and processes.
+
+/// A fair acquire of `name` on `locks`, waiting up to `wait`.
+async fn fair_acquire(
+    locks: &LockManager,
+    name: &str,
+    wait: Duration,
+) -> lock_core::Result<lock_core::LockGuard> {
+    locks
+        .lock(name)
+        .ttl(LONG)
+        .wait(wait)
+        .fair(true)
+        .acquire()
+        .await
+}
+
+/// [`fair_acquire`] in a task of its own.
+fn spawn_fair(
+    locks: &LockManager,
+    name: &str,
+    wait: Duration,
+) -> tokio::task::JoinHandle<lock_core::Result<lock_core::LockGuard>> {
+    let (locks, name) = (locks.clone(), name.to_owned());
+    tokio::spawn(async move { fair_acquire(&locks, &name, wait).await })
+}
+
+/// Releases `held` and checks that `waiter` (which polls once a minute) is woken by it and
+/// takes the lock, then releases that too.
+async fn released_wakes(
+    held: lock_core::LockGuard,
+    waiter: tokio::task::JoinHandle<lock_core::Result<lock_core::LockGuard>>,
+) {
+    let released_at = Instant::now();
+    assert!(held.release().await.unwrap());
+    let g = waiter.await.unwrap().unwrap();
+    // Not woken, it would wait out the holder's 30 s lease or its one-minute poll.
+    assert!(
+        released_at.elapsed() < Duration::from_secs(10),
+        "woken by the release"
+    );
+    assert!(g.release().await.unwrap());
+}
+
+fn in_line(server: &RedisServer, name: &str) -> i64 {
+    // The line's hash holds one field per ticket, plus the arrival counter `#`.
+    let fields: i64 = server.query(redis::cmd("HLEN").arg(format!("lock:{{{name}}}:q")));
+    (fields - 1).max(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_waiters_take_the_lock_in_arrival_order_across_managers() {
+    let server = RedisServer::start();
+    let mut managers = Vec::new();
+    for _ in 0..3 {
+        managers.push(LockManager::connect(&server.url()).await.unwrap());
+    }
+    let held = managers[0]
+        .try_acquire("line", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..6usize {
+        let (m, order) = (managers[i % 3].clone(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let g = fair_acquire(&m, "line", Duration::from_secs(20))
+                .await
+                .unwrap();
+            order.lock().unwrap().push(i);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(g.release().await.unwrap());
+        }));
+        // The next one arrives once this one is in line.
+        assert!(
+            eventually(Duration::from_secs(5), || in_line(&server, "line")
+                == i as i64 + 1)
+            .await,
+            "waiter {i} in line"
+        );
+    }
+    assert!(held.release().await.unwrap());
+    for w in waiters {
+        w.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(in_line(&server, "line"), 0, "everyone left the line");
+}
+
+/// A release used to wake every fair waiter of its lock, and each ran the line script again,
+/// though only the first in line may take the lock (at 64 waiters, a 5 ms handoff). The release
+/// message now names the first ticket in line, and only that waiter tries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_wakes_only_the_first_fair_waiter_in_line() {
+    let server = RedisServer::start();
+    let locks = never_polling(&server).await;
+    let held = locks.try_acquire("next", LONG).await.unwrap().unwrap();
+    let mut waiters = Vec::new();
+    for i in 0..8 {
+        waiters.push(spawn_fair(&locks, "next", Duration::from_secs(30)));
+        assert!(eventually(Duration::from_secs(5), || in_line(&server, "next") == i + 1).await);
+    }
+    // Every waiter has subscribed and marked the key, and sleeps.
+    settled(std::slice::from_ref(&server), "lock:{next}").await;
+    let _: () = server.query(redis::cmd("CONFIG").arg("RESETSTAT"));
+    assert!(held.release().await.unwrap());
+    let first = waiters.remove(0).await.unwrap().unwrap();
+    // Time for any other waiter to try, had it been woken.
+    settled(std::slice::from_ref(&server), "lock:{next}").await;
+    assert_eq!(
+        server.command_calls("evalsha"),
+        2,
+        "the release and the first waiter's attempt, no other waiter's"
+    );
+    assert_eq!(in_line(&server, "next"), 7);
+    assert!(first.release().await.unwrap());
+    // The rest follow in order, each woken by the release before it.
+    for w in waiters {
+        assert!(w.await.unwrap().unwrap().release().await.unwrap());
+    }
+}
+
+/// 64 fair waiters taking turns (1 ms holds) with a one-minute poll interval: every handoff
+/// must come from a release message naming the next waiter, as a missed one would stall for
+/// the holder's 30 s lease. (In the bench, with the default 250 ms poll, a waiter's poll
+/// occasionally fires just before its message arrives and takes the lock itself.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_fair_waiters_hand_over_by_messages_alone() {
+    let server = RedisServer::start();
+    let locks = never_polling(&server).await;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..64)
+        .map(|_| {
+            let locks = locks.clone();
+            tokio::spawn(async move {
+                for _ in 0..6 {
+                    let g = fair_acquire(&locks, "turns", Duration::from_secs(60))
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    assert!(g.release().await.unwrap());
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "384 handoffs with no stall on a poll or a lease end: {:?}",
+        started.elapsed()
+    );
+}
+
+/// The release message names the first fair ticket in line, kept in the holder's value; when
+/// that waiter gives up, leaving the line names the next one there, or the release would wake
+/// nobody (the next waiter polls once a minute here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_first_fair_waiter_gives_up_the_release_wakes_the_next() {
+    let server = RedisServer::start();
+    let locks = never_polling(&server).await;
+    let held = locks.try_acquire("after", LONG).await.unwrap().unwrap();
+    let first = spawn_fair(&locks, "after", Duration::from_secs(30));
+    assert!(eventually(Duration::from_secs(5), || in_line(&server, "after") == 1).await);
+    let second = spawn_fair(&locks, "after", Duration::from_secs(30));
+    assert!(eventually(Duration::from_secs(5), || in_line(&server, "after") == 2).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.abort();
+    assert!(eventually(Duration::from_secs(2), || in_line(&server, "after") == 1).await);
+    released_wakes(held, second).await;
+}
+
+#[tokio::test]
+async fn a_fair_waiter_that_gives_up_leaves_the_line_at_once() {
+    let server = RedisServer::start();
+    let locks = never_polling(&server).await;
+    let held = locks.try_acquire("gone", LONG).await.unwrap().unwrap();
+    let quitter = spawn_fair(&locks, "gone", Duration::from_secs(30));
+    assert!(eventually(Duration::from_secs(5), || in_line(&server, "gone") == 1).await);
+    quitter.abort();
+    assert!(
+        eventually(Duration::from_secs(2), || in_line(&server, "gone") == 0).await,
+        "the dropped waiter's ticket left the line (it would otherwise stay a minute)"
+    );
+    // The next fair waiter is not held up by it.
+    let next = spawn_fair(&locks, "gone", Duration::from_secs(30));
+    assert!(eventually(Duration::from_secs(5), || in_line(&server, "gone") == 1).await);
+    released_wakes(held, next).await;
+}
+
+#[tokio::test]
+async fn a_briefly_kept_ticket_never_shortens_the_line_for_a_longer_kept_one() {
+    let server = RedisServer::start();
+    let holder = LockManager::connect(&server.url()).await.unwrap();
+    let manager = |poll: Duration| {
+        LockManager::builder()
+            .url(&server.url())
+            .max_poll_interval(poll)
+            .build()
+    };
+    // Tickets stay in line three poll intervals plus a response timeout: ~31 s and ~1.3 s.
+    let patient = manager(Duration::from_secs(10)).await.unwrap();
+    let hasty = manager(Duration::from_millis(100)).await.unwrap();
+    let held = holder.try_acquire("keep", LONG).await.unwrap().unwrap();
+    let first = spawn_fair(&patient, "keep", Duration::from_secs(60));
+    assert!(eventually(Duration::from_secs(5), || in_line(&server, "keep") == 1).await);
+    let err = fair_acquire(&hasty, "keep", Duration::from_millis(800))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::Timeout { .. }), "{err:?}");
+    // Longer than the hasty ticket's keep: had its refreshes shortened the line's expiry, the
+    // patient waiter's ticket would be gone with it.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(
+        in_line(&server, "keep"),
+        1,
+        "the first waiter kept its place"
+    );
+    assert!(held.release().await.unwrap());
+    let g = first.await.unwrap().unwrap();
+    assert!(g.release().await.unwrap());
+}
+
+/// Fair mode across processes: 8 workers contend for one lock for 3 s, each holding it 5 ms.
+/// Every worker gets within 10% of the mean number of turns, and nobody waits much longer than
+/// the line (8 waiters) times the hold. The same run without `fair` is reported beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_processes_share_a_fair_lock_evenly() {
+    let mut figures = Vec::new();
+    for fair in [true, false] {
+        let (lock, resource) = (RedisServer::start(), RedisServer::start());
+        let name = if fair { "fair" } else { "unfair" };
+        let workers: Vec<Child> = (0..8)
+            .map(|_| {
+                checker(&lock, &resource, name, "contend")
+                    .args(["--iterations", "0"])
+                    .args([
+                        "--fair",
+                        if fair { "1" } else { "0" },
+                        "--hold-ms",
+                        "5",
+                        "--ttl-ms",
+                        "5000",
+                    ])
+                    .spawn()
+                    .expect("start lock-checker")
+            })
+            .collect();
+        let ready = format!("checker:{name}:ready");
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                let n: Option<u64> = resource.query(redis::cmd("GET").arg(&ready));
+                n == Some(8)
+            })
+            .await
+        );
+        let _: () = resource.query(redis::cmd("SET").arg(format!("checker:{name}:go")).arg(1));
+        tokio::time::sleep(Duration::from_secs(3 * soak())).await;
+        let _: () = resource.query(redis::cmd("SET").arg(format!("checker:{name}:stop")).arg(1));
+        let outputs = tokio::task::spawn_blocking(move || {
+            workers
+                .into_iter()
+                .map(|w| w.wait_with_output().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        let mut turns = Vec::new();
+        let mut longest_ms = 0u64;
+        for out in outputs {
+            assert!(out.status.success(), "a worker failed: {out:?}");
+            let text = String::from_utf8(out.stdout).unwrap();
+            for line in text.lines() {
+                if let Some(ms) = line.strip_prefix("LONGEST_WAIT_MS ") {
+                    longest_ms = longest_ms.max(ms.parse().unwrap());
+                }
+                if let Some(result) = line.strip_prefix("RESULT ") {
+                    let acquisitions = result
+                        .split_whitespace()
+                        .find_map(|f| f.strip_prefix("acquisitions="))
+                        .unwrap();
+                    turns.push(acquisitions.parse::<u64>().unwrap());
+                }
+            }
+        }
+        let total: u64 = turns.iter().sum();
+        assert_eq!(
+            counter(&resource, name, "counter"),
+            total,
+            "{name}: no lost update"
+        );
+        let mean = total as f64 / turns.len() as f64;
+        let spread = (*turns.iter().max().unwrap() - *turns.iter().min().unwrap()) as f64 / mean;
+        figures.push(format!(
+            "{name}: turns per process {turns:?} (spread {:.0}% of the mean), longest wait {longest_ms} ms",
+            spread * 100.0
+        ));
+        if fair {
+            assert!(
+                spread <= 0.10,
+                "fair turns spread {:.0}% of the mean: {turns:?}",
+                spread * 100.0
+            );
+            // 8 in line, 5 ms each plus a handoff: about 50 ms; a generous bound for a shared VM.
+            assert!(longest_ms < 1000, "a fair waiter waited {longest_ms} ms");
+        }
+    }
+    report(
+        "fair vs unfair, 8 processes, 5 ms holds",
+        &figures.join("; "),
+    );
+}
+
+// ---- Permits and shared holds ----
 
 /// Runs `workers` permit workers of `iterations` each, asking for `permits` and checking the
 /// bound `bound`: (acquisitions, entries that found more than `bound` inside, most inside).
@@ -584,6 +908,8 @@ async fn the_attribute_takes_permits() {
     );
     assert!(permit.release().await.unwrap());
 }
+
+// ---- Leader election ----
 
 /// Samples `is_leader()` of each handle every millisecond for `span`: panics if two say leader
 /// at once; returns how many samples each said it.

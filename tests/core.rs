@@ -1,10 +1,18 @@
-//! lock-core on real Redis servers (started per test on free ports) and on the in-process
-//! backend: acquire, release, extend, waiting, cancellation, drop, validation, failures.
+//! lock-core on one real Redis server (started per test on a free port) and on the in-process
+//! backend: the semantic suite on both; then acquire, release, extend, drop, cancellation and
+//! failures; bad input (typed errors, nothing sent to Redis); waiting, woken by release
+//! notifications; connections (urls, TLS, lazy builds), scripts, force release, reentrancy.
+//!
+//! Elsewhere: fair lines, permits, shared holds and leaders in coordination.rs; Valkey,
+//! min_replicas, Sentinel, Cluster and Redlock in scale_out.rs; fault injection and
+//! multi-process exclusion in safety.rs.
 
 use std::time::Duration;
 
 use lock_core::{LockError, LockManager};
-use lock_test_support::{cancel_after_polls, eventually, free_port, FaultProxy, RedisServer};
+use lock_test_support::{
+    cancel_after_polls, eventually, free_port, never_polling, FaultProxy, RedisServer,
+};
 use tokio::time::Instant;
 
 mod semantics;
@@ -89,30 +97,6 @@ async fn key_prefix_is_applied() {
         .await
         .unwrap_err();
     assert!(matches!(err, LockError::InvalidName { .. }), "{err:?}");
-}
-
-#[tokio::test]
-async fn bad_input_never_reaches_redis() {
-    let server = RedisServer::start();
-    let locks = LockManager::connect(&server.url()).await.unwrap();
-    let _: () = server.query(redis::cmd("CONFIG").arg("RESETSTAT"));
-    let huge = "n".repeat(1 << 20);
-    assert!(locks.try_acquire("", LONG).await.is_err());
-    assert!(locks.try_acquire(&huge, LONG).await.is_err());
-    assert!(locks.try_acquire("x", Duration::ZERO).await.is_err());
-    assert!(locks
-        .try_acquire("x", Duration::from_nanos(1))
-        .await
-        .is_err());
-    assert!(locks.try_acquire("x", Duration::MAX).await.is_err());
-    assert!(locks
-        .acquire("x", Duration::from_secs(u64::MAX), LONG)
-        .await
-        .is_err());
-    for cmd in ["eval", "evalsha", "set", "script|load"] {
-        assert_eq!(server.command_calls(cmd), 0, "{cmd} reached Redis");
-    }
-    assert!(server.keys("*").is_empty());
 }
 
 #[tokio::test]
@@ -416,17 +400,88 @@ async fn in_memory_backend_follows_paused_time() {
     assert!(matches!(err, LockError::Timeout { .. }));
 }
 
-// ---- Waiting: release notifications (Redis) ---------------------------------------------
+// ---- Bad input --------------------------------------------------------------------------
 
-/// A manager whose waiters would poll only once a minute: any prompt handoff is a notification.
-async fn never_polling(server: &RedisServer) -> LockManager {
-    LockManager::builder()
-        .url(&server.url())
-        .max_poll_interval(Duration::from_secs(60))
-        .build()
+#[tokio::test]
+async fn bad_input_never_reaches_redis() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    let _: () = server.query(redis::cmd("CONFIG").arg("RESETSTAT"));
+    let huge = "n".repeat(1 << 20);
+    assert!(locks.try_acquire("", LONG).await.is_err());
+    assert!(locks.try_acquire(&huge, LONG).await.is_err());
+    assert!(locks.try_acquire("x", Duration::ZERO).await.is_err());
+    assert!(locks
+        .try_acquire("x", Duration::from_nanos(1))
         .await
-        .unwrap()
+        .is_err());
+    assert!(locks.try_acquire("x", Duration::MAX).await.is_err());
+    assert!(locks
+        .acquire("x", Duration::from_secs(u64::MAX), LONG)
+        .await
+        .is_err());
+    for cmd in ["eval", "evalsha", "set", "script|load"] {
+        assert_eq!(server.command_calls(cmd), 0, "{cmd} reached Redis");
+    }
+    assert!(server.keys("*").is_empty());
 }
+
+#[tokio::test]
+async fn bad_input_sweep_gets_typed_errors_and_leaves_nothing() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    let huge = "x".repeat(1 << 20);
+    let braces = "}{".to_owned();
+    for name in ["", huge.as_str(), braces.as_str()] {
+        let err = locks
+            .try_acquire(name, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LockError::InvalidName { .. }), "{err:?}");
+    }
+    for ttl in [
+        Duration::ZERO,
+        Duration::from_micros(1),
+        Duration::from_secs(u64::MAX),
+    ] {
+        let err = locks.try_acquire("ok", ttl).await.unwrap_err();
+        assert!(matches!(err, LockError::InvalidTtl { .. }), "{err:?}");
+    }
+    for name in ["ünïcødé ✓", "{tag}", "a{b}c{d}", "sp ace"] {
+        let g = locks
+            .try_acquire(name, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(g.release().await.unwrap());
+    }
+    assert!(server.lock_keys().is_empty());
+    // Unreachable host, wrong password, TLS to a plain server: typed errors, no panic.
+    let closed = format!("redis://127.0.0.1:{}", lock_test_support::free_port());
+    assert!(matches!(
+        LockManager::connect(&closed).await,
+        Err(LockError::Connect { .. })
+    ));
+    let secured = RedisServer::start_with(&["--requirepass", "p"]);
+    let wrong = format!("redis://:nope@127.0.0.1:{}", secured.port());
+    assert!(matches!(
+        LockManager::connect(&wrong).await,
+        Err(LockError::Connect { .. })
+    ));
+    // TLS (the `tls` feature is on in these tests) against a server that speaks plain text.
+    let tls = format!("rediss://127.0.0.1:{}", server.port());
+    match LockManager::connect(&tls).await {
+        Err(e @ LockError::Connect { .. }) => assert!(e.to_string().contains(&tls), "{e}"),
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+    let not_a_url = LockManager::connect("http://example").await;
+    assert!(
+        matches!(not_a_url, Err(LockError::InvalidUrl { .. })),
+        "{not_a_url:?}"
+    );
+}
+
+// ---- Waiting: release notifications (Redis) ---------------------------------------------
 
 #[tokio::test]
 async fn waiter_is_woken_by_the_release_not_by_polling() {
@@ -677,7 +732,8 @@ async fn waiters_recover_when_the_pubsub_connection_is_killed() {
 }
 
 // ---- Wake-ups (W1-W4 in lock-core's backend/notify.rs): regressions for the review's three
-// notifier defects. Each failed on the notifier before the rewrite. ----
+// notifier defects. Each failed on the notifier before the rewrite. Defect 1 needs Redlock: it
+// is in scale_out.rs (a_paused_redlock_instance_serializes_no_waiters_of_other_names). ----
 
 fn channels(server: &RedisServer) -> Vec<String> {
     server.query(redis::cmd("PUBSUB").arg("CHANNELS"))
@@ -693,159 +749,6 @@ async fn wait_cycle(server: &RedisServer, holder: &LockManager, waiter: &LockMan
     assert!(eventually(Duration::from_secs(5), || server.subscribers(&channel) == 1).await);
     assert!(held.release().await.unwrap());
     assert!(waiting.await.unwrap().unwrap().release().await.unwrap());
-}
-
-/// Defect 1 (W2): the pub/sub connect and SUBSCRIBE ran under one manager-wide lock, so with one
-/// Redlock instance paused, waiters on 6 different names got their free locks 0.4, 1.4, ...,
-/// 5.4 s after the release. Now nobody waits for a subscription, and a waiter is woken by any
-/// instance's message.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_redlock_instance_serializes_no_waiters_of_other_names() {
-    let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
-    let urls: Vec<String> = nodes.iter().map(RedisServer::url).collect();
-    let holder = LockManager::builder().redlock(&urls).build().await.unwrap();
-    let waiter = LockManager::builder().redlock(&urls).build().await.unwrap();
-    // A short ttl keeps the per-instance timeout (a tenth of it) short next to the paused one.
-    let ttl = Duration::from_secs(2);
-    let names: Vec<String> = (0..6).map(|i| format!("spread:{i}")).collect();
-    let mut held = Vec::new();
-    for name in &names {
-        held.push(holder.try_acquire(name, ttl).await.unwrap().unwrap());
-    }
-    nodes[0].pause();
-    let waiting: Vec<_> = names
-        .iter()
-        .map(|name| {
-            let (waiter, name) = (waiter.clone(), name.clone());
-            tokio::spawn(async move {
-                let g = waiter
-                    .acquire(&name, ttl, Duration::from_secs(15))
-                    .await
-                    .expect("taken once released");
-                (Instant::now(), g)
-            })
-        })
-        .collect();
-    // Let every waiter settle in to wait, then release all six at once.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let released_at = Instant::now();
-    let releases: Vec<_> = held
-        .into_iter()
-        .map(|g| tokio::spawn(async move { g.release().await }))
-        .collect();
-    for released in releases {
-        assert!(
-            released.await.unwrap().unwrap(),
-            "released on the majority that is up"
-        );
-    }
-    let mut delays = Vec::new();
-    for w in waiting {
-        let (at, g) = w.await.unwrap();
-        delays.push(at.saturating_duration_since(released_at));
-        drop(g);
-    }
-    nodes[0].resume();
-    let worst = delays.iter().max().unwrap();
-    assert!(
-        *worst < Duration::from_millis(1500),
-        "each free lock taken soon after its release, none queued behind another: {delays:?}"
-    );
-}
-
-/// With one Redlock instance paused, a waiter's refused attempt used to wait for the paused
-/// instance's per-instance timeout twice (for its answer, then to give back what it might have
-/// set), so a freed lock changed hands up to two timeouts (here 2 s) after its release, 1 s on
-/// average. Now a refusal by a majority decides the attempt at once and the paused instance's
-/// give-back runs in the background: every handoff takes one notification and one attempt.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_redlock_instance_does_not_slow_the_handoff_to_a_waiter() {
-    let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
-    let urls: Vec<String> = nodes.iter().map(RedisServer::url).collect();
-    // The waiter is woken by the release message only: a poll of its own that happened to be
-    // in flight during the release could find one live instance still holding and the other
-    // free, and wait for the silent third (1 s) to decide: a different race than the one
-    // measured here, seen once under a loaded test run.
-    let locks = LockManager::builder()
-        .redlock(&urls)
-        .max_poll_interval(Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
-    // A 10 s ttl gives each instance a 1 s timeout.
-    let ttl = Duration::from_secs(10);
-    // The release script cached on every instance first: an uncached one costs a second round
-    // trip (`EVALSHA`, `NOSCRIPT`, then `EVAL`), and a waiter woken by the instance that
-    // released first could meanwhile be refused by the other, then wait for the paused one.
-    let warm = locks.try_acquire("warm", ttl).await.unwrap().unwrap();
-    assert!(warm.release().await.unwrap());
-    let mut held = locks.try_acquire("handoff", ttl).await.unwrap().unwrap();
-    nodes[0].pause();
-    let mut delays = Vec::new();
-    for _ in 0..5 {
-        let waiter = locks.clone();
-        let waiting = tokio::spawn(async move {
-            let g = waiter
-                .acquire("handoff", ttl, Duration::from_secs(15))
-                .await
-                .expect("taken once released");
-            (Instant::now(), g)
-        });
-        // Nor may the release meet an attempt in flight (the retry after each subscription's
-        // confirmation), which could be split the same way: so the waiter is subscribed on
-        // both live instances and has stopped sending attempts, rather than given a fixed
-        // 300 ms that a loaded machine can outrun.
-        settled(&nodes[1..], "lock:{handoff}").await;
-        let released_at = Instant::now();
-        assert!(
-            held.release().await.unwrap(),
-            "released on the majority that is up"
-        );
-        let (at, next) = waiting.await.unwrap();
-        delays.push(at.saturating_duration_since(released_at));
-        held = next;
-    }
-    assert!(held.release().await.unwrap());
-    nodes[0].resume();
-    assert!(
-        delays.iter().all(|d| *d < Duration::from_millis(300)),
-        "every handoff well under the paused instance's 1 s timeout: {delays:?}"
-    );
-}
-
-/// Waits until, on every one of `nodes`, the lock whose key and channel is `key` is marked by a
-/// waiter (its value has the `*`) and has a subscriber, and no attempt (`SET`, `EVALSHA` or
-/// `EVAL`) has reached any of them for 200 ms: the waiters are asleep.
-async fn settled(nodes: &[RedisServer], key: &str) {
-    let attempts = || -> u64 {
-        nodes
-            .iter()
-            .map(|n| {
-                ["set", "evalsha", "eval"]
-                    .map(|c| n.command_calls(c))
-                    .iter()
-                    .sum::<u64>()
-            })
-            .sum()
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = attempts();
-    let mut quiet = 0;
-    while quiet < 2 {
-        assert!(Instant::now() < deadline, "waiters never settled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = attempts();
-        let waited_on = nodes.iter().all(|n| {
-            let value: Option<String> = n.query(redis::cmd("GET").arg(key));
-            value.is_some_and(|v| v.contains('*')) && n.subscribers(key) >= 1
-        });
-        quiet = if waited_on && now == last {
-            quiet + 1
-        } else {
-            0
-        };
-        last = now;
-    }
 }
 
 /// Defect 2 (W3): a wait that ended while its SUBSCRIBE was in flight left the channel
@@ -991,231 +894,8 @@ async fn waiters_are_subscribed_again_after_the_pubsub_connection_is_killed() {
     assert!(g.unwrap().release().await.unwrap());
 }
 
-// ---- Fair handoff (`LockRequest::fair`): waiters in arrival order, across managers. ----
-
-/// A fair acquire of `name` on `locks`, waiting up to `wait`.
-async fn fair_acquire(
-    locks: &LockManager,
-    name: &str,
-    wait: Duration,
-) -> lock_core::Result<lock_core::LockGuard> {
-    locks
-        .lock(name)
-        .ttl(LONG)
-        .wait(wait)
-        .fair(true)
-        .acquire()
-        .await
-}
-
-/// [`fair_acquire`] in a task of its own.
-fn spawn_fair(
-    locks: &LockManager,
-    name: &str,
-    wait: Duration,
-) -> tokio::task::JoinHandle<lock_core::Result<lock_core::LockGuard>> {
-    let (locks, name) = (locks.clone(), name.to_owned());
-    tokio::spawn(async move { fair_acquire(&locks, &name, wait).await })
-}
-
-/// Releases `held` and checks that `waiter` (which polls once a minute) is woken by it and
-/// takes the lock, then releases that too.
-async fn released_wakes(
-    held: lock_core::LockGuard,
-    waiter: tokio::task::JoinHandle<lock_core::Result<lock_core::LockGuard>>,
-) {
-    let released_at = Instant::now();
-    assert!(held.release().await.unwrap());
-    let g = waiter.await.unwrap().unwrap();
-    // Not woken, it would wait out the holder's 30 s lease or its one-minute poll.
-    assert!(
-        released_at.elapsed() < Duration::from_secs(10),
-        "woken by the release"
-    );
-    assert!(g.release().await.unwrap());
-}
-
-fn in_line(server: &RedisServer, name: &str) -> i64 {
-    // The line's hash holds one field per ticket, plus the arrival counter `#`.
-    let fields: i64 = server.query(redis::cmd("HLEN").arg(format!("lock:{{{name}}}:q")));
-    (fields - 1).max(0)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fair_waiters_take_the_lock_in_arrival_order_across_managers() {
-    let server = RedisServer::start();
-    let mut managers = Vec::new();
-    for _ in 0..3 {
-        managers.push(LockManager::connect(&server.url()).await.unwrap());
-    }
-    let held = managers[0]
-        .try_acquire("line", LONG)
-        .await
-        .unwrap()
-        .unwrap();
-    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut waiters = Vec::new();
-    for i in 0..6usize {
-        let (m, order) = (managers[i % 3].clone(), order.clone());
-        waiters.push(tokio::spawn(async move {
-            let g = fair_acquire(&m, "line", Duration::from_secs(20))
-                .await
-                .unwrap();
-            order.lock().unwrap().push(i);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            assert!(g.release().await.unwrap());
-        }));
-        // The next one arrives once this one is in line.
-        assert!(
-            eventually(Duration::from_secs(5), || in_line(&server, "line")
-                == i as i64 + 1)
-            .await,
-            "waiter {i} in line"
-        );
-    }
-    assert!(held.release().await.unwrap());
-    for w in waiters {
-        w.await.unwrap();
-    }
-    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
-    assert_eq!(in_line(&server, "line"), 0, "everyone left the line");
-}
-
-/// A release used to wake every fair waiter of its lock, and each ran the line script again,
-/// though only the first in line may take the lock (at 64 waiters, a 5 ms handoff). The release
-/// message now names the first ticket in line, and only that waiter tries.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_release_wakes_only_the_first_fair_waiter_in_line() {
-    let server = RedisServer::start();
-    let locks = never_polling(&server).await;
-    let held = locks.try_acquire("next", LONG).await.unwrap().unwrap();
-    let mut waiters = Vec::new();
-    for i in 0..8 {
-        waiters.push(spawn_fair(&locks, "next", Duration::from_secs(30)));
-        assert!(eventually(Duration::from_secs(5), || in_line(&server, "next") == i + 1).await);
-    }
-    // Every waiter has subscribed and marked the key, and sleeps.
-    settled(std::slice::from_ref(&server), "lock:{next}").await;
-    let _: () = server.query(redis::cmd("CONFIG").arg("RESETSTAT"));
-    assert!(held.release().await.unwrap());
-    let first = waiters.remove(0).await.unwrap().unwrap();
-    // Time for any other waiter to try, had it been woken.
-    settled(std::slice::from_ref(&server), "lock:{next}").await;
-    assert_eq!(
-        server.command_calls("evalsha"),
-        2,
-        "the release and the first waiter's attempt, no other waiter's"
-    );
-    assert_eq!(in_line(&server, "next"), 7);
-    assert!(first.release().await.unwrap());
-    // The rest follow in order, each woken by the release before it.
-    for w in waiters {
-        assert!(w.await.unwrap().unwrap().release().await.unwrap());
-    }
-}
-
-/// 64 fair waiters taking turns (1 ms holds) with a one-minute poll interval: every handoff
-/// must come from a release message naming the next waiter, as a missed one would stall for
-/// the holder's 30 s lease. (In the bench, with the default 250 ms poll, a waiter's poll
-/// occasionally fires just before its message arrives and takes the lock itself.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixty_four_fair_waiters_hand_over_by_messages_alone() {
-    let server = RedisServer::start();
-    let locks = never_polling(&server).await;
-    let started = Instant::now();
-    let workers: Vec<_> = (0..64)
-        .map(|_| {
-            let locks = locks.clone();
-            tokio::spawn(async move {
-                for _ in 0..6 {
-                    let g = fair_acquire(&locks, "turns", Duration::from_secs(60))
-                        .await
-                        .unwrap();
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    assert!(g.release().await.unwrap());
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.await.unwrap();
-    }
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "384 handoffs with no stall on a poll or a lease end: {:?}",
-        started.elapsed()
-    );
-}
-
-/// The release message names the first fair ticket in line, kept in the holder's value; when
-/// that waiter gives up, leaving the line names the next one there, or the release would wake
-/// nobody (the next waiter polls once a minute here).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_first_fair_waiter_gives_up_the_release_wakes_the_next() {
-    let server = RedisServer::start();
-    let locks = never_polling(&server).await;
-    let held = locks.try_acquire("after", LONG).await.unwrap().unwrap();
-    let first = spawn_fair(&locks, "after", Duration::from_secs(30));
-    assert!(eventually(Duration::from_secs(5), || in_line(&server, "after") == 1).await);
-    let second = spawn_fair(&locks, "after", Duration::from_secs(30));
-    assert!(eventually(Duration::from_secs(5), || in_line(&server, "after") == 2).await);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    first.abort();
-    assert!(eventually(Duration::from_secs(2), || in_line(&server, "after") == 1).await);
-    released_wakes(held, second).await;
-}
-
-#[tokio::test]
-async fn a_fair_waiter_that_gives_up_leaves_the_line_at_once() {
-    let server = RedisServer::start();
-    let locks = never_polling(&server).await;
-    let held = locks.try_acquire("gone", LONG).await.unwrap().unwrap();
-    let quitter = spawn_fair(&locks, "gone", Duration::from_secs(30));
-    assert!(eventually(Duration::from_secs(5), || in_line(&server, "gone") == 1).await);
-    quitter.abort();
-    assert!(
-        eventually(Duration::from_secs(2), || in_line(&server, "gone") == 0).await,
-        "the dropped waiter's ticket left the line (it would otherwise stay a minute)"
-    );
-    // The next fair waiter is not held up by it.
-    let next = spawn_fair(&locks, "gone", Duration::from_secs(30));
-    assert!(eventually(Duration::from_secs(5), || in_line(&server, "gone") == 1).await);
-    released_wakes(held, next).await;
-}
-
-#[tokio::test]
-async fn a_briefly_kept_ticket_never_shortens_the_line_for_a_longer_kept_one() {
-    let server = RedisServer::start();
-    let holder = LockManager::connect(&server.url()).await.unwrap();
-    let manager = |poll: Duration| {
-        LockManager::builder()
-            .url(&server.url())
-            .max_poll_interval(poll)
-            .build()
-    };
-    // Tickets stay in line three poll intervals plus a response timeout: ~31 s and ~1.3 s.
-    let patient = manager(Duration::from_secs(10)).await.unwrap();
-    let hasty = manager(Duration::from_millis(100)).await.unwrap();
-    let held = holder.try_acquire("keep", LONG).await.unwrap().unwrap();
-    let first = spawn_fair(&patient, "keep", Duration::from_secs(60));
-    assert!(eventually(Duration::from_secs(5), || in_line(&server, "keep") == 1).await);
-    let err = fair_acquire(&hasty, "keep", Duration::from_millis(800))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, LockError::Timeout { .. }), "{err:?}");
-    // Longer than the hasty ticket's keep: had its refreshes shortened the line's expiry, the
-    // patient waiter's ticket would be gone with it.
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert_eq!(
-        in_line(&server, "keep"),
-        1,
-        "the first waiter kept its place"
-    );
-    assert!(held.release().await.unwrap());
-    let g = first.await.unwrap().unwrap();
-    assert!(g.release().await.unwrap());
-}
+// ---- Connections (urls, TLS, lazy builds, a service's own client), scripts, force release,
+// reentrancy ----
 
 /// A bad url, a server nobody runs and a wrong password each fail the build with an error that
 /// names the url (its password masked) and, for a bad url, the forms accepted. Before, they said
