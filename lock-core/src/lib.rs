@@ -282,11 +282,13 @@
 //!   fair, permits, shared); the kind alone decides which deployments serve it, whether its
 //!   holds carry fencing tokens, which kinds may meet on one name, and which scripts take,
 //!   renew and give back its holds (`Kind::scripts`).
-//! - **The loop**: `acquire.rs` (attempts, waiting woken by releases, the fair line's ticket)
-//!   and `watchdog.rs` (renewals).
-//! - **The state**: `shared.rs` (settings, held leases, shutdown, and the one path from guards
-//!   and requests to the deployment), `lease.rs` (what a guard may count on: I1), `held.rs`
-//!   (reentrancy), `tasks.rs`.
+//! - **The loop**: `acquire.rs` (attempts, waiting woken by releases, the fair line's ticket
+//!   and the writer's claim) and `watchdog.rs` (renewals).
+//! - **The inner loop**: `shared/commands.rs`, the one path from guards, requests and
+//!   watchdogs to the deployment: every attempt, extend, fencing token and release is sent,
+//!   timed and accounted for there.
+//! - **The state**: `shared/mod.rs` (settings, held leases, background work, shutdown),
+//!   `lease.rs` (what a guard may count on: I1), `held.rs` (reentrancy), `tasks.rs`.
 //! - **The background**: `cleanup.rs` releases by token what a command may have left (I5); it
 //!   owns the store and the task tracker, nothing else.
 //! - **Deployments**: `deploy.rs` connects the one a builder names; `backend/` has the

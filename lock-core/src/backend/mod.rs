@@ -93,7 +93,7 @@ pub(crate) trait Node: Send + Sync {
         ticket: Option<Ticket<'a>>,
     ) -> BoxFuture<'a, Result<Taken>>;
 
-    /// Takes `ticket` out of the line (leave.lua).
+    /// Takes `ticket` out of the line, or ends the writer's claim it names (leave.lua).
     fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>>;
 
     /// Compare-and-delete. With `keep` above zero the key is only shortened to expire after
@@ -250,7 +250,7 @@ pub(crate) trait Store: Send + Sync {
         ticket: Option<Ticket<'a>>,
     ) -> BoxFuture<'a, Result<Attempt>>;
 
-    /// Takes a fair acquisition's ticket out of the line.
+    /// Takes a fair acquisition's ticket out of the line, or ends a waiting writer's claim.
     fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>>;
 
     /// Whether this deployment decides by a majority of independent instances (Redlock),

@@ -1,51 +1,21 @@
-//! The state a manager's guards, requests and watchdogs share, and the only path from them to
-//! the backend: every command about a lock is sent, timed and accounted for here. What a
-//! command may leave behind is handed to the background clean-up (`cleanup.rs`, I5).
+//! The inner loop: every command about a lock, sent, timed and accounted for. An attempt, an
+//! extend, a fencing token, a release (now or in the background), a fair ticket or writer's
+//! claim leaving, and operators' reads; what a command may leave behind is handed to the
+//! background clean-up (`cleanup.rs`, I5).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 
-use crate::backend::{Attempt, Found, Leftover, Renewal, Store, Ticket, Wake, Watch};
-use crate::cleanup::{keep_for, CleanUp, Cleaner, Orphan, PendingRelease};
+use super::Shared;
+use crate::backend::{Attempt, Found, Leftover, Renewal, Ticket, Watch};
+use crate::cleanup::{keep_for, CleanUp, Orphan, PendingRelease};
 use crate::keys::LockKeys;
 use crate::lease::{Grant, Landed, Lease};
-use crate::locked;
-use crate::tasks::Tasks;
 use crate::token::owner_token;
 use crate::{LockError, Result};
-
-/// Settings of a manager that its requests read.
-#[derive(Clone, Debug)]
-pub(crate) struct Settings {
-    pub(crate) prefix: String,
-    /// Longest pause between a waiter's attempts when no release notification arrives.
-    pub(crate) poll_cap: Duration,
-    /// How long one command may wait for its reply.
-    pub(crate) response_timeout: Duration,
-    /// Who this manager's locks say holds them (`holder_id`), made fit for a token.
-    pub(crate) holder: String,
-}
-
-pub(crate) struct Shared {
-    store: Arc<dyn Store>,
-    /// Releases that go on in the background; shares `store` and `tasks`.
-    cleaner: Cleaner,
-    wake: Box<dyn Wake>,
-    settings: Settings,
-    tasks: Arc<Tasks>,
-    /// Locks acquired through this manager and not yet released, for `shutdown`.
-    held: Mutex<HashMap<u64, Arc<Lease>>>,
-    next_id: AtomicU64,
-    /// `shutdown` was called: leader campaigns end instead of taking their lock again.
-    shut_down: AtomicBool,
-    /// Woken when `shut_down` is set.
-    shutting: tokio::sync::Notify,
-}
 
 /// The answer to one acquire attempt.
 pub(crate) enum Tried {
@@ -61,70 +31,6 @@ pub(crate) enum Tried {
 }
 
 impl Shared {
-    pub(crate) fn new(store: Box<dyn Store>, wake: Box<dyn Wake>, settings: Settings) -> Arc<Self> {
-        let store: Arc<dyn Store> = Arc::from(store);
-        let tasks: Arc<Tasks> = Arc::default();
-        Arc::new(Self {
-            cleaner: Cleaner {
-                store: Arc::clone(&store),
-                tasks: Arc::clone(&tasks),
-            },
-            store,
-            wake,
-            settings,
-            tasks,
-            held: Mutex::default(),
-            next_id: AtomicU64::new(1),
-            shut_down: AtomicBool::new(false),
-            shutting: tokio::sync::Notify::new(),
-        })
-    }
-
-    pub(crate) fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
-    pub(crate) fn keys(&self, name: &str) -> LockKeys {
-        LockKeys::new(&self.settings.prefix, name)
-    }
-
-    pub(crate) fn kind(&self) -> &'static str {
-        self.store.kind()
-    }
-
-    /// Spawns `fut` on the current runtime as background work of this manager, which
-    /// `shutdown` waits for. Panics outside a tokio runtime, like `tokio::spawn`.
-    pub(crate) fn spawn_tracked<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.tasks.spawn(&Handle::current(), fut)
-    }
-
-    /// Whether `shutdown` was called.
-    pub(crate) fn is_shut_down(&self) -> bool {
-        self.shut_down.load(Ordering::Acquire)
-    }
-
-    /// Resolves once `shutdown` is called (at once if it was).
-    pub(crate) async fn shut_down(&self) {
-        let notified = self.shutting.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if !self.is_shut_down() {
-            notified.await;
-        }
-    }
-
-    pub(crate) fn held_count(&self) -> usize {
-        locked(&self.held).len()
-    }
-
-    pub(crate) fn pending_tasks(&self) -> usize {
-        self.tasks.pending()
-    }
-
     /// One acquire attempt with a fresh token. With `mark`, a refusal asks the holder's release
     /// to be published (waiters only). If this future is dropped in flight, or the attempt fails
     /// in a way that may have set the key, the token is released in the background.
@@ -255,12 +161,6 @@ impl Shared {
         self.store.scan(pattern).await
     }
 
-    /// Whether the deployment decides by a majority of independent instances (see
-    /// [`Store::by_majority`]).
-    pub(crate) fn by_majority(&self) -> bool {
-        self.store.by_majority()
-    }
-
     /// Takes a fair acquisition's ticket out of the line (a waiting writer's claim out of the
     /// claims) in the background, tracked for `shutdown`; one try, as either lapses by itself a
     /// few poll intervals later.
@@ -274,23 +174,6 @@ impl Shared {
                 tracing::debug!(error = %e, "leaving the line failed; the ticket expires by itself");
             }
         });
-    }
-
-    /// Makes the lease of a granted attempt and tracks it for `shutdown`.
-    pub(crate) fn grant(
-        &self,
-        name: String,
-        label: String,
-        keys: LockKeys,
-        ttl: Duration,
-        grant: Grant,
-        min_hold: Option<Duration>,
-    ) -> Arc<Lease> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::held(&label, keys.kind);
-        let lease = Arc::new(Lease::new(id, name, label, keys, ttl, grant, min_hold));
-        locked(&self.held).insert(id, Arc::clone(&lease));
-        lease
     }
 
     /// Waits for release notifications on `keys`, for a waiter.
@@ -366,19 +249,6 @@ impl Shared {
         Ok(*fence)
     }
 
-    /// Claims the right to end `lease` (exactly one caller wins) and forgets it.
-    pub(crate) fn claim(&self, lease: &Lease) -> bool {
-        if !lease.claim() {
-            return false;
-        }
-        crate::metrics::released(&lease.label, lease.keys.kind, lease.acquired.elapsed());
-        // Over for every guard on it: a reentrant (nested) guard that outlives its holder must
-        // not say it still holds.
-        lease.mark_lost();
-        locked(&self.held).remove(&lease.id);
-        true
-    }
-
     fn release_job(lease: &Lease) -> PendingRelease<'_> {
         PendingRelease {
             keys: &lease.keys,
@@ -422,32 +292,5 @@ impl Shared {
         let watchdog = lease.stop_watchdog();
         self.cleaner
             .spawn(watchdog, Self::release_job(lease).to_job());
-    }
-
-    /// Gives up every lease still held and waits for the background releases, within `within`.
-    pub(crate) async fn shutdown(self: &Arc<Self>, within: Duration) -> Result<()> {
-        self.shut_down.store(true, Ordering::Release);
-        self.shutting.notify_waiters();
-        let leases: Vec<Arc<Lease>> = locked(&self.held).drain().map(|(_, l)| l).collect();
-        for lease in leases {
-            if lease.claim() {
-                crate::metrics::released(&lease.label, lease.keys.kind, lease.acquired.elapsed());
-                lease.mark_lost();
-                self.release_in_background(&lease);
-            }
-        }
-        let drained = async {
-            self.tasks.wait_idle().await;
-            self.store.close().await;
-        };
-        let drained = tokio::time::timeout(within, drained).await;
-        // Last, the notifiers' connections close (a waiter still waiting polls from then on).
-        // Not timed: a driver is aborted, which takes effect at its next await, so this returns
-        // within a turn of the scheduler; and `shutdown(Duration::ZERO)` with nothing in
-        // flight must not report a timeout for it.
-        self.wake.close().await;
-        drained.map_err(|_| LockError::ShutdownTimeout {
-            pending: self.tasks.pending(),
-        })
     }
 }
