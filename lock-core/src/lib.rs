@@ -292,7 +292,8 @@
 //! - **The background**: `cleanup.rs` releases by token what a command may have left (I5); it
 //!   owns the store and the task tracker, nothing else.
 //! - **Deployments**: `deploy.rs` connects the one a builder names; `backend/` has the
-//!   traits: `Store` (a deployment's policy: `single.rs`, `redlock.rs`), `Node` (one server's
+//!   traits: `Store` (a deployment's policy: `single.rs`, `redlock/`, split into `instance`
+//!   and `operate`), `Node` (one server's
 //!   operations: `redis/`, split into `connect`, `replicas`, `scripts`, `operate`; `memory.rs`
 //!   puts the model behind the same node code) and `Wake` (release notifications: `notify.rs`,
 //!   `sharded.rs`, `sentinel.rs`).

@@ -11,9 +11,12 @@
 //! Every attempt uses a
 //! token never sent before and `SET NX`, so an instance never re-grants an older key: each
 //! grant is dated from this attempt's send. Release, extend and fence go to all instances.
+//!
+//! By job: `instance` (one instance, whether it answers, its answers), `operate` (operators'
+//! commands and the holds a majority agrees on); this file is the fan-out and the [`Store`].
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -26,9 +29,14 @@ use super::Timeouts;
 use super::{Attempt, BoxFuture, Drift, Found, Leftover, Node, Renewal, Store, Taken, Ticket};
 use crate::keys::LockKeys;
 use crate::kind::Kind;
+
+mod instance;
+mod operate;
+
 use crate::tasks::Tasks;
 use crate::validate::MIN_TTL;
-use crate::{locked, LockError, Result};
+use crate::{LockError, Result};
+use instance::{Answer, Instance, Replies, Reply};
 
 pub(crate) struct Redlock {
     nodes: Vec<Arc<Instance>>,
@@ -39,139 +47,12 @@ pub(crate) struct Redlock {
     background: Arc<Tasks>,
 }
 
-/// While an instance does not answer in time, at most one command per this interval is sent to
-/// it, to find out when it answers again.
-const PROBE_EVERY: Duration = Duration::from_millis(50);
-
-/// The shortest silence that counts an instance as not answering.
-const STALLED_AFTER: Duration = Duration::from_millis(100);
-
-/// One instance, and whether it answers.
-///
-/// A paused instance answers nothing, yet a client keeps writing every command to its
-/// connection, where they pile up: on every attempt, every waiter adds a `SET` and then its
-/// give-back, and the growing write buffer takes the client's own CPU from the instances that
-/// do answer, until their commands time out too (measured: with 4,000 waiters on 1,000 names,
-/// most waits then failed). So once an instance has answered nothing at all for a whole
-/// per-instance timeout (of [`STALLED_AFTER`] or more), it counts as down, as Redlock allows
-/// for a minority: commands are not sent to it (answered at once as not applied), except one
-/// probe per [`PROBE_EVERY`], until it answers again. A slow instance that still answers is not
-/// affected. A give-back of an attempt that was sent is always sent, on the same connection
-/// after it; but a guard's release or extend is not sent while the instance counts as down, so
-/// a key of ours that lands there late stays until its ttl (the instance is one of a minority;
-/// the lock is never held twice for it).
-struct Instance {
-    node: Box<dyn Node>,
-    health: Mutex<Health>,
-}
-
-struct Health {
-    /// When the instance last answered anything.
-    heard: Instant,
-    /// `Some(next probe)` while it answers nothing.
-    stalled: Option<Instant>,
-}
-
-impl Health {
-    fn answered(&mut self) {
-        self.heard = Instant::now();
-        self.stalled = None;
-    }
-}
-
-impl Instance {
-    fn new(node: Box<dyn Node>) -> Arc<Self> {
-        Arc::new(Self {
-            node,
-            health: Mutex::new(Health {
-                heard: Instant::now(),
-                stalled: None,
-            }),
-        })
-    }
-
-    /// Whether to send a command now: the instance answers, or it is time for a probe.
-    fn may_send(&self) -> bool {
-        let mut health = locked(&self.health);
-        match health.stalled {
-            None => true,
-            Some(probe) => {
-                let now = Instant::now();
-                if now < probe {
-                    return false;
-                }
-                health.stalled = Some(now + PROBE_EVERY);
-                true
-            }
-        }
-    }
-
-    /// Notes the reply to a command sent at `sent` and given `waited` to answer: an answer, or
-    /// a timeout of at least [`STALLED_AFTER`] with nothing heard from the instance since the
-    /// command was sent (it answers nothing). A shorter timeout (a lock with a short ttl gets
-    /// short per-instance timeouts) says nothing about an instance that is merely a few
-    /// milliseconds away.
-    fn heard<T>(&self, reply: &Reply<T>, sent: Instant, waited: Duration) {
-        let mut health = locked(&self.health);
-        match reply {
-            // An error reply from the server is an answer too.
-            Ok(Ok(_)) => health.answered(),
-            Ok(Err(LockError::Redis(e))) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
-                health.answered();
-            }
-            Err(_elapsed) if waited >= STALLED_AFTER && health.heard <= sent => {
-                health
-                    .stalled
-                    .get_or_insert_with(|| Instant::now() + PROBE_EVERY);
-            }
-            _ => {}
-        }
-    }
-
-    /// The answer of a command not sent: as if the instance refused the connection.
-    fn skipped(&self, index: usize) -> LockError {
-        LockError::Redis(redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            format!(
-                "Redlock instance {index} did not answer in time; not sent until it answers again"
-            ),
-        )))
-    }
-}
-
-/// The replies to one command sent to every instance, each with its instance's index.
-type Replies<T> = FuturesUnordered<BoxFuture<'static, (usize, Reply<T>)>>;
-
-/// One instance's reply to a command, or its timeout.
-type Reply<T> = std::result::Result<Result<T>, tokio::time::error::Elapsed>;
-
 /// Releases an attempt's token on one instance, bounded by `per_node`: whether it confirmed.
 async fn give_back(node: &dyn Node, keys: &LockKeys, token: &str, per_node: Duration) -> bool {
     matches!(
         timeout(per_node, node.release(keys, token, Duration::ZERO)).await,
         Ok(Ok(_))
     )
-}
-
-/// One instance's answer to a fanned-out command.
-enum Answer<T> {
-    Ok(T),
-    /// Failed before anything was sent (refused connection) or refused by the server.
-    NotApplied(LockError),
-    /// Sent, no answer: it may have been applied, now or later.
-    Unknown(Option<LockError>),
-}
-
-impl<T> Answer<T> {
-    /// One instance's reply, or its timeout.
-    fn of(reply: std::result::Result<Result<T>, tokio::time::error::Elapsed>) -> Self {
-        match reply {
-            Ok(Ok(answer)) => Answer::Ok(answer),
-            Ok(Err(e)) if e.may_have_applied() => Answer::Unknown(Some(e)),
-            Ok(Err(e)) => Answer::NotApplied(e),
-            Err(_elapsed) => Answer::Unknown(None),
-        }
-    }
 }
 
 impl Redlock {
@@ -662,83 +543,5 @@ impl Store for Redlock {
 
     fn kind(&self) -> &'static str {
         "redlock"
-    }
-}
-
-impl Redlock {
-    /// An operator command on every instance, each within `bound` if given: the answers of
-    /// those that gave one, and the first error.
-    async fn everywhere<'a, T>(
-        &'a self,
-        bound: Option<Duration>,
-        op: impl Fn(&'a dyn Node) -> BoxFuture<'a, Result<T>>,
-    ) -> (Vec<T>, Option<LockError>) {
-        let replies = join_all(self.nodes.iter().map(|instance| {
-            let answer = op(&*instance.node);
-            async move {
-                match bound {
-                    Some(bound) => timeout(bound, answer).await.unwrap_or_else(|_| {
-                        Err(LockError::Redis(redis::RedisError::from(
-                            std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"),
-                        )))
-                    }),
-                    None => answer.await,
-                }
-            }
-        }))
-        .await;
-        let mut answers = Vec::with_capacity(replies.len());
-        let mut first_error = None;
-        for reply in replies {
-            match reply {
-                Ok(answer) => answers.push(answer),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        (answers, first_error)
-    }
-
-    /// The answers, when a majority gave one; else (what the others hold cannot be told) the
-    /// first error.
-    fn majority_or<T>(&self, answers: Vec<T>, error: Option<LockError>) -> Result<Vec<T>> {
-        if answers.len() >= self.quorum {
-            return Ok(answers);
-        }
-        Err(error.unwrap_or_else(|| {
-            LockError::Redis(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "fewer than a majority of the Redlock instances answered",
-            )))
-        }))
-    }
-
-    /// The holds of a lock that a majority of instances agree on (the same owner token, marks
-    /// aside), each with the shortest remaining life among them, the earliest taken first: one
-    /// for an exclusive lock, one per shared holder; none when no token has a majority.
-    fn agreed(&self, found: impl IntoIterator<Item = Found>) -> Vec<Found> {
-        let mut tokens: Vec<(String, Vec<Found>)> = Vec::new();
-        for f in found {
-            // The owner token, without a waiter's mark or a min_hold release's retirement.
-            let token = f.value.split('*').next().unwrap_or_default();
-            let token = token.trim_end_matches('~').to_owned();
-            match tokens.iter_mut().find(|(t, _)| *t == token) {
-                Some((_, same)) => same.push(f),
-                None => tokens.push((token, vec![f])),
-            }
-        }
-        let mut agreed: Vec<Found> = tokens
-            .into_iter()
-            .filter(|(_, same)| same.len() >= self.quorum)
-            .filter_map(|(_, same)| {
-                let left = same.iter().map(|f| f.left).min().flatten();
-                let mut first = same.into_iter().next()?;
-                first.left = left;
-                Some(first)
-            })
-            .collect();
-        super::taken_first(&mut agreed);
-        agreed
     }
 }
