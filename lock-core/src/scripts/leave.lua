@@ -21,19 +21,9 @@ if redis.pcall('HEXISTS', claims, ARGV[1]) == 1 then
   else
     redis.pcall('HDEL', claims, ARGV[1])
   end
-  if redis.pcall('HEXISTS', claims, '#w') == 1 then
-    local all = redis.pcall('HGETALL', claims)
-    local live = false
-    for i = 1, #all, 2 do
-      local ends = tonumber(all[i + 1])
-      if all[i] ~= '#w' and ends and ends > now then
-        live = true
-      end
-    end
-    if not live then
-      redis.pcall('HDEL', claims, '#w')
-      redis.call(publish, KEYS[2], '')
-    end
+  if redis.pcall('HEXISTS', claims, '#w') == 1 and not first_claim(claims, now) then
+    redis.pcall('HDEL', claims, '#w')
+    redis.call(publish, KEYS[2], '')
   end
 end
 local left = redis.call('HDEL', KEYS[1], ARGV[1])

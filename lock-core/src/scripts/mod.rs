@@ -53,7 +53,7 @@ pub(crate) static FAIR: Script = Script::new(
     script!("fair", "tomb", "token", "ms", "permits", "writer", "claims"),
 );
 /// A fair acquisition's ticket out of the line.
-pub(crate) static LEAVE: Script = Script::new("leave", script!("leave", "ms"));
+pub(crate) static LEAVE: Script = Script::new("leave", script!("leave", "ms", "claims"));
 /// Compare-and-delete.
 pub(crate) static RELEASE: Script = Script::new("release", script!("release", "owner", "tomb"));
 /// Compare-and-pexpire.

@@ -64,7 +64,7 @@ if held_n and held_n ~= '0' then
   redis.call('DEL', KEYS[1])
 end
 if not (mine and mine > now) then
-  local claimed = first_claim(now)
+  local claimed = first_claim(KEYS[1] .. ':x', now)
   if claimed then
     -- A writer waits: no new shared hold until it has had its turn.
     if ARGV[3] == '1' then

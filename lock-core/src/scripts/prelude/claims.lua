@@ -11,20 +11,14 @@
 -- source, a server out of memory), the preference lapses for a moment, never the exclusion.
 --
 -- Drops the claims and markers of `all` (the HGETALL of the claims key `key`) that lapsed by
--- `now`; the end (server ms) of the first live claim, nil when none is.
+-- `now`.
 local function prune_claims(key, all, now)
-  local first = nil
   for i = 1, #all, 2 do
     local ends = tonumber(all[i + 1])
-    if all[i] ~= '#w' and ends then
-      if math.abs(ends) <= now then
-        redis.pcall('HDEL', key, all[i])
-      elseif ends > 0 and (not first or ends < first) then
-        first = ends
-      end
+    if all[i] ~= '#w' and ends and math.abs(ends) <= now then
+      redis.pcall('HDEL', key, all[i])
     end
   end
-  return first
 end
 -- Records or refreshes the claim `id` (when given) for `keep` ms from `now`, unless it ended.
 local function claim(id, now, keep)
@@ -64,9 +58,10 @@ local function unclaim(id, now, keep, resends)
   end
   return redis.pcall('HDEL', key, '#w') == 1
 end
--- The end (server ms) of the first live claim at `now`; nil when none is.
-local function first_claim(now)
-  local all = redis.pcall('HGETALL', KEYS[1] .. ':x')
+-- The end (server ms) of the first live claim in the claims key `key` at `now`; nil when none
+-- is.
+local function first_claim(key, now)
+  local all = redis.pcall('HGETALL', key)
   if all.err then
     return nil
   end
