@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::{timeout_at, Instant};
 
-use crate::backend::{Ticket, Watch};
+use crate::backend::{Answer, Ticket, Watch};
 use crate::keys::LockKeys;
 use crate::kind::Kind;
 use crate::lease::Grant;
@@ -26,18 +26,12 @@ pub(crate) enum Outcome {
     Failed(LockError),
 }
 
-/// What the acquisition does next.
+/// What the acquisition does next, as an attempt's answer calls for.
 pub(crate) enum Step {
     /// Attempt again at once.
     Attempt,
     /// Subscribe to release notifications, then attempt again at once.
     Subscribe,
-    Done(Outcome),
-}
-
-/// What an attempt's answer calls for.
-pub(crate) enum Next {
-    Go(Step),
     /// Wait for a release notification, at most this long, then attempt again; the label
     /// says what the pause was for if it runs out ("timer": a poll; "retry": a pause after a
     /// failed attempt).
@@ -45,6 +39,7 @@ pub(crate) enum Next {
     /// Pause this long whatever happens, then attempt again (after a split vote: the other
     /// waiters' give-backs publish too, and waking on those would keep them all in step).
     Pause(Duration),
+    Done(Outcome),
 }
 
 /// The acquire loop: attempts, each with a fresh token, until one is granted or the deadline
@@ -77,12 +72,16 @@ impl Acquisition<'_> {
             step = match step {
                 Step::Done(outcome) => return outcome,
                 Step::Attempt => self.attempt().await,
+                Step::Sleep(..) | Step::Pause(_) => unreachable!("slept in `attempt`"),
                 Step::Subscribe => {
                     // An attempt follows at once: the lock may have been released before the
                     // subscription was in place. With no time left to subscribe, it is the last.
                     // Only a fair waiter may skip a release that names another one first.
-                    let fair = self.ticket.filter(|_| self.keys.kind == Kind::Fair);
-                    let subscribe = self.shared.watch(self.keys, fair.map(|t| t.id));
+                    let fair = self
+                        .ticket
+                        .as_ref()
+                        .filter(|_| self.keys.kind == Kind::Fair);
+                    let subscribe = self.shared.watch(self.keys, fair.map(|t| t.id.as_ref()));
                     self.watch = timeout_at(self.deadline, subscribe).await.ok();
                     Step::Attempt
                 }
@@ -105,13 +104,13 @@ impl Acquisition<'_> {
             self.name,
             self.lease_len,
             self.watch.is_some(),
-            self.ticket,
+            self.ticket.clone(),
         );
         let tried = timeout_at(bound, attempt)
             .await
             .unwrap_or_else(|_| Tried::Failed(no_answer_by_deadline(), None));
         match self.decide(tried).await {
-            Next::Sleep(pause, timer) => {
+            Step::Sleep(pause, timer) => {
                 let pause = pause.min(self.deadline.saturating_duration_since(Instant::now()));
                 self.woken_by = match notified.as_mut().as_pin_mut() {
                     Some(n) => match tokio::time::timeout(pause, n).await {
@@ -125,18 +124,18 @@ impl Acquisition<'_> {
                 };
                 Step::Attempt
             }
-            Next::Pause(pause) => {
+            Step::Pause(pause) => {
                 let pause = pause.min(self.deadline.saturating_duration_since(Instant::now()));
                 tokio::time::sleep(pause).await;
                 self.woken_by = "retry";
                 Step::Attempt
             }
-            Next::Go(step) => step,
+            step => step,
         }
     }
 
-    async fn decide(&mut self, tried: Tried) -> Next {
-        if !matches!(tried, Tried::NoQuorum { .. }) {
+    async fn decide(&mut self, tried: Tried) -> Step {
+        if !matches!(tried, Tried::Refused(Answer::Undecided { .. })) {
             self.splits = 0;
         }
         let now = Instant::now();
@@ -148,30 +147,13 @@ impl Acquisition<'_> {
                     woken_by = self.woken_by,
                     "acquired"
                 );
-                Next::Go(Step::Done(Outcome::Granted(grant)))
+                Step::Done(Outcome::Granted(grant))
             }
-            Tried::Held(left) => {
-                if out_of_time {
-                    let waited = now.duration_since(self.began);
-                    tracing::debug!(
-                        waited_ms = waited.as_millis() as u64,
-                        "held by another owner"
-                    );
-                    Next::Go(Step::Done(Outcome::Busy { waited }))
-                } else if self.watch.is_none() {
-                    Next::Go(Step::Subscribe)
-                } else {
-                    // Woken by the release; else poll, no later than the holder's lease end
-                    // (a crashed holder publishes nothing).
-                    let poll = jittered(self.shared.settings().poll_cap);
-                    Next::Sleep(left.map_or(poll, |left| poll.min(left + MIN_TTL)), "timer")
-                }
-            }
-            Tried::NoQuorum {
+            Tried::Refused(Answer::Undecided {
                 granted,
                 needed,
                 refused,
-            } => {
+            }) => {
                 let e = LockError::NoQuorum {
                     name: self.name.to_owned(),
                     granted,
@@ -184,14 +166,32 @@ impl Acquisition<'_> {
                     // most: the same answers also come from a holder that only a minority sees.
                     self.splits += 1;
                     tracing::debug!(granted, refused, "split vote; retrying shortly");
-                    Next::Pause(split_pause())
+                    Step::Pause(split_pause())
                 } else {
                     self.retry_after(e, out_of_time)
                 }
             }
+            Tried::Refused(held) => {
+                let left = held.left();
+                if out_of_time {
+                    let waited = now.duration_since(self.began);
+                    tracing::debug!(
+                        waited_ms = waited.as_millis() as u64,
+                        "held by another owner"
+                    );
+                    Step::Done(Outcome::Busy { waited })
+                } else if self.watch.is_none() {
+                    Step::Subscribe
+                } else {
+                    // Woken by the release; else poll, no later than the holder's lease end
+                    // (a crashed holder publishes nothing).
+                    let poll = jittered(self.shared.settings().poll_cap);
+                    Step::Sleep(left.map_or(poll, |left| poll.min(left + MIN_TTL)), "timer")
+                }
+            }
             // Waiting cannot end it: the other holders keep their `n` until they all let go.
             Tried::Failed(e @ LockError::PermitsMismatch { .. }, _) => {
-                Next::Go(Step::Done(Outcome::Failed(e)))
+                Step::Done(Outcome::Failed(e))
             }
             Tried::Failed(e, orphan) if e.is_broken_connection() && !self.retried_broken => {
                 // The shared connection reconnects now: one more attempt right away is worth
@@ -204,7 +204,7 @@ impl Acquisition<'_> {
                     // Within the same bound as the attempts; past it, the background does it.
                     let _ = timeout_at(self.bound(), orphan.release_now()).await;
                 }
-                Next::Go(Step::Attempt)
+                Step::Attempt
             }
             Tried::Failed(e, _orphan) => self.retry_after(e, out_of_time),
         }
@@ -217,12 +217,12 @@ impl Acquisition<'_> {
 
     /// After an error: another try while the wait lasts (a reconnect, a restart), else the
     /// error.
-    fn retry_after(&self, e: LockError, out_of_time: bool) -> Next {
+    fn retry_after(&self, e: LockError, out_of_time: bool) -> Step {
         if out_of_time {
-            return Next::Go(Step::Done(Outcome::Failed(e)));
+            return Step::Done(Outcome::Failed(e));
         }
         tracing::debug!(error = %e, "retrying while the wait lasts");
-        Next::Sleep(jittered(ERROR_RETRY), "retry")
+        Step::Sleep(jittered(ERROR_RETRY), "retry")
     }
 }
 

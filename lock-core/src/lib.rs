@@ -278,10 +278,15 @@
 //!
 //! - **The face**: `manager.rs` (the manager and its builder), `request.rs` (a request's
 //!   options, checked before any I/O), `guard.rs`, `leader.rs`, `ops.rs` (operators' calls).
-//! - **The kind**: `kind.rs`. A request's options make one `Kind` of lock (exclusive,
-//!   fair, permits, shared); the kind alone decides which deployments serve it, whether its
-//!   holds carry fencing tokens, which kinds may meet on one name, and which scripts take,
-//!   renew and give back its holds (`Kind::scripts`).
+//! - **The kernel**: `kind.rs` and `command.rs`. A request's options make one `Kind` of lock
+//!   (exclusive, fair, permits, shared); the kind alone decides which deployments serve it,
+//!   whether its holds carry fencing tokens, which kinds may meet on one name, and which
+//!   scripts take, renew and give back its holds (`Kind::scripts`). Every command about a
+//!   hold is one `Command` (acquire, extend, release, leave, fence), laid out for a server in
+//!   `command.rs` only (`SET NX PX` or the kind's script, its KEYS and ARGV), and every node and
+//!   deployment answers it with one `Answer`: applied (with the lease it set), not applied
+//!   (with the other owner's time left), or, on Redlock, undecided; an outcome unknown on one
+//!   server is an error that says whether the command may have been applied.
 //! - **The loop**: `acquire.rs` (attempts, waiting woken by releases, the fair line's ticket
 //!   and the writer's claim) and `watchdog.rs` (renewals).
 //! - **The inner loop**: `shared/commands.rs`, the one path from guards, requests and
@@ -292,21 +297,20 @@
 //! - **The background**: `cleanup.rs` releases by token what a command may have left (I5); it
 //!   owns the store and the task tracker, nothing else.
 //! - **Deployments**: `deploy.rs` connects the one a builder names; `backend/` has the
-//!   traits: `Store` (a deployment's policy: `single.rs`, `redlock/`, split into `instance`
-//!   and `operate`), `Node` (one server's
-//!   operations: `redis/`, split into `connect`, `replicas`, `scripts`, `operate`; `memory.rs`
-//!   puts the model behind the same node code) and `Wake` (release notifications: `notify.rs`,
-//!   `sharded.rs`, `sentinel.rs`).
+//!   traits: `Store` (a deployment's policy over the answers of its nodes: `single.rs`,
+//!   `redlock/`, split into `instance` and `operate`), `Node` (one server runs a `Command` as
+//!   laid out: `redis/`, split into `connect`, `replicas`, `scripts`, `operate`; `memory.rs`
+//!   puts the model behind the same node code; the simulator's network is a `Node` too) and
+//!   `Wake` (release notifications: `notify.rs`, `sharded.rs`, `sentinel.rs`).
 //! - **The definition**: `scripts/` (the Lua scripts, each assembled at compile time from the
-//!   `prelude/` pieces it calls, with the SHA1 each is sent by). `model/` runs them on a Redis keyspace in the process (the
+//!   `prelude/` pieces it calls, with the SHA1 each is sent by). `model/` runs them on a Redis
+//!   keyspace in the process (the
 //!   in-memory backend), held to a real server by its differential test; `sim/` (tests only)
 //!   runs the real client code against that model under seeded faults.
 //!
 //! A new kind of lock goes in `kind.rs` (its rules and its scripts), its scripts in
-//! `scripts/`, and the request method that asks for it; shared holds went in that way. What is
-//! left of this design: the Redis node (`backend/redis/mod.rs`) still lays out each script's
-//! arguments itself, and the backends still answer in a few types of their own
-//! (`Taken`, `Attempt`, `Renewal`) rather than one.
+//! `scripts/` (and their arguments in `command.rs`, if they take others), and the request
+//! method that asks for it; shared holds went in that way. No backend file changes for a kind.
 
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -314,6 +318,7 @@
 mod acquire;
 mod backend;
 mod cleanup;
+mod command;
 mod deploy;
 mod error;
 mod guard;

@@ -342,7 +342,7 @@ impl<'a> LockRequest<'a> {
             shared: self.shared,
             keys: &keys,
             ticket: ticket.as_deref().map(|id| Ticket {
-                id,
+                id: id.into(),
                 keep: line_keep(self.shared.settings()),
             }),
             name: &self.name,

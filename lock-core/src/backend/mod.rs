@@ -1,10 +1,12 @@
 //! Where locks live, in three separate concerns:
 //!
-//! - [`Node`]: one server's atomic operations on a lock key (a Redis server or cluster, or this
-//!   process's memory). Each is one command or one script, checked against the owner token.
+//! - [`Node`]: one server runs the kernel's [`Command`]s on a lock key (a Redis server or
+//!   cluster, or this process's memory), each as `command.rs` lays it out: one command or one
+//!   script, checked against the owner token. It answers an [`Answer`].
 //! - [`Store`]: a deployment's policy over nodes: one node ([`single::Single`]), or a majority
-//!   of independent nodes with a clock-drift allowance ([`redlock::Redlock`]). It answers in
-//!   lease lengths that the caller counts from the moment it sent the command.
+//!   of independent nodes with a clock-drift allowance ([`redlock::Redlock`]). It answers the
+//!   same [`Answer`], in lease lengths that the caller counts from the moment it sent the
+//!   command, with what the command may have left where it was not decided ([`Leftover`]).
 //! - [`Wake`]: telling waiters that a lock may have become free (Redis pub/sub, or an in-process
 //!   `Notify`).
 //!
@@ -32,24 +34,7 @@ pub(crate) mod single;
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// One server's answer to an acquire attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Taken {
-    /// The key was free and now holds our token, for the full lease from when it was applied.
-    Granted,
-    /// Another owner holds it; their lease ends within this long, if known.
-    Held(Option<Duration>),
-}
-
-/// A waiting acquisition's id, the same for all its attempts, and how long what it records
-/// lasts unless an attempt refreshes it: a fair acquisition's ticket in line, or a waiting
-/// exclusive acquisition's claim (both keep new shared holds out while it waits; see
-/// scripts/prelude/claims.lua).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Ticket<'a> {
-    pub(crate) id: &'a str,
-    pub(crate) keep: Duration,
-}
+pub(crate) use crate::command::{Answer, Command, Ticket};
 
 /// A lock key as an operator sees it: its value (the holder's token, with a waiter's mark) and
 /// how long it still lives.
@@ -76,50 +61,12 @@ fn unsupported(what: &str) -> crate::LockError {
     }
 }
 
-/// One server's atomic operations on a lock key. Every one is owner-checked, and none re-grants
-/// a key that already exists: a token is only ever set by `SET NX`.
+/// One server's atomic operations on a lock key. Every [`Command`] is owner-checked, and none
+/// re-grants a key that already exists: a token is only ever set by an acquire.
 pub(crate) trait Node: Send + Sync {
-    /// `SET key token NX PX ttl`. With `mark`, a refused attempt also marks the key so that its
-    /// release is published to waiters (only waiters pay for that). With a fair `ticket`, the
-    /// lock is taken only when it is free and the ticket is first in line; otherwise the ticket
-    /// is put in line (or kept there) (fair.lua). Any other kind's `ticket` is a waiting
-    /// writer's claim (acquire.lua).
-    fn acquire<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        ttl: Duration,
-        mark: bool,
-        ticket: Option<Ticket<'a>>,
-    ) -> BoxFuture<'a, Result<Taken>>;
-
-    /// Takes `ticket` out of the line, or ends the writer's claim it names (leave.lua).
-    fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>>;
-
-    /// Compare-and-delete. With `keep` above zero the key is only shortened to expire after
-    /// `keep` (for `min_hold`), never lengthened. `true` when our lease ended here.
-    fn release<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        keep: Duration,
-    ) -> BoxFuture<'a, Result<bool>>;
-
-    /// Compare-and-pexpire: the key expires `ttl` after the server applies it. `true` when it was
-    /// still ours.
-    fn extend<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool>>;
-
-    /// Draws the next fencing token while the key holds our token; `None` when it does not.
-    fn fence<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u64>>>;
+    /// Runs `command`, as the kernel laid it out ([`Command::call`]): one command or one
+    /// script. Never [`Answer::Undecided`].
+    fn run<'a>(&'a self, command: &'a Command<'a>) -> BoxFuture<'a, Result<Answer>>;
 
     /// The lock key's value and remaining life, if it exists (operators: `inspect`).
     fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>> {
@@ -185,31 +132,14 @@ impl Drift {
     }
 }
 
-/// A deployment's answer to an acquire attempt.
-pub(crate) enum Attempt {
-    /// The lock is ours for this long, counted from when the attempt was sent.
-    Granted(Duration),
-    /// Another owner holds it; their lease ends within this long, if known.
-    Held {
-        left: Option<Duration>,
-        leftover: Leftover,
-    },
-    /// Redlock: not enough instances granted it in time, for reasons other than another owner
-    /// (instances down or slow, or the lease too short for the round trips and clock drift).
-    /// `refused`: instances where another owner held it (with some `granted`, a split vote).
-    NoQuorum {
-        granted: usize,
-        needed: usize,
-        refused: usize,
-        leftover: Leftover,
-    },
-}
-
-/// What a refused attempt may have left set, for the caller to finish.
+/// What a command may have left where a deployment did not hear it decided, for the caller
+/// to finish: with an [`Answer`] of one instance or server, always [`Leftover::Nothing`].
 pub(crate) enum Leftover {
-    /// Nothing: it was refused everywhere, or given back and the release confirmed.
+    /// Nothing: it was decided everywhere it was sent (an attempt refused everywhere, or
+    /// given back and the release confirmed).
     Nothing,
-    /// Some server may hold the attempt's token: release it by token in the background.
+    /// Some server may still apply it or hold it: an acquire's token, to release by token in
+    /// the background; an extend that may still land somewhere, later.
     Unknown,
     /// The attempt was decided before every instance answered (Redlock): this awaits the late
     /// answers and gives the attempt back where one granted or stayed silent, sending nothing
@@ -228,30 +158,12 @@ impl std::fmt::Debug for Leftover {
     }
 }
 
-/// A deployment's answer to an extend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Renewal {
-    /// Still ours, now for this long counted from when the extend was sent. `partial`: some
-    /// instance's outcome is unknown (Redlock), so the command may still land there later.
-    Renewed { usable: Duration, partial: bool },
-    /// The key had expired or belongs to another owner.
-    NotOurs,
-}
-
 /// A deployment: how the answers of its nodes make a lock.
 pub(crate) trait Store: Send + Sync {
-    /// One attempt with a token never sent before; see [`Node::acquire`].
-    fn acquire<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        ttl: Duration,
-        mark: bool,
-        ticket: Option<Ticket<'a>>,
-    ) -> BoxFuture<'a, Result<Attempt>>;
-
-    /// Takes a fair acquisition's ticket out of the line, or ends a waiting writer's claim.
-    fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Runs `command` on the deployment: its [`Answer`] (an acquire or extend answers the
+    /// part of the lease the local deadline may count on, from when it was sent), and what it
+    /// may have left where it was not decided. An acquire's token was never sent before.
+    fn run<'a>(&'a self, command: &'a Command<'a>) -> BoxFuture<'a, Result<(Answer, Leftover)>>;
 
     /// Whether this deployment decides by a majority of independent instances (Redlock),
     /// which cannot keep one line of fair waiters (each instance would keep its own, and they
@@ -261,29 +173,6 @@ pub(crate) trait Store: Send + Sync {
     fn by_majority(&self) -> bool {
         false
     }
-
-    /// Compare-and-delete everywhere; see [`Node::release`].
-    fn release<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        keep: Duration,
-    ) -> BoxFuture<'a, Result<bool>>;
-
-    /// Owner-checked renewal for `ttl`.
-    fn extend<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Renewal>>;
-
-    /// See [`Node::fence`].
-    fn fence<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u64>>>;
 
     /// See [`Node::peek`]; Redlock: the value a majority holds.
     fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>>;
@@ -312,6 +201,24 @@ pub(crate) trait Store: Send + Sync {
     /// time, later.
     fn replays(&self) -> bool {
         false
+    }
+}
+
+impl dyn Store {
+    /// Compare-and-delete of `token`'s hold (see [`Command::Release`]): `true` when our hold
+    /// ended here.
+    pub(crate) async fn release(
+        &self,
+        keys: &LockKeys,
+        token: &str,
+        keep: Duration,
+    ) -> Result<bool> {
+        let release = Command::Release {
+            keys: std::borrow::Cow::Borrowed(keys),
+            token: std::borrow::Cow::Borrowed(token),
+            keep,
+        };
+        Ok(self.run(&release).await?.0.applied())
     }
 }
 
@@ -353,45 +260,8 @@ pub(crate) trait Wake: Send + Sync {
 
 /// A node shared with something else (the in-process node is also its own [`Wake`]).
 impl<T: Node + ?Sized> Node for Arc<T> {
-    fn acquire<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        ttl: Duration,
-        mark: bool,
-        ticket: Option<Ticket<'a>>,
-    ) -> BoxFuture<'a, Result<Taken>> {
-        (**self).acquire(keys, token, ttl, mark, ticket)
-    }
-
-    fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>> {
-        (**self).leave(keys, ticket)
-    }
-
-    fn release<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        keep: Duration,
-    ) -> BoxFuture<'a, Result<bool>> {
-        (**self).release(keys, token, keep)
-    }
-
-    fn extend<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool>> {
-        (**self).extend(keys, token, ttl)
-    }
-
-    fn fence<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u64>>> {
-        (**self).fence(keys, token)
+    fn run<'a>(&'a self, command: &'a Command<'a>) -> BoxFuture<'a, Result<Answer>> {
+        (**self).run(command)
     }
 
     fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>> {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Attempt, BoxFuture, Drift, Found, Leftover, Node, Renewal, Store, Taken, Ticket};
+use super::{Answer, BoxFuture, Command, Drift, Found, Leftover, Node, Store};
 use crate::keys::LockKeys;
 use crate::Result;
 
@@ -34,64 +34,16 @@ impl Single {
 }
 
 impl Store for Single {
-    fn acquire<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        ttl: Duration,
-        mark: bool,
-        ticket: Option<Ticket<'a>>,
-    ) -> BoxFuture<'a, Result<Attempt>> {
+    fn run<'a>(&'a self, command: &'a Command<'a>) -> BoxFuture<'a, Result<(Answer, Leftover)>> {
         Box::pin(async move {
-            Ok(
-                match self.node.acquire(keys, token, ttl, mark, ticket).await? {
-                    Taken::Granted => Attempt::Granted(self.usable(ttl)),
-                    Taken::Held(left) => Attempt::Held {
-                        left,
-                        leftover: Leftover::Nothing,
-                    },
-                },
-            )
+            let answer = match self.node.run(command).await? {
+                // Applied by the server at `T >= sent`, it expires at `T + ttl` on the server's
+                // clock: usable from the send, less the clock drift.
+                Answer::Applied(ttl) => Answer::Applied(self.usable(ttl)),
+                other => other,
+            };
+            Ok((answer, Leftover::Nothing))
         })
-    }
-
-    fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>> {
-        self.node.leave(keys, ticket)
-    }
-
-    fn release<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        keep: Duration,
-    ) -> BoxFuture<'a, Result<bool>> {
-        self.node.release(keys, token, keep)
-    }
-
-    fn extend<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Renewal>> {
-        Box::pin(async move {
-            Ok(if self.node.extend(keys, token, ttl).await? {
-                Renewal::Renewed {
-                    usable: self.usable(ttl),
-                    partial: false,
-                }
-            } else {
-                Renewal::NotOurs
-            })
-        })
-    }
-
-    fn fence<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u64>>> {
-        self.node.fence(keys, token)
     }
 
     fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>> {

@@ -3,6 +3,7 @@
 //! claim leaving, and operators' reads; what a command may leave behind is handed to the
 //! background clean-up (`cleanup.rs`, I5).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,22 +11,19 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::backend::{Attempt, Found, Leftover, Renewal, Ticket, Watch};
+use crate::backend::{Answer, Command, Found, Leftover, Ticket, Watch};
 use crate::cleanup::{keep_for, CleanUp, Orphan, PendingRelease};
 use crate::keys::LockKeys;
 use crate::lease::{Grant, Landed, Lease};
 use crate::token::owner_token;
 use crate::{LockError, Result};
 
-/// The answer to one acquire attempt.
+/// How one acquire attempt went: the deployment's [`Answer`], with the grant's token and
+/// timing when it was applied, and with what a failed attempt may have left.
 pub(crate) enum Tried {
     Granted(Grant),
-    Held(Option<Duration>),
-    NoQuorum {
-        granted: usize,
-        needed: usize,
-        refused: usize,
-    },
+    /// [`Answer::NotApplied`] (held by another owner) or [`Answer::Undecided`] (Redlock).
+    Refused(Answer),
     /// With the attempt's token when the command may have set the key.
     Failed(LockError, Option<Orphan>),
 }
@@ -55,8 +53,17 @@ impl Shared {
                 quiet: true,
             },
         );
-        match self.store.acquire(keys, &token, ttl, mark, ticket).await {
-            Ok(Attempt::Granted(usable)) => {
+        let command = Command::Acquire {
+            keys: Cow::Borrowed(keys),
+            token: Cow::Borrowed(&token),
+            ttl,
+            mark,
+            ticket,
+        };
+        let answer = self.store.run(&command).await;
+        drop(command);
+        match answer {
+            Ok((Answer::Applied(usable), _)) => {
                 cleanup.disarm();
                 Tried::Granted(Grant {
                     token,
@@ -64,22 +71,9 @@ impl Shared {
                     usable,
                 })
             }
-            Ok(Attempt::Held { left, leftover }) => {
+            Ok((answer, leftover)) => {
                 self.finish(leftover, cleanup);
-                Tried::Held(left)
-            }
-            Ok(Attempt::NoQuorum {
-                granted,
-                needed,
-                refused,
-                leftover,
-            }) => {
-                self.finish(leftover, cleanup);
-                Tried::NoQuorum {
-                    granted,
-                    needed,
-                    refused,
-                }
+                Tried::Refused(answer)
             }
             Err(e @ LockError::NotReplicated { .. }) => {
                 // Granted by the primary alone: given back now (which wakes waiters), so that
@@ -170,7 +164,11 @@ impl Shared {
         };
         let shared = Arc::clone(self);
         self.tasks.spawn(&handle, async move {
-            if let Err(e) = shared.store.leave(&keys, &ticket).await {
+            let leave = Command::Leave {
+                keys: Cow::Borrowed(&keys),
+                ticket: Cow::Borrowed(&ticket),
+            };
+            if let Err(e) = shared.store.run(&leave).await {
                 tracing::debug!(error = %e, "leaving the line failed; the ticket expires by itself");
             }
         });
@@ -185,9 +183,16 @@ impl Shared {
     /// when the key is gone or another's.
     pub(crate) async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
         let renewing = lease.renewing(self.store.usable(ttl));
-        match self.store.extend(&lease.keys, &lease.token, ttl).await {
-            Ok(Renewal::Renewed { usable, partial }) => {
-                // A client that re-sends by itself may land this renewal again, later.
+        let extend = Command::Extend {
+            keys: Cow::Borrowed(&lease.keys),
+            token: Cow::Borrowed(&lease.token),
+            ttl,
+        };
+        match self.store.run(&extend).await {
+            Ok((Answer::Applied(usable), leftover)) => {
+                // A renewal whose outcome is unknown somewhere (Redlock), or on a client that
+                // re-sends by itself, may land again, later.
+                let partial = !matches!(leftover, Leftover::Nothing);
                 renewing.finish(if partial || self.store.replays() {
                     Landed::AppliedPartly(usable)
                 } else {
@@ -196,7 +201,7 @@ impl Shared {
                 crate::metrics::extend(&lease.label, lease.keys.kind, "renewed");
                 Ok(true)
             }
-            Ok(Renewal::NotOurs) => {
+            Ok(_not_ours) => {
                 renewing.finish(Landed::NotApplied);
                 crate::metrics::extend(&lease.label, lease.keys.kind, "not_ours");
                 if !lease.is_lost() {
@@ -233,9 +238,13 @@ impl Shared {
         let fence = lease
             .fence
             .get_or_try_init(|| async {
-                match self.store.fence(&lease.keys, &lease.token).await? {
-                    Some(fence) => Ok(fence),
-                    None => {
+                let fence = Command::Fence {
+                    keys: Cow::Borrowed(&lease.keys),
+                    token: Cow::Borrowed(&lease.token),
+                };
+                match self.store.run(&fence).await?.0 {
+                    Answer::Drawn(fence) => Ok(fence),
+                    _not_ours => {
                         if !lease.is_lost() {
                             crate::metrics::lost(&lease.label, lease.keys.kind);
                         }

@@ -9,8 +9,7 @@ use tokio::time::Instant;
 
 use super::faults::{Faults, Rng, RESPONSE_TIMEOUT};
 use super::server::{Op, Reply, SimServer};
-use crate::backend::{BoxFuture, Node, Taken, Ticket};
-use crate::keys::LockKeys;
+use crate::backend::{Answer, BoxFuture, Command, Node};
 use crate::locked;
 use crate::LockError;
 
@@ -129,8 +128,8 @@ impl SimConn {
                 // A client that re-sends by itself cannot know a refusal came first: its errors
                 // never prove nothing was sent, and it cleans up after every one.
                 let resends = self.faults.duplicate > 0;
-                if let (Op::Acquire { token, .. }, false) = (&op, resends) {
-                    locked(&self.server.truth).refused.insert(token.clone());
+                if let (Command::Acquire { token, .. }, false) = (&op, resends) {
+                    locked(&self.server.truth).refused.insert(token.to_string());
                 }
                 return Box::pin(async move {
                     drop(in_flight);
@@ -159,8 +158,8 @@ impl SimConn {
             };
             (fate, rng.ms(0, f.max_delay_ms), rng.ms(0, f.max_delay_ms))
         };
-        if let Op::Acquire { token, .. } = &op {
-            locked(&self.server.truth).sent.insert(token.clone());
+        if let Command::Acquire { token, .. } = &op {
+            locked(&self.server.truth).sent.insert(token.to_string());
         }
         let op = Arc::new(op);
         let mut conn = locked(&self.conn);
@@ -233,93 +232,9 @@ impl SimConn {
     }
 }
 
-impl SimConn {
-    /// Sends `op` and takes its reply apart with `unpack`.
-    pub(super) fn ask<T: Send + 'static>(
-        &self,
-        op: Op,
-        unpack: fn(Reply) -> Option<T>,
-    ) -> BoxFuture<'_, crate::Result<T>> {
-        let call = self.call(op);
-        Box::pin(async move {
-            let reply = call.await?;
-            if let Reply::Failed(e) = reply {
-                return Err(LockError::Redis(e));
-            }
-            let shown = format!("{reply:?}");
-            Ok(unpack(reply).unwrap_or_else(|| panic!("{shown} answers another command")))
-        })
-    }
-}
-
 impl Node for SimConn {
-    fn acquire<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        ttl: Duration,
-        mark: bool,
-        ticket: Option<Ticket<'a>>,
-    ) -> BoxFuture<'a, crate::Result<Taken>> {
-        let (keys, token) = (keys.clone(), token.to_owned());
-        let op = Op::Acquire {
-            keys,
-            token,
-            ttl,
-            mark,
-            ticket: ticket.map(|t| (t.id.to_owned(), t.keep)),
-        };
-        self.ask(op, |r| match r {
-            Reply::Taken(t) => Some(t),
-            _ => None,
-        })
-    }
-
-    fn leave<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        ticket: &'a str,
-    ) -> BoxFuture<'a, crate::Result<()>> {
-        let (keys, ticket) = (keys.clone(), ticket.to_owned());
-        self.ask(Op::Leave { keys, ticket }, |_| Some(()))
-    }
-
-    fn release<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        keep: Duration,
-    ) -> BoxFuture<'a, crate::Result<bool>> {
-        let (keys, token) = (keys.clone(), token.to_owned());
-        self.ask(Op::Release { keys, token, keep }, yes)
-    }
-
-    fn extend<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, crate::Result<bool>> {
-        let (keys, token) = (keys.clone(), token.to_owned());
-        self.ask(Op::Extend { keys, token, ttl }, yes)
-    }
-
-    fn fence<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-    ) -> BoxFuture<'a, crate::Result<Option<u64>>> {
-        let (keys, token) = (keys.clone(), token.to_owned());
-        self.ask(Op::Fence { keys, token }, |r| match r {
-            Reply::Fence(f) => Some(f),
-            _ => None,
-        })
-    }
-}
-
-pub(super) fn yes(reply: Reply) -> Option<bool> {
-    match reply {
-        Reply::Yes(b) => Some(b),
-        _ => None,
+    fn run<'a>(&'a self, command: &'a Command<'a>) -> BoxFuture<'a, crate::Result<Answer>> {
+        let call = self.call(command.clone().into_owned());
+        Box::pin(async move { call.await?.map_err(LockError::Redis) })
     }
 }

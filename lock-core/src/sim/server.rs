@@ -12,61 +12,17 @@ use tokio::time::Instant;
 use super::faults::TRACE;
 use crate::backend::memory::ModelServer;
 use crate::backend::redis::RedisNode;
-use crate::backend::{Node, Taken, Ticket};
+use crate::backend::{Answer, Command, Node};
 use crate::keys::LockKeys;
 use crate::lease::Lease;
 use crate::locked;
 use crate::LockError;
 
-pub(super) enum Op {
-    Acquire {
-        keys: LockKeys,
-        token: String,
-        ttl: Duration,
-        mark: bool,
-        /// A fair acquisition's ticket and how long it stays in line.
-        ticket: Option<(String, Duration)>,
-    },
-    Leave {
-        keys: LockKeys,
-        ticket: String,
-    },
-    Release {
-        keys: LockKeys,
-        token: String,
-        keep: Duration,
-    },
-    Extend {
-        keys: LockKeys,
-        token: String,
-        ttl: Duration,
-    },
-    Fence {
-        keys: LockKeys,
-        token: String,
-    },
-}
+/// A command as the network carries it: the kernel's, owning what it names.
+pub(super) type Op = Command<'static>;
 
-impl Op {
-    pub(super) fn keys(&self) -> &LockKeys {
-        match self {
-            Op::Acquire { keys, .. }
-            | Op::Leave { keys, .. }
-            | Op::Release { keys, .. }
-            | Op::Extend { keys, .. }
-            | Op::Fence { keys, .. } => keys,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(super) enum Reply {
-    Taken(Taken),
-    Yes(bool),
-    Fence(Option<u64>),
-    /// An error reply from the server (`OOM`).
-    Failed(redis::RedisError),
-}
+/// A server's reply: the command's answer, or an error reply (`OOM`).
+pub(super) type Reply = std::result::Result<Answer, redis::RedisError>;
 
 pub(super) struct Queued {
     pub(super) op: Arc<Op>,
@@ -232,14 +188,9 @@ impl SimServer {
     pub(super) fn apply(&self, op: &Op) -> Reply {
         let node = &self.node;
         match op {
-            Op::Acquire {
-                keys,
-                token,
-                ttl,
-                mark,
-                ticket,
+            Command::Acquire {
+                keys, token, ttl, ..
             } => {
-                let ticket = ticket.as_ref().map(|(id, keep)| Ticket { id, keep: *keep });
                 let before = self.lease_of(keys, token);
                 // Every client of a name asks for the same permits here: no mismatch, and no
                 // error but OOM is expected of a script.
@@ -248,21 +199,14 @@ impl SimServer {
                     keys.name(),
                     keys.kind.permits()
                 );
-                let taken = at_once(node.acquire(keys, token, *ttl, *mark, ticket));
-                self.answer(&what, taken, |taken| {
-                    self.check_tomb(keys, token, *ttl, before.is_some(), &taken);
-                    Reply::Taken(taken)
+                self.answer(&what, at_once(node.run(op)), |answer| {
+                    self.check_tomb(keys, token, *ttl, before.is_some(), answer);
                 })
             }
-            Op::Leave { keys, ticket } => {
-                self.answer("leave", at_once(node.leave(keys, ticket)), |()| {
-                    Reply::Yes(true)
-                })
-            }
-            Op::Release { keys, token, keep } => {
+            Command::Release { keys, token, .. } => {
                 let truth = locked(&self.truth);
                 let cleanup_of_unsent =
-                    truth.refused.contains(token) && !truth.sent.contains(token);
+                    truth.refused.contains(token.as_ref()) && !truth.sent.contains(token.as_ref());
                 drop(truth);
                 if cleanup_of_unsent {
                     locked(&self.truth).violation(format!(
@@ -272,24 +216,18 @@ impl SimServer {
                     ));
                 }
                 let before = self.lease_of(keys, token);
-                let released = at_once(node.release(keys, token, *keep));
-                self.answer("release", released, |released| {
-                    if let (true, Some(until), true) = (released, before, node.resends()) {
-                        let key = (self.index, token.clone());
+                self.answer("release", at_once(node.run(op)), |answer| {
+                    if let (true, Some(until), true) = (answer.applied(), before, node.resends()) {
+                        let key = (self.index, token.to_string());
                         locked(&self.truth)
                             .tombs
                             .insert(key, (Instant::now(), until));
                     }
-                    Reply::Yes(released)
                 })
             }
-            Op::Extend { keys, token, ttl } => {
-                let extended = at_once(node.extend(keys, token, *ttl));
-                self.answer("extend", extended, Reply::Yes)
-            }
-            Op::Fence { keys, token } => {
-                self.answer("fence", at_once(node.fence(keys, token)), Reply::Fence)
-            }
+            Command::Leave { .. } => self.answer("leave", at_once(node.run(op)), |_| {}),
+            Command::Extend { .. } => self.answer("extend", at_once(node.run(op)), |_| {}),
+            Command::Fence { .. } => self.answer("fence", at_once(node.run(op)), |_| {}),
         }
     }
 
@@ -303,7 +241,7 @@ impl SimServer {
         token: &str,
         ttl: Duration,
         held: bool,
-        taken: &Taken,
+        answer: &Answer,
     ) {
         if !self.node.resends() {
             return;
@@ -311,16 +249,16 @@ impl SimServer {
         let now = Instant::now();
         let mut truth = locked(&self.truth);
         let key = (self.index, token.to_owned());
-        match taken {
-            Taken::Held(_) if held => truth.violation(format!(
+        match answer.applied() {
+            false if held => truth.violation(format!(
                 "I5: attempt {} of `{}` was told `held` by its own key (a re-sent copy set it): the key is left to its ttl",
                 &token[token.len() - 6..],
                 keys.name()
             )),
-            Taken::Held(_) => {
+            false => {
                 truth.tombs.insert(key, (now, now + ttl));
             }
-            Taken::Granted if !held => {
+            true if !held => {
                 let Some(&(since, until)) = truth.tombs.get(&key) else {
                     return;
                 };
@@ -336,27 +274,30 @@ impl SimServer {
                     ));
                 }
             }
-            Taken::Granted => {}
+            true => {}
         }
     }
 
-    /// The reply to a command: `ok` of its answer; an `OOM` refusal (the server's memory is
-    /// full) as the error it is; any other error is one no lock script should give, a
-    /// violation.
-    pub(super) fn answer<T>(
+    /// The reply to a command: its answer, once `check` has seen it; an `OOM` refusal (the
+    /// server's memory is full) as the error it is; any other error is one no lock script
+    /// should give, a violation.
+    pub(super) fn answer(
         &self,
         what: &str,
-        answer: crate::Result<T>,
-        ok: impl FnOnce(T) -> Reply,
+        answer: crate::Result<Answer>,
+        check: impl FnOnce(&Answer),
     ) -> Reply {
         match answer {
-            Ok(value) => ok(value),
-            Err(LockError::Redis(e)) if e.code() == Some("OOM") => Reply::Failed(e),
+            Ok(answer) => {
+                check(&answer);
+                Ok(answer)
+            }
+            Err(LockError::Redis(e)) if e.code() == Some("OOM") => Err(e),
             Err(e) => {
                 let at = self.index;
                 let what = format!("{what} failed on server {at}: {e}");
                 locked(&self.truth).violation(what.clone());
-                Reply::Failed(std::io::Error::other(what).into())
+                Err(std::io::Error::other(what).into())
             }
         }
     }
@@ -428,7 +369,7 @@ pub(super) fn owner(value: &str) -> &str {
 pub(super) fn describe(op: &Op) -> String {
     let short = |t: &str| t[t.len() - 6..].to_owned();
     match op {
-        Op::Acquire {
+        Command::Acquire {
             keys,
             token,
             ttl,
@@ -441,14 +382,14 @@ pub(super) fn describe(op: &Op) -> String {
                 short(token)
             )
         }
-        Op::Release { keys, token, keep } => {
+        Command::Release { keys, token, keep } => {
             format!("release {} {} keep {keep:?}", keys.lock, short(token))
         }
-        Op::Extend { keys, token, ttl } => {
+        Command::Extend { keys, token, ttl } => {
             format!("extend {} {} ttl {ttl:?}", keys.lock, short(token))
         }
-        Op::Fence { keys, token } => format!("fence {} {}", keys.lock, short(token)),
-        Op::Leave { keys, ticket } => format!("leave {} {}", keys.lock, short(ticket)),
+        Command::Fence { keys, token } => format!("fence {} {}", keys.lock, short(token)),
+        Command::Leave { keys, ticket } => format!("leave {} {}", keys.lock, short(ticket)),
     }
 }
 

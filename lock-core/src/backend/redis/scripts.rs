@@ -1,8 +1,6 @@
 //! Running the lock scripts (`crate::scripts`): each sent by its SHA1 (`EVALSHA`), with its
 //! body after `NOSCRIPT`.
 
-use std::time::Duration;
-
 use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind};
 
 use super::connect::Conn;
@@ -11,9 +9,6 @@ use super::RedisNode;
 use crate::keys::LockKeys;
 use crate::scripts::Script;
 use crate::Result;
-
-/// How long a fence key outlives its last use (the `PX` that fence.lua sets).
-pub(crate) const FENCE_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 impl RedisNode {
     /// `EVALSHA`, one round trip while the server has the script cached. After `NOSCRIPT`

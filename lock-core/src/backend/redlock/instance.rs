@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use super::super::{BoxFuture, Node};
+use super::super::{Answer, BoxFuture, Node};
 use crate::{locked, LockError, Result};
 
 /// While an instance does not answer in time, at most one command per this interval is sent to
@@ -81,7 +81,7 @@ impl Instance {
     /// command was sent (it answers nothing). A shorter timeout (a lock with a short ttl gets
     /// short per-instance timeouts) says nothing about an instance that is merely a few
     /// milliseconds away.
-    pub(super) fn heard<T>(&self, reply: &Reply<T>, sent: Instant, waited: Duration) {
+    pub(super) fn heard(&self, reply: &Reply, sent: Instant, waited: Duration) {
         let mut health = locked(&self.health);
         match reply {
             // An error reply from the server is an answer too.
@@ -110,28 +110,33 @@ impl Instance {
 }
 
 /// The replies to one command sent to every instance, each with its instance's index.
-pub(super) type Replies<T> = FuturesUnordered<BoxFuture<'static, (usize, Reply<T>)>>;
+pub(super) type Replies = FuturesUnordered<BoxFuture<'static, (usize, Reply)>>;
 
 /// One instance's reply to a command, or its timeout.
-pub(super) type Reply<T> = std::result::Result<Result<T>, tokio::time::error::Elapsed>;
+pub(super) type Reply = std::result::Result<Result<Answer>, tokio::time::error::Elapsed>;
 
-/// One instance's answer to a fanned-out command.
-pub(super) enum Answer<T> {
-    Ok(T),
+/// What was heard from one instance about a fanned-out command.
+pub(super) enum Heard {
+    Answered(Answer),
     /// Failed before anything was sent (refused connection) or refused by the server.
     NotApplied(LockError),
     /// Sent, no answer: it may have been applied, now or later.
     Unknown(Option<LockError>),
 }
 
-impl<T> Answer<T> {
+impl Heard {
     /// One instance's reply, or its timeout.
-    pub(super) fn of(reply: std::result::Result<Result<T>, tokio::time::error::Elapsed>) -> Self {
+    pub(super) fn of(reply: Reply) -> Self {
         match reply {
-            Ok(Ok(answer)) => Answer::Ok(answer),
-            Ok(Err(e)) if e.may_have_applied() => Answer::Unknown(Some(e)),
-            Ok(Err(e)) => Answer::NotApplied(e),
-            Err(_elapsed) => Answer::Unknown(None),
+            Ok(Ok(answer)) => Heard::Answered(answer),
+            Ok(Err(e)) if e.may_have_applied() => Heard::Unknown(Some(e)),
+            Ok(Err(e)) => Heard::NotApplied(e),
+            Err(_elapsed) => Heard::Unknown(None),
         }
+    }
+
+    /// The instance applied the command.
+    pub(super) fn applied(&self) -> bool {
+        matches!(self, Heard::Answered(answer) if answer.applied())
     }
 }

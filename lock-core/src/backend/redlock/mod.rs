@@ -15,18 +15,18 @@
 //! By job: `instance` (one instance, whether it answers, its answers), `operate` (operators'
 //! commands and the holds a majority agrees on); this file is the fan-out and the [`Store`].
 
-use std::future::Future;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use futures_util::stream::StreamExt as _;
 use tokio::time::{timeout, Instant};
 
 use super::notify::PubSub;
 use super::redis::{Endpoint, RedisNode};
 use super::Timeouts;
-use super::{Attempt, BoxFuture, Drift, Found, Leftover, Node, Renewal, Store, Taken, Ticket};
+use super::{Answer, BoxFuture, Command, Drift, Found, Leftover, Node, Store};
 use crate::keys::LockKeys;
 use crate::kind::Kind;
 
@@ -36,7 +36,7 @@ mod operate;
 use crate::tasks::Tasks;
 use crate::validate::MIN_TTL;
 use crate::{LockError, Result};
-use instance::{Answer, Instance, Replies, Reply};
+use instance::{Heard, Instance, Replies, Reply};
 
 pub(crate) struct Redlock {
     nodes: Vec<Arc<Instance>>,
@@ -49,10 +49,12 @@ pub(crate) struct Redlock {
 
 /// Releases an attempt's token on one instance, bounded by `per_node`: whether it confirmed.
 async fn give_back(node: &dyn Node, keys: &LockKeys, token: &str, per_node: Duration) -> bool {
-    matches!(
-        timeout(per_node, node.release(keys, token, Duration::ZERO)).await,
-        Ok(Ok(_))
-    )
+    let release = Command::Release {
+        keys: Cow::Borrowed(keys),
+        token: Cow::Borrowed(token),
+        keep: Duration::ZERO,
+    };
+    matches!(timeout(per_node, node.run(&release)).await, Ok(Ok(_)))
 }
 
 impl Redlock {
@@ -70,7 +72,7 @@ impl Redlock {
     /// Awaits replies the caller no longer needs, so that each instance's health hears of
     /// them and `shutdown` can wait until they are in (a slow instance's release among them).
     /// Each is bounded by its per-instance timeout.
-    fn finish_in_background<T: Send + 'static>(&self, mut pending: Replies<T>) {
+    fn finish_in_background(&self, mut pending: Replies) {
         if pending.is_empty() {
             return;
         }
@@ -140,94 +142,67 @@ impl Redlock {
         self.response_timeout.min((ttl / 10).max(MIN_TTL * 2))
     }
 
-    /// Sends `op` to every instance that answers (see [`Instance`]) in parallel, each bounded by
-    /// `per_node`: the replies, each with its instance's index, in the order they come. Each
-    /// reply is noted in its instance's health when it comes, so replies still to come once the
-    /// caller has its answer are awaited in the background ([`finish_in_background`]).
-    fn send<T, Op>(&self, per_node: Duration, keys: &LockKeys, token: &str, op: Op) -> Replies<T>
-    where
-        T: Send + 'static,
-        Op: for<'b> Fn(&'b dyn Node, &'b LockKeys, &'b str) -> BoxFuture<'b, Result<T>>
-            + Clone
-            + Send
-            + 'static,
-    {
-        let owned = Arc::new((keys.clone(), token.to_owned()));
+    /// Sends `command` to every instance that answers (see [`Instance`]) in parallel, each
+    /// bounded by `per_node`: the replies, each with its instance's index, in the order they
+    /// come. Each reply is noted in its instance's health when it comes, so replies still to
+    /// come once the caller has its answer are awaited in the background
+    /// ([`finish_in_background`]).
+    fn send(&self, per_node: Duration, command: &Command<'_>) -> Replies {
+        let command = Arc::new(command.clone().into_owned());
         self.nodes
             .iter()
             .enumerate()
             .map(|(i, instance)| {
                 let (at, sent) = (Instant::now(), instance.may_send());
-                let (instance, owned, op) = (Arc::clone(instance), Arc::clone(&owned), op.clone());
+                let (instance, command) = (Arc::clone(instance), Arc::clone(&command));
                 Box::pin(async move {
                     let reply = if sent {
-                        let (keys, token) = &*owned;
-                        timeout(per_node, op(instance.node.as_ref(), keys, token)).await
+                        timeout(per_node, instance.node.run(&command)).await
                     } else {
                         Ok(Err(instance.skipped(i)))
                     };
                     instance.heard(&reply, at, per_node);
                     (i, reply)
-                }) as BoxFuture<'static, (usize, Reply<T>)>
+                }) as BoxFuture<'static, (usize, Reply)>
             })
             .collect()
     }
 
     /// Collects the replies of `pending` as they come until they decide the command: a
-    /// majority said yes (`is_yes`), or so many said no that no majority is possible. A slow or
+    /// majority applied it, or so many did not that no majority is possible. A slow or
     /// paused minority then costs nothing. `None` for an instance not heard from by then: its
     /// reply is still in `pending`, and its command may still land, in order after anything
     /// this client sent that instance before.
-    async fn gather<T, Fut>(
-        &self,
-        pending: &mut FuturesUnordered<Fut>,
-        is_yes: impl Fn(&T) -> bool,
-    ) -> Vec<Option<Answer<T>>>
-    where
-        Fut: Future<Output = (usize, Reply<T>)>,
-    {
+    async fn gather(&self, pending: &mut Replies) -> Vec<Option<Heard>> {
         let total = self.nodes.len();
-        let mut answers: Vec<Option<Answer<T>>> = (0..total).map(|_| None).collect();
+        let mut heard: Vec<Option<Heard>> = (0..total).map(|_| None).collect();
         let (mut yes, mut no) = (0, 0);
         while let Some((i, reply)) = pending.next().await {
-            let answer = Answer::of(reply);
-            if let Answer::Ok(value) = &answer {
-                if is_yes(value) {
+            let answer = Heard::of(reply);
+            if let Heard::Answered(answer) = &answer {
+                if answer.applied() {
                     yes += 1;
                 } else {
                     no += 1;
                 }
             }
-            answers[i] = Some(answer);
+            heard[i] = Some(answer);
             if yes >= self.quorum || no > total - self.quorum {
                 break;
             }
         }
-        answers
+        heard
     }
 
-    /// An owner-checked command (`None` is a no) to every instance, until the answers decide
-    /// it; an instance not heard from by then counts as unknown.
-    async fn fan_out<T, Op>(
-        &self,
-        per_node: Duration,
-        keys: &LockKeys,
-        token: &str,
-        op: Op,
-    ) -> Vec<Answer<Option<T>>>
-    where
-        T: Send + 'static,
-        Op: for<'b> Fn(&'b dyn Node, &'b LockKeys, &'b str) -> BoxFuture<'b, Result<Option<T>>>
-            + Copy
-            + Send
-            + 'static,
-    {
-        let mut pending = self.send(per_node, keys, token, op);
-        let answers = self.gather(&mut pending, Option::is_some).await;
+    /// An owner-checked command to every instance, until the answers decide it; an instance
+    /// not heard from by then counts as unknown.
+    async fn fan_out(&self, per_node: Duration, command: &Command<'_>) -> Vec<Heard> {
+        let mut pending = self.send(per_node, command);
+        let heard = self.gather(&mut pending).await;
         self.finish_in_background(pending);
-        answers
+        heard
             .into_iter()
-            .map(|a| a.unwrap_or(Answer::Unknown(None)))
+            .map(|a| a.unwrap_or(Heard::Unknown(None)))
             .collect()
     }
 
@@ -235,7 +210,7 @@ impl Redlock {
     /// `Ok(None)` when so many said no that no majority is possible, else an error. The error
     /// says the command may have been applied whenever some instance applied it or its outcome
     /// is unknown, whatever the others answered.
-    fn decide<T>(&self, answers: Vec<Answer<Option<T>>>, what: &str) -> Result<Option<Vec<T>>> {
+    fn decide(&self, answers: Vec<Heard>, what: &str) -> Result<Option<Vec<Answer>>> {
         let total = answers.len();
         let mut yes = Vec::new();
         let mut no = 0;
@@ -243,12 +218,12 @@ impl Redlock {
         let mut unknown = None;
         for answer in answers {
             match answer {
-                Answer::Ok(Some(v)) => yes.push(v),
-                Answer::Ok(None) => no += 1,
-                Answer::NotApplied(e) => {
+                Heard::Answered(v) if v.applied() => yes.push(v),
+                Heard::Answered(_) => no += 1,
+                Heard::NotApplied(e) => {
                     not_applied.get_or_insert(e);
                 }
-                Answer::Unknown(e) => {
+                Heard::Unknown(e) => {
                     unknown.get_or_insert(e.unwrap_or_else(|| {
                         LockError::Redis(redis::RedisError::from(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
@@ -279,213 +254,169 @@ impl Redlock {
     }
 }
 
-impl Store for Redlock {
-    fn acquire<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        ttl: Duration,
-        mark: bool,
-        ticket: Option<Ticket<'a>>,
-    ) -> BoxFuture<'a, Result<Attempt>> {
+impl Redlock {
+    /// An acquire attempt on every instance: granted by a majority within the lease's validity,
+    /// or refused, with what it may have left where it was not decided.
+    async fn acquire(&self, command: &Command<'_>, ttl: Duration) -> Result<(Answer, Leftover)> {
+        let (keys, token) = match command {
+            Command::Acquire { keys, token, .. } => (keys.as_ref(), token.as_ref()),
+            _ => unreachable!("an acquire"),
+        };
         // Fair requests are refused before any I/O (`Kind::of`); a waiting writer's claim is
         // recorded on each instance.
         debug_assert!(
             keys.kind != Kind::Fair,
             "Redlock keeps no line of fair waiters"
         );
-        Box::pin(async move {
-            let start = Instant::now();
-            let per_node = self.node_timeout(ttl);
-            // Replies still to come when the attempt is decided are awaited after it returns.
-            // Owned by each instance's future, which may outlive this attempt.
-            let claim: Option<Arc<(String, Duration)>> =
-                ticket.map(|t| Arc::new((t.id.to_owned(), t.keep)));
-            let mut pending = self.send(per_node, keys, token, move |node, keys, token| {
-                let claim = claim.clone();
-                Box::pin(async move {
-                    let ticket = claim
-                        .as_deref()
-                        .map(|(id, keep)| Ticket { id, keep: *keep });
-                    node.acquire(keys, token, ttl, mark, ticket).await
-                })
-            });
-            let answers = self
-                .gather(&mut pending, |taken| *taken == Taken::Granted)
-                .await;
-            let (mut granted, mut refused) = (0, 0);
-            for answer in &answers {
-                match answer {
-                    Some(Answer::Ok(Taken::Granted)) => granted += 1,
-                    Some(Answer::Ok(Taken::Held(_))) => refused += 1,
-                    _ => {}
-                }
+        let start = Instant::now();
+        let per_node = self.node_timeout(ttl);
+        // Replies still to come when the attempt is decided are awaited after it returns.
+        let mut pending = self.send(per_node, command);
+        let heard = self.gather(&mut pending).await;
+        let (mut granted, mut refused) = (0, 0);
+        for answer in heard.iter().flatten() {
+            match answer {
+                Heard::Answered(a) if a.applied() => granted += 1,
+                Heard::Answered(_) => refused += 1,
+                _ => {}
             }
-            let usable = self.usable(ttl);
-            if granted >= self.quorum && start.elapsed() + MIN_TTL <= usable {
-                // An instance that had not answered yet may still set our token: the guard's
-                // release goes to every instance, and the key expires with its ttl anyway.
-                self.finish_in_background(pending);
-                return Ok(Attempt::Granted(usable));
-            }
-            // Given back at once where it was granted, so that our own keys never stand in the
-            // way of the next attempt.
-            let given_back = join_all(
-                answers
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, a)| matches!(a, Some(Answer::Ok(Taken::Granted))))
-                    .map(|(i, _)| give_back(self.nodes[i].node.as_ref(), keys, token, per_node)),
-            )
-            .await
-            .into_iter()
-            .all(|confirmed| confirmed);
-            // Instances that did not answer in time, failed after sending, or were not heard
-            // from before the answers decided: slow now, so waiting for them would only stall
-            // this waiter. Their late replies are awaited after it returns, and the attempt is
-            // given back only where one granted or stayed silent: a healthy minority that
-            // answers a moment late costs no command, and a paused one gets its release on the
-            // same connection, after the SET.
-            let unsure: Vec<usize> = (0..answers.len())
-                .filter(|&i| matches!(answers[i], Some(Answer::Unknown(_))))
-                .collect();
-            tracing::debug!(
-                granted,
-                refused,
-                unsure = unsure.len(),
-                silent = pending.len(),
-                quorum = self.quorum,
-                "redlock attempt refused"
-            );
-            let leftover = if unsure.is_empty() && pending.is_empty() {
-                if given_back {
-                    Leftover::Nothing
-                } else {
-                    Leftover::Unknown
-                }
+        }
+        let usable = self.usable(ttl);
+        if granted >= self.quorum && start.elapsed() + MIN_TTL <= usable {
+            // An instance that had not answered yet may still set our token: the guard's
+            // release goes to every instance, and the key expires with its ttl anyway.
+            self.finish_in_background(pending);
+            return Ok((Answer::Applied(usable), Leftover::Nothing));
+        }
+        // Given back at once where it was granted, so that our own keys never stand in the
+        // way of the next attempt.
+        let given_back = join_all(
+            heard
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.as_ref().is_some_and(Heard::applied))
+                .map(|(i, _)| give_back(self.nodes[i].node.as_ref(), keys, token, per_node)),
+        )
+        .await
+        .into_iter()
+        .all(|confirmed| confirmed);
+        // Instances that did not answer in time, failed after sending, or were not heard
+        // from before the answers decided: slow now, so waiting for them would only stall
+        // this waiter. Their late replies are awaited after it returns, and the attempt is
+        // given back only where one granted or stayed silent: a healthy minority that
+        // answers a moment late costs no command, and a paused one gets its release on the
+        // same connection, after the SET.
+        let unsure: Vec<usize> = (0..heard.len())
+            .filter(|&i| matches!(heard[i], Some(Heard::Unknown(_))))
+            .collect();
+        tracing::debug!(
+            granted,
+            refused,
+            unsure = unsure.len(),
+            silent = pending.len(),
+            quorum = self.quorum,
+            "redlock attempt refused"
+        );
+        let leftover = if unsure.is_empty() && pending.is_empty() {
+            if given_back {
+                Leftover::Nothing
             } else {
-                let (nodes, keys, token) = (self.nodes.clone(), keys.clone(), token.to_owned());
-                Leftover::Later(Box::pin(async move {
-                    let mut all_back = given_back;
-                    for i in unsure {
+                Leftover::Unknown
+            }
+        } else {
+            let (nodes, keys, token) = (self.nodes.clone(), keys.clone(), token.to_owned());
+            Leftover::Later(Box::pin(async move {
+                let mut all_back = given_back;
+                for i in unsure {
+                    all_back &= give_back(nodes[i].node.as_ref(), &keys, &token, per_node).await;
+                }
+                while let Some((i, reply)) = pending.next().await {
+                    let refused = match Heard::of(reply) {
+                        Heard::Answered(answer) => !answer.applied(),
+                        Heard::NotApplied(_) => true,
+                        Heard::Unknown(_) => false,
+                    };
+                    if !refused {
                         all_back &=
                             give_back(nodes[i].node.as_ref(), &keys, &token, per_node).await;
                     }
-                    while let Some((i, reply)) = pending.next().await {
-                        if !matches!(
-                            Answer::of(reply),
-                            Answer::Ok(Taken::Held(_)) | Answer::NotApplied(_)
-                        ) {
-                            all_back &=
-                                give_back(nodes[i].node.as_ref(), &keys, &token, per_node).await;
-                        }
-                    }
-                    all_back
-                }))
+                }
+                all_back
+            }))
+        };
+        if refused <= self.nodes.len() - self.quorum {
+            // A majority was within reach but did not hold: too slow, or instances failed.
+            let undecided = Answer::Undecided {
+                granted,
+                needed: self.quorum,
+                refused,
             };
-            if refused <= self.nodes.len() - self.quorum {
-                // A majority was within reach but did not hold: too slow, or instances failed.
-                return Ok(Attempt::NoQuorum {
-                    granted,
-                    needed: self.quorum,
-                    refused,
-                    leftover,
-                });
-            }
-            // Other owners hold it on enough instances that no majority was possible.
-            Ok(Attempt::Held {
-                left: None,
-                leftover,
-            })
-        })
+            return Ok((undecided, leftover));
+        }
+        // Other owners hold it on enough instances that no majority was possible.
+        Ok((Answer::NotApplied(None), leftover))
     }
+}
 
-    /// A waiting writer's claim, taken out wherever it was recorded (Redlock keeps no line of
-    /// fair waiters); an instance that does not answer lets it lapse by itself.
-    fn leave<'a>(&'a self, keys: &'a LockKeys, ticket: &'a str) -> BoxFuture<'a, Result<()>> {
+impl Store for Redlock {
+    fn run<'a>(&'a self, command: &'a Command<'a>) -> BoxFuture<'a, Result<(Answer, Leftover)>> {
         Box::pin(async move {
-            let (_, error) = self
-                .everywhere(Some(self.response_timeout), |node| node.leave(keys, ticket))
-                .await;
-            error.map_or(Ok(()), Err)
+            match command {
+                Command::Acquire { ttl, .. } => self.acquire(command, *ttl).await,
+                // A waiting writer's claim, taken out wherever it was recorded (Redlock keeps
+                // no line of fair waiters); an instance that does not answer lets it lapse by
+                // itself.
+                Command::Leave { .. } => {
+                    let (_, error) = self
+                        .everywhere(Some(self.response_timeout), |node| node.run(command))
+                        .await;
+                    error.map_or(
+                        Ok((Answer::Applied(Duration::ZERO), Leftover::Nothing)),
+                        Err,
+                    )
+                }
+                Command::Release { .. } => {
+                    let heard = self.fan_out(self.response_timeout, command).await;
+                    let answer = match self.decide(heard, "release")? {
+                        Some(_) => Answer::Applied(Duration::ZERO),
+                        None => Answer::NotApplied(None),
+                    };
+                    Ok((answer, Leftover::Nothing))
+                }
+                Command::Extend { ttl, .. } => {
+                    let heard = self.fan_out(self.node_timeout(*ttl), command).await;
+                    // Some instance's outcome is unknown: the renewal may still land there.
+                    let partial = heard.iter().any(|a| matches!(a, Heard::Unknown(_)));
+                    Ok(match self.decide(heard, "extend")? {
+                        Some(_) if partial => {
+                            (Answer::Applied(self.usable(*ttl)), Leftover::Unknown)
+                        }
+                        Some(_) => (Answer::Applied(self.usable(*ttl)), Leftover::Nothing),
+                        None => (Answer::NotApplied(None), Leftover::Nothing),
+                    })
+                }
+                // The highest of the tokens a majority drew: see `LockGuard::fencing_token` for
+                // why this is not a fence across holders.
+                Command::Fence { .. } => {
+                    let heard = self.fan_out(self.response_timeout, command).await;
+                    let drawn = self.decide(heard, "fence")?.and_then(|answers| {
+                        answers
+                            .into_iter()
+                            .filter_map(|a| match a {
+                                Answer::Drawn(fence) => Some(fence),
+                                _ => None,
+                            })
+                            .max()
+                    });
+                    let answer = drawn.map_or(Answer::NotApplied(None), Answer::Drawn);
+                    Ok((answer, Leftover::Nothing))
+                }
+            }
         })
     }
 
     fn by_majority(&self) -> bool {
         true
-    }
-
-    fn release<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        keep: Duration,
-    ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move {
-            let answers = self
-                .fan_out(
-                    self.response_timeout,
-                    keys,
-                    token,
-                    move |node, keys, token| {
-                        Box::pin(
-                            async move { Ok(node.release(keys, token, keep).await?.then_some(())) },
-                        )
-                    },
-                )
-                .await;
-            Ok(self.decide(answers, "release")?.is_some())
-        })
-    }
-
-    fn extend<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Renewal>> {
-        Box::pin(async move {
-            let answers = self
-                .fan_out(
-                    self.node_timeout(ttl),
-                    keys,
-                    token,
-                    move |node, keys, token| {
-                        Box::pin(
-                            async move { Ok(node.extend(keys, token, ttl).await?.then_some(())) },
-                        )
-                    },
-                )
-                .await;
-            let partial = answers.iter().any(|a| matches!(a, Answer::Unknown(_)));
-            // A renewal slower than its own validity leaves a deadline already in the past.
-            Ok(match self.decide(answers, "extend")? {
-                Some(_) => Renewal::Renewed {
-                    usable: self.usable(ttl),
-                    partial,
-                },
-                None => Renewal::NotOurs,
-            })
-        })
-    }
-
-    /// The highest of the tokens a majority drew: see `LockGuard::fencing_token` for why this
-    /// is not a fence across holders.
-    fn fence<'a>(
-        &'a self,
-        keys: &'a LockKeys,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u64>>> {
-        Box::pin(async move {
-            let answers = self
-                .fan_out(self.response_timeout, keys, token, |node, keys, token| {
-                    node.fence(keys, token)
-                })
-                .await;
-            Ok(self
-                .decide(answers, "fence")?
-                .and_then(|tokens| tokens.into_iter().max()))
-        })
     }
 
     fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>> {
