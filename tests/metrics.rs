@@ -147,4 +147,174 @@ async fn metrics_are_served_for_prometheus_with_bounded_labels() {
     );
     drop(held);
     assert!(labelled.release().await.unwrap());
+    losses_leaders_waiters_and_bounds(port, &server).await;
+}
+
+/// Scrapes until `check` holds of what is served, or panics with the last scrape after 20 s.
+async fn scrape_until(port: u16, what: &str, check: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let scraped = tokio::task::spawn_blocking(move || scrape(port))
+            .await
+            .unwrap();
+        if check(&scraped) {
+            return scraped;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not served within 20 s:\n{scraped}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The on-call engineer's metrics: every lost lease counted once with its reason (a renewal
+/// that finds it taken, a lease that ran out before its release, a hold past `max_hold`, a
+/// leader's term), leaders' state and changes, waiters now, the wait of a timeout, a bound on
+/// the `lock` label, and a description and unit for each metric.
+async fn losses_leaders_waiters_and_bounds(port: u16, server: &RedisServer) {
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+
+    // Taken away by an operator, then found so by a renewal, a fencing token and the release:
+    // one loss, not_ours.
+    let taken = locks.try_acquire("taken:1", TTL).await.unwrap().unwrap();
+    assert!(locks.force_release("taken:1").await.unwrap());
+    assert!(!taken.extend(TTL).await.unwrap());
+    assert!(taken.fencing_token().await.is_err());
+    assert!(!taken.release().await.unwrap());
+
+    // Held past its ttl without a watchdog, then released: one loss, expired.
+    let short = locks
+        .lock("short:1")
+        .ttl(Duration::from_millis(300))
+        .acquire()
+        .await
+        .unwrap();
+    short.lost().await;
+    assert!(!short.release().await.unwrap());
+
+    // Renewed until max_hold, then held on until it ran out: one loss, max_hold.
+    let capped = locks
+        .lock("capped:1")
+        .ttl(TTL)
+        .auto_extend(true)
+        .max_hold(Duration::from_millis(300))
+        .acquire()
+        .await
+        .unwrap();
+    capped.lost().await;
+
+    // A waiter is counted while it waits; a timeout records its wait.
+    let holder = locks.try_acquire("queue:1", TTL).await.unwrap().unwrap();
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.acquire("queue:1", TTL, Duration::from_secs(30)).await })
+    };
+    scrape_until(port, "one waiter", |s| {
+        value(s, "lock_waiting", &[r#"lock="queue""#]) == Some(1.0)
+    })
+    .await;
+    assert!(holder.release().await.unwrap());
+    let granted = waiter.await.unwrap().unwrap();
+    assert!(granted.release().await.unwrap());
+
+    // A leader elected, then resigning.
+    let leader = locks.leader("elect:1").ttl(TTL).start();
+    let mut leads = leader.watch();
+    tokio::time::timeout(Duration::from_secs(20), leads.wait_for(|&l| l))
+        .await
+        .expect("elected within 20 s")
+        .unwrap();
+    scrape_until(port, "the leader", |s| {
+        value(s, "lock_leader", &[r#"lock="elect""#]) == Some(1.0)
+    })
+    .await;
+    leader.resign().await.unwrap();
+
+    // At most 2 labels on this manager: the third and later are `_other`.
+    let bounded = LockManager::builder()
+        .url(&server.url())
+        .metrics_label_limit(2)
+        .build()
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let name = format!("batch-{i}");
+        let guard = bounded.try_acquire(&name, TTL).await.unwrap().unwrap();
+        assert!(guard.release().await.unwrap());
+    }
+
+    let scraped = scrape_until(port, "max_hold's loss", |s| {
+        value(s, "lock_lost_total", &[r#"lock="capped""#]).is_some()
+    })
+    .await;
+    eprintln!("{scraped}");
+    let lost = |lock: &str, reason: &str| {
+        let (lock, reason) = (format!(r#"lock="{lock}""#), format!(r#"reason="{reason}""#));
+        value(&scraped, "lock_lost_total", &[&lock, &reason])
+    };
+    assert_eq!(lost("taken", "not_ours"), Some(1.0), "counted once");
+    assert_eq!(lost("short", "expired"), Some(1.0));
+    assert_eq!(lost("capped", "max_hold"), Some(1.0));
+    for lock in ["taken", "short", "capped"] {
+        let lock = format!(r#"lock="{lock}""#);
+        let series = scraped
+            .lines()
+            .filter(|l| l.starts_with("lock_lost_total{") && l.contains(&lock))
+            .count();
+        assert_eq!(series, 1, "one reason for {lock}");
+    }
+    assert_eq!(
+        value(&scraped, "lock_waiting", &[r#"lock="queue""#]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &scraped,
+            "lock_wait_seconds_count",
+            &[r#"lock="reports""#, r#"outcome="timeout""#]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&scraped, "lock_leader", &[r#"lock="elect""#]),
+        Some(0.0)
+    );
+    for change in ["elected", "resigned"] {
+        let change = format!(r#"change="{change}""#);
+        assert_eq!(
+            value(
+                &scraped,
+                "lock_leader_changes_total",
+                &[r#"lock="elect""#, &change]
+            ),
+            Some(1.0),
+            "{change}"
+        );
+    }
+    assert_eq!(
+        value(&scraped, "lock_acquire_total", &[r#"lock="_other""#]),
+        Some(3.0)
+    );
+    for first_two in ["batch-0", "batch-1"] {
+        assert!(scraped.contains(&format!(r#"lock="{first_two}""#)));
+    }
+    assert!(!scraped.contains(r#"lock="batch-2""#));
+    for (name, kind) in [
+        ("lock_acquire_total", "counter"),
+        ("lock_lost_total", "counter"),
+        ("lock_waiting", "gauge"),
+        ("lock_leader", "gauge"),
+        ("lock_leader_changes_total", "counter"),
+        ("lock_wait_seconds", "summary"),
+    ] {
+        assert!(
+            scraped.contains(&format!("# HELP {name} ")),
+            "{name} has a description"
+        );
+        assert!(
+            scraped.contains(&format!("# TYPE {name} {kind}")),
+            "{name} is a {kind}"
+        );
+    }
 }

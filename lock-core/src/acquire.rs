@@ -50,6 +50,10 @@ pub(crate) struct Acquisition<'a> {
     /// A fair acquisition's place in line.
     pub(crate) ticket: Option<Ticket<'a>>,
     pub(crate) name: &'a str,
+    /// Its `lock` metric label.
+    pub(crate) label: &'a str,
+    /// Counted in `lock_waiting` from its first refusal to its end.
+    pub(crate) waiting: Option<crate::metrics::Waiting<'a>>,
     pub(crate) lease_len: Duration,
     pub(crate) began: Instant,
     pub(crate) deadline: Instant,
@@ -74,6 +78,7 @@ impl Acquisition<'_> {
                 Step::Attempt => self.attempt().await,
                 Step::Sleep(..) | Step::Pause(_) => unreachable!("slept in `attempt`"),
                 Step::Subscribe => {
+                    self.waiting = Some(crate::metrics::Waiting::start(self.label, self.keys.kind));
                     // An attempt follows at once: the lock may have been released before the
                     // subscription was in place. With no time left to subscribe, it is the last.
                     // Only a fair waiter may skip a release that names another one first.

@@ -274,19 +274,24 @@ async fn lead(
 ) -> Option<Result<()>> {
     *locked(&inner.term) = Some(Arc::clone(guard.lease()));
     inner.state.send_replace(true);
+    let (label, kind) = (guard.lease().label.clone(), guard.lease().keys.kind);
+    crate::metrics::leader(&label, kind, "elected");
     tracing::info!(lock = %inner.name, "elected leader");
     tokio::select! {
         biased;
         () = stop_asked(stopped) => {
             inner.step_down();
+            crate::metrics::leader(&label, kind, "resigned");
             tracing::info!(lock = %inner.name, "resigned leadership");
             Some(guard.release().await.map(|_| ()))
         }
         () = guard.lost() => {
             // For good, even if a late renewal would revive the lease: the term is over, and
             // `run_while_leader` (watching the same lease) must see it over too.
+            guard.lease().report_lost(crate::metrics::Lost::Expired);
             guard.lease().mark_lost();
             inner.step_down();
+            crate::metrics::leader(&label, kind, "lost");
             tracing::warn!(lock = %inner.name, holder = %crate::token::holder_or_unknown(guard.token()), "leadership lost; campaigning again");
             // Dropped: released in the background in case the key is still ours.
             None

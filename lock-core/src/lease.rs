@@ -65,6 +65,8 @@ pub(crate) struct Lease {
     clock: Mutex<Clock>,
     /// Set once the lease is known lost for good (a store said it is not ours, `shutdown`).
     lost: AtomicBool,
+    /// Set once its loss was counted (`lock_lost_total`), by whoever noticed it first.
+    reported: AtomicBool,
     /// Set by whoever ends the lease (release, drop or shutdown): exactly one of them does.
     finished: AtomicBool,
     /// Woken when `lost` is set or the deadline moves.
@@ -176,6 +178,7 @@ impl Lease {
                 next_ticket: 0,
             }),
             lost: AtomicBool::new(false),
+            reported: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             changed: Notify::new(),
             watchdog: Mutex::new(None),
@@ -249,6 +252,24 @@ impl Lease {
         if !self.lost.swap(true, Ordering::AcqRel) {
             self.changed.notify_waiters();
         }
+    }
+
+    /// Counts the lease's loss for `reason` (`lock_lost_total`), once per lease whoever notices
+    /// it (a renewal, a fencing token, the watchdog, the end of the lease, a leader): `true`
+    /// for the first, which also logs it.
+    pub(crate) fn report_lost(&self, reason: crate::metrics::Lost) -> bool {
+        if self.reported.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        // Whatever the server says now, a lease whose local deadline had passed ran out first.
+        let reason = match reason {
+            crate::metrics::Lost::NotOurs if Instant::now() >= self.deadline() => {
+                crate::metrics::Lost::Expired
+            }
+            reason => reason,
+        };
+        crate::metrics::lost(&self.label, self.keys.kind, reason);
+        true
     }
 
     /// Resolves once the lease is lost: flagged lost, or its local deadline has passed.

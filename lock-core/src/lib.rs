@@ -215,17 +215,33 @@
 //! Every series has the label `lock`, bounded by the kinds of locks rather than the locks: the
 //! attribute's key template with its placeholders as `{}` (`invoices:{}`), a label set with
 //! [`LockRequest::metrics_label`], or else the name up to its first `:` (`reports:daily` is
-//! `reports`; a name without `:` is its own label). Every series also has the label `kind`:
-//! `exclusive`, `fair`, `permits` or `shared` (a [shared](LockRequest::shared) hold).
+//! `reports`; a name without `:` is its own label). A manager reports at most
+//! [`metrics_label_limit`](LockManagerBuilder::metrics_label_limit) distinct values (default
+//! [`DEFAULT_METRICS_LABEL_LIMIT`]); later new ones are reported as `_other`, with one warning.
+//! Every series also has the label `kind`: `exclusive`, `fair`, `permits` or `shared` (a
+//! [shared](LockRequest::shared) hold). Each metric is described, with its unit, to the
+//! recorder installed when the manager is built (Prometheus' `# HELP`): install the recorder
+//! first.
 //!
-//! | name | type | labels besides `lock` and `kind`, and what it counts |
+//! | name | type, unit | labels besides `lock` and `kind`, and what it counts |
 //! |---|---|---|
-//! | `lock_acquire_total` | counter | `lock`, `outcome` = `acquired`, `busy`, `timeout`, `error` |
-//! | `lock_wait_seconds` | histogram | `lock`: from the request to the grant |
-//! | `lock_hold_seconds` | histogram | `lock`: from the grant to the release, drop or shutdown |
-//! | `lock_extend_total` | counter | `lock`, `outcome` = `renewed`, `not_ours`, `error` |
-//! | `lock_lost_total` | counter | `lock`: leases found taken over, or not renewed before they ran out |
-//! | `lock_held` | gauge | `lock`: locks this process holds now |
+//! | `lock_acquire_total` | counter | `outcome` = `acquired`, `busy`, `timeout`, `error` |
+//! | `lock_wait_seconds` | histogram, seconds | `outcome`: from the request to its end (a timeout's wait too) |
+//! | `lock_hold_seconds` | histogram, seconds | from the grant to the release, drop or shutdown |
+//! | `lock_extend_total` | counter | `outcome` = `renewed`, `not_ours`, `error` |
+//! | `lock_lost_total` | counter | `reason`: leases lost while held, each counted once, by whatever noticed it first (see below) |
+//! | `lock_held` | gauge | locks this process holds now |
+//! | `lock_waiting` | gauge | acquisitions of this process waiting now: refused once, still within their wait |
+//! | `lock_leader` | gauge | 1 while this process leads the election of that name, else 0 |
+//! | `lock_leader_changes_total` | counter | `change` = `elected`, `lost`, `resigned` |
+//!
+//! A lost lease's `reason`: `not_ours` when the server said the key was gone or another
+//! owner's (a renewal, a fencing token or the release found it so) before the local deadline
+//! passed, as after `force_release`; `expired` when the local deadline passed first (renewals
+//! failed while Redis was unreachable, no watchdog renewed it, the process stalled, or a
+//! leader's term ran out); `max_hold` when the watchdog stopped at `max_hold` and the lease ran
+//! out while still held. A lease that runs out without a watchdog is counted when its guard is
+//! released or dropped.
 //!
 //! # Requirements
 //!
@@ -362,7 +378,7 @@ pub use held::held;
 pub use leader::{Leader, LeaderBuilder};
 pub use manager::{
     default_manager, set_default_manager, LockManager, LockManagerBuilder, DEFAULT_KEY_PREFIX,
-    DEFAULT_MAX_POLL_INTERVAL,
+    DEFAULT_MAX_POLL_INTERVAL, DEFAULT_METRICS_LABEL_LIMIT,
 };
 pub use ops::LockInfo;
 pub use request::{LockRequest, DEFAULT_TTL};

@@ -18,6 +18,10 @@ use crate::{LockError, LockGuard, Result};
 /// The default of [`LockManagerBuilder::max_poll_interval`].
 pub const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
+/// The bound on distinct `lock` metric labels unless
+/// [`LockManagerBuilder::metrics_label_limit`] says otherwise.
+pub const DEFAULT_METRICS_LABEL_LIMIT: usize = 100;
+
 /// The key prefix used unless [`LockManagerBuilder::key_prefix`] says otherwise.
 pub const DEFAULT_KEY_PREFIX: &str = "lock:";
 
@@ -100,6 +104,7 @@ impl LockManager {
                 poll_cap: DEFAULT_MAX_POLL_INTERVAL,
                 response_timeout: DEFAULT_RESPONSE_TIMEOUT,
                 holder: crate::token::default_holder(),
+                label_limit: DEFAULT_METRICS_LABEL_LIMIT,
             },
         ))
     }
@@ -194,6 +199,7 @@ pub struct LockManagerBuilder {
     allow_eviction: bool,
     min_replicas: Option<MinReplicas>,
     holder: Option<String>,
+    label_limit: usize,
 }
 
 impl Default for LockManagerBuilder {
@@ -211,6 +217,7 @@ impl Default for LockManagerBuilder {
             allow_eviction: false,
             min_replicas: None,
             holder: None,
+            label_limit: DEFAULT_METRICS_LABEL_LIMIT,
         }
     }
 }
@@ -432,6 +439,17 @@ impl LockManagerBuilder {
         self
     }
 
+    /// The most distinct values of the `lock` label this manager's metrics report (default
+    /// [`DEFAULT_METRICS_LABEL_LIMIT`], feature `metrics`). Locks whose label comes after that
+    /// many others are reported as `_other`, with one warning: names that carry an id and no
+    /// `:` (`job-17`, `tenant.5.report`) would otherwise each make series of their own, kept
+    /// for the life of the process. Label such locks with
+    /// [`LockRequest::metrics_label`](crate::LockRequest::metrics_label) instead.
+    pub fn metrics_label_limit(mut self, limit: usize) -> Self {
+        self.label_limit = limit;
+        self
+    }
+
     /// How long one connection attempt may take (default 1 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.connect = timeout;
@@ -513,6 +531,7 @@ impl LockManagerBuilder {
                     .holder
                     .as_deref()
                     .map_or_else(crate::token::default_holder, crate::token::clean_holder),
+                label_limit: self.label_limit,
             },
         )))
     }

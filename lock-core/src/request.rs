@@ -325,6 +325,10 @@ impl<'a> LockRequest<'a> {
             }
         }
         let span = tracing::debug_span!("lock.acquire", lock = %self.name);
+        let label = self.shared.label(match self.label.take() {
+            Some(label) => label,
+            None => crate::metrics::default_label(&self.name).to_owned(),
+        });
         let lease_len = self.max_hold.map_or(self.ttl, |max| max.min(self.ttl));
         let began = Instant::now();
         let keys = self.shared.keys(&self.name).of_kind(kind);
@@ -346,6 +350,8 @@ impl<'a> LockRequest<'a> {
                 keep: line_keep(self.shared.settings()),
             }),
             name: &self.name,
+            label: &label,
+            waiting: None,
             lease_len,
             began,
             deadline: later(began, wait),
@@ -362,10 +368,6 @@ impl<'a> LockRequest<'a> {
             // Without the lock, the ticket leaves the line in the background.
             (line, _) => drop(line),
         }
-        let label = match self.label.take() {
-            Some(label) => label,
-            None => crate::metrics::default_label(&self.name).to_owned(),
-        };
         let ended = match &outcome {
             Outcome::Granted(_) => "acquired",
             Outcome::Busy { .. } if wait.is_zero() => "busy",

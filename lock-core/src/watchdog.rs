@@ -56,7 +56,7 @@ async fn run(shared: Arc<Shared>, lease: Arc<Lease>, max_hold: Option<Duration>)
                 let left = lease.remaining();
                 if left.is_zero() {
                     if !reported_lost {
-                        crate::metrics::lost(&lease.label, lease.keys.kind);
+                        lease.report_lost(crate::metrics::Lost::Expired);
                         tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), error = %e, "lease lost: could not renew it before it ran out; still trying");
                         reported_lost = true;
                     }
@@ -72,6 +72,7 @@ async fn run(shared: Arc<Shared>, lease: Arc<Lease>, max_hold: Option<Duration>)
     tracing::debug!(lock = %lease.name, "max_hold reached; the lease will lapse");
     sleep_until(lease.deadline()).await;
     if !lease.is_finished() {
+        lease.report_lost(crate::metrics::Lost::MaxHold);
         tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), "lease lapsed after max_hold");
     }
 }

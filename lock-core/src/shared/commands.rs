@@ -15,6 +15,7 @@ use crate::backend::{Answer, Command, Found, Leftover, Ticket, Watch};
 use crate::cleanup::{keep_for, CleanUp, Orphan, PendingRelease};
 use crate::keys::LockKeys;
 use crate::lease::{Grant, Landed, Lease};
+use crate::metrics::Lost;
 use crate::token::owner_token;
 use crate::{LockError, Result};
 
@@ -204,9 +205,7 @@ impl Shared {
             Ok(_not_ours) => {
                 renewing.finish(Landed::NotApplied);
                 crate::metrics::extend(&lease.label, lease.keys.kind, "not_ours");
-                if !lease.is_lost() {
-                    crate::metrics::lost(&lease.label, lease.keys.kind);
-                }
+                lease.report_lost(Lost::NotOurs);
                 tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), "lease lost: the key expired or another owner holds it");
                 lease.mark_lost();
                 Ok(false)
@@ -245,9 +244,7 @@ impl Shared {
                 match self.store.run(&fence).await?.0 {
                     Answer::Drawn(fence) => Ok(fence),
                     _not_ours => {
-                        if !lease.is_lost() {
-                            crate::metrics::lost(&lease.label, lease.keys.kind);
-                        }
+                        lease.report_lost(Lost::NotOurs);
                         tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), "no fencing token: the key expired or another owner holds it");
                         lease.mark_lost();
                         Err(lost())
@@ -281,10 +278,13 @@ impl Shared {
         let released = self.store.release(&lease.keys, &lease.token, keep).await;
         match &released {
             Ok(true) => tracing::debug!(lock = %lease.name, "released"),
-            Ok(false) => tracing::warn!(
-                lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token),
-                "release found the lock expired or held by another owner"
-            ),
+            Ok(false) => {
+                lease.report_lost(Lost::NotOurs);
+                tracing::warn!(
+                    lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token),
+                    "release found the lock expired or held by another owner"
+                );
+            }
             Err(e) => {
                 tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), error = %e, "release failed; retrying in the background until the key expires");
                 return released;

@@ -32,6 +32,8 @@ pub(crate) struct Settings {
     pub(crate) response_timeout: Duration,
     /// Who this manager's locks say holds them (`holder_id`), made fit for a token.
     pub(crate) holder: String,
+    /// The most distinct `lock` metric labels (`metrics_label_limit`).
+    pub(crate) label_limit: usize,
 }
 
 pub(crate) struct Shared {
@@ -48,13 +50,17 @@ pub(crate) struct Shared {
     shut_down: AtomicBool,
     /// Woken when `shut_down` is set.
     shutting: tokio::sync::Notify,
+    /// The `lock` metric labels seen, bounded by `label_limit`.
+    labels: crate::metrics::Labels,
 }
 
 impl Shared {
     pub(crate) fn new(store: Box<dyn Store>, wake: Box<dyn Wake>, settings: Settings) -> Arc<Self> {
         let store: Arc<dyn Store> = Arc::from(store);
         let tasks: Arc<Tasks> = Arc::default();
+        crate::metrics::describe();
         Arc::new(Self {
+            labels: crate::metrics::Labels::new(settings.label_limit),
             cleaner: Cleaner {
                 store: Arc::clone(&store),
                 tasks: Arc::clone(&tasks),
@@ -72,6 +78,11 @@ impl Shared {
 
     pub(crate) fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The `lock` label to report for `wanted`, within the manager's bound.
+    pub(crate) fn label(&self, wanted: String) -> String {
+        self.labels.bound(wanted)
     }
 
     pub(crate) fn keys(&self, name: &str) -> LockKeys {
@@ -143,12 +154,21 @@ impl Shared {
         if !lease.claim() {
             return false;
         }
-        crate::metrics::released(&lease.label, lease.keys.kind, lease.acquired.elapsed());
+        Self::ended(lease);
         // Over for every guard on it: a reentrant (nested) guard that outlives its holder must
         // not say it still holds.
         lease.mark_lost();
         locked(&self.held).remove(&lease.id);
         true
+    }
+
+    /// Accounts for the end of `lease` (its release, drop or shutdown): one held lock less,
+    /// its hold's length, and its loss if it ran out before it ended.
+    fn ended(lease: &Lease) {
+        crate::metrics::released(&lease.label, lease.keys.kind, lease.acquired.elapsed());
+        if lease.remaining().is_zero() {
+            lease.report_lost(crate::metrics::Lost::Expired);
+        }
     }
 
     /// Gives up every lease still held and waits for the background releases, within `within`.
@@ -158,7 +178,7 @@ impl Shared {
         let leases: Vec<Arc<Lease>> = locked(&self.held).drain().map(|(_, l)| l).collect();
         for lease in leases {
             if lease.claim() {
-                crate::metrics::released(&lease.label, lease.keys.kind, lease.acquired.elapsed());
+                Self::ended(&lease);
                 lease.mark_lost();
                 self.release_in_background(&lease);
             }

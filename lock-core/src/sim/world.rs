@@ -93,6 +93,7 @@ impl World {
                 poll_cap: POLL_CAP,
                 response_timeout: RESPONSE_TIMEOUT,
                 holder: "sim".to_owned(),
+                label_limit: crate::manager::DEFAULT_METRICS_LABEL_LIMIT,
             },
         ));
         (locks, links)
