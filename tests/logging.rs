@@ -111,4 +111,108 @@ fn logs_at_every_level_never_contain_the_token() {
             .any(|l| l.contains("force-released") && l.contains("lock=evicted")),
         "{logs}"
     );
+
+    // A name cannot forge a log line: its control characters are escaped.
+    captured.0.lock().unwrap().clear();
+    rt.block_on(async {
+        let locks = LockManager::connect(&server.url()).await.unwrap();
+        let forged = "x\n2026-12-07T00:00:00Z  WARN forged";
+        let guard = locks.try_acquire(forged, LONG).await.unwrap().unwrap();
+        assert!(locks.force_release(forged).await.unwrap());
+        assert!(!guard.release().await.unwrap());
+    });
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("lock=x\\n2026"), "{logs}");
+    assert!(
+        !logs.lines().any(|l| l.starts_with("2026-12-07T00:00:00Z")),
+        "{logs}"
+    );
+
+    // An outage is one event: the server is killed for 3 s while a renewed lease and three
+    // waiters use it.
+    let mut down = RedisServer::start();
+    captured.0.lock().unwrap().clear();
+    rt.block_on(async {
+        let locks = LockManager::connect(&down.url()).await.unwrap();
+        let held = locks
+            .lock("outage:held")
+            .ttl(Duration::from_millis(1500))
+            .auto_extend(true)
+            .acquire()
+            .await
+            .unwrap();
+        let busy = locks
+            .try_acquire("outage:busy", LONG)
+            .await
+            .unwrap()
+            .unwrap();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let locks = locks.clone();
+                tokio::spawn(async move {
+                    let guard = locks
+                        .acquire("outage:busy", LONG, Duration::from_secs(20))
+                        .await
+                        .unwrap();
+                    guard.release().await.unwrap();
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        down.kill();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Restarted empty: the waiters take the lock in turn, the renewed lease is gone.
+        down.restart();
+        for waiter in waiters {
+            tokio::time::timeout(Duration::from_secs(30), waiter)
+                .await
+                .expect("every waiter gets the lock after the outage")
+                .unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(30), held.lost())
+            .await
+            .expect("the renewed lease is lost with the server's data");
+        drop(busy);
+        locks.shutdown(Duration::from_secs(2)).await.unwrap();
+    });
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let count = |what: &str| logs.lines().filter(|l| l.contains(what)).count();
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains(" WARN ")).collect();
+    eprintln!("{}", warnings.join("\n"));
+    assert_eq!(count("Redis unreachable"), 1, "{logs}");
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains("Redis unreachable") && l.contains(&format!("{}", down.port()))),
+        "the WARN names the server"
+    );
+    assert_eq!(count("Redis answering again"), 1, "{logs}");
+    assert!(count("lease renewal failed; retrying") <= 1, "{logs}");
+    let held_warnings = warnings
+        .iter()
+        .filter(|l| l.contains("lock=outage:held"))
+        .count();
+    assert!(
+        held_warnings <= 3,
+        "first failure and the loss, not a line per retry: {held_warnings}"
+    );
+    // The rest: the lost lease's two losses (its deadline, then the key found gone) and the
+    // two guards' releases that found their keys gone with the server's data. Retries,
+    // failed attempts and their clean-ups are not warnings.
+    assert!(
+        warnings.len() <= 8,
+        "an outage, not a line per lock and retry: {} warnings",
+        warnings.len()
+    );
+    assert!(
+        !warnings
+            .iter()
+            .any(|l| l.contains("retrying while") || l.contains("clean-up")),
+        "the waiters' failed attempts are not warnings"
+    );
+    // Three waiters for 3 s: their retries back off (about 7 each), where a fixed 50 ms pause
+    // made about 60 each.
+    let retries = count("retrying while the wait lasts");
+    eprintln!("{} warnings, {retries} retries", warnings.len());
+    assert!((3..=45).contains(&retries), "{retries} retries");
 }

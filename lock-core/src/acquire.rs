@@ -63,6 +63,10 @@ pub(crate) struct Acquisition<'a> {
     pub(crate) retried_broken: bool,
     /// Split votes in a row (Redlock), each answered with a short random pause.
     pub(crate) splits: u32,
+    /// Failed attempts in a row: the pause before the next doubles with each (from
+    /// [`ERROR_RETRY`] to [`ERROR_RETRY_MAX`]), so that waiters do not hammer a server that is
+    /// down.
+    pub(crate) errors: u32,
     /// What ended the last sleep ("message": a release or subscription notification, "timer":
     /// the poll interval or the holder's lease end, "retry": the pause after a failed attempt),
     /// reported with the grant.
@@ -143,6 +147,9 @@ impl Acquisition<'_> {
         if !matches!(tried, Tried::Refused(Answer::Undecided { .. })) {
             self.splits = 0;
         }
+        if !matches!(tried, Tried::Failed(..)) {
+            self.errors = 0;
+        }
         let now = Instant::now();
         let out_of_time = now >= self.deadline;
         match tried {
@@ -222,12 +229,16 @@ impl Acquisition<'_> {
 
     /// After an error: another try while the wait lasts (a reconnect, a restart), else the
     /// error.
-    fn retry_after(&self, e: LockError, out_of_time: bool) -> Step {
+    fn retry_after(&mut self, e: LockError, out_of_time: bool) -> Step {
         if out_of_time {
             return Step::Done(Outcome::Failed(e));
         }
-        tracing::debug!(error = %e, "retrying while the wait lasts");
-        Step::Sleep(jittered(ERROR_RETRY), "retry")
+        let pause = ERROR_RETRY
+            .saturating_mul(1 << self.errors.min(8))
+            .min(ERROR_RETRY_MAX);
+        self.errors += 1;
+        tracing::debug!(error = %e, pause_ms = pause.as_millis() as u64, "retrying while the wait lasts");
+        Step::Sleep(jittered(pause), "retry")
     }
 }
 
@@ -279,8 +290,11 @@ pub(crate) fn later(t: Instant, d: Duration) -> Instant {
         .unwrap_or_else(|| t + crate::validate::MAX_TTL)
 }
 
-/// Pause before retrying after a communication error.
+/// Pause before retrying after a communication error; it doubles with each error in a row.
 const ERROR_RETRY: Duration = Duration::from_millis(50);
+
+/// The longest pause between attempts that fail in a row.
+const ERROR_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// The longest pause after a split vote (Redlock): a few round trips on a LAN.
 const SPLIT_RETRY: Duration = Duration::from_millis(4);

@@ -36,7 +36,8 @@ pub(crate) struct ReleaseJob {
     hold_until: Option<Instant>,
     /// The key expires by itself by then: retrying past it is pointless.
     give_up: Instant,
-    /// A clean-up after an interrupted command: finding nothing is the expected outcome.
+    /// A clean-up after an interrupted command, or the release of a lease whose loss was
+    /// already told: finding nothing is the expected outcome.
     quiet: bool,
 }
 
@@ -146,13 +147,13 @@ impl Cleaner {
     pub(crate) fn spawn(&self, watchdog: Option<tokio::task::JoinHandle<()>>, job: ReleaseJob) {
         let Ok(handle) = Handle::try_current() else {
             tracing::warn!(
-                lock = %job.name, holder = %crate::token::holder_or_unknown(&job.token),
+                lock = %crate::validate::Logged(&job.name), holder = %crate::token::holder_or_unknown(&job.token),
                 "lock released outside a tokio runtime; the key expires with its ttl"
             );
             return;
         };
         let cleaner = self.clone();
-        let span = tracing::debug_span!("lock.release", lock = %job.name);
+        let span = tracing::debug_span!("lock.release", lock = %crate::validate::Logged(&job.name));
         self.tasks.spawn(
             &handle,
             async move {
@@ -172,20 +173,27 @@ impl Cleaner {
         loop {
             let keep = keep_for(job.hold_until);
             match self.store.release(&job.keys, &job.token, keep).await {
-                Ok(true) => tracing::debug!(lock = %job.name, "released in the background"),
+                Ok(true) => {
+                    tracing::debug!(lock = %crate::validate::Logged(&job.name), "released in the background")
+                }
                 Ok(false) if job.quiet => {}
                 Ok(false) => tracing::warn!(
-                    lock = %job.name, holder = %crate::token::holder_or_unknown(&job.token),
+                    lock = %crate::validate::Logged(&job.name), holder = %crate::token::holder_or_unknown(&job.token),
                     "release found the lock expired or held by another owner"
                 ),
                 Err(e) if Instant::now() + pause < job.give_up => {
-                    tracing::debug!(lock = %job.name, error = %e, "release failed; retrying");
+                    tracing::debug!(lock = %crate::validate::Logged(&job.name), error = %e, "release failed; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(1));
                     continue;
                 }
+                // An attempt never granted: nothing the caller held, so nothing to warn of.
+                Err(e) if job.quiet => tracing::debug!(
+                    lock = %crate::validate::Logged(&job.name), error = %e,
+                    "clean-up failed; the key, if it is there, expires with its ttl"
+                ),
                 Err(e) => tracing::warn!(
-                    lock = %job.name, holder = %crate::token::holder_or_unknown(&job.token),
+                    lock = %crate::validate::Logged(&job.name), holder = %crate::token::holder_or_unknown(&job.token),
                     error = %e,
                     "release failed; the key expires with its ttl"
                 ),

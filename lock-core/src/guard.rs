@@ -135,7 +135,7 @@ impl LockGuard {
         }
         let extended = self.shared.extend(&self.lease, ttl).await?;
         if extended {
-            tracing::debug!(lock = %self.lease.name, ttl_ms = ttl.as_millis() as u64, "extended");
+            tracing::debug!(lock = %crate::validate::Logged(&self.lease.name), ttl_ms = ttl.as_millis() as u64, "extended");
         }
         Ok(extended)
     }

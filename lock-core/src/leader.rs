@@ -68,7 +68,8 @@ impl<'a> LeaderBuilder<'a> {
             failed: Mutex::new(None),
             ended: AtomicBool::new(false),
         });
-        let span = tracing::debug_span!("lock.leader", lock = %inner.name);
+        let span =
+            tracing::debug_span!("lock.leader", lock = %crate::validate::Logged(&inner.name));
         // Tracked with the manager's background work: `shutdown` ends the campaign and waits
         // until it has.
         let task = self
@@ -212,7 +213,7 @@ async fn campaign_until_stopped(
     let mut pause = CAMPAIGN_RETRY;
     loop {
         if manager.shared().is_shut_down() {
-            tracing::info!(lock = %inner.name, "the manager was shut down; leader campaign ended");
+            tracing::info!(lock = %crate::validate::Logged(&inner.name), "the manager was shut down; leader campaign ended");
             return Ok(());
         }
         let won = {
@@ -241,13 +242,13 @@ async fn campaign_until_stopped(
                 guard
             }
             Err(e) if is_permanent(&e) => {
-                tracing::error!(lock = %inner.name, error = %e, "leader campaign ended");
+                tracing::error!(lock = %crate::validate::Logged(&inner.name), error = %e, "leader campaign ended");
                 *locked(&inner.failed) = Some(e);
                 inner.step_down();
                 return Ok(());
             }
             Err(e) => {
-                tracing::warn!(lock = %inner.name, error = %e, retry_ms = pause.as_millis() as u64, "leader campaign failed; campaigning again");
+                tracing::warn!(lock = %crate::validate::Logged(&inner.name), error = %e, retry_ms = pause.as_millis() as u64, "leader campaign failed; campaigning again");
                 tokio::select! {
                     biased;
                     () = stop_asked(&mut stopped) => return Ok(()),
@@ -276,13 +277,13 @@ async fn lead(
     inner.state.send_replace(true);
     let (label, kind) = (guard.lease().label.clone(), guard.lease().keys.kind);
     crate::metrics::leader(&label, kind, "elected");
-    tracing::info!(lock = %inner.name, "elected leader");
+    tracing::info!(lock = %crate::validate::Logged(&inner.name), "elected leader");
     tokio::select! {
         biased;
         () = stop_asked(stopped) => {
             inner.step_down();
             crate::metrics::leader(&label, kind, "resigned");
-            tracing::info!(lock = %inner.name, "resigned leadership");
+            tracing::info!(lock = %crate::validate::Logged(&inner.name), "resigned leadership");
             Some(guard.release().await.map(|_| ()))
         }
         () = guard.lost() => {
@@ -292,7 +293,7 @@ async fn lead(
             guard.lease().mark_lost();
             inner.step_down();
             crate::metrics::leader(&label, kind, "lost");
-            tracing::warn!(lock = %inner.name, holder = %crate::token::holder_or_unknown(guard.token()), "leadership lost; campaigning again");
+            tracing::warn!(lock = %crate::validate::Logged(&inner.name), holder = %crate::token::holder_or_unknown(guard.token()), "leadership lost; campaigning again");
             // Dropped: released in the background in case the key is still ours.
             None
         }
@@ -376,7 +377,7 @@ impl Leader {
             }
             // Over for good, also for the campaign, even if a late renewal would revive it.
             term.mark_lost();
-            tracing::info!(lock = %self.inner.name, "leadership lost; the work is cancelled");
+            tracing::info!(lock = %crate::validate::Logged(&self.inner.name), "leadership lost; the work is cancelled");
         }
     }
 }

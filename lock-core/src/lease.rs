@@ -67,6 +67,8 @@ pub(crate) struct Lease {
     lost: AtomicBool,
     /// Set once its loss was counted (`lock_lost_total`), by whoever noticed it first.
     reported: AtomicBool,
+    /// Set once a WARN has told of its loss: later news of the same loss is logged lower.
+    warned: AtomicBool,
     /// Set by whoever ends the lease (release, drop or shutdown): exactly one of them does.
     finished: AtomicBool,
     /// Woken when `lost` is set or the deadline moves.
@@ -179,6 +181,7 @@ impl Lease {
             }),
             lost: AtomicBool::new(false),
             reported: AtomicBool::new(false),
+            warned: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             changed: Notify::new(),
             watchdog: Mutex::new(None),
@@ -270,6 +273,22 @@ impl Lease {
         };
         crate::metrics::lost(&self.label, self.keys.kind, reason);
         true
+    }
+
+    /// Whether this is the first WARN about the lease's loss (`true` once): a renewal, the
+    /// release and the watchdog that each find the same loss warn once between them.
+    pub(crate) fn first_loss_warning(&self) -> bool {
+        !self.warned.swap(true, Ordering::AcqRel)
+    }
+
+    /// The lease holds again (a renewal got through after it ran out): a later loss is news.
+    pub(crate) fn held_again(&self) {
+        self.warned.store(false, Ordering::Release);
+    }
+
+    /// Whether a WARN has told of the lease's loss already.
+    pub(crate) fn loss_warned(&self) -> bool {
+        self.warned.load(Ordering::Acquire)
     }
 
     /// Resolves once the lease is lost: flagged lost, or its local deadline has passed.

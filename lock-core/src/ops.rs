@@ -127,9 +127,11 @@ impl LockManager {
         match &evicted {
             Some(value) => {
                 let holder = crate::token::holder_or_unknown(value);
-                tracing::warn!(lock = %name, evicted = %holder, "force-released; later fencing tokens are above the evicted holder's");
+                tracing::warn!(lock = %crate::validate::Logged(name), evicted = %holder, "force-released; later fencing tokens are above the evicted holder's");
             }
-            None => tracing::info!(lock = %name, "force-release found the lock free"),
+            None => {
+                tracing::info!(lock = %crate::validate::Logged(name), "force-release found the lock free")
+            }
         }
         Ok(evicted.map(|value| {
             LockInfo::of(

@@ -99,7 +99,7 @@ pub async fn acquire(request: LockRequest<'_>, skip_if_busy: bool) -> Result<Opt
     match request.acquire().await {
         Ok(guard) => Ok(Some(guard)),
         Err(LockError::Busy { name, .. } | LockError::Timeout { name, .. }) if skip_if_busy => {
-            tracing::debug!(lock = %name, "busy; skipping the job");
+            tracing::debug!(lock = %crate::validate::Logged(&name), "busy; skipping the job");
             Ok(None)
         }
         Err(e) => Err(e),

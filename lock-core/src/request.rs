@@ -317,14 +317,15 @@ impl<'a> LockRequest<'a> {
                         requested: kind.permits(),
                     });
                 }
-                tracing::debug!(lock = %self.name, "held by this task already; reentrant");
+                tracing::debug!(lock = %crate::validate::Logged(&self.name), "held by this task already; reentrant");
                 return Ok(Acquired::Guard(LockGuard::nested(
                     Arc::clone(self.shared),
                     lease,
                 )));
             }
         }
-        let span = tracing::debug_span!("lock.acquire", lock = %self.name);
+        let span =
+            tracing::debug_span!("lock.acquire", lock = %crate::validate::Logged(&self.name));
         let label = self.shared.label(match self.label.take() {
             Some(label) => label,
             None => crate::metrics::default_label(&self.name).to_owned(),
@@ -358,6 +359,7 @@ impl<'a> LockRequest<'a> {
             watch: None,
             retried_broken: false,
             splits: 0,
+            errors: 0,
             woken_by: "nothing",
         };
         let outcome = acquisition.run().instrument(span).await;

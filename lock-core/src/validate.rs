@@ -19,6 +19,23 @@ pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// The shortest lease accepted: Redis' expiry has millisecond resolution.
 pub const MIN_TTL: Duration = Duration::from_millis(1);
 
+/// A lock name as logs show it: control characters escaped (`\n`, `\u{1b}`), so that a name
+/// cannot end a log line and forge the next one. Other names are shown as they are.
+pub(crate) struct Logged<'a>(pub(crate) &'a str);
+
+impl std::fmt::Display for Logged<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                std::fmt::Write::write_char(f, c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 pub(crate) fn check_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(LockError::InvalidName {
@@ -96,6 +113,15 @@ pub(crate) fn millis_ceil(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_names_cannot_forge_a_line() {
+        assert_eq!(Logged("jobs:1 ünï").to_string(), "jobs:1 ünï");
+        assert_eq!(
+            Logged("a\nlevel=WARN b\u{1b}[2J").to_string(),
+            "a\\nlevel=WARN b\\u{1b}[2J"
+        );
+    }
 
     #[test]
     fn names() {

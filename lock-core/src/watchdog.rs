@@ -12,7 +12,7 @@ use crate::validate::MIN_TTL;
 
 /// Starts the watchdog of `lease` on the current runtime and stores its handle in the lease.
 pub(crate) fn start(shared: &Arc<Shared>, lease: &Arc<Lease>, max_hold: Option<Duration>) {
-    let span = tracing::debug_span!("lock.watchdog", lock = %lease.name);
+    let span = tracing::debug_span!("lock.watchdog", lock = %crate::validate::Logged(&lease.name));
     let task = tokio::spawn(run(Arc::clone(shared), Arc::clone(lease), max_hold).instrument(span));
     lease.set_watchdog(task);
 }
@@ -25,6 +25,8 @@ async fn run(shared: Arc<Shared>, lease: Arc<Lease>, max_hold: Option<Duration>)
     let hold_end = max_hold.map(|max| lease.acquired + max);
     let mut pause = period;
     let mut reported_lost = false;
+    // Renewals failed in a row: the first is a WARN, the rest DEBUG until one gets through.
+    let mut failures = 0u32;
     loop {
         sleep(pause).await;
         if lease.is_finished() {
@@ -43,11 +45,13 @@ async fn run(shared: Arc<Shared>, lease: Arc<Lease>, max_hold: Option<Duration>)
         };
         match shared.extend(&lease, renew_for).await {
             Ok(true) => {
+                failures = 0;
                 if reported_lost {
-                    tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), "lease renewed after Redis answered again; held again");
+                    tracing::warn!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), "lease renewed after Redis answered again; held again");
                     reported_lost = false;
+                    lease.held_again();
                 }
-                tracing::trace!(lock = %lease.name, renewed_ms = renew_for.as_millis() as u64, "lease renewed");
+                tracing::trace!(lock = %crate::validate::Logged(&lease.name), renewed_ms = renew_for.as_millis() as u64, "lease renewed");
                 pause = period;
             }
             // Lost for good; `Shared::extend` said so.
@@ -57,22 +61,28 @@ async fn run(shared: Arc<Shared>, lease: Arc<Lease>, max_hold: Option<Duration>)
                 if left.is_zero() {
                     if !reported_lost {
                         lease.report_lost(crate::metrics::Lost::Expired);
-                        tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), error = %e, "lease lost: could not renew it before it ran out; still trying");
+                        lease.first_loss_warning();
+                        tracing::warn!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), error = %e, "lease lost: could not renew it before it ran out; still trying");
                         reported_lost = true;
                     }
                     pause = (period / 4).max(MIN_TTL);
                 } else {
-                    tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), error = %e, left_ms = left.as_millis() as u64, "lease renewal failed; retrying");
+                    if failures == 0 {
+                        tracing::warn!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), error = %e, left_ms = left.as_millis() as u64, "lease renewal failed; retrying (later failures of this lease at DEBUG)");
+                    } else {
+                        tracing::debug!(lock = %crate::validate::Logged(&lease.name), error = %e, left_ms = left.as_millis() as u64, "lease renewal failed again; retrying");
+                    }
+                    failures += 1;
                     // Retry sooner than a full period, while the lease still runs.
                     pause = (period / 4).min(left / 2).max(MIN_TTL);
                 }
             }
         }
     }
-    tracing::debug!(lock = %lease.name, "max_hold reached; the lease will lapse");
+    tracing::debug!(lock = %crate::validate::Logged(&lease.name), "max_hold reached; the lease will lapse");
     sleep_until(lease.deadline()).await;
     if !lease.is_finished() {
         lease.report_lost(crate::metrics::Lost::MaxHold);
-        tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), "lease lapsed after max_hold");
+        tracing::warn!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), "lease lapsed after max_hold");
     }
 }

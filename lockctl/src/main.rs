@@ -8,9 +8,13 @@
 //!
 //! Where: `--url URL` (or `REDIS_URL`; default `redis://127.0.0.1:6379`), repeated with
 //! `--cluster` or `--redlock`, or the sentinels' urls with `--sentinel MASTER`; `--prefix` (default
-//! `lock:`) as the services' `key_prefix`. `--json` prints JSON instead of a table.
+//! `lock:`) as the services' `key_prefix`; `--timeout` bounds each connection and each command
+//! (default 1s). `--json` prints JSON instead of a table (one shape per command, with
+//! `"schema": 1`); `--wide` shows long names whole. Flags go before or after the command.
 //!
-//! Exit codes: 0 found or done, 1 not found (no lock matched; the lock was free), 2 error.
+//! Exit codes: 0 found or done, 1 not found (no lock matched; the lock was free), 2 usage or
+//! bad input (nothing was sent), 3 Redis unreachable or failing. Errors go to stderr (as JSON
+//! with `--json`).
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -25,6 +29,7 @@ struct Cli {
     /// the sentinels' urls with --sentinel.
     #[arg(
         long = "url",
+        global = true,
         env = "REDIS_URL",
         // `--help` would print REDIS_URL, password and all.
         hide_env_values = true,
@@ -32,20 +37,26 @@ struct Cli {
     )]
     urls: Vec<String>,
     /// The urls are seeds of a Redis Cluster.
-    #[arg(long, conflicts_with_all = ["redlock", "sentinel"])]
+    #[arg(long, global = true, conflicts_with_all = ["redlock", "sentinel"])]
     cluster: bool,
     /// The urls are the independent masters of a Redlock deployment.
-    #[arg(long, conflicts_with = "sentinel")]
+    #[arg(long, global = true, conflicts_with = "sentinel")]
     redlock: bool,
     /// The urls are sentinels; the primary is the one they know by this name.
-    #[arg(long, value_name = "MASTER")]
+    #[arg(long, global = true, value_name = "MASTER")]
     sentinel: Option<String>,
     /// The services' key prefix.
-    #[arg(long, default_value = "lock:")]
+    #[arg(long, global = true, default_value = "lock:")]
     prefix: String,
+    /// How long a connection, and each command, may take: `500ms`, `2s`, `1m`.
+    #[arg(long, global = true, default_value = "1s", value_parser = duration)]
+    timeout: Duration,
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
+    /// Show long names whole (else cut to 48 characters, with `…`).
+    #[arg(long, short = 'w', global = true)]
+    wide: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,10 +80,41 @@ enum Command {
     },
 }
 
+/// The version of the `--json` output's shape.
+const SCHEMA: u32 = 1;
+
 /// What a command found, for the exit code.
 enum Outcome {
     Found,
     NotFound,
+}
+
+/// Why a command failed, for the exit code: 2 usage or bad input, 3 Redis.
+struct Failed {
+    code: u8,
+    message: String,
+}
+
+impl Failed {
+    fn usage(message: String) -> Self {
+        Failed { code: 2, message }
+    }
+}
+
+impl From<lock_core::LockError> for Failed {
+    fn from(e: lock_core::LockError) -> Self {
+        let code = match e {
+            // A name, url, prefix or setting refused before anything was sent.
+            lock_core::LockError::InvalidConfig { .. }
+            | lock_core::LockError::InvalidName { .. }
+            | lock_core::LockError::InvalidUrl { .. } => 2,
+            _ => 3,
+        };
+        Failed {
+            code,
+            message: e.to_string(),
+        }
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -83,25 +125,51 @@ async fn main() -> ExitCode {
         Ok(Outcome::NotFound) => ExitCode::from(1),
         Err(e) => {
             if cli.json {
-                println!("{}", serde_json::json!({ "error": e }));
+                eprintln!(
+                    "{}",
+                    serde_json::json!({ "schema": SCHEMA, "error": e.message, "exit": e.code })
+                );
             } else {
-                eprintln!("lockctl: {e}");
+                eprintln!("lockctl: {}", e.message);
             }
-            ExitCode::from(2)
+            ExitCode::from(e.code)
         }
     }
 }
 
-async fn run(cli: &Cli) -> Result<Outcome, String> {
+/// A duration as an operator writes it: `500ms`, `2s`, `1.5s`, `1m`.
+fn duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((text, ""), |at| text.split_at(at));
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        _ => {
+            return Err(format!(
+                "`{text}`: write a number and ms, s or m (`500ms`, `2s`)"
+            ))
+        }
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n > 0.0 && n * scale <= 3600.0 => Ok(Duration::from_secs_f64(n * scale)),
+        _ => Err(format!("`{text}`: a timeout above 0 and at most an hour")),
+    }
+}
+
+async fn run(cli: &Cli) -> Result<Outcome, Failed> {
     if let Command::Release { force: false, name } = &cli.command {
-        return Err(format!(
+        return Err(Failed::usage(format!(
             "`release {name}` evicts whoever holds the lock: add --force to do it"
-        ));
+        )));
     }
     // An operator looks at (and frees) locks wherever they are: a server that could evict lock
     // keys is the applications' risk to accept, not a reason to hide what it holds.
     let mut builder = LockManager::builder()
         .key_prefix(cli.prefix.clone())
+        .connect_timeout(cli.timeout)
+        .response_timeout(cli.timeout)
         .allow_eviction(true);
     builder = if cli.cluster {
         builder.cluster(&cli.urls)
@@ -112,14 +180,25 @@ async fn run(cli: &Cli) -> Result<Outcome, String> {
     } else {
         match cli.urls.as_slice() {
             [url] => builder.url(url),
-            _ => return Err("several --url need --cluster, --redlock or --sentinel".to_owned()),
+            _ => {
+                return Err(Failed::usage(
+                    "several --url need --cluster, --redlock or --sentinel".to_owned(),
+                ))
+            }
         }
     };
-    let locks = builder.build().await.map_err(|e| e.to_string())?;
+    let locks = builder.build().await?;
     let outcome = match &cli.command {
         Command::List { pattern } => {
-            let found = locks.list(pattern).await.map_err(|e| e.to_string())?;
-            print(cli.json, &found);
+            let found = locks.list(pattern).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "schema": SCHEMA, "locks": rows(&found) })
+                );
+            } else {
+                table(&found, cli.wide);
+            }
             if found.is_empty() {
                 Outcome::NotFound
             } else {
@@ -127,39 +206,51 @@ async fn run(cli: &Cli) -> Result<Outcome, String> {
             }
         }
         Command::Show { name } => {
-            let found = locks.inspect(name).await.map_err(|e| e.to_string())?;
-            match found {
-                Some(info) => {
-                    print(cli.json, std::slice::from_ref(&info));
-                    Outcome::Found
-                }
-                None => {
-                    if cli.json {
-                        println!("{}", serde_json::json!({ "name": name, "held": false }));
-                    } else {
-                        println!("{name}: free");
-                    }
-                    Outcome::NotFound
-                }
+            let found: Vec<LockInfo> = locks.inspect(name).await?.into_iter().collect();
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "schema": SCHEMA,
+                        "name": name,
+                        "held": !found.is_empty(),
+                        "locks": rows(&found),
+                    })
+                );
+            } else if found.is_empty() {
+                println!("{}: free", shown(name, true));
+            } else {
+                table(&found, cli.wide);
+            }
+            if found.is_empty() {
+                Outcome::NotFound
+            } else {
+                Outcome::Found
             }
         }
         Command::Release { name, .. } => {
             // The holder read by the script that evicted it, not by an earlier look.
-            let evicted = locks.evict(name).await.map_err(|e| e.to_string())?;
+            let evicted = locks.evict(name).await?;
             let released = evicted.is_some();
             let holder = evicted.map(|info| info.holder);
             if cli.json {
                 println!(
                     "{}",
-                    serde_json::json!({ "name": name, "released": released, "evicted": holder })
+                    serde_json::json!({
+                        "schema": SCHEMA,
+                        "name": name,
+                        "released": released,
+                        "evicted": holder,
+                    })
                 );
             } else if released {
                 println!(
-                    "{name}: released (evicted {}); fencing tokens drawn from now on are above its",
-                    holder.as_deref().unwrap_or("unknown")
+                    "{}: released (evicted {}); fencing tokens drawn from now on are above its",
+                    shown(name, true),
+                    shown(holder.as_deref().unwrap_or("unknown"), true)
                 );
             } else {
-                println!("{name}: was free");
+                println!("{}: was free", shown(name, true));
             }
             if released {
                 Outcome::Found
@@ -173,38 +264,73 @@ async fn run(cli: &Cli) -> Result<Outcome, String> {
     Ok(outcome)
 }
 
-fn print(json: bool, locks: &[LockInfo]) {
-    if json {
-        let rows: Vec<serde_json::Value> = locks
-            .iter()
-            .map(|info| {
-                serde_json::json!({
-                    "name": info.name,
-                    "holder": info.holder,
-                    "acquired_at_ms": info.acquired_at.and_then(unix_ms),
-                    "remaining_ms": info.remaining.map(|d| d.as_millis() as u64),
-                    "waited_for": info.waited_for,
-                    "permits": info.permits,
-                    "shared": info.shared,
-                })
+/// The `--json` rows of `locks`.
+fn rows(locks: &[LockInfo]) -> Vec<serde_json::Value> {
+    let now = SystemTime::now();
+    locks
+        .iter()
+        .map(|info| {
+            let kind = if info.shared {
+                "shared"
+            } else if info.permits > 1 {
+                "permits"
+            } else {
+                "exclusive"
+            };
+            serde_json::json!({
+                "name": info.name,
+                "kind": kind,
+                "holder": info.holder,
+                "acquired_at_ms": info.acquired_at.and_then(unix_ms),
+                "remaining_ms": info.remaining.map(|d| d.as_millis() as u64),
+                "expires_at_ms": info.remaining.and_then(|d| unix_ms(now + d)),
+                "waited_for": info.waited_for,
+                "permits": info.permits,
+                "shared": info.shared,
             })
-            .collect();
-        println!("{}", serde_json::Value::Array(rows));
-        return;
+        })
+        .collect()
+}
+
+/// The longest name a table shows whole without `--wide`.
+const NAME_WIDTH: usize = 48;
+
+/// `text` as a terminal may show it: control characters escaped (a newline in a name cannot
+/// print a row of its own), and, unless `whole`, cut to [`NAME_WIDTH`] characters with `…`.
+fn shown(text: &str, whole: bool) -> String {
+    let escaped: String = text
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if whole || escaped.chars().count() <= NAME_WIDTH {
+        return escaped;
     }
+    let mut cut: String = escaped.chars().take(NAME_WIDTH - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// The table of `locks`, one row per holder.
+fn table(locks: &[LockInfo], wide: bool) {
     let rows: Vec<[String; 5]> = locks
         .iter()
         .map(|info| {
             [
                 // One row per permit of a lock of `permits(n)`, and per shared holder.
                 if info.shared {
-                    format!("{} (shared)", info.name)
+                    format!("{} (shared)", shown(&info.name, wide))
                 } else if info.permits > 1 {
-                    format!("{} (permits {})", info.name, info.permits)
+                    format!("{} (permits {})", shown(&info.name, wide), info.permits)
                 } else {
-                    info.name.clone()
+                    shown(&info.name, wide)
                 },
-                info.holder.clone(),
+                shown(&info.holder, wide),
                 info.acquired_at.map_or("-".to_owned(), ago),
                 info.remaining.map_or("no expiry".to_owned(), human),
                 if info.waited_for { "yes" } else { "no" }.to_owned(),

@@ -66,13 +66,18 @@ async fn lockctl_lists_shows_and_force_releases_live_locks() {
     // A pattern, and JSON.
     let out = lockctl(&server, &["--json", "list", "invoices:*"]);
     assert_eq!(out.status.code(), Some(0));
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["schema"], 1);
+    let rows = &json["locks"];
     assert_eq!(rows.as_array().unwrap().len(), 1);
     assert_eq!(rows[0]["name"], "invoices:42");
+    assert_eq!(rows[0]["kind"], "exclusive");
     assert_eq!(rows[0]["holder"], "billing-worker-7");
     let remaining = rows[0]["remaining_ms"].as_u64().unwrap();
     assert!(remaining > 50_000 && remaining <= 60_000, "{rows}");
-    assert!(rows[0]["acquired_at_ms"].as_u64().unwrap() > 0);
+    let acquired_at = rows[0]["acquired_at_ms"].as_u64().unwrap();
+    assert!(acquired_at > 0);
+    assert!(rows[0]["expires_at_ms"].as_u64().unwrap() > acquired_at);
     let out = lockctl(&server, &["list", "nothing:*"]);
     assert_eq!(out.status.code(), Some(1), "no lock matched");
 
@@ -100,9 +105,11 @@ async fn lockctl_lists_shows_and_force_releases_live_locks() {
         "{table}"
     );
     let out = lockctl(&server, &["--json", "list", "quota"]);
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = &json["locks"];
     assert_eq!(rows.as_array().unwrap().len(), 2);
     assert_eq!(rows[0]["permits"], 3);
+    assert_eq!(rows[0]["kind"], "permits");
     drop(quota);
 
     // show
@@ -145,13 +152,18 @@ async fn lockctl_lists_shows_and_force_releases_live_locks() {
         .args(["--url", &down, "list"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(3), "unreachable");
     assert!(String::from_utf8_lossy(&out.stderr).contains(&down));
     let out = Command::new(env!("CARGO_BIN_EXE_lockctl"))
         .args(["--url", "nonsense", "list"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "bad input: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // REDIS_URL and --prefix.
     let other = LockManager::builder()
         .url(&server.url())
@@ -180,4 +192,98 @@ fn help_never_prints_the_redis_url_from_the_environment() {
     let help = stdout(&out);
     assert!(help.contains("REDIS_URL"), "{help}");
     assert!(!help.contains("s3cr3tpw"), "{help}");
+}
+
+/// The edges an operator meets: flags after the command, one JSON shape per command, exit
+/// codes that tell a typo from an outage, errors on stderr, a timeout for a server that
+/// accepts and never answers, and names that cannot forge rows or widen every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_anywhere_exit_codes_timeouts_and_escaped_names() {
+    let server = RedisServer::start();
+    let worker = LockManager::connect(&server.url()).await.unwrap();
+    let _held = worker.try_acquire("orders:1", LONG).await.unwrap().unwrap();
+    let run = |args: &[&str]| {
+        let (url, args) = (
+            server.url(),
+            args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        );
+        Command::new(env!("CARGO_BIN_EXE_lockctl"))
+            .args(&args)
+            .args(["--url", &url])
+            .env_remove("REDIS_URL")
+            .output()
+            .expect("run lockctl")
+    };
+
+    // Flags after the command (and --url after it too); `show` answers one shape, held or free.
+    let out = run(&["list", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["locks"][0]["name"], "orders:1");
+    for (name, held, code) in [("orders:1", true, 0), ("orders:2", false, 1)] {
+        let out = run(&["show", name, "--json"]);
+        assert_eq!(out.status.code(), Some(code));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["schema"], 1);
+        assert_eq!(json["held"], held);
+        assert_eq!(json["locks"].as_array().unwrap().len(), usize::from(held));
+    }
+
+    // Usage errors exit 2 and send nothing; errors go to stderr, as JSON with --json.
+    for args in [
+        &["lsit"][..],
+        &["list", "--timeout", "soon"],
+        &["release", "orders:1"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let out = run(&["show", "", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "an empty name is bad input");
+    let error: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(error["exit"], 2);
+    assert!(out.stdout.is_empty());
+
+    // A server that accepts and never answers: exit 3 once --timeout has passed.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("redis://{}", silent.local_addr().unwrap());
+    let out = Command::new(env!("CARGO_BIN_EXE_lockctl"))
+        .args(["list", "--json", "--timeout", "300ms", "--url", &silent_url])
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let error: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(error["exit"], 3);
+    drop(silent);
+
+    // A name with a newline prints one row, escaped; a long name is cut unless --wide.
+    let forged = "evil\nfake:1  forged-holder  1s  60.0s  no";
+    let _evil = worker.try_acquire(forged, LONG).await.unwrap().unwrap();
+    let long = format!("reports:{}", "x".repeat(100));
+    let _long = worker.try_acquire(&long, LONG).await.unwrap().unwrap();
+    let out = run(&["list"]);
+    let table = stdout(&out);
+    eprintln!("{table}");
+    assert_eq!(table.lines().count(), 4, "a header and three rows: {table}");
+    assert!(!table.lines().any(|l| l.starts_with("fake:1")), "{table}");
+    assert!(table.contains("evil\\nfake:1"), "{table}");
+    assert!(
+        table.lines().all(|l| l.chars().count() < 48 + 60),
+        "{table}"
+    );
+    assert!(table.contains('…') && !table.contains(&long));
+    let out = run(&["list", "--wide"]);
+    assert!(stdout(&out).contains(&long));
 }

@@ -206,7 +206,11 @@ impl Shared {
                 renewing.finish(Landed::NotApplied);
                 crate::metrics::extend(&lease.label, lease.keys.kind, "not_ours");
                 lease.report_lost(Lost::NotOurs);
-                tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), "lease lost: the key expired or another owner holds it");
+                if lease.first_loss_warning() {
+                    tracing::warn!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), "lease lost: the key expired or another owner holds it");
+                } else {
+                    tracing::info!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), "lease lost for good: the key expired or another owner holds it");
+                }
                 lease.mark_lost();
                 Ok(false)
             }
@@ -245,7 +249,9 @@ impl Shared {
                     Answer::Drawn(fence) => Ok(fence),
                     _not_ours => {
                         lease.report_lost(Lost::NotOurs);
-                        tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), "no fencing token: the key expired or another owner holds it");
+                        if lease.first_loss_warning() {
+                            tracing::warn!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), "no fencing token: the key expired or another owner holds it");
+                        }
                         lease.mark_lost();
                         Err(lost())
                     }
@@ -262,7 +268,7 @@ impl Shared {
             name: &lease.name,
             hold_until: lease.min_hold_end(),
             give_up: lease.deadline(),
-            quiet: false,
+            quiet: lease.loss_warned(),
         }
     }
 
@@ -277,16 +283,20 @@ impl Shared {
         let keep = keep_for(lease.min_hold_end());
         let released = self.store.release(&lease.keys, &lease.token, keep).await;
         match &released {
-            Ok(true) => tracing::debug!(lock = %lease.name, "released"),
+            Ok(true) => tracing::debug!(lock = %crate::validate::Logged(&lease.name), "released"),
             Ok(false) => {
                 lease.report_lost(Lost::NotOurs);
-                tracing::warn!(
-                    lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token),
-                    "release found the lock expired or held by another owner"
-                );
+                if lease.first_loss_warning() {
+                    tracing::warn!(
+                        lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token),
+                        "release found the lock expired or held by another owner"
+                    );
+                } else {
+                    tracing::debug!(lock = %crate::validate::Logged(&lease.name), "release found the lost lock gone, as told");
+                }
             }
             Err(e) => {
-                tracing::warn!(lock = %lease.name, holder = %crate::token::holder_or_unknown(&lease.token), error = %e, "release failed; retrying in the background until the key expires");
+                tracing::warn!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), error = %e, "release failed; retrying in the background until the key expires");
                 return released;
             }
         }

@@ -36,6 +36,64 @@ fn unreachable_at(at: &str, e: redis::RedisError) -> redis::RedisError {
     std::io::Error::new(kind, format!("{e} (Redis at {at})")).into()
 }
 
+/// Whether one server answers, told once per change: one WARN when its commands stop getting
+/// through (with its address and the first error), one when it answers again (with how long
+/// it did not). What each lock then logs stays at DEBUG or is told once per lock, so an outage
+/// reads as one event in the log rather than a line per lock and retry.
+pub(super) struct Reachable {
+    /// The server's address (never a password).
+    at: Arc<str>,
+    /// Since when its commands have failed to reach it, while they do.
+    down_since: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Reachable {
+    pub(super) fn new(at: Arc<str>) -> Self {
+        Self {
+            at,
+            down_since: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Notes how a command fared: an error that says the server could not be reached (a
+    /// refused or dropped connection, a timeout, an I/O error) starts an outage; any answer,
+    /// an error reply included, ends one.
+    fn heard<T>(&self, answer: &redis::RedisResult<T>) {
+        let (answered, unreachable) = match answer {
+            Ok(_) => (true, None),
+            // An error reply (OOM, NOSCRIPT, a script's error) is an answer too.
+            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => (true, None),
+            Err(e)
+                if e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_io_error() =>
+            {
+                (false, Some(e))
+            }
+            Err(_) => (false, None),
+        };
+        let mut down_since = crate::locked(&self.down_since);
+        match (unreachable, *down_since) {
+            (Some(e), None) => {
+                *down_since = Some(tokio::time::Instant::now());
+                tracing::warn!(redis = %self.at, error = %e, "Redis unreachable; locks on it fail or wait until it answers again");
+            }
+            (None, Some(since)) if answered => {
+                *down_since = None;
+                let down = since.elapsed();
+                tracing::warn!(
+                    redis = %self.at,
+                    down_ms = down.as_millis() as u64,
+                    "Redis answering again after {:.1} s",
+                    down.as_secs_f64()
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A client for `url`, or an error that shows the url (password masked) and the forms accepted.
 fn open(url: &str) -> Result<redis::Client> {
     redis::Client::open(url).map_err(|e| {
@@ -56,8 +114,9 @@ fn open(url: &str) -> Result<redis::Client> {
 /// The command connection: one server, or a Redis Cluster.
 #[derive(Clone)]
 pub(super) enum Conn {
-    /// One server, and its address (for the errors that say it could not be reached).
-    Single(ConnectionManager, Arc<str>),
+    /// One server, and whether it answers (with its address, for the errors that say it
+    /// could not be reached).
+    Single(ConnectionManager, Arc<Reachable>),
     /// A server modelled in this process (`LockManager::in_memory`).
     Model(crate::backend::memory::ModelConn),
     #[cfg(feature = "cluster")]
@@ -327,7 +386,7 @@ impl Request<'_> {
 
 impl Conn {
     pub(super) fn single(conn: ConnectionManager, client: &redis::Client) -> Self {
-        Conn::Single(conn, address(client).into())
+        Conn::Single(conn, Arc::new(Reachable::new(address(client).into())))
     }
 
     pub(super) async fn send<T: FromRedisValue>(
@@ -335,10 +394,11 @@ impl Conn {
         request: &Request<'_>,
     ) -> redis::RedisResult<T> {
         match self {
-            Conn::Single(conn, at) => request
-                .on(&mut conn.clone())
-                .await
-                .map_err(|e| unreachable_at(at, e)),
+            Conn::Single(conn, reachable) => {
+                let answer = request.on(&mut conn.clone()).await;
+                reachable.heard(&answer);
+                answer.map_err(|e| unreachable_at(&reachable.at, e))
+            }
             Conn::Model(conn) => request.on(&mut conn.clone()).await,
             #[cfg(feature = "sentinel")]
             Conn::Sentinel(following) => {
