@@ -1297,6 +1297,74 @@ async fn force_release_wakes_the_waiters_at_once() {
     }
 }
 
+/// A force-release of one holder (`evict_holders(name, Some(holder))`): a lock of permits
+/// loses that holder's permits only, and a lock that changed hands since the operator looked
+/// is left to its new holder (a second `release --force` used to evict it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicting_one_holder_leaves_the_others_and_the_next_holder() {
+    let server = RedisServer::start();
+    let worker = |id: &'static str| {
+        LockManager::builder()
+            .url(&server.url())
+            .holder_id(id)
+            .build()
+    };
+    let (seven, nine) = (
+        worker("worker-7").await.unwrap(),
+        worker("worker-9").await.unwrap(),
+    );
+    let ops = LockManager::connect(&server.url()).await.unwrap();
+
+    let p7 = seven
+        .lock("quota")
+        .permits(3)
+        .ttl(LONG)
+        .acquire()
+        .await
+        .unwrap();
+    let p9 = nine
+        .lock("quota")
+        .permits(3)
+        .ttl(LONG)
+        .acquire()
+        .await
+        .unwrap();
+    let evicted = ops.evict_holders("quota", Some("worker-7")).await.unwrap();
+    assert_eq!(evicted.len(), 1, "{evicted:?}");
+    assert_eq!(evicted[0].holder, "worker-7");
+    assert!(!p7.extend(LONG).await.unwrap(), "worker-7's permit is gone");
+    assert!(p9.extend(LONG).await.unwrap(), "worker-9 keeps its permit");
+    let left: Vec<String> = ops
+        .list("quota")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.holder)
+        .collect();
+    assert_eq!(left, ["worker-9"]);
+
+    let stuck = seven.try_acquire("job", LONG).await.unwrap().unwrap();
+    assert_eq!(
+        ops.evict_holders("job", Some("worker-7"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let next = nine.try_acquire("job", LONG).await.unwrap().unwrap();
+    assert!(
+        ops.evict_holders("job", Some("worker-7"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the lock changed hands: the next holder stays"
+    );
+    assert!(next.extend(LONG).await.unwrap());
+    assert!(!stuck.release().await.unwrap());
+    assert!(next.release().await.unwrap());
+    assert!(p9.release().await.unwrap());
+}
+
 /// `LockGuard::holding`: a guard taken with the runtime API lends its hold to reentrant
 /// acquisitions inside the future it runs (no command, nothing released); outside it, or in a
 /// task spawned from it, the lock is held by another owner as usual.

@@ -111,6 +111,13 @@ fn logs_at_every_level_never_contain_the_token() {
             .any(|l| l.contains("force-released") && l.contains("lock=evicted")),
         "{logs}"
     );
+    // The evicted holder's own log says an operator did it, and who.
+    assert!(
+        warnings.iter().any(|l| l.contains("evicted by an operator")
+            && l.contains("lock=evicted")
+            && l.contains("evicted_by=")),
+        "{logs}"
+    );
 
     // A name cannot forge a log line: its control characters are escaped.
     captured.0.lock().unwrap().clear();

@@ -176,12 +176,17 @@ async fn losses_leaders_waiters_and_bounds(port: u16, server: &RedisServer) {
     let locks = LockManager::connect(&server.url()).await.unwrap();
 
     // Taken away by an operator, then found so by a renewal, a fencing token and the release:
-    // one loss, not_ours.
+    // one loss, evicted (force.lua's record says so).
     let taken = locks.try_acquire("taken:1", TTL).await.unwrap().unwrap();
     assert!(locks.force_release("taken:1").await.unwrap());
     assert!(!taken.extend(TTL).await.unwrap());
     assert!(taken.fencing_token().await.is_err());
     assert!(!taken.release().await.unwrap());
+
+    // Deleted by another client, found so by a renewal before its deadline: not_ours.
+    let deleted = locks.try_acquire("deleted:1", TTL).await.unwrap().unwrap();
+    let _: i64 = server.query(redis::cmd("DEL").arg(locks.key_for("deleted:1")));
+    assert!(!deleted.extend(TTL).await.unwrap());
 
     // Held past its ttl without a watchdog, then released: one loss, expired.
     let short = locks
@@ -253,10 +258,11 @@ async fn losses_leaders_waiters_and_bounds(port: u16, server: &RedisServer) {
         let (lock, reason) = (format!(r#"lock="{lock}""#), format!(r#"reason="{reason}""#));
         value(&scraped, "lock_lost_total", &[&lock, &reason])
     };
-    assert_eq!(lost("taken", "not_ours"), Some(1.0), "counted once");
+    assert_eq!(lost("taken", "evicted"), Some(1.0), "counted once");
+    assert_eq!(lost("deleted", "not_ours"), Some(1.0));
     assert_eq!(lost("short", "expired"), Some(1.0));
     assert_eq!(lost("capped", "max_hold"), Some(1.0));
-    for lock in ["taken", "short", "capped"] {
+    for lock in ["taken", "deleted", "short", "capped"] {
         let lock = format!(r#"lock="{lock}""#);
         let series = scraped
             .lines()

@@ -229,15 +229,16 @@
 //! | `lock_wait_seconds` | histogram, seconds | `outcome`: from the request to its end (a timeout's wait too) |
 //! | `lock_hold_seconds` | histogram, seconds | from the grant to the release, drop or shutdown |
 //! | `lock_extend_total` | counter | `outcome` = `renewed`, `not_ours`, `error` |
-//! | `lock_lost_total` | counter | `reason`: leases lost while held, each counted once, by whatever noticed it first (see below) |
+//! | `lock_lost_total` | counter | `reason` = `not_ours`, `evicted`, `expired`, `max_hold`: leases lost while held, each counted once, by whatever noticed it first (see below) |
 //! | `lock_held` | gauge | locks this process holds now |
 //! | `lock_waiting` | gauge | acquisitions of this process waiting now: refused once, still within their wait |
 //! | `lock_leader` | gauge | 1 while this process leads the election of that name, else 0 |
 //! | `lock_leader_changes_total` | counter | `change` = `elected`, `lost`, `resigned` |
 //!
-//! A lost lease's `reason`: `not_ours` when the server said the key was gone or another
-//! owner's (a renewal, a fencing token or the release found it so) before the local deadline
-//! passed, as after `force_release`; `expired` when the local deadline passed first (renewals
+//! A lost lease's `reason`: `evicted` when an operator force-released it (the record
+//! [`LockManager::evict_holders`] leaves says so); `not_ours` when the server said the key was
+//! gone or another owner's (a renewal, a fencing token or the release found it so) before the
+//! local deadline passed; `expired` when the local deadline passed first (renewals
 //! failed while Redis was unreachable, no watchdog renewed it, the process stalled, or a
 //! leader's term ran out); `max_hold` when the watchdog stopped at `max_hold` and the lease ran
 //! out while still held. A lease that runs out without a watchdog is counted when its guard is
@@ -273,7 +274,8 @@
 //! holds, with `#n` = 0. A waiting exclusive or fair acquisition records a claim in
 //! `<prefix>{<name>}:x` (a hash of claim ids and the server time each lapses) that keeps new
 //! shared holds out while it waits; the key is gone a few poll intervals after the last writer
-//! stops waiting.
+//! stops waiting. A force-release leaves `<prefix>{<name>}:evicted:<token>` (who evicted it,
+//! and when) per evicted hold for a day, where the evicted holder reads it.
 //!
 //! # Limits
 //!

@@ -70,6 +70,8 @@ pub(crate) enum Lost {
     Expired,
     /// The watchdog stopped renewing at `max_hold`, and the lease ran out while held.
     MaxHold,
+    /// An operator force-released it (the record force.lua leaves says so).
+    Evicted,
 }
 
 impl Lost {
@@ -78,6 +80,7 @@ impl Lost {
             Lost::NotOurs => "not_ours",
             Lost::Expired => "expired",
             Lost::MaxHold => "max_hold",
+            Lost::Evicted => "evicted",
         }
     }
 }
@@ -112,7 +115,7 @@ mod on {
         metrics::describe_counter!(
             "lock_lost_total",
             Unit::Count,
-            "Leases lost while held, each counted once, by reason: not_ours, expired, max_hold"
+            "Leases lost while held, each counted once, by reason: not_ours, evicted, expired, max_hold"
         );
         metrics::describe_gauge!("lock_held", Unit::Count, "Locks this process holds now");
         metrics::describe_gauge!(

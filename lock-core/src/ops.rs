@@ -117,31 +117,48 @@ impl LockManager {
     /// `auto_extend`, its next renewal finds the key gone and reports the lease lost; without
     /// it, it holds until its own deadline (the exception to I2 in the crate docs).
     ///
+    /// Each evicted holder finds a record of it (who evicted it: this manager's
+    /// [`holder_id`](crate::LockManagerBuilder::holder_id)) when it next finds its lease gone:
+    /// its log then says it was evicted by an operator, and `lock_lost_total` counts it with
+    /// `reason = "evicted"`.
+    ///
     /// A lock of [`permits(n)`](crate::LockRequest::permits) or of
     /// [`shared`](crate::LockRequest::shared) holds loses every holder at once; the `LockInfo`
-    /// returned names one of them (its `permits` reads 1: the script returns one token).
+    /// returned names one of them (its `permits` reads 1). [`evict_holders`](Self::evict_holders)
+    /// lists them all, and can evict one holder's holds only.
     pub async fn evict(&self, name: &str) -> Result<Option<LockInfo>> {
+        Ok(self.evict_holders(name, None).await?.into_iter().next())
+    }
+
+    /// [`evict`](Self::evict), of every hold of `name` or, with `holder`, only of the holds
+    /// taken by that holder id (a lock held by another is left as it is, and nothing is
+    /// evicted): every hold evicted, one `LockInfo` each (`remaining` is `None`), none when
+    /// nothing was. So an operator who saw `worker-7` stuck on a lock evicts `worker-7` and
+    /// never the holder that took the lock a moment later, and a lock of `permits(n)` can lose
+    /// one holder's permits while the others keep theirs.
+    pub async fn evict_holders(&self, name: &str, holder: Option<&str>) -> Result<Vec<LockInfo>> {
         check_name(name)?;
         let keys = self.shared().keys(name);
-        let evicted = self.shared().evict(&keys).await?;
-        match &evicted {
-            Some(value) => {
-                let holder = crate::token::holder_or_unknown(value);
-                tracing::warn!(lock = %crate::validate::Logged(name), evicted = %holder, "force-released; later fencing tokens are above the evicted holder's");
-            }
-            None => {
-                tracing::info!(lock = %crate::validate::Logged(name), "force-release found the lock free")
-            }
+        let evicted = self.shared().evict(&keys, holder).await?;
+        for value in &evicted {
+            let holder = crate::token::holder_or_unknown(value);
+            tracing::warn!(lock = %crate::validate::Logged(name), evicted = %holder, "force-released; later fencing tokens are above the evicted holder's");
         }
-        Ok(evicted.map(|value| {
-            LockInfo::of(
-                name.to_owned(),
-                Found {
-                    value,
-                    left: None,
-                    permits: 1,
-                },
-            )
-        }))
+        if evicted.is_empty() {
+            tracing::info!(lock = %crate::validate::Logged(name), "force-release evicted nothing: the lock was free, or held by another holder");
+        }
+        Ok(evicted
+            .into_iter()
+            .map(|value| {
+                LockInfo::of(
+                    name.to_owned(),
+                    Found {
+                        value,
+                        left: None,
+                        permits: 1,
+                    },
+                )
+            })
+            .collect())
     }
 }

@@ -3,7 +3,8 @@
 //! ```text
 //! lockctl list [PATTERN]          held locks whose name matches PATTERN (default `*`)
 //! lockctl show NAME               one lock: holder, since when, time left
-//! lockctl release NAME --force    free it whoever holds it (advances its fencing counter)
+//! lockctl release NAME --force    free it whoever holds it (advances its fencing counter);
+//!                                 --holder H frees only the holds of holder H
 //! ```
 //!
 //! Where: `--url URL` (or `REDIS_URL`; default `redis://127.0.0.1:6379`), repeated with
@@ -77,6 +78,10 @@ enum Command {
         /// Required: this evicts whoever holds the lock.
         #[arg(long)]
         force: bool,
+        /// Evict only the holds taken by this holder id (as `list` shows it): a lock that
+        /// changed hands since is left alone; of a lock of permits, only its permits go.
+        #[arg(long, value_name = "HOLDER")]
+        holder: Option<String>,
     },
 }
 
@@ -137,6 +142,19 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Who runs this command, as evicted holders read it: `lockctl:<user>@<host>`.
+fn operator() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("lockctl:{user}@{host}")
+}
+
 /// A duration as an operator writes it: `500ms`, `2s`, `1.5s`, `1m`.
 fn duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text
@@ -159,7 +177,10 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 async fn run(cli: &Cli) -> Result<Outcome, Failed> {
-    if let Command::Release { force: false, name } = &cli.command {
+    if let Command::Release {
+        force: false, name, ..
+    } = &cli.command
+    {
         return Err(Failed::usage(format!(
             "`release {name}` evicts whoever holds the lock: add --force to do it"
         )));
@@ -170,7 +191,9 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
         .key_prefix(cli.prefix.clone())
         .connect_timeout(cli.timeout)
         .response_timeout(cli.timeout)
-        .allow_eviction(true);
+        .allow_eviction(true)
+        // What an evicted holder reads as who evicted it.
+        .holder_id(operator());
     builder = if cli.cluster {
         builder.cluster(&cli.urls)
     } else if cli.redlock {
@@ -228,34 +251,57 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
                 Outcome::Found
             }
         }
-        Command::Release { name, .. } => {
-            // The holder read by the script that evicted it, not by an earlier look.
-            let evicted = locks.evict(name).await?;
-            let released = evicted.is_some();
-            let holder = evicted.map(|info| info.holder);
+        Command::Release { name, holder, .. } => {
+            // The holders read by the script that evicted them, not by an earlier look.
+            let evicted = locks.evict_holders(name, holder.as_deref()).await?;
+            let holders: Vec<&str> = evicted.iter().map(|info| info.holder.as_str()).collect();
+            // On stderr too, whatever the output: a trace of who evicted whom, for the
+            // operator's shell history and logs.
+            if !holders.is_empty() {
+                eprintln!(
+                    "lockctl: evicted {} from {} (by {})",
+                    holders
+                        .iter()
+                        .map(|h| shown(h, true))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    shown(name, true),
+                    shown(&operator(), true)
+                );
+            }
             if cli.json {
                 println!(
                     "{}",
                     serde_json::json!({
                         "schema": SCHEMA,
                         "name": name,
-                        "released": released,
-                        "evicted": holder,
+                        "released": !holders.is_empty(),
+                        "evicted": holders,
                     })
                 );
-            } else if released {
+            } else if !holders.is_empty() {
                 println!(
-                    "{}: released (evicted {}); fencing tokens drawn from now on are above its",
+                    "{}: released (evicted {}); fencing tokens drawn from now on are above theirs",
                     shown(name, true),
-                    shown(holder.as_deref().unwrap_or("unknown"), true)
+                    holders
+                        .iter()
+                        .map(|h| shown(h, true))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            } else if let Some(holder) = holder {
+                println!(
+                    "{}: nothing of {} to evict (free, or held by another holder)",
+                    shown(name, true),
+                    shown(holder, true)
                 );
             } else {
                 println!("{}: was free", shown(name, true));
             }
-            if released {
-                Outcome::Found
-            } else {
+            if holders.is_empty() {
                 Outcome::NotFound
+            } else {
+                Outcome::Found
             }
         }
     };

@@ -268,6 +268,34 @@ async fn flags_anywhere_exit_codes_timeouts_and_escaped_names() {
     assert_eq!(error["exit"], 3);
     drop(silent);
 
+    // A conditional force-release: another holder's id evicts nothing; the holder's own
+    // evicts it, says so on stderr, and lists it.
+    let holder = worker.inspect("orders:1").await.unwrap().unwrap().holder;
+    let out = run(&["release", "orders:1", "--force", "--holder", "someone-else"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("nothing of someone-else"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        worker.inspect("orders:1").await.unwrap().is_some(),
+        "left alone"
+    );
+    let out = run(&[
+        "release", "orders:1", "--force", "--holder", &holder, "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["evicted"], serde_json::json!([holder]));
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        trace.contains("lockctl: evicted")
+            && trace.contains("orders:1")
+            && trace.contains("(by lockctl:"),
+        "{trace}"
+    );
+
     // A name with a newline prints one row, escaped; a long name is cut unless --wide.
     let forged = "evil\nfake:1  forged-holder  1s  60.0s  no";
     let _evil = worker.try_acquire(forged, LONG).await.unwrap().unwrap();
@@ -276,7 +304,7 @@ async fn flags_anywhere_exit_codes_timeouts_and_escaped_names() {
     let out = run(&["list"]);
     let table = stdout(&out);
     eprintln!("{table}");
-    assert_eq!(table.lines().count(), 4, "a header and three rows: {table}");
+    assert_eq!(table.lines().count(), 3, "a header and two rows: {table}");
     assert!(!table.lines().any(|l| l.starts_with("fake:1")), "{table}");
     assert!(table.contains("evil\\nfake:1"), "{table}");
     assert!(

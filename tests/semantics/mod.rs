@@ -188,6 +188,26 @@ pub(crate) async fn operators_see_who_holds_what_and_free_it_with_the_fence_adva
     assert_eq!(names, ["ops:a", "ops:b"]);
     assert_eq!(fx.other.list("*").await.unwrap().len(), 3);
 
+    // One holder's holds only: another holder id evicts nothing, the holder's own evicts it.
+    assert!(fx
+        .other
+        .evict_holders("ops:b", Some("someone-else"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(
+        b.extend(LONG).await.unwrap(),
+        "another holder's lock is left alone"
+    );
+    let evicted = fx
+        .other
+        .evict_holders("ops:b", Some(&info.holder))
+        .await
+        .unwrap();
+    assert_eq!(evicted.len(), 1, "{evicted:?}");
+    assert_eq!(evicted[0].holder, info.holder);
+    assert!(!b.extend(LONG).await.unwrap(), "evicted");
+
     assert!(fx.other.force_release("ops:a").await.unwrap());
     assert!(
         !fx.other.force_release("ops:a").await.unwrap(),
@@ -207,7 +227,8 @@ pub(crate) async fn operators_see_who_holds_what_and_free_it_with_the_fence_adva
         "the fence moved on"
     );
     assert!(!guard.release().await.unwrap());
-    for g in [next, b, c] {
+    assert!(!b.release().await.unwrap());
+    for g in [next, c] {
         assert!(g.release().await.unwrap());
     }
     assert!(fx.other.list("*").await.unwrap().is_empty());

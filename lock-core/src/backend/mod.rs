@@ -36,6 +36,19 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub(crate) use crate::command::{Answer, Command, Ticket};
 
+/// An operator's force-release: whose holds it ends, and who asks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Eviction<'a> {
+    /// Only the holds taken by this holder id; every hold when `None`.
+    pub(crate) holder: Option<&'a str>,
+    /// Who evicts, as the evicted holders will read it.
+    pub(crate) by: &'a str,
+}
+
+/// How long the record of an eviction lives: long enough for the evicted holder's next
+/// renewal, fencing token or release to find it.
+pub(crate) const EVICTION_RECORD: Duration = Duration::from_secs(24 * 3600);
+
 /// A lock key as an operator sees it: its value (the holder's token, with a waiter's mark) and
 /// how long it still lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,11 +87,26 @@ pub(crate) trait Node: Send + Sync {
         Box::pin(async { Err(unsupported("inspect")) })
     }
 
-    /// Deletes the lock key whoever holds it, advances its fencing counter and wakes its
-    /// waiters (force.lua): the value it had, if it existed.
-    fn evict<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<String>>> {
-        let _ = keys;
+    /// Ends every hold of the lock, or `eviction.holder`'s only, advances its fencing counter,
+    /// leaves a record for each evicted holder and wakes its waiters (force.lua): the evicted
+    /// values, one per hold, none when nothing was evicted.
+    fn evict<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        eviction: Eviction<'a>,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        let _ = (keys, eviction);
         Box::pin(async { Err(unsupported("force_release")) })
+    }
+
+    /// The record force.lua left for the hold of `token`, `<who>|<server ms>`, while it lives.
+    fn evicted_by<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        let _ = (keys, token);
+        Box::pin(async { Ok(None) })
     }
 
     /// Every lock key matching `pattern` (a `SCAN MATCH` glob over whole keys), with what
@@ -178,7 +206,18 @@ pub(crate) trait Store: Send + Sync {
     fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>>;
 
     /// See [`Node::evict`], everywhere.
-    fn evict<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<String>>>;
+    fn evict<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        eviction: Eviction<'a>,
+    ) -> BoxFuture<'a, Result<Vec<String>>>;
+
+    /// See [`Node::evicted_by`]; Redlock: the first instance's record found.
+    fn evicted_by<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>>>;
 
     /// See [`Node::scan`]; Redlock: the keys a majority holds.
     fn scan<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<Vec<(String, Found)>>>;
@@ -268,8 +307,20 @@ impl<T: Node + ?Sized> Node for Arc<T> {
         (**self).peek(keys)
     }
 
-    fn evict<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<String>>> {
-        (**self).evict(keys)
+    fn evict<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        eviction: Eviction<'a>,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        (**self).evict(keys, eviction)
+    }
+
+    fn evicted_by<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        (**self).evicted_by(keys, token)
     }
 
     fn scan<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<Vec<(String, Found)>>> {

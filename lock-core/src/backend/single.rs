@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Answer, BoxFuture, Command, Drift, Found, Leftover, Node, Store};
+use super::{Answer, BoxFuture, Command, Drift, Eviction, Found, Leftover, Node, Store};
 use crate::keys::LockKeys;
 use crate::Result;
 
@@ -50,8 +50,20 @@ impl Store for Single {
         self.node.peek(keys)
     }
 
-    fn evict<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<String>>> {
-        self.node.evict(keys)
+    fn evict<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        eviction: Eviction<'a>,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        self.node.evict(keys, eviction)
+    }
+
+    fn evicted_by<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        self.node.evicted_by(keys, token)
     }
 
     fn scan<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<Vec<(String, Found)>>> {

@@ -11,7 +11,7 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::backend::{Answer, Command, Found, Leftover, Ticket, Watch};
+use crate::backend::{Answer, Command, Eviction, Found, Leftover, Ticket, Watch};
 use crate::cleanup::{keep_for, CleanUp, Orphan, PendingRelease};
 use crate::keys::LockKeys;
 use crate::lease::{Grant, Landed, Lease};
@@ -146,9 +146,24 @@ impl Shared {
         }
     }
 
-    /// Frees a lock whoever holds it (see `LockManager::force_release`): the evicted value.
-    pub(crate) async fn evict(&self, keys: &LockKeys) -> Result<Option<String>> {
-        self.store.evict(keys).await
+    /// Ends every hold of a lock, or one holder's (see `LockManager::evict_holders`): the
+    /// evicted values. The evicted holders read who did it from the records it leaves, as
+    /// this manager's holder id.
+    pub(crate) async fn evict(&self, keys: &LockKeys, holder: Option<&str>) -> Result<Vec<String>> {
+        let by = &self.settings.holder;
+        self.store.evict(keys, Eviction { holder, by }).await
+    }
+
+    /// Why `lease` was found not ours: [`Lost::Evicted`] with the eviction's record
+    /// (`<who>|<server ms>`) when an operator force-released it, else [`Lost::NotOurs`]. One
+    /// read, only once a loss is found, bounded by the response timeout; `NotOurs` when it
+    /// cannot be told.
+    async fn why_not_ours(&self, lease: &Lease) -> (Lost, Option<String>) {
+        let read = self.store.evicted_by(&lease.keys, &lease.token);
+        match tokio::time::timeout(self.settings.response_timeout, read).await {
+            Ok(Ok(Some(record))) => (Lost::Evicted, Some(record)),
+            _ => (Lost::NotOurs, None),
+        }
     }
 
     /// The lock keys matching a `SCAN` pattern (see `LockManager::list`).
@@ -205,8 +220,12 @@ impl Shared {
             Ok(_not_ours) => {
                 renewing.finish(Landed::NotApplied);
                 crate::metrics::extend(&lease.label, lease.keys.kind, "not_ours");
-                lease.report_lost(Lost::NotOurs);
-                if lease.first_loss_warning() {
+                let (why, record) = self.why_not_ours(lease).await;
+                lease.report_lost(why);
+                let first = lease.first_loss_warning();
+                if let (Some(record), true) = (&record, first) {
+                    tracing::warn!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), evicted_by = %crate::validate::Logged(record), "lease lost: evicted by an operator (force-release)");
+                } else if first {
                     tracing::warn!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), "lease lost: the key expired or another owner holds it");
                 } else {
                     tracing::info!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), "lease lost for good: the key expired or another owner holds it");
@@ -248,9 +267,10 @@ impl Shared {
                 match self.store.run(&fence).await?.0 {
                     Answer::Drawn(fence) => Ok(fence),
                     _not_ours => {
-                        lease.report_lost(Lost::NotOurs);
+                        let (why, record) = self.why_not_ours(lease).await;
+                        lease.report_lost(why);
                         if lease.first_loss_warning() {
-                            tracing::warn!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), "no fencing token: the key expired or another owner holds it");
+                            tracing::warn!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), evicted_by = %crate::validate::Logged(record.as_deref().unwrap_or("-")), "no fencing token: the key expired, another owner holds it, or an operator evicted it");
                         }
                         lease.mark_lost();
                         Err(lost())
@@ -285,8 +305,16 @@ impl Shared {
         match &released {
             Ok(true) => tracing::debug!(lock = %crate::validate::Logged(&lease.name), "released"),
             Ok(false) => {
-                lease.report_lost(Lost::NotOurs);
-                if lease.first_loss_warning() {
+                let (why, record) = self.why_not_ours(lease).await;
+                lease.report_lost(why);
+                let first = lease.first_loss_warning();
+                if let (Some(record), true) = (&record, first) {
+                    tracing::warn!(
+                        lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token),
+                        evicted_by = %crate::validate::Logged(record),
+                        "release found the lock evicted by an operator (force-release)"
+                    );
+                } else if first {
                     tracing::warn!(
                         lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token),
                         "release found the lock expired or held by another owner"

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::notify::Watcher;
-use super::{Answer, BoxFuture, Command, Found, Node};
+use super::{Answer, BoxFuture, Command, Eviction, Found, Node, EVICTION_RECORD};
 use crate::command::{Call, Server, FENCE_KEEP};
 use crate::keys::LockKeys;
 use crate::validate::millis_ceil;
@@ -116,7 +116,11 @@ impl Node for RedisNode {
         })
     }
 
-    fn evict<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<String>>> {
+    fn evict<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        eviction: Eviction<'a>,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
         Box::pin(async move {
             let publish = self.publish();
             self.eval(&FORCE, |cmd| {
@@ -124,9 +128,24 @@ impl Node for RedisNode {
                     .arg(&keys.lock)
                     .arg(keys.fence())
                     .arg(millis_ceil(FENCE_KEEP))
-                    .arg(publish);
+                    .arg(publish)
+                    .arg(eviction.by)
+                    .arg(eviction.holder.unwrap_or(""))
+                    .arg(millis_ceil(EVICTION_RECORD));
             })
             .await
+        })
+    }
+
+    fn evicted_by<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            let mut get = redis::cmd("GET");
+            get.arg(format!("{}:evicted:{token}", keys.lock));
+            Ok(self.query(&get).await?)
         })
     }
 

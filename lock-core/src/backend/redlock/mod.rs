@@ -26,7 +26,7 @@ use tokio::time::{timeout, Instant};
 use super::notify::PubSub;
 use super::redis::{Endpoint, RedisNode};
 use super::Timeouts;
-use super::{Answer, BoxFuture, Command, Drift, Found, Leftover, Node, Store};
+use super::{Answer, BoxFuture, Command, Drift, Eviction, Found, Leftover, Node, Store};
 use crate::keys::LockKeys;
 use crate::kind::Kind;
 
@@ -429,18 +429,49 @@ impl Store for Redlock {
         })
     }
 
-    /// Deleted where it answers. The value of an instance that held the key, even when others
-    /// did not answer: the lock may have lost its majority, which is what the operator asked
-    /// for (a holder that did not lose it still fails its next renewal where it was deleted).
-    fn evict<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<String>>> {
+    /// Evicted where it answers. The values of the instances that held the key (each hold
+    /// once), even when others did not answer: the lock may have lost its majority, which is
+    /// what the operator asked for (a holder that did not lose it still fails its next renewal
+    /// where it was evicted).
+    fn evict<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        eviction: Eviction<'a>,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
         Box::pin(async move {
             let (answers, first_error) = self
-                .everywhere(Some(self.response_timeout), |node| node.evict(keys))
+                .everywhere(Some(self.response_timeout), |node| {
+                    node.evict(keys, eviction)
+                })
                 .await;
-            if let Some(value) = answers.iter().flatten().next() {
-                return Ok(Some(value.clone()));
+            let mut evicted: Vec<String> = Vec::new();
+            for value in answers.iter().flatten() {
+                if !evicted.contains(value) {
+                    evicted.push(value.clone());
+                }
             }
-            self.majority_or(answers, first_error).map(|_| None)
+            if !evicted.is_empty() {
+                return Ok(evicted);
+            }
+            self.majority_or(answers, first_error).map(|_| evicted)
+        })
+    }
+
+    fn evicted_by<'a>(
+        &'a self,
+        keys: &'a LockKeys,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            let (answers, error) = self
+                .everywhere(Some(self.response_timeout), |node| {
+                    node.evicted_by(keys, token)
+                })
+                .await;
+            match answers.into_iter().flatten().next() {
+                Some(record) => Ok(Some(record)),
+                None => error.map_or(Ok(None), Err),
+            }
         })
     }
 
