@@ -220,6 +220,9 @@ impl Shared {
             Ok(_not_ours) => {
                 renewing.finish(Landed::NotApplied);
                 crate::metrics::extend(&lease.label, lease.keys.kind, "not_ours");
+                // Lost now, before the read below: a caller that drops this future while it
+                // reads must not find the guard still saying it holds.
+                lease.mark_lost();
                 let (why, record) = self.why_not_ours(lease).await;
                 lease.report_lost(why);
                 let first = lease.first_loss_warning();
@@ -230,7 +233,6 @@ impl Shared {
                 } else {
                     tracing::info!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), "lease lost for good: the key expired or another owner holds it");
                 }
-                lease.mark_lost();
                 Ok(false)
             }
             Err(e) => {
@@ -267,12 +269,12 @@ impl Shared {
                 match self.store.run(&fence).await?.0 {
                     Answer::Drawn(fence) => Ok(fence),
                     _not_ours => {
+                        lease.mark_lost();
                         let (why, record) = self.why_not_ours(lease).await;
                         lease.report_lost(why);
                         if lease.first_loss_warning() {
                             tracing::warn!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), evicted_by = %crate::validate::Logged(record.as_deref().unwrap_or("-")), "no fencing token: the key expired, another owner holds it, or an operator evicted it");
                         }
-                        lease.mark_lost();
                         Err(lost())
                     }
                 }
@@ -304,31 +306,34 @@ impl Shared {
         let released = self.store.release(&lease.keys, &lease.token, keep).await;
         match &released {
             Ok(true) => tracing::debug!(lock = %crate::validate::Logged(&lease.name), "released"),
-            Ok(false) => {
-                let (why, record) = self.why_not_ours(lease).await;
-                lease.report_lost(why);
-                let first = lease.first_loss_warning();
-                if let (Some(record), true) = (&record, first) {
-                    tracing::warn!(
-                        lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token),
-                        evicted_by = %crate::validate::Logged(record),
-                        "release found the lock evicted by an operator (force-release)"
-                    );
-                } else if first {
-                    tracing::warn!(
-                        lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token),
-                        "release found the lock expired or held by another owner"
-                    );
-                } else {
-                    tracing::debug!(lock = %crate::validate::Logged(&lease.name), "release found the lost lock gone, as told");
-                }
-            }
+            Ok(false) => {}
             Err(e) => {
                 tracing::warn!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), error = %e, "release failed; retrying in the background until the key expires");
                 return released;
             }
         }
+        // Answered: nothing left for the background, even if this future is dropped below.
         on_failure.disarm();
+        if let Ok(false) = released {
+            // A release that found the key gone or another's: why, for the loss's reason.
+            let (why, record) = self.why_not_ours(lease).await;
+            lease.report_lost(why);
+            let first = lease.first_loss_warning();
+            if let (Some(record), true) = (&record, first) {
+                tracing::warn!(
+                    lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token),
+                    evicted_by = %crate::validate::Logged(record),
+                    "release found the lock evicted by an operator (force-release)"
+                );
+            } else if first {
+                tracing::warn!(
+                    lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token),
+                    "release found the lock expired or held by another owner"
+                );
+            } else {
+                tracing::debug!(lock = %crate::validate::Logged(&lease.name), "release found the lost lock gone, as told");
+            }
+        }
         released
     }
 
