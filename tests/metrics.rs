@@ -196,6 +196,13 @@ async fn losses_leaders_waiters_and_bounds(port: u16, server: &RedisServer) {
         .await
         .unwrap();
     short.lost().await;
+    // The local deadline ends a little before the server's expiry (the clock-drift margin):
+    // wait until the key is gone there too.
+    let gone_by = std::time::Instant::now() + Duration::from_secs(20);
+    while server.query::<i64>(redis::cmd("EXISTS").arg(locks.key_for("short:1"))) == 1 {
+        assert!(std::time::Instant::now() < gone_by, "the key expires");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert!(!short.release().await.unwrap());
 
     // Renewed until max_hold, then held on until it ran out: one loss, max_hold.
