@@ -32,6 +32,11 @@ pub struct LockInfo {
     pub permits: u32,
     /// Whether this is a [`shared`](crate::LockRequest::shared) (read) hold.
     pub shared: bool,
+    /// How many exclusive or fair acquisitions (writers) wait for this lock now, from the
+    /// claims they record while they wait (see [`LockRequest::shared`](crate::LockRequest::shared));
+    /// shared requests waiting show only in [`waited_for`](Self::waited_for). 0 from
+    /// [`LockManager::evict`].
+    pub waiting: u32,
 }
 
 impl LockInfo {
@@ -48,6 +53,7 @@ impl LockInfo {
             waited_for: found.value.contains('*'),
             permits: found.permits,
             shared: found.permits == 0,
+            waiting: found.waiting,
         }
     }
 }
@@ -156,6 +162,7 @@ impl LockManager {
                         value,
                         left: None,
                         permits: 1,
+                        waiting: 0,
                     },
                 )
             })

@@ -14,6 +14,13 @@ pub(crate) fn owner_token(holder: &str) -> String {
     format!("{holder}|{since}|{}", new_token())
 }
 
+/// This machine's wall clock, in ms since the Unix epoch.
+pub(crate) fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// What a lock key's value tells of its holder: the holder id and when it took the lock (from
 /// its own clock), for values written by [`owner_token`]; `None` for others (a bare random
 /// token, as versions before holder ids wrote). Whether a waiter marked the key is the `*`.

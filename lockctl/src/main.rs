@@ -331,6 +331,7 @@ fn rows(locks: &[LockInfo]) -> Vec<serde_json::Value> {
                 "remaining_ms": info.remaining.map(|d| d.as_millis() as u64),
                 "expires_at_ms": info.remaining.and_then(|d| unix_ms(now + d)),
                 "waited_for": info.waited_for,
+                "waiting": info.waiting,
                 "permits": info.permits,
                 "shared": info.shared,
             })
@@ -379,7 +380,14 @@ fn table(locks: &[LockInfo], wide: bool) {
                 shown(&info.holder, wide),
                 info.acquired_at.map_or("-".to_owned(), ago),
                 info.remaining.map_or("no expiry".to_owned(), human),
-                if info.waited_for { "yes" } else { "no" }.to_owned(),
+                // Writers waiting, counted; else whether some request (a shared one) waits.
+                if info.waiting > 0 {
+                    info.waiting.to_string()
+                } else if info.waited_for {
+                    "yes".to_owned()
+                } else {
+                    "no".to_owned()
+                },
             ]
         })
         .collect();

@@ -314,4 +314,34 @@ async fn flags_anywhere_exit_codes_timeouts_and_escaped_names() {
     assert!(table.contains('…') && !table.contains(&long));
     let out = run(&["list", "--wide"]);
     assert!(stdout(&out).contains(&long));
+
+    // WAITERS counts the writers waiting (their claims), in the table and as `waiting`.
+    let busy = worker.try_acquire("busy:1", LONG).await.unwrap().unwrap();
+    let waiter = {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            let guard = worker
+                .acquire("busy:1", LONG, Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert!(guard.release().await.unwrap());
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = run(&["show", "busy:1", "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if json["locks"][0]["waiting"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{json}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let table = stdout(&run(&["show", "busy:1"]));
+    assert!(
+        table.lines().nth(1).is_some_and(|row| row.ends_with(" 1")),
+        "{table}"
+    );
+    assert!(busy.release().await.unwrap());
+    waiter.await.unwrap();
 }

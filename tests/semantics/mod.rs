@@ -231,6 +231,36 @@ pub(crate) async fn operators_see_who_holds_what_and_free_it_with_the_fence_adva
     for g in [next, c] {
         assert!(g.release().await.unwrap());
     }
+
+    // Writers waiting are counted, from the claims they record while they wait.
+    let held = fx.locks.try_acquire("ops:w", LONG).await.unwrap().unwrap();
+    assert_eq!(fx.other.inspect("ops:w").await.unwrap().unwrap().waiting, 0);
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let other = fx.other.clone();
+            tokio::spawn(async move {
+                let guard = other
+                    .acquire("ops:w", LONG, Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                assert!(guard.release().await.unwrap());
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = fx.other.inspect("ops:w").await.unwrap().unwrap();
+        if info.waiting == 2 {
+            assert!(info.waited_for);
+            break;
+        }
+        assert!(Instant::now() < deadline, "two writers counted: {info:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(held.release().await.unwrap());
+    for waiter in waiters {
+        waiter.await.unwrap();
+    }
     assert!(fx.other.list("*").await.unwrap().is_empty());
 }
 

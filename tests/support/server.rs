@@ -241,10 +241,13 @@ impl RedisServer {
 
     /// The lock keys under the default prefix: not fencing counters, nor the tombs that a
     /// client that re-sends (Cluster, Sentinel) leaves for at most a lease after a refused or
-    /// released attempt (`<lock>:gone:<token>`).
+    /// released attempt (`<lock>:gone:<token>`), nor the records a force-release leaves for
+    /// the holders it evicted (`<lock>:evicted:<token>`, a day).
     pub fn lock_keys(&self) -> Vec<String> {
         let mut keys = self.keys("lock:*");
-        keys.retain(|k| !k.ends_with(":fence") && !k.contains("}:gone:"));
+        keys.retain(|k| {
+            !k.ends_with(":fence") && !k.contains("}:gone:") && !k.contains("}:evicted:")
+        });
         keys
     }
 }

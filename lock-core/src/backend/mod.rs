@@ -58,7 +58,11 @@ pub(crate) struct Found {
     pub(crate) left: Option<Duration>,
     /// The lock's `permits` (1 for a lock). With more, one `Found` per live permit: its
     /// holder's token in `value` and its own lease in `left`.
+    ///
+    /// And `waiting`: the writers (exclusive or fair acquisitions) waiting for it now, from
+    /// their live claims in `<key>:x` (scripts/prelude/claims.lua).
     pub(crate) permits: u32,
+    pub(crate) waiting: u32,
 }
 
 /// Orders the permits of one lock the earliest taken first (by the time in their tokens), as

@@ -15,14 +15,34 @@ use crate::backend::Found;
 use crate::scripts::PERMIT_PEEK;
 use crate::{LockError, Result};
 
+/// How many claims in an `HGETALL` reply of a claims key are live at `now_ms`: a claim id ->
+/// the server time it lapses (negative: an ended claim's marker), and `#w`, no claim.
+fn live_claims(reply: &Value, now_ms: u64) -> u32 {
+    let Ok(fields) = redis::from_redis_value::<Vec<(String, String)>>(reply.clone()) else {
+        return 0;
+    };
+    let live = fields
+        .iter()
+        .filter(|(id, lapses)| {
+            id != "#w"
+                && lapses
+                    .parse::<i64>()
+                    .is_ok_and(|at| at > 0 && at.unsigned_abs() > now_ms)
+        })
+        .count();
+    u32::try_from(live).unwrap_or(u32::MAX)
+}
+
 /// Keys asked for per `SCAN` call, and peeked at per round trip, by `list`.
 const SCAN_BATCH: usize = 500;
 
 impl RedisNode {
-    /// `GET` and `PTTL` of each of `keys`: in one round trip on one server, one per key on a
-    /// cluster. Not atomic: a key that expires in between is left out. A lock of `permits(n)`
-    /// (a hash, where `GET` is refused) is read with one more script: one `Found` per live
-    /// permit, the earliest taken first.
+    /// `GET` and `PTTL` of each of `keys`, and `HGETALL` of its writers' claims: in one round
+    /// trip on one server, one per key on a cluster. Not atomic: a key that expires in between
+    /// is left out. A lock of `permits(n)` (a hash, where `GET` is refused) is read with one
+    /// more script: one `Found` per live permit, the earliest taken first. The writers waiting
+    /// are the claims still live by this machine's clock (a claim lapses within a few poll
+    /// intervals of its writer's last attempt, so one that just stopped may still count).
     pub(super) async fn peek_all(&self, keys: &[String]) -> Result<Vec<Vec<Found>>> {
         let mut out = Vec::with_capacity(keys.len());
         // One key per pipeline on a cluster (the keys live in many slots); all at once
@@ -35,13 +55,20 @@ impl RedisNode {
         for chunk in keys.chunks(per) {
             let mut pipe = redis::pipe();
             for key in chunk {
-                pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+                pipe.cmd("GET")
+                    .arg(key)
+                    .cmd("PTTL")
+                    .arg(key)
+                    .cmd("HGETALL")
+                    .arg(format!("{key}:x"));
             }
             // Each reply on its own: a key of another type under the same pattern (WRONGTYPE)
             // is not a lock, and must not fail the others.
             pipe.ignore_errors();
             let flat: Vec<Value> = self.conn.send(&Request::Pipe(&pipe)).await?;
-            for (key, pair) in chunk.iter().zip(flat.chunks(2)) {
+            let now_ms = crate::token::unix_ms_now();
+            for (key, pair) in chunk.iter().zip(flat.chunks(3)) {
+                let waiting = live_claims(&pair[2], now_ms);
                 let found = match pair[0].clone().extract_error() {
                     Ok(value) => {
                         let Ok(value) = redis::from_redis_value::<String>(value) else {
@@ -57,11 +84,18 @@ impl RedisNode {
                                 value,
                                 left: u64::try_from(left).ok().map(Duration::from_millis),
                                 permits: 1,
+                                waiting,
                             })
                             .into_iter()
                             .collect()
                     }
-                    Err(e) if e.code() == Some("WRONGTYPE") => self.peek_permits(key).await?,
+                    Err(e) if e.code() == Some("WRONGTYPE") => {
+                        let mut found = self.peek_permits(key).await?;
+                        for f in &mut found {
+                            f.waiting = waiting;
+                        }
+                        found
+                    }
                     Err(_) => Vec::new(),
                 };
                 out.push(found);
@@ -97,6 +131,7 @@ impl RedisNode {
                     value: format!("{}{mark}", pair[0]),
                     left: Some(Duration::from_millis(left)),
                     permits,
+                    waiting: 0,
                 })
             })
             .collect();

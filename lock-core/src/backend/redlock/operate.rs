@@ -82,8 +82,11 @@ impl Redlock {
             .filter(|(_, same)| same.len() >= self.quorum)
             .filter_map(|(_, same)| {
                 let left = same.iter().map(|f| f.left).min().flatten();
+                // Writers wait on every instance; the most any of them counts.
+                let waiting = same.iter().map(|f| f.waiting).max().unwrap_or(0);
                 let mut first = same.into_iter().next()?;
                 first.left = left;
+                first.waiting = waiting;
                 Some(first)
             })
             .collect();
