@@ -1343,6 +1343,43 @@ async fn evicting_one_holder_leaves_the_others_and_the_next_holder() {
         .collect();
     assert_eq!(left, ["worker-9"]);
 
+    assert!(
+        matches!(
+            ops.evict_holders("quota", Some("")).await,
+            Err(LockError::InvalidConfig { .. })
+        ),
+        "an empty holder id evicts nobody, and is refused"
+    );
+    assert!(p9.extend(LONG).await.unwrap());
+
+    // The hash lives as long as the holds it keeps, not as long as the evicted one's.
+    let _q7 = seven
+        .lock("quota2")
+        .permits(3)
+        .ttl(LONG)
+        .acquire()
+        .await
+        .unwrap();
+    let _q9 = nine
+        .lock("quota2")
+        .permits(3)
+        .ttl(Duration::from_secs(2))
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(
+        ops.evict_holders("quota2", Some("worker-7"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let pttl: i64 = server.query(redis::cmd("PTTL").arg(ops.key_for("quota2")));
+    assert!(
+        (0..=2_001).contains(&pttl),
+        "the key outlives its last hold: {pttl} ms"
+    );
+
     let stuck = seven.try_acquire("job", LONG).await.unwrap().unwrap();
     assert_eq!(
         ops.evict_holders("job", Some("worker-7"))

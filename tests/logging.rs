@@ -217,9 +217,62 @@ fn logs_at_every_level_never_contain_the_token() {
             .any(|l| l.contains("retrying while") || l.contains("clean-up")),
         "the waiters' failed attempts are not warnings"
     );
+
     // Three waiters for 3 s: their retries back off (about 7 each), where a fixed 50 ms pause
     // made about 60 each.
     let retries = count("retrying while the wait lasts");
     eprintln!("{} warnings, {retries} retries", warnings.len());
     assert!((3..=45).contains(&retries), "{retries} retries");
+
+    // A Redlock instance that stops answering (paused, its connections open) is one event
+    // too: one WARN when it is counted out, one when it answers again.
+    let instances: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    captured.0.lock().unwrap().clear();
+    rt.block_on(async {
+        let urls: Vec<String> = instances.iter().map(RedisServer::url).collect();
+        let locks = LockManager::builder().redlock(&urls).build().await.unwrap();
+        let ttl = Duration::from_secs(2);
+        instances[2].pause();
+        // Paused for longer than the per-instance timeout (200 ms for a 2 s lease), with
+        // commands in flight to it.
+        let paused_until = tokio::time::Instant::now() + Duration::from_millis(1500);
+        let mut i = 0;
+        while tokio::time::Instant::now() < paused_until {
+            i += 1;
+            let guard = locks
+                .acquire(&format!("paused:{i}"), ttl, Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert!(guard.release().await.unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        instances[2].resume();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !String::from_utf8_lossy(&captured.0.lock().unwrap()).contains("answering again") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the instance is heard again"
+            );
+            i += 1;
+            let guard = locks
+                .acquire(&format!("resumed:{i}"), ttl, Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert!(guard.release().await.unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        locks.shutdown(Duration::from_secs(5)).await.unwrap();
+    });
+    let redlock_logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let count_in = |what: &str| redlock_logs.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(
+        count_in("Redlock instance 2 not answering"),
+        1,
+        "{redlock_logs}"
+    );
+    assert_eq!(
+        count_in("Redlock instance 2 answering again"),
+        1,
+        "{redlock_logs}"
+    );
 }

@@ -147,7 +147,12 @@ impl Acquisition<'_> {
         if !matches!(tried, Tried::Refused(Answer::Undecided { .. })) {
             self.splits = 0;
         }
-        if !matches!(tried, Tried::Failed(..)) {
+        // Only an answer resets the backoff: a Redlock attempt without a majority either way
+        // (instances down) backs off like an error.
+        if matches!(
+            tried,
+            Tried::Granted(_) | Tried::Refused(Answer::NotApplied(_))
+        ) {
             self.errors = 0;
         }
         let now = Instant::now();

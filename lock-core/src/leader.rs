@@ -289,7 +289,11 @@ async fn lead(
         () = guard.lost() => {
             // For good, even if a late renewal would revive the lease: the term is over, and
             // `run_while_leader` (watching the same lease) must see it over too.
-            guard.lease().report_lost(crate::metrics::Lost::Expired);
+            // A loss by the deadline is the term's to count; one a renewal found (the key
+            // gone, or evicted) is counted there, with its reason.
+            if guard.lease().remaining().is_zero() {
+                guard.lease().report_lost(crate::metrics::Lost::Expired);
+            }
             guard.lease().mark_lost();
             inner.step_down();
             crate::metrics::leader(&label, kind, "lost");

@@ -250,6 +250,11 @@ impl Lease {
         self.lost.load(Ordering::Acquire) || Instant::now() >= self.deadline()
     }
 
+    /// Whether it was marked lost ([`mark_lost`](Self::mark_lost)), whatever its deadline says.
+    pub(crate) fn marked_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
     /// Known lost for good: the key is gone or another owner's.
     pub(crate) fn mark_lost(&self) {
         if !self.lost.swap(true, Ordering::AcqRel) {

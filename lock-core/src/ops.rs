@@ -142,10 +142,26 @@ impl LockManager {
     /// nothing was. So an operator who saw `worker-7` stuck on a lock evicts `worker-7` and
     /// never the holder that took the lock a moment later, and a lock of `permits(n)` can lose
     /// one holder's permits while the others keep theirs.
+    ///
+    /// `holder` is a holder id as [`holder_id`](crate::LockManagerBuilder::holder_id) was
+    /// given it (made fit for a token the same way) or as `list` shows it; an empty one is
+    /// refused with [`LockError::InvalidConfig`](crate::LockError::InvalidConfig) before any
+    /// I/O, as it could name nobody.
     pub async fn evict_holders(&self, name: &str, holder: Option<&str>) -> Result<Vec<LockInfo>> {
         check_name(name)?;
+        let holder = match holder {
+            Some("") => {
+                return Err(crate::LockError::InvalidConfig {
+                    reason: format!(
+                        "an empty holder id names no holder of `{name}`; leave it out to evict every holder"
+                    ),
+                })
+            }
+            Some(holder) => Some(crate::token::clean_holder(holder)),
+            None => None,
+        };
         let keys = self.shared().keys(name);
-        let evicted = self.shared().evict(&keys, holder).await?;
+        let evicted = self.shared().evict(&keys, holder.as_deref()).await?;
         for value in &evicted {
             let holder = crate::token::holder_or_unknown(value);
             tracing::warn!(lock = %crate::validate::Logged(name), evicted = %holder, "force-released; later fencing tokens are above the evicted holder's");

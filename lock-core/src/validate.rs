@@ -19,14 +19,22 @@ pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// The shortest lease accepted: Redis' expiry has millisecond resolution.
 pub const MIN_TTL: Duration = Duration::from_millis(1);
 
-/// A lock name as logs show it: control characters escaped (`\n`, `\u{1b}`), so that a name
-/// cannot end a log line and forge the next one. Other names are shown as they are.
+/// Characters that change how a line reads without showing themselves: bidirectional
+/// overrides and isolates, zero-width characters, line and paragraph separators.
+pub(crate) fn hidden(c: char) -> bool {
+    matches!(c,
+        '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2028}' | '\u{2029}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// A lock name as logs show it: control and [`hidden`] characters escaped (`\n`, `\u{1b}`,
+/// `\u{202e}`), so that a name cannot end a log line, forge the next one, or reorder it. Other names are shown as they are.
 pub(crate) struct Logged<'a>(pub(crate) &'a str);
 
 impl std::fmt::Display for Logged<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for c in self.0.chars() {
-            if c.is_control() {
+            if c.is_control() || hidden(c) {
                 write!(f, "{}", c.escape_default())?;
             } else {
                 std::fmt::Write::write_char(f, c)?;
@@ -120,6 +128,10 @@ mod tests {
         assert_eq!(
             Logged("a\nlevel=WARN b\u{1b}[2J").to_string(),
             "a\\nlevel=WARN b\\u{1b}[2J"
+        );
+        assert_eq!(
+            Logged("x\u{202e}y\u{2028}").to_string(),
+            "x\\u{202e}y\\u{2028}"
         );
     }
 

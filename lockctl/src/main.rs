@@ -339,6 +339,14 @@ fn rows(locks: &[LockInfo]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Characters that change how a line reads without showing themselves: bidirectional
+/// overrides and isolates, zero-width characters, line and paragraph separators.
+fn hidden(c: char) -> bool {
+    matches!(c,
+        '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2028}' | '\u{2029}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// The longest name a table shows whole without `--wide`.
 const NAME_WIDTH: usize = 48;
 
@@ -348,7 +356,7 @@ fn shown(text: &str, whole: bool) -> String {
     let escaped: String = text
         .chars()
         .flat_map(|c| {
-            if c.is_control() {
+            if c.is_control() || hidden(c) {
                 c.escape_default().collect::<Vec<_>>()
             } else {
                 vec![c]

@@ -10,7 +10,8 @@
 -- ARGV[5] how long each record lives, in milliseconds
 -- Returns the evicted values, one per hold (a lock's token, maybe marked; for a lock of
 -- permits(n) or of shared holds, each evicted holder's token), or an empty array when nothing
--- was evicted (the lock was free, or no hold was the holder's).
+-- was evicted (the lock was free, or no hold was the holder's). A hold already released and
+-- kept only for its minimum hold (a retired token, '~') is freed too, but is nobody's.
 -- The fencing counter moves as fence.lua would move it for a new holder (prelude/fence.lua),
 -- so every token drawn before this one, including the evicted holders', is below it.
 -- Each evicted hold's record, <lock key>:evicted:<token> -> '<who>|<server ms>', shares the
@@ -23,6 +24,11 @@ end
 local function wanted(token)
   return ARGV[4] == '' or holder_of(token) == ARGV[4]
 end
+-- A hold already given back, kept only until its minimum hold ends (release.lua retires its
+-- token with '~'): freed with the rest, but nobody's to evict.
+local function retired(value)
+  return string.sub(value, -1) == '~'
+end
 local now = now_ms()
 local evicted = {}
 local v = redis.pcall('GET', KEYS[1])
@@ -34,29 +40,46 @@ if type(v) == 'table' then
     return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ' that is not a lock')
   end
   local all = redis.call('HGETALL', KEYS[1])
-  local kept = 0
+  -- The holds that go (retired ones among them, listed as nobody's), the holds that stay,
+  -- and the latest end among those.
+  local gone, kept, latest = {}, 0, nil
   for i = 1, #all, 2 do
     local ends = tonumber(all[i + 1])
     if not is_meta(all[i]) and ends and ends > now then
       if wanted(all[i]) then
-        evicted[#evicted + 1] = all[i]
+        gone[#gone + 1] = all[i]
+        if not retired(all[i]) then
+          evicted[#evicted + 1] = all[i]
+        end
       else
         kept = kept + 1
+        if not latest or ends > latest then
+          latest = ends
+        end
       end
     end
   end
-  if #evicted == 0 then
+  if #gone == 0 then
     return evicted
   end
   if kept == 0 then
     redis.call('DEL', KEYS[1])
   else
-    for _, token in ipairs(evicted) do
+    for _, token in ipairs(gone) do
       redis.call('HDEL', KEYS[1], token)
     end
+    -- The hash lives as long as its latest hold left, not an evicted one's: a plain SET NX
+    -- must find the name free once the others are gone.
+    expire_at(KEYS[1], latest)
   end
 elseif v then
   if not wanted(v) then
+    return evicted
+  end
+  if retired(v) then
+    -- Released already, kept for its minimum hold: freed now, and nobody was evicted.
+    redis.call('DEL', KEYS[1])
+    redis.call(ARGV[2], KEYS[1], '')
     return evicted
   end
   evicted[1] = v
@@ -64,7 +87,9 @@ elseif v then
 else
   return evicted
 end
-next_fence(KEYS[2], ARGV[1])
+if #evicted > 0 then
+  next_fence(KEYS[2], ARGV[1])
+end
 for _, value in ipairs(evicted) do
   -- The token without a waiter's mark ('*...') or a retired lease's '~' (release.lua).
   local token = string.match(value, '^([^|]*|%d+|%x+)') or value

@@ -168,6 +168,10 @@ impl Shared {
         crate::metrics::released(&lease.label, lease.keys.kind, lease.acquired.elapsed());
         if lease.remaining().is_zero() {
             lease.report_lost(crate::metrics::Lost::Expired);
+        } else if lease.marked_lost() {
+            // Found not ours by a renewal or a fencing token whose report did not finish (the
+            // guard was dropped while it asked why): counted all the same.
+            lease.report_lost(crate::metrics::Lost::NotOurs);
         }
     }
 

@@ -32,6 +32,8 @@ const STALLED_AFTER: Duration = Duration::from_millis(100);
 /// the lock is never held twice for it).
 pub(super) struct Instance {
     pub(super) node: Box<dyn Node>,
+    /// Its place among the instances, for the log.
+    index: usize,
     health: Mutex<Health>,
 }
 
@@ -43,16 +45,28 @@ struct Health {
 }
 
 impl Health {
-    fn answered(&mut self) {
-        self.heard = Instant::now();
+    /// It answered: if it counted as down, one WARN says it is back, and after how long.
+    fn answered(&mut self, index: usize) {
+        let now = Instant::now();
+        if self.stalled.is_some() {
+            let down = now.duration_since(self.heard);
+            tracing::warn!(
+                instance = index,
+                down_ms = down.as_millis() as u64,
+                "Redlock instance {index} answering again after {:.1} s",
+                down.as_secs_f64()
+            );
+        }
+        self.heard = now;
         self.stalled = None;
     }
 }
 
 impl Instance {
-    pub(super) fn new(node: Box<dyn Node>) -> Arc<Self> {
+    pub(super) fn new(index: usize, node: Box<dyn Node>) -> Arc<Self> {
         Arc::new(Self {
             node,
+            index,
             health: Mutex::new(Health {
                 heard: Instant::now(),
                 stalled: None,
@@ -85,11 +99,21 @@ impl Instance {
         let mut health = locked(&self.health);
         match reply {
             // An error reply from the server is an answer too.
-            Ok(Ok(_)) => health.answered(),
+            Ok(Ok(_)) => health.answered(self.index),
             Ok(Err(LockError::Redis(e))) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
-                health.answered();
+                health.answered(self.index);
             }
             Err(_elapsed) if waited >= STALLED_AFTER && health.heard <= sent => {
+                if health.stalled.is_none() {
+                    // One WARN per outage (a refused connection is told by the node itself).
+                    tracing::warn!(
+                        instance = self.index,
+                        waited_ms = waited.as_millis() as u64,
+                        "Redlock instance {} not answering; one probe per {} ms until it does, the others decide meanwhile",
+                        self.index,
+                        PROBE_EVERY.as_millis()
+                    );
+                }
                 health
                     .stalled
                     .get_or_insert_with(|| Instant::now() + PROBE_EVERY);

@@ -61,7 +61,11 @@ impl Redlock {
     pub(crate) fn new(nodes: Vec<Box<dyn Node>>, drift: Drift, response_timeout: Duration) -> Self {
         let quorum = nodes.len() / 2 + 1;
         Self {
-            nodes: nodes.into_iter().map(Instance::new).collect(),
+            nodes: nodes
+                .into_iter()
+                .enumerate()
+                .map(|(i, node)| Instance::new(i, node))
+                .collect(),
             quorum,
             drift,
             response_timeout,
