@@ -215,7 +215,11 @@ fn deadlines(model: &Model, now_ms: u64) -> Vec<u64> {
         if let Value::Hash(fields) = &entry.value {
             for (_, value) in fields {
                 for word in value.split(|&c| c == b' ') {
-                    let n = std::str::from_utf8(word).ok().and_then(|w| w.parse().ok());
+                    // An ended claim's marker is minus the time it lapses (claims.lua).
+                    let n = std::str::from_utf8(word)
+                        .ok()
+                        .and_then(|w| w.parse::<i64>().ok())
+                        .map(i64::unsigned_abs);
                     out.extend(n.filter(|&n| near(n)));
                 }
             }

@@ -196,20 +196,12 @@ impl Names {
             ),
             38..=43 => Step::eval("extend", EXTEND.body, &[lock], &[&token, &ttl]),
             44..=47 => Step::eval("fence", FENCE.body, &[lock, &fence], &[&token, "60000"]),
-            48..=49 => {
-                // Every hold, or one holder's (the holder part of a token, `host:1`..).
-                let holder = if rng.chance(50) {
-                    String::new()
-                } else {
-                    token.split('|').next().unwrap_or_default().to_owned()
-                };
-                Step::eval(
-                    "force",
-                    FORCE.body,
-                    &[lock, &fence],
-                    &["60000", publish, "ops", &holder, "30000"],
-                )
-            }
+            48..=49 => Step::eval(
+                "force",
+                FORCE.body,
+                &[lock, &fence],
+                &["60000", publish, "ops", "", "30000"],
+            ),
             50..=55 => Step::eval(
                 "permit_acquire",
                 PERMIT_ACQUIRE.body,
@@ -262,8 +254,7 @@ impl Names {
             95 => Step::command(&["PEXPIRE", lock, &ttl]),
             96 => Step::command(&["EXISTS", lock, &queue, &fence]),
             97 if rng.chance(50) => Step::command(&["HGET", lock, &token]),
-            97 if rng.chance(50) => Step::command(&["PTTL", &format!("{lock}:gone:{token}")]),
-            97 => Step::command(&["PTTL", &format!("{lock}:evicted:{token}")]),
+            97 => Step::command(&["PTTL", &format!("{lock}:gone:{token}")]),
             98 if rng.chance(20) => Step::Flush,
             // Out of memory now and then, for about a hundred steps.
             98 if rng.chance(30) => Step::Memory(true),
