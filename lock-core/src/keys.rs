@@ -6,6 +6,8 @@
 //! up in `<prefix>{<name>}:q`. On a deployment whose client re-sends commands by itself (Cluster),
 //! an attempt refused or released leaves a tomb, `<prefix>{<name>}:gone:<token>`, for at most
 //! its lease, so that a late copy of it takes nothing (scripts/prelude/tomb.lua). A
+//! force-release leaves `<prefix>{<name>}:evicted:<token>` per evicted hold for a day, where
+//! its holder reads who evicted it (force.lua). A
 //! lock of `permits(n)`, `n > 1`, keeps all its holders in the
 //! same `<prefix>{<name>}` key, a hash (see [`LockKeys::lock`]). Releases are
 //! published on the channel named like the lock key. The braces are a Redis Cluster hash tag:
@@ -63,6 +65,12 @@ impl LockKeys {
     /// token is drawn.
     pub(crate) fn fence(&self) -> String {
         format!("{}:fence", self.lock)
+    }
+
+    /// `<prefix>{<name>}:evicted:<token>`: who evicted the hold of `token`, and when
+    /// (`<who>|<server ms>`), written by force.lua. Read only once a hold is found gone.
+    pub(crate) fn evicted(&self, token: &str) -> String {
+        format!("{}:evicted:{token}", self.lock)
     }
 }
 

@@ -94,6 +94,17 @@ enum Outcome {
     NotFound,
 }
 
+impl Outcome {
+    /// `Found` when the command found (or did) anything.
+    fn of(any: bool) -> Self {
+        if any {
+            Outcome::Found
+        } else {
+            Outcome::NotFound
+        }
+    }
+}
+
 /// Why a command failed, for the exit code: 2 usage or bad input, 3 Redis.
 struct Failed {
     code: u8,
@@ -222,11 +233,7 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
             } else {
                 table(&found, cli.wide);
             }
-            if found.is_empty() {
-                Outcome::NotFound
-            } else {
-                Outcome::Found
-            }
+            Outcome::of(!found.is_empty())
         }
         Command::Show { name } => {
             let found: Vec<LockInfo> = locks.inspect(name).await?.into_iter().collect();
@@ -245,11 +252,7 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
             } else {
                 table(&found, cli.wide);
             }
-            if found.is_empty() {
-                Outcome::NotFound
-            } else {
-                Outcome::Found
-            }
+            Outcome::of(!found.is_empty())
         }
         Command::Release { name, holder, .. } => {
             // The holders read by the script that evicted them, not by an earlier look.
@@ -298,11 +301,7 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
             } else {
                 println!("{}: was free", shown(name, true));
             }
-            if holders.is_empty() {
-                Outcome::NotFound
-            } else {
-                Outcome::Found
-            }
+            Outcome::of(!holders.is_empty())
         }
     };
     // Nothing was acquired; nothing to wait for.

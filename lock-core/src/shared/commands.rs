@@ -154,16 +154,23 @@ impl Shared {
         self.store.evict(keys, Eviction { holder, by }).await
     }
 
-    /// Why `lease` was found not ours: [`Lost::Evicted`] with the eviction's record
-    /// (`<who>|<server ms>`) when an operator force-released it, else [`Lost::NotOurs`]. One
-    /// read, only once a loss is found, bounded by the response timeout; `NotOurs` when it
-    /// cannot be told.
-    async fn why_not_ours(&self, lease: &Lease) -> (Lost, Option<String>) {
+    /// Counts `lease`, found not ours, as lost for its reason: [`Lost::Evicted`] when an
+    /// operator force-released it (the eviction's record, `<who>|<server ms>`, is returned), else
+    /// [`Lost::NotOurs`]. One read, only once a loss is found, bounded by the response timeout;
+    /// `NotOurs` when it cannot be told. Also whether the caller's WARN is the first of this
+    /// loss ([`Lease::first_loss_warning`]).
+    async fn count_not_ours(&self, lease: &Lease) -> (Option<String>, bool) {
         let read = self.store.evicted_by(&lease.keys, &lease.token);
-        match tokio::time::timeout(self.settings.response_timeout, read).await {
-            Ok(Ok(Some(record))) => (Lost::Evicted, Some(record)),
-            _ => (Lost::NotOurs, None),
-        }
+        let record = match tokio::time::timeout(self.settings.response_timeout, read).await {
+            Ok(Ok(record)) => record,
+            _ => None,
+        };
+        lease.report_lost(if record.is_some() {
+            Lost::Evicted
+        } else {
+            Lost::NotOurs
+        });
+        (record, lease.first_loss_warning())
     }
 
     /// The lock keys matching a `SCAN` pattern (see `LockManager::list`).
@@ -223,9 +230,7 @@ impl Shared {
                 // Lost now, before the read below: a caller that drops this future while it
                 // reads must not find the guard still saying it holds.
                 lease.mark_lost();
-                let (why, record) = self.why_not_ours(lease).await;
-                lease.report_lost(why);
-                let first = lease.first_loss_warning();
+                let (record, first) = self.count_not_ours(lease).await;
                 if let (Some(record), true) = (&record, first) {
                     tracing::warn!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), evicted_by = %crate::validate::Logged(record), "lease lost: evicted by an operator (force-release)");
                 } else if first {
@@ -270,9 +275,8 @@ impl Shared {
                     Answer::Drawn(fence) => Ok(fence),
                     _not_ours => {
                         lease.mark_lost();
-                        let (why, record) = self.why_not_ours(lease).await;
-                        lease.report_lost(why);
-                        if lease.first_loss_warning() {
+                        let (record, first) = self.count_not_ours(lease).await;
+                        if first {
                             tracing::warn!(lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token), evicted_by = %crate::validate::Logged(record.as_deref().unwrap_or("-")), "no fencing token: the key expired, another owner holds it, or an operator evicted it");
                         }
                         Err(lost())
@@ -316,9 +320,7 @@ impl Shared {
         on_failure.disarm();
         if let Ok(false) = released {
             // A release that found the key gone or another's: why, for the loss's reason.
-            let (why, record) = self.why_not_ours(lease).await;
-            lease.report_lost(why);
-            let first = lease.first_loss_warning();
+            let (record, first) = self.count_not_ours(lease).await;
             if let (Some(record), true) = (&record, first) {
                 tracing::warn!(
                     lock = %crate::validate::Logged(&lease.name), holder = %crate::token::holder_or_unknown(&lease.token),

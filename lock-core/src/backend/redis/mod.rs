@@ -144,7 +144,7 @@ impl Node for RedisNode {
     ) -> BoxFuture<'a, Result<Option<String>>> {
         Box::pin(async move {
             let mut get = redis::cmd("GET");
-            get.arg(format!("{}:evicted:{token}", keys.lock));
+            get.arg(keys.evicted(token));
             Ok(self.query(&get).await?)
         })
     }
