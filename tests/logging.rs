@@ -89,7 +89,7 @@ fn logs_at_every_level_never_contain_the_token() {
         logs.contains("lease renewed"),
         "the watchdog's renewals are among the logs checked: {logs}"
     );
-    // `<holder>|<ms>|<random>`: the holder id may show, the random part (the secret) never.
+    // `<holder>|<ms>|<lease>|<random>`: the holder id may show, the random part (the secret) never.
     for token in tokens {
         let secret = token.rsplit('|').next().unwrap();
         assert_eq!(secret.len(), 32);

@@ -55,6 +55,8 @@ pub(crate) struct Acquisition<'a> {
     /// Counted in `lock_waiting` from its first refusal to its end.
     pub(crate) waiting: Option<crate::metrics::Waiting<'a>>,
     pub(crate) lease_len: Duration,
+    /// Whether a watchdog will renew the lease (`auto_extend`), recorded in the token.
+    pub(crate) renewed: bool,
     pub(crate) began: Instant,
     pub(crate) deadline: Instant,
     /// Release notifications, set up after the first refusal: never on the uncontended path.
@@ -111,7 +113,7 @@ impl Acquisition<'_> {
         let attempt = self.shared.attempt(
             self.keys,
             self.name,
-            self.lease_len,
+            (self.lease_len, self.renewed),
             self.watch.is_some(),
             self.ticket.clone(),
         );

@@ -382,7 +382,7 @@ pub use manager::{
     default_manager, set_default_manager, LockManager, LockManagerBuilder, DEFAULT_KEY_PREFIX,
     DEFAULT_MAX_POLL_INTERVAL, DEFAULT_METRICS_LABEL_LIMIT,
 };
-pub use ops::LockInfo;
+pub use ops::{LockInfo, WaiterInfo};
 pub use request::{LockRequest, DEFAULT_TTL};
 pub use validate::{MAX_NAME_LEN, MAX_TTL, MIN_TTL};
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::backend::Found;
-use crate::token::holder_of;
+use crate::token::record_of;
 use crate::validate::check_name;
 use crate::{LockManager, Result};
 
@@ -32,28 +32,92 @@ pub struct LockInfo {
     pub permits: u32,
     /// Whether this is a [`shared`](crate::LockRequest::shared) (read) hold.
     pub shared: bool,
-    /// How many exclusive or fair acquisitions (writers) wait for this lock now, from the
-    /// claims they record while they wait (see [`LockRequest::shared`](crate::LockRequest::shared));
-    /// shared requests waiting show only in [`waited_for`](Self::waited_for). 0 from
-    /// [`LockManager::evict`].
+    /// How many exclusive or fair acquisitions (writers) wait for this lock now: the length
+    /// of [`waiters`](Self::waiters). Shared requests waiting show only in
+    /// [`waited_for`](Self::waited_for). 0 from [`LockManager::evict`].
     pub waiting: u32,
+    /// The writers waiting for this lock now, from the claims they record while they wait
+    /// (see [`LockRequest::shared`](crate::LockRequest::shared)) and the fair line: the fair
+    /// waiters first, in the order they will get it, then the others (who race for it when it
+    /// is released). The same list for every hold of one name. A waiter that stopped (crashed)
+    /// leaves it within a few poll intervals. Empty from [`LockManager::evict`].
+    pub waiters: Vec<WaiterInfo>,
+    /// The lease each acquisition and renewal of this hold sets, as its holder asked
+    /// ([`ttl`](crate::LockRequest::ttl), or `max_hold` when shorter); `None` for a lock taken
+    /// by lock-core 0.1.0 or by another client. Recorded in the owner token, so it costs no
+    /// command.
+    pub ttl: Option<Duration>,
+    /// Whether the holder's watchdog renews the lease
+    /// ([`auto_extend`](crate::LockRequest::auto_extend)). A renewed lock whose
+    /// [`renewed_ago`](Self::renewed_ago) grows past a third of its `ttl` has a holder that
+    /// stopped renewing it (stalled, or gone): it ends with its `remaining`.
+    pub auto_extend: bool,
+    /// How long ago the lease was last set: `ttl - remaining`, at least zero. For a lock
+    /// renewed by its watchdog it stays below about a third of the `ttl` while its holder
+    /// lives; a holder that sets other leases with [`LockGuard::extend`](crate::LockGuard::extend)
+    /// makes it read short. `None` when `ttl` or `remaining` is.
+    pub renewed_ago: Option<Duration>,
+    /// When the lease ends unless renewed: now (this machine's clock) plus `remaining`.
+    pub expires_at: Option<SystemTime>,
 }
 
 impl LockInfo {
     fn of(name: String, found: Found) -> Self {
-        let (holder, acquired_at) = match holder_of(&found.value) {
-            Some((holder, at)) => (holder, Some(at)),
-            None => ("unknown".to_owned(), None),
-        };
+        let record = record_of(&found.value);
+        let ttl = record.as_ref().and_then(|r| r.lease);
         LockInfo {
             name,
-            holder,
-            acquired_at,
+            holder: record
+                .as_ref()
+                .map_or_else(|| "unknown".to_owned(), |r| r.holder.clone()),
+            acquired_at: record.as_ref().map(|r| r.since),
             remaining: found.left,
+            ttl,
+            auto_extend: record.as_ref().is_some_and(|r| r.renewed),
+            renewed_ago: ttl
+                .zip(found.left)
+                .map(|(ttl, left)| ttl.saturating_sub(left)),
+            expires_at: found.left.map(|left| SystemTime::now() + left),
             waited_for: found.value.contains('*'),
             permits: found.permits,
             shared: found.permits == 0,
-            waiting: found.waiting,
+            waiting: u32::try_from(found.waiters.len()).unwrap_or(u32::MAX),
+            // The fair line comes first, in its order: a fair waiter's index is its place.
+            waiters: found
+                .waiters
+                .iter()
+                .enumerate()
+                .map(|(i, w)| WaiterInfo::of(w, i))
+                .collect(),
+        }
+    }
+}
+
+/// A writer waiting for a lock, as [`LockInfo::waiters`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WaiterInfo {
+    /// The holder id of the manager whose acquisition waits, or `"unknown"` for a waiter of a
+    /// version of lock-core that did not record it.
+    pub holder: String,
+    /// When the acquisition started waiting, by its own clock (`None` when unknown).
+    pub since: Option<SystemTime>,
+    /// Its place in the fair line ([`fair`](crate::LockRequest::fair)): 1 is next. `None` for
+    /// an exclusive acquisition, which is in no line.
+    pub position: Option<u32>,
+}
+
+impl WaiterInfo {
+    fn of(waiter: &crate::backend::Waiter, index: usize) -> Self {
+        let record = record_of(&waiter.ticket);
+        WaiterInfo {
+            holder: record
+                .as_ref()
+                .map_or_else(|| "unknown".to_owned(), |r| r.holder.clone()),
+            since: record.map(|r| r.since),
+            position: waiter
+                .arrival
+                .map(|_| u32::try_from(index + 1).unwrap_or(u32::MAX)),
         }
     }
 }
@@ -98,6 +162,25 @@ impl LockManager {
             .collect();
         locks.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(locks)
+    }
+
+    /// The key prefixes under which lock-core locks are held on this deployment, other than
+    /// this manager's own [`key_prefix`](crate::LockManagerBuilder::key_prefix), sorted: for
+    /// an operator whose [`list`](Self::list) found nothing, to tell a wrong prefix from no
+    /// locks. It `SCAN`s every key shaped like a lock key (`*{*}`), as `list("*")` would with
+    /// every prefix, and keeps those whose value is a lock-core owner token.
+    pub async fn other_prefixes(&self) -> Result<Vec<String>> {
+        let own = &self.shared().settings().prefix;
+        let found = self.shared().scan("*{*}").await?;
+        let mut prefixes: Vec<String> = found
+            .into_iter()
+            .filter(|(_, found)| record_of(&found.value).is_some())
+            .filter_map(|(key, _)| Some(key[..key.find('{')?].to_owned()))
+            .filter(|prefix| prefix != own)
+            .collect();
+        prefixes.sort();
+        prefixes.dedup();
+        Ok(prefixes)
     }
 
     /// Frees `name` whoever holds it: `true` when it was held. For an operator, when a holder
@@ -178,7 +261,7 @@ impl LockManager {
                         value,
                         left: None,
                         permits: 1,
-                        waiting: 0,
+                        waiters: Vec::new(),
                     },
                 )
             })

@@ -13,7 +13,6 @@ use crate::keys::LockKeys;
 use crate::kind::Kind;
 use crate::lease::Grant;
 use crate::shared::Shared;
-use crate::token::new_token;
 use crate::validate::{check_name, check_ttl};
 use crate::{watchdog, LockError, LockGuard, Result};
 
@@ -335,8 +334,8 @@ impl<'a> LockRequest<'a> {
         let keys = self.shared.keys(&self.name).of_kind(kind);
         // A fair acquisition's place in line, or a waiting writer's claim (both keep new shared
         // holds out while it waits): the same id for all its attempts.
-        let ticket =
-            (kind == Kind::Fair || kind == Kind::Exclusive && !wait.is_zero()).then(new_token);
+        let ticket = (kind == Kind::Fair || kind == Kind::Exclusive && !wait.is_zero())
+            .then(|| crate::token::ticket(&self.shared.settings().holder));
         let line = ticket.as_deref().map(|id| Line {
             shared: self.shared,
             keys: &keys,
@@ -354,6 +353,7 @@ impl<'a> LockRequest<'a> {
             label: &label,
             waiting: None,
             lease_len,
+            renewed: self.auto_extend,
             began,
             deadline: later(began, wait),
             watch: None,

@@ -3,15 +3,24 @@
 /// Number of random bytes in a token (128 bits).
 const TOKEN_BYTES: usize = 16;
 
-/// An owner token: `<holder>|<unix ms when the attempt was made>|<new_token()>`. The holder
-/// and the time ride in the token so that `inspect` can tell who holds a lock and since when,
-/// at no cost in commands; only the random part is a secret (the whole token proves ownership,
-/// and the random part makes it unguessable).
-pub(crate) fn owner_token(holder: &str) -> String {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    format!("{holder}|{since}|{}", new_token())
+/// An owner token: `<holder>|<unix ms when the attempt was made>|<lease ms>[w]|<new_token()>`.
+/// The holder, the time, the lease the attempt asks for and whether a watchdog renews it
+/// (`w`: `auto_extend`) ride in the token so that `inspect` can tell who holds a lock, since
+/// when, for how long a lease and whether it is kept alive, at no cost in commands; only the
+/// random part is a secret (the whole token proves ownership, and the random part makes it
+/// unguessable). lock-core 0.1.0 wrote `<holder>|<unix ms>|<random>`, which is still read.
+pub(crate) fn owner_token(holder: &str, lease: std::time::Duration, renewed: bool) -> String {
+    let since = unix_ms_now();
+    let lease = lease.as_millis();
+    let renewed = if renewed { "w" } else { "" };
+    format!("{holder}|{since}|{lease}{renewed}|{}", new_token())
+}
+
+/// A fair waiter's ticket, or a waiting writer's claim id: `<holder>|<unix ms>|<new_token()>`,
+/// the same for all the attempts of one acquisition. The holder and the time it started
+/// waiting are there for operators (`lockctl queue`); the random part keeps it unique.
+pub(crate) fn ticket(holder: &str) -> String {
+    format!("{holder}|{}|{}", unix_ms_now(), new_token())
 }
 
 /// This machine's wall clock, in ms since the Unix epoch.
@@ -21,15 +30,52 @@ pub(crate) fn unix_ms_now() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// What a lock key's value tells of its holder: the holder id and when it took the lock (from
-/// its own clock), for values written by [`owner_token`]; `None` for others (a bare random
-/// token, as versions before holder ids wrote). Whether a waiter marked the key is the `*`.
-pub(crate) fn holder_of(value: &str) -> Option<(String, std::time::SystemTime)> {
+/// What a lock key's value (or a ticket) tells of its holder, for values written by
+/// [`owner_token`] or [`ticket`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Record {
+    /// The holder id.
+    pub(crate) holder: String,
+    /// When it made the attempt that took the lock (or started waiting), by its own clock.
+    pub(crate) since: std::time::SystemTime,
+    /// The lease the attempt asked for; `None` in tokens of lock-core 0.1.0, and tickets.
+    pub(crate) lease: Option<std::time::Duration>,
+    /// Whether its watchdog renews it (`auto_extend`).
+    pub(crate) renewed: bool,
+}
+
+/// The [`Record`] in a lock key's value, a hash field or a ticket; `None` for values written
+/// by other clients (a bare random token, as versions before holder ids wrote, redis-py's and
+/// redsync's). What follows a waiter's `*` mark is not part of it.
+pub(crate) fn record_of(value: &str) -> Option<Record> {
     let token = value.split('*').next().unwrap_or(value);
-    let mut parts = token.rsplitn(3, '|');
-    let (_random, since, holder) = (parts.next()?, parts.next()?, parts.next()?);
+    let parts: Vec<&str> = token.split('|').collect();
+    let (holder, since, lease) = match parts[..] {
+        [holder, since, _random] => (holder, since, None),
+        [holder, since, lease, _random] => (holder, since, Some(lease)),
+        _ => return None,
+    };
     let since = std::time::UNIX_EPOCH + std::time::Duration::from_millis(since.parse().ok()?);
-    Some((holder.to_owned(), since))
+    let (lease, renewed) = match lease {
+        None => (None, false),
+        Some(lease) => {
+            let renewed = lease.ends_with('w');
+            let ms = lease.strip_suffix('w').unwrap_or(lease).parse().ok()?;
+            (Some(std::time::Duration::from_millis(ms)), renewed)
+        }
+    };
+    Some(Record {
+        holder: holder.to_owned(),
+        since,
+        lease,
+        renewed,
+    })
+}
+
+/// What a lock key's value tells of its holder: the holder id and when it took the lock (from
+/// its own clock); see [`record_of`].
+pub(crate) fn holder_of(value: &str) -> Option<(String, std::time::SystemTime)> {
+    record_of(value).map(|r| (r.holder, r.since))
 }
 
 /// The holder id in `token`, or `"unknown"`, for log events.
@@ -138,8 +184,26 @@ mod holder_tests {
 
     #[test]
     fn a_token_carries_its_holder_and_time_and_nothing_else_readable() {
-        let token = owner_token("web-1:42");
+        let token = owner_token("web-1:42", std::time::Duration::from_millis(30_000), true);
         let (holder, since) = holder_of(&token).unwrap();
+        let record = record_of(&token).unwrap();
+        assert_eq!(record.lease, Some(std::time::Duration::from_secs(30)));
+        assert!(record.renewed);
+        let plain = record_of(&owner_token(
+            "w",
+            std::time::Duration::from_millis(1500),
+            false,
+        ));
+        assert_eq!(
+            plain.map(|r| (r.lease, r.renewed)),
+            Some((Some(std::time::Duration::from_millis(1500)), false))
+        );
+        // A token of lock-core 0.1.0: no lease recorded.
+        let old = format!("web-1:42|1700000000000|{}", new_token());
+        let old = record_of(&old).unwrap();
+        assert_eq!((old.holder.as_str(), old.lease), ("web-1:42", None));
+        // A ticket names its waiter.
+        assert_eq!(record_of(&ticket("web-2:7")).unwrap().holder, "web-2:7");
         assert_eq!(holder, "web-1:42");
         let age = std::time::SystemTime::now().duration_since(since).unwrap();
         assert!(age < std::time::Duration::from_secs(5));

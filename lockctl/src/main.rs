@@ -2,7 +2,10 @@
 //!
 //! ```text
 //! lockctl list [PATTERN]          held locks whose name matches PATTERN (default `*`)
-//! lockctl show NAME               one lock: holder, since when, time left
+//! lockctl show NAME               one lock: holder, since when, ttl, last renewed, time left
+//! lockctl queue NAME              the writers waiting for it, the fair line in order
+//! lockctl watch [PATTERN]         a live table, redrawn in place until q or Ctrl-C
+//!                                 (--once: one frame; --interval: how often, default 1s)
 //! lockctl release NAME --force    free it whoever holds it (advances its fencing counter);
 //!                                 --holder H frees only the holds of holder H
 //! ```
@@ -18,10 +21,15 @@
 //! with `--json`).
 
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lock_core::{LockInfo, LockManager};
+
+mod view;
+mod watch;
+
+use view::{locks_table, rows, shown, waiter_rows, waiters_table};
 
 #[derive(Parser, Debug)]
 #[command(name = "lockctl", version, about = "Inspect and free lock-core locks")]
@@ -69,8 +77,23 @@ enum Command {
         #[arg(default_value = "*")]
         pattern: String,
     },
-    /// One lock: who holds it, since when, and for how long still.
+    /// One lock: who holds it, since when, its ttl, when it was last renewed, and for how
+    /// long still.
     Show { name: String },
+    /// The writers waiting for a lock: the fair line in order, then the others.
+    Queue { name: String },
+    /// A live table of the held locks whose name matches PATTERN, redrawn in place: `q` or
+    /// Ctrl-C quits.
+    Watch {
+        #[arg(default_value = "*")]
+        pattern: String,
+        /// Print one frame and exit.
+        #[arg(long)]
+        once: bool,
+        /// How often to redraw: `500ms`, `2s`.
+        #[arg(long, default_value = "1s", value_parser = duration)]
+        interval: Duration,
+    },
     /// Free a lock whoever holds it. Its fencing counter moves on, so the evicted holder's
     /// fenced writes are refused; the evicted holder learns it at its next renewal.
     Release {
@@ -135,7 +158,24 @@ impl From<lock_core::LockError> for Failed {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() && std::env::args_os().any(|a| a == "--json") => {
+            // A usage error, asked for as JSON: the one error shape, on stderr.
+            let rendered = e.to_string();
+            let message = rendered
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            eprintln!(
+                "{}",
+                serde_json::json!({ "schema": SCHEMA, "error": message, "exit": 2 })
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     match run(&cli).await {
         Ok(Outcome::Found) => ExitCode::SUCCESS,
         Ok(Outcome::NotFound) => ExitCode::from(1),
@@ -225,13 +265,34 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
     let outcome = match &cli.command {
         Command::List { pattern } => {
             let found = locks.list(pattern).await?;
+            // Nothing here: say where locks are held, in case the prefix is the wrong one.
+            let elsewhere = if found.is_empty() {
+                locks.other_prefixes().await?
+            } else {
+                Vec::new()
+            };
             if cli.json {
                 println!(
                     "{}",
-                    serde_json::json!({ "schema": SCHEMA, "locks": rows(&found) })
+                    serde_json::json!({
+                        "schema": SCHEMA,
+                        "locks": rows(&found),
+                        "other_prefixes": elsewhere,
+                    })
                 );
             } else {
-                table(&found, cli.wide);
+                print!("{}", locks_table(&found, cli.wide));
+            }
+            if !elsewhere.is_empty() {
+                eprintln!(
+                    "lockctl: no lock under prefix {} matches; locks are held under {} (--prefix)",
+                    shown(&cli.prefix, true),
+                    elsewhere
+                        .iter()
+                        .map(|p| shown(p, true))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
             Outcome::of(!found.is_empty())
         }
@@ -250,9 +311,69 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
             } else if found.is_empty() {
                 println!("{}: free", shown(name, true));
             } else {
-                table(&found, cli.wide);
+                print!("{}", locks_table(&found, cli.wide));
             }
             Outcome::of(!found.is_empty())
+        }
+        Command::Queue { name } => {
+            let found = locks.inspect(name).await?;
+            let waiters = found
+                .as_ref()
+                .map(|f| f.waiters.as_slice())
+                .unwrap_or_default();
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "schema": SCHEMA,
+                        "name": name,
+                        "held": found.is_some(),
+                        "holder": found.as_ref().map(|f| &f.holder),
+                        "waiters": waiter_rows(waiters),
+                    })
+                );
+            } else {
+                match &found {
+                    Some(info) => println!(
+                        "{}: held by {}, {} waiting",
+                        shown(name, true),
+                        shown(&info.holder, true),
+                        waiters.len()
+                    ),
+                    None => println!("{}: free, nobody waiting", shown(name, true)),
+                }
+                if !waiters.is_empty() {
+                    print!("{}", waiters_table(waiters, cli.wide));
+                }
+            }
+            Outcome::of(!waiters.is_empty())
+        }
+        Command::Watch {
+            pattern,
+            once,
+            interval,
+        } => {
+            let watch = watch::Watch {
+                pattern,
+                prefix: &cli.prefix,
+                interval: *interval,
+                wide: cli.wide,
+            };
+            if *once || cli.json {
+                if cli.json {
+                    let found = locks.list(pattern).await?;
+                    println!(
+                        "{}",
+                        serde_json::json!({ "schema": SCHEMA, "locks": rows(&found) })
+                    );
+                    Outcome::of(!found.is_empty())
+                } else {
+                    Outcome::of(watch::once(&locks, &watch).await?)
+                }
+            } else {
+                watch::live(&locks, &watch).await;
+                Outcome::Found
+            }
         }
         Command::Release { name, holder, .. } => {
             // The holders read by the script that evicted them, not by an earlier look.
@@ -307,144 +428,4 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
     // Nothing was acquired; nothing to wait for.
     let _ = locks.shutdown(Duration::from_secs(1)).await;
     Ok(outcome)
-}
-
-/// The `--json` rows of `locks`.
-fn rows(locks: &[LockInfo]) -> Vec<serde_json::Value> {
-    let now = SystemTime::now();
-    locks
-        .iter()
-        .map(|info| {
-            let kind = if info.shared {
-                "shared"
-            } else if info.permits > 1 {
-                "permits"
-            } else {
-                "exclusive"
-            };
-            serde_json::json!({
-                "name": info.name,
-                "kind": kind,
-                "holder": info.holder,
-                "acquired_at_ms": info.acquired_at.and_then(unix_ms),
-                "remaining_ms": info.remaining.map(|d| d.as_millis() as u64),
-                "expires_at_ms": info.remaining.and_then(|d| unix_ms(now + d)),
-                "waited_for": info.waited_for,
-                "waiting": info.waiting,
-                "permits": info.permits,
-                "shared": info.shared,
-            })
-        })
-        .collect()
-}
-
-/// Characters that change how a line reads without showing themselves: bidirectional
-/// overrides and isolates, zero-width characters, line and paragraph separators.
-fn hidden(c: char) -> bool {
-    matches!(c,
-        '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2028}' | '\u{2029}'
-        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
-}
-
-/// The longest name a table shows whole without `--wide`.
-const NAME_WIDTH: usize = 48;
-
-/// `text` as a terminal may show it: control characters escaped (a newline in a name cannot
-/// print a row of its own), and, unless `whole`, cut to [`NAME_WIDTH`] characters with `…`.
-fn shown(text: &str, whole: bool) -> String {
-    let escaped: String = text
-        .chars()
-        .flat_map(|c| {
-            if c.is_control() || hidden(c) {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect();
-    if whole || escaped.chars().count() <= NAME_WIDTH {
-        return escaped;
-    }
-    let mut cut: String = escaped.chars().take(NAME_WIDTH - 1).collect();
-    cut.push('…');
-    cut
-}
-
-/// The table of `locks`, one row per holder.
-fn table(locks: &[LockInfo], wide: bool) {
-    let rows: Vec<[String; 5]> = locks
-        .iter()
-        .map(|info| {
-            [
-                // One row per permit of a lock of `permits(n)`, and per shared holder.
-                if info.shared {
-                    format!("{} (shared)", shown(&info.name, wide))
-                } else if info.permits > 1 {
-                    format!("{} (permits {})", shown(&info.name, wide), info.permits)
-                } else {
-                    shown(&info.name, wide)
-                },
-                shown(&info.holder, wide),
-                info.acquired_at.map_or("-".to_owned(), ago),
-                info.remaining.map_or("no expiry".to_owned(), human),
-                // Writers waiting, counted; else whether some request (a shared one) waits.
-                if info.waiting > 0 {
-                    info.waiting.to_string()
-                } else if info.waited_for {
-                    "yes".to_owned()
-                } else {
-                    "no".to_owned()
-                },
-            ]
-        })
-        .collect();
-    let header = ["NAME", "HOLDER", "HELD FOR", "REMAINING", "WAITERS"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; 5]| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        println!("{}", out.trim_end());
-    };
-    line(header);
-    for row in &rows {
-        line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
-    }
-}
-
-fn unix_ms(at: SystemTime) -> Option<u64> {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_millis() as u64)
-}
-
-/// How long ago `at` was, by this machine's clock.
-fn ago(at: SystemTime) -> String {
-    SystemTime::now()
-        .duration_since(at)
-        .map_or_else(|_| "0s".to_owned(), human)
-}
-
-/// `1h02m`, `3m04s`, `12.3s`, `450ms`.
-fn human(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs >= 3600 {
-        format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
-    } else if secs >= 60 {
-        format!("{}m{:02}s", secs / 60, secs % 60)
-    } else if secs >= 1 {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
 }

@@ -308,7 +308,7 @@ async fn flags_anywhere_exit_codes_timeouts_and_escaped_names() {
     assert!(!table.lines().any(|l| l.starts_with("fake:1")), "{table}");
     assert!(table.contains("evil\\nfake:1"), "{table}");
     assert!(
-        table.lines().all(|l| l.chars().count() < 48 + 60),
+        table.lines().all(|l| l.chars().count() < 48 + 100),
         "{table}"
     );
     assert!(table.contains('…') && !table.contains(&long));
@@ -344,4 +344,438 @@ async fn flags_anywhere_exit_codes_timeouts_and_escaped_names() {
     );
     assert!(busy.release().await.unwrap());
     waiter.await.unwrap();
+}
+
+/// What an on-call engineer reads to tell a live holder from a dead one: the ttl each holder
+/// asked for, whether its watchdog renews it, when it was last renewed, when it ends; who waits
+/// (`queue`, the fair line in order); and, when nothing matches, where locks are held instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_carry_ttl_renewal_and_expiry_and_queue_lists_the_waiters() {
+    let server = RedisServer::start();
+    let worker = LockManager::builder()
+        .url(&server.url())
+        .holder_id("renewing-7")
+        .build()
+        .await
+        .unwrap();
+    // A 3 s lease renewed by its watchdog (every second), and one that is not.
+    let renewed = worker
+        .lock("jobs:renewed")
+        .ttl(Duration::from_secs(3))
+        .auto_extend(true)
+        .acquire()
+        .await
+        .unwrap();
+    let plain = worker
+        .try_acquire("jobs:plain", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    // Held past two renewals: renewed a moment ago, not when it was taken.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!renewed.is_lost());
+    let out = lockctl(&server, &["list", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |name: &str| {
+        json["locks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {json}"))
+            .clone()
+    };
+    let (r, p) = (row("jobs:renewed"), row("jobs:plain"));
+    assert_eq!(
+        (r["ttl_ms"].as_u64(), r["auto_extend"].as_bool()),
+        (Some(3000), Some(true)),
+        "{r}"
+    );
+    assert_eq!(
+        (p["ttl_ms"].as_u64(), p["auto_extend"].as_bool()),
+        (Some(30_000), Some(false)),
+        "{p}"
+    );
+    // Renewed within the last renewal interval (1 s) plus a loaded machine's margin, though
+    // held for 2.5 s; the plain one was last set when taken.
+    let renewed_ago = r["renewed_ago_ms"].as_u64().unwrap();
+    assert!(renewed_ago < 2000, "{r}");
+    assert!(p["renewed_ago_ms"].as_u64().unwrap() >= 2400, "{p}");
+    let expires = p["expires_at_ms"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(expires > now + 20_000 && expires <= now + 30_000, "{p}");
+    let table = stdout(&lockctl(&server, &["show", "jobs:renewed"]));
+    let header = table.lines().next().unwrap();
+    for column in ["TTL", "RENEWED AGO", "EXPIRES AT"] {
+        assert!(header.contains(column), "{table}");
+    }
+    assert!(table.contains("3.0s auto"), "{table}");
+
+    assert!(renewed.release().await.unwrap());
+
+    // A stalled holder's row (its runtime thread blocked, so its watchdog cannot renew): the
+    // time since its last renewal grows past half its ttl while the lock is still held, which
+    // a live holder's never does (it renews every third of the ttl).
+    let url = server.url();
+    let (taken_tx, taken) = std::sync::mpsc::channel();
+    let stalled = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let stuck = LockManager::builder()
+                .url(&url)
+                .holder_id("stuck-3")
+                .build()
+                .await
+                .unwrap();
+            let guard = stuck
+                .lock("jobs:stuck")
+                .ttl(Duration::from_secs(6))
+                .auto_extend(true)
+                .acquire()
+                .await
+                .unwrap();
+            taken_tx.send(()).unwrap();
+            // A blocking call on the runtime's only thread: no renewal runs.
+            std::thread::sleep(Duration::from_secs(10));
+            drop(guard);
+        });
+    });
+    taken.recv().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = lockctl(&server, &["show", "jobs:stuck", "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            json["held"], true,
+            "held for 6 s after its last renewal: {json}"
+        );
+        let row = &json["locks"][0];
+        assert_eq!(row["holder"], "stuck-3");
+        if row["renewed_ago_ms"].as_u64().unwrap() >= 3000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{json}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stalled.join().unwrap();
+
+    // queue: a fair line of two, in order, named by their holder ids, and a plain waiter.
+    let busy = worker.try_acquire("line:1", LONG).await.unwrap().unwrap();
+    let mut waiters = Vec::new();
+    for (id, fair) in [
+        ("first-in-line", true),
+        ("second-in-line", true),
+        ("racer", false),
+    ] {
+        let waiter = LockManager::builder()
+            .url(&server.url())
+            .holder_id(id)
+            .build()
+            .await
+            .unwrap();
+        waiters.push(tokio::spawn(async move {
+            let guard = waiter
+                .lock("line:1")
+                .ttl(LONG)
+                .fair(fair)
+                .wait(Duration::from_secs(60))
+                .acquire()
+                .await
+                .unwrap();
+            assert!(guard.release().await.unwrap());
+        }));
+        // In line one after the other: the next joins once this one shows.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = lockctl(&server, &["queue", "line:1", "--json"]);
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if json["waiters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["holder"] == id)
+            {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{json}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let out = lockctl(&server, &["queue", "line:1", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["held"], true);
+    let line: Vec<(String, serde_json::Value)> = json["waiters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["holder"].as_str().unwrap().to_owned(),
+                w["position"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        line,
+        [
+            ("first-in-line".to_owned(), serde_json::json!(1)),
+            ("second-in-line".to_owned(), serde_json::json!(2)),
+            ("racer".to_owned(), serde_json::Value::Null),
+        ],
+        "{json}"
+    );
+    let table = stdout(&lockctl(&server, &["queue", "line:1"]));
+    assert!(table.contains("3 waiting"), "{table}");
+    let rows: Vec<&str> = table.lines().skip(2).collect();
+    assert!(rows[0].starts_with("1  first-in-line"), "{table}");
+    assert!(rows[1].starts_with("2  second-in-line"), "{table}");
+    assert!(rows[2].starts_with("-  racer"), "{table}");
+    assert!(busy.release().await.unwrap());
+    for waiter in waiters {
+        waiter.await.unwrap();
+    }
+    let out = lockctl(&server, &["queue", "line:1"]);
+    assert_eq!(out.status.code(), Some(1), "free, nobody waiting");
+
+    // A wrong prefix: nothing matches, and stderr says where locks are held.
+    let out = lockctl(&server, &["list", "--prefix", "locks:"]);
+    assert_eq!(out.status.code(), Some(1));
+    let hint = String::from_utf8_lossy(&out.stderr);
+    assert!(hint.contains("held under lock:"), "{hint}");
+    let out = lockctl(&server, &["list", "--prefix", "locks:", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["other_prefixes"], serde_json::json!(["lock:"]));
+
+    // A usage error under --json is the one JSON error shape too.
+    let out = lockctl(&server, &["list", "--json", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    let error: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(
+        (error["exit"].as_u64(), error["schema"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert!(out.stdout.is_empty());
+    assert!(plain.release().await.unwrap());
+}
+
+/// A terminal of its own (tmux, on a socket of its own), running one command in a pane that
+/// stays after the command ends, so that the screen it left can be read; its exit status is
+/// written to a file by the shell that ran it (tmux's own record of it is racy: a pane whose
+/// terminal closed before its process was reaped shows no status).
+struct Terminal {
+    socket: String,
+    config: std::path::PathBuf,
+    status: std::path::PathBuf,
+}
+
+impl Terminal {
+    /// Runs `command` (argv) in a 110x30 terminal.
+    fn run(command: &[String]) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = format!("lockctl-test-{}-{n}", std::process::id());
+        let config = std::env::temp_dir().join(format!("{socket}.conf"));
+        let status = std::env::temp_dir().join(format!("{socket}.status"));
+        std::fs::write(&config, "set -g remain-on-exit on\n").unwrap();
+        let _ = std::fs::remove_file(&status);
+        let started = Command::new("tmux")
+            .args(["-L", &socket, "-f"])
+            .arg(&config)
+            .args(["new-session", "-d", "-x", "110", "-y", "30", "-s", "t"])
+            // The shell outlives a Ctrl-C to write the status, as an interactive one would
+            // (a trap, unlike an ignored signal, is not inherited by the command).
+            .args(["sh", "-c", "trap : INT; \"$@\"; echo $? > \"$0\""])
+            .arg(&status)
+            .args(command)
+            .env_remove("REDIS_URL")
+            .status()
+            .expect("tmux runs these tests as a person would use lockctl: install tmux");
+        assert!(started.success());
+        Terminal {
+            socket,
+            config,
+            status,
+        }
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The screen as it shows now (`escapes`: with its colours and styles).
+    fn screen(&self, escapes: bool) -> String {
+        if escapes {
+            self.tmux(&["capture-pane", "-p", "-e", "-t", "t"])
+        } else {
+            self.tmux(&["capture-pane", "-p", "-t", "t"])
+        }
+    }
+
+    /// Waits (20 s at most) until the screen shows what `wanted` looks for.
+    fn wait_for(&self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let screen = self.screen(false);
+            if wanted(&screen) {
+                return screen;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited for {what}; the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The command's exit status once it ended (20 s at most): 128 + n for signal n.
+    fn exit_status(&self) -> i32 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(status) = std::fs::read_to_string(&self.status) {
+                if let Ok(status) = status.trim().parse() {
+                    return status;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running:\n{}",
+                self.screen(false)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+        let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(&self.status);
+    }
+}
+
+/// `lockctl watch` as an on-call engineer uses it: in a real terminal, redrawn in place while
+/// other processes take and hand over locks, the new holder's row marked and a lease about to
+/// end marked, then `q` (and, in a second run, Ctrl-C) ends it and gives the screen back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_redraws_in_place_in_a_terminal_and_quits_on_q_or_ctrl_c() {
+    let server = RedisServer::start();
+    let manager = |id: &'static str| {
+        let url = server.url();
+        async move {
+            LockManager::builder()
+                .url(&url)
+                .holder_id(id)
+                .build()
+                .await
+                .unwrap()
+        }
+    };
+    let (first, second) = (manager("worker-a").await, manager("worker-b").await);
+    let held = first
+        .lock("jobs:a")
+        .ttl(LONG)
+        .auto_extend(true)
+        .acquire()
+        .await
+        .unwrap();
+    let watch = |extra: &[&str]| {
+        let mut argv = vec![
+            env!("CARGO_BIN_EXE_lockctl").to_owned(),
+            "--url".to_owned(),
+            server.url(),
+            "watch".to_owned(),
+            "--interval".to_owned(),
+            "200ms".to_owned(),
+        ];
+        argv.extend(extra.iter().map(|a| a.to_string()));
+        Terminal::run(&argv)
+    };
+    let terminal = watch(&[]);
+    let screen = terminal.wait_for("jobs:a held by worker-a", |s| {
+        s.lines()
+            .any(|l| l.contains("jobs:a") && l.contains("worker-a"))
+    });
+    assert!(screen.contains("1 held"), "{screen}");
+    // The first frame marks nothing; the lease's bar is nearly full.
+    let row = screen.lines().find(|l| l.contains("jobs:a")).unwrap();
+    assert!(
+        row.starts_with(' ') && row.contains("[#########"),
+        "{screen}"
+    );
+
+    // The lock changes hands: the same row, its new holder marked `>` (in reverse video).
+    assert!(held.release().await.unwrap());
+    let _taken = second.try_acquire("jobs:a", LONG).await.unwrap().unwrap();
+    let screen = terminal.wait_for("jobs:a handed to worker-b", |s| {
+        s.lines()
+            .any(|l| l.starts_with('>') && l.contains("jobs:a") && l.contains("worker-b"))
+    });
+    assert!(
+        !screen.contains("worker-a"),
+        "redrawn, not appended: {screen}"
+    );
+    assert_eq!(screen.matches("lockctl watch").count(), 1, "{screen}");
+    let styled = terminal.screen(true);
+    assert!(
+        styled
+            .lines()
+            .any(|l| l.contains("\u{1b}[7m") && l.contains("worker-b")),
+        "{styled:?}"
+    );
+
+    // A lease with a quarter of its ttl left is marked `!` (in red), then leaves the table.
+    let _short = first
+        .try_acquire("jobs:short", Duration::from_secs(8))
+        .await
+        .unwrap()
+        .unwrap();
+    terminal.wait_for("jobs:short about to expire", |s| {
+        s.lines()
+            .any(|l| l.starts_with('!') && l.contains("jobs:short"))
+    });
+    terminal.wait_for("jobs:short gone", |s| {
+        !s.contains("jobs:short") && s.contains("1 held")
+    });
+
+    // `q` quits at once, with status 0, and the screen it drew is gone.
+    terminal.tmux(&["send-keys", "-t", "t", "q"]);
+    assert_eq!(terminal.exit_status(), 0);
+    let after = terminal.screen(false);
+    assert!(
+        !after.contains("lockctl watch"),
+        "the alternate screen was left: {after}"
+    );
+    drop(terminal);
+
+    // Ctrl-C quits the same way.
+    let terminal = watch(&["jobs:*"]);
+    terminal.wait_for("the first frame", |s| s.contains("worker-b"));
+    terminal.tmux(&["send-keys", "-t", "t", "C-c"]);
+    assert_eq!(terminal.exit_status(), 0);
+    assert!(!terminal.screen(false).contains("lockctl watch"));
+
+    // --once: one frame on stdout, no terminal control.
+    let out = lockctl(&server, &["watch", "--once"]);
+    assert_eq!(out.status.code(), Some(0));
+    let frame = stdout(&out);
+    assert!(
+        frame.contains("worker-b") && !frame.contains('\u{1b}'),
+        "{frame}"
+    );
 }

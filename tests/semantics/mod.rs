@@ -483,7 +483,7 @@ pub(crate) async fn tokens_are_unique_over_100000_acquisitions(fx: Fixture) {
     let mut all = HashSet::new();
     for t in tasks {
         for token in t.await.unwrap() {
-            // `<holder>|<ms>|<random>`: the random part alone must never repeat.
+            // `<holder>|<ms>|<lease>|<random>`: the random part alone must never repeat.
             let random = token.rsplit('|').next().unwrap().to_owned();
             assert_eq!(random.len(), 32, "128 bits as hex: {token}");
             assert!(random.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");

@@ -58,11 +58,61 @@ pub(crate) struct Found {
     pub(crate) left: Option<Duration>,
     /// The lock's `permits` (1 for a lock). With more, one `Found` per live permit: its
     /// holder's token in `value` and its own lease in `left`.
-    ///
-    /// And `waiting`: the writers (exclusive or fair acquisitions) waiting for it now, from
-    /// their live claims in `<key>:x` (scripts/prelude/claims.lua).
     pub(crate) permits: u32,
-    pub(crate) waiting: u32,
+    /// The writers (exclusive or fair acquisitions) waiting for it now: their live claims in
+    /// `<key>:x` (scripts/prelude/claims.lua) and live tickets in the fair line `<key>:q`
+    /// (fair.lua), one each, the fair line first in its order.
+    pub(crate) waiters: Vec<Waiter>,
+}
+
+/// A writer waiting for a lock, as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Waiter {
+    /// Its ticket or claim id, `<holder>|<unix ms>|<random>` (token.rs), or an older
+    /// version's bare random one. Never shown whole: the random part is not for operators.
+    pub(crate) ticket: String,
+    /// Its place in the fair line (an arrival number: lower is earlier), for a fair waiter.
+    pub(crate) arrival: Option<u64>,
+}
+
+/// The live waiters in the `HGETALL` replies of a lock's claims (`<key>:x`: id -> the server
+/// ms it lapses, negative for an ended claim's marker, and `#w`) and fair line (`<key>:q`:
+/// ticket -> `<arrival> <expiry ms>`, and `#`), by the clock `now_ms`: each waiter once, the
+/// fair line first in order, then the other claims by ticket.
+pub(crate) fn waiters(
+    claims: &[(String, String)],
+    line: &[(String, String)],
+    now_ms: u64,
+) -> Vec<Waiter> {
+    let mut out: Vec<Waiter> = line
+        .iter()
+        .filter_map(|(ticket, value)| {
+            let (arrival, expiry) = value.split_once(' ')?;
+            let expiry: u64 = expiry.parse().ok()?;
+            (ticket != "#" && expiry > now_ms).then(|| Waiter {
+                ticket: ticket.clone(),
+                arrival: arrival.parse().ok(),
+            })
+        })
+        .collect();
+    out.sort_by_key(|w| w.arrival);
+    let mut others: Vec<Waiter> = claims
+        .iter()
+        .filter(|(id, lapses)| {
+            id != "#w"
+                && lapses
+                    .parse::<i64>()
+                    .is_ok_and(|at| at > 0 && at.unsigned_abs() > now_ms)
+                && !out.iter().any(|w| &w.ticket == id)
+        })
+        .map(|(id, _)| Waiter {
+            ticket: id.clone(),
+            arrival: None,
+        })
+        .collect();
+    others.sort_by(|a, b| a.ticket.cmp(&b.ticket));
+    out.extend(others);
+    out
 }
 
 /// Orders the permits of one lock the earliest taken first (by the time in their tokens), as

@@ -92,7 +92,8 @@ if #evicted > 0 then
 end
 for _, value in ipairs(evicted) do
   -- The token without a waiter's mark ('*...') or a retired lease's '~' (release.lua).
-  local token = string.match(value, '^([^|]*|%d+|%x+)') or value
+  local token = string.match(value, '^([^|]*|%d+|%d+w?|%x+)')
+    or string.match(value, '^([^|]*|%d+|%x+)') or value
   redis.pcall('SET', KEYS[1] .. ':evicted:' .. token, ARGV[3] .. '|' .. now, 'PX', ARGV[5])
 end
 -- An empty message wakes every waiter, fair ones included.

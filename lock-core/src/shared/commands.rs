@@ -30,18 +30,18 @@ pub(crate) enum Tried {
 }
 
 impl Shared {
-    /// One acquire attempt with a fresh token. With `mark`, a refusal asks the holder's release
+    /// One acquire attempt with a fresh token for a lease of `ttl` (`renewed`: by a watchdog, as the token records). With `mark`, a refusal asks the holder's release
     /// to be published (waiters only). If this future is dropped in flight, or the attempt fails
     /// in a way that may have set the key, the token is released in the background.
     pub(crate) async fn attempt(
         self: &Arc<Self>,
         keys: &LockKeys,
         name: &str,
-        ttl: Duration,
+        (ttl, renewed): (Duration, bool),
         mark: bool,
         ticket: Option<Ticket<'_>>,
     ) -> Tried {
-        let token = owner_token(&self.settings.holder);
+        let token = owner_token(&self.settings.holder, ttl, renewed);
         let sent = Instant::now();
         let cleanup = CleanUp::armed(
             &self.cleaner,

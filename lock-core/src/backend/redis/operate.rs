@@ -11,33 +11,21 @@ use redis::{Cmd, FromRedisValue, Value};
 use super::connect::Conn;
 use super::connect::{address, Request, Source};
 use super::RedisNode;
-use crate::backend::Found;
+use crate::backend::{waiters, Found};
 use crate::scripts::PERMIT_PEEK;
 use crate::{LockError, Result};
 
-/// How many claims in an `HGETALL` reply of a claims key are live at `now_ms`: a claim id ->
-/// the server time it lapses (negative: an ended claim's marker), and `#w`, no claim.
-fn live_claims(reply: &Value, now_ms: u64) -> u32 {
-    let Ok(fields) = redis::from_redis_value::<Vec<(String, String)>>(reply.clone()) else {
-        return 0;
-    };
-    let live = fields
-        .iter()
-        .filter(|(id, lapses)| {
-            id != "#w"
-                && lapses
-                    .parse::<i64>()
-                    .is_ok_and(|at| at > 0 && at.unsigned_abs() > now_ms)
-        })
-        .count();
-    u32::try_from(live).unwrap_or(u32::MAX)
+/// The fields of an `HGETALL` reply (none when it was not a hash: an error, or nothing).
+fn fields(reply: &Value) -> Vec<(String, String)> {
+    redis::from_redis_value(reply.clone()).unwrap_or_default()
 }
 
 /// Keys asked for per `SCAN` call, and peeked at per round trip, by `list`.
 const SCAN_BATCH: usize = 500;
 
 impl RedisNode {
-    /// `GET` and `PTTL` of each of `keys`, and `HGETALL` of its writers' claims: in one round
+    /// `GET` and `PTTL` of each of `keys`, and `HGETALL` of its writers' claims and of its fair
+    /// line: in one round
     /// trip on one server, one per key on a cluster. Not atomic: a key that expires in between
     /// is left out. A lock of `permits(n)` (a hash, where `GET` is refused) is read with one
     /// more script: one `Found` per live permit, the earliest taken first. The writers waiting
@@ -60,15 +48,17 @@ impl RedisNode {
                     .cmd("PTTL")
                     .arg(key)
                     .cmd("HGETALL")
-                    .arg(format!("{key}:x"));
+                    .arg(format!("{key}:x"))
+                    .cmd("HGETALL")
+                    .arg(format!("{key}:q"));
             }
             // Each reply on its own: a key of another type under the same pattern (WRONGTYPE)
             // is not a lock, and must not fail the others.
             pipe.ignore_errors();
             let flat: Vec<Value> = self.conn.send(&Request::Pipe(&pipe)).await?;
             let now_ms = crate::token::unix_ms_now();
-            for (key, pair) in chunk.iter().zip(flat.chunks(3)) {
-                let waiting = live_claims(&pair[2], now_ms);
+            for (key, pair) in chunk.iter().zip(flat.chunks(4)) {
+                let waiters = waiters(&fields(&pair[2]), &fields(&pair[3]), now_ms);
                 let found = match pair[0].clone().extract_error() {
                     Ok(value) => {
                         let Ok(value) = redis::from_redis_value::<String>(value) else {
@@ -84,7 +74,7 @@ impl RedisNode {
                                 value,
                                 left: u64::try_from(left).ok().map(Duration::from_millis),
                                 permits: 1,
-                                waiting,
+                                waiters,
                             })
                             .into_iter()
                             .collect()
@@ -92,7 +82,7 @@ impl RedisNode {
                     Err(e) if e.code() == Some("WRONGTYPE") => {
                         let mut found = self.peek_permits(key).await?;
                         for f in &mut found {
-                            f.waiting = waiting;
+                            f.waiters.clone_from(&waiters);
                         }
                         found
                     }
@@ -131,7 +121,7 @@ impl RedisNode {
                     value: format!("{}{mark}", pair[0]),
                     left: Some(Duration::from_millis(left)),
                     permits,
-                    waiting: 0,
+                    waiters: Vec::new(),
                 })
             })
             .collect();

@@ -83,10 +83,15 @@ impl Redlock {
             .filter_map(|(_, same)| {
                 let left = same.iter().map(|f| f.left).min().flatten();
                 // Writers wait on every instance; the most any of them counts.
-                let waiting = same.iter().map(|f| f.waiting).max().unwrap_or(0);
+                let waiters = same
+                    .iter()
+                    .map(|f| &f.waiters)
+                    .max_by_key(|w| w.len())
+                    .cloned()
+                    .unwrap_or_default();
                 let mut first = same.into_iter().next()?;
                 first.left = left;
-                first.waiting = waiting;
+                first.waiters = waiters;
                 Some(first)
             })
             .collect();
