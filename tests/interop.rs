@@ -168,6 +168,66 @@ async fn a_bare_token_of_an_older_version_is_never_rewritten() {
     assert!(guard.release().await.unwrap());
 }
 
+/// lock-core 0.1.0 wrote `<holder>|<unix ms>|<32 hex>` tokens, without the lease field this
+/// version adds: operators still read its holder (and no ttl), a waiter of this version still
+/// marks it so that its release is published (0.1.0's release compares a marked value by its
+/// token, as this one does), and takes the lock once it is released.
+#[tokio::test]
+async fn a_token_of_lock_core_0_1_0_is_read_marked_and_woken_on_release() {
+    let server = RedisServer::start();
+    let locks = LockManager::connect(&server.url()).await.unwrap();
+    let key = locks.key_for("upgrading");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let token = format!("old-worker:9|{now}|0123456789abcdef0123456789abcdef");
+    let _: () = server.query(
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(&token)
+            .arg("PX")
+            .arg(60_000),
+    );
+    let info = locks.inspect("upgrading").await.unwrap().unwrap();
+    assert_eq!(
+        (info.holder.as_str(), info.ttl, info.auto_extend),
+        ("old-worker:9", None, false)
+    );
+    let waiter = tokio::spawn({
+        let locks = locks.clone();
+        async move {
+            locks
+                .acquire(
+                    "upgrading",
+                    Duration::from_secs(30),
+                    Duration::from_secs(50),
+                )
+                .await
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let value: String = server.query(redis::cmd("GET").arg(&key));
+        if value.starts_with(&format!("{token}*")) {
+            break;
+        }
+        assert_eq!(value, token);
+        assert!(std::time::Instant::now() < deadline, "never marked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The old holder releases (the release script compares its token, mark aside).
+    let released = script(
+        &server,
+        lock_core::__private::script("release"),
+        &[&key],
+        &[&token, "0", "PUBLISH"],
+    );
+    assert_eq!(released, "int(1)");
+    let guard = waiter.await.unwrap().expect("taken once released");
+    assert!(guard.release().await.unwrap());
+}
+
 /// Runs one of lock-core's scripts on `server`: its reply, or its error's text.
 fn script(server: &RedisServer, source: &str, keys: &[&str], args: &[&str]) -> String {
     match eval_cmd(source, keys, args).query::<redis::Value>(&mut server.conn()) {

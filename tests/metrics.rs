@@ -216,6 +216,23 @@ async fn losses_leaders_waiters_and_bounds(port: u16, server: &RedisServer) {
         .unwrap();
     capped.lost().await;
 
+    // A stuck holder shows: the oldest hold's age grows while it is held, and is 0 once none
+    // of that label is.
+    let stuck = locks
+        .try_acquire("stuck:1", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    scrape_until(port, "the stuck hold's age", |s| {
+        value(s, "lock_oldest_held_seconds", &[r#"lock="stuck""#]).is_some_and(|age| age >= 1.0)
+    })
+    .await;
+    assert!(stuck.release().await.unwrap());
+    scrape_until(port, "no stuck hold", |s| {
+        value(s, "lock_oldest_held_seconds", &[r#"lock="stuck""#]) == Some(0.0)
+    })
+    .await;
+
     // A waiter is counted while it waits; a timeout records its wait.
     let holder = locks.try_acquire("queue:1", TTL).await.unwrap().unwrap();
     let waiter = {
@@ -318,6 +335,7 @@ async fn losses_leaders_waiters_and_bounds(port: u16, server: &RedisServer) {
         ("lock_lost_total", "counter"),
         ("lock_waiting", "gauge"),
         ("lock_leader", "gauge"),
+        ("lock_oldest_held_seconds", "gauge"),
         ("lock_leader_changes_total", "counter"),
         ("lock_wait_seconds", "summary"),
     ] {

@@ -119,6 +119,11 @@ mod on {
         );
         metrics::describe_gauge!("lock_held", Unit::Count, "Locks this process holds now");
         metrics::describe_gauge!(
+            "lock_oldest_held_seconds",
+            Unit::Seconds,
+            "How long the oldest lock this process holds now has been held (0 when none), updated every second"
+        );
+        metrics::describe_gauge!(
             "lock_waiting",
             Unit::Count,
             "Acquisitions of this process waiting now (refused once, still within their wait)"
@@ -149,6 +154,11 @@ mod on {
 
     pub(crate) fn held(label: &str, kind: &'static str) {
         metrics::gauge!("lock_held", "lock" => label.to_owned(), "kind" => kind).increment(1.0);
+    }
+
+    pub(crate) fn oldest(label: &str, kind: &'static str, held_for: Duration) {
+        metrics::gauge!("lock_oldest_held_seconds", "lock" => label.to_owned(), "kind" => kind)
+            .set(held_for.as_secs_f64());
     }
 
     pub(crate) fn released(label: &str, kind: &'static str, held_for: Duration) {
@@ -187,6 +197,7 @@ mod on {
     pub(crate) fn describe() {}
     pub(crate) fn acquire(_: &str, _: &'static str, _: &'static str, _: Duration) {}
     pub(crate) fn held(_: &str, _: &'static str) {}
+    pub(crate) fn oldest(_: &str, _: &'static str, _: Duration) {}
     pub(crate) fn released(_: &str, _: &'static str, _: Duration) {}
     pub(crate) fn extend(_: &str, _: &'static str, _: &'static str) {}
     pub(crate) fn lost(_: &str, _: &'static str, _: &'static str) {}
@@ -210,6 +221,15 @@ pub(crate) fn acquire(label: &str, kind: Kind, outcome: &'static str, waited: Du
 pub(crate) fn held(label: &str, kind: Kind) {
     on::held(label, kind.label());
 }
+
+/// The oldest lock of `label` and `kind` this process holds now was taken `held_for` ago (zero:
+/// none is held).
+pub(crate) fn oldest(label: &str, kind: Kind, held_for: Duration) {
+    on::oldest(label, kind.label(), held_for);
+}
+
+/// Whether metrics are recorded at all (the `metrics` feature).
+pub(crate) const ON: bool = cfg!(feature = "metrics");
 
 /// A held lock ended (released, dropped, or given up at shutdown) after `held_for`.
 pub(crate) fn released(label: &str, kind: Kind, held_for: Duration) {
