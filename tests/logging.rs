@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lock_core::LockManager;
-use lock_test_support::RedisServer;
+use lock_test_support::{RedisCluster, RedisServer, Sentinels};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -275,4 +275,78 @@ fn logs_at_every_level_never_contain_the_token() {
         1,
         "{redlock_logs}"
     );
+
+    // A cluster with one master paused while the others answer, and Sentinel's primary
+    // paused: each is one event too, a WARN naming the deployment when its commands stop
+    // getting through and one when they all get through again, not one per answer in between.
+    let cluster = RedisCluster::start(3, 0);
+    let primary = RedisServer::start();
+    let sentinels = Sentinels::start(1, "locks", primary.port(), 0);
+    for deployment in ["cluster", "sentinel"] {
+        captured.0.lock().unwrap().clear();
+        rt.block_on(async {
+            let builder = LockManager::builder().response_timeout(Duration::from_millis(200));
+            let locks = match deployment {
+                "cluster" => builder.cluster(cluster.urls()),
+                _ => builder.sentinel("locks", sentinels.urls()),
+            }
+            .build()
+            .await
+            .unwrap();
+            // A name on the paused server, and (on the cluster) one on a master that answers.
+            let (paused, answering) = match deployment {
+                "cluster" => {
+                    let on = |name: &str| cluster.master_of(&locks.key_for(name));
+                    let answering = (0..100)
+                        .map(|i| format!("answering:{i}"))
+                        .find(|name| on(name) != on("paused:0"))
+                        .unwrap();
+                    (&cluster.nodes[on("paused:0")], Some(answering))
+                }
+                _ => (&primary, None),
+            };
+            let ttl = Duration::from_secs(5);
+            paused.pause();
+            // Under the cluster's node timeout (1 s): no failover, the master comes back.
+            let until = tokio::time::Instant::now() + Duration::from_millis(700);
+            while tokio::time::Instant::now() < until {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(300),
+                    locks.try_acquire("paused:0", ttl),
+                )
+                .await;
+                if let Some(name) = &answering {
+                    let guard = locks.try_acquire(name, ttl).await.unwrap().unwrap();
+                    assert!(guard.release().await.unwrap());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            paused.resume();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !String::from_utf8_lossy(&captured.0.lock().unwrap()).contains("answering again")
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{deployment}: heard again"
+                );
+                for name in std::iter::once("paused:0").chain(answering.as_deref()) {
+                    if let Ok(Some(guard)) = locks.try_acquire(name, ttl).await {
+                        assert!(guard.release().await.unwrap());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            locks.shutdown(Duration::from_secs(5)).await.unwrap();
+        });
+        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines =
+            |what: &str| -> Vec<&str> { logs.lines().filter(|l| l.contains(what)).collect() };
+        let (down, back) = (lines("Redis unreachable"), lines("Redis answering again"));
+        assert_eq!((down.len(), back.len()), (1, 1), "{deployment}:\n{logs}");
+        let named = match deployment {
+            "cluster" => "cluster of redis://127.0.0.1:",
+            _ => "master `locks` of sentinels",
+        };
+        assert!(down[0].contains(named) && back[0].contains(named), "{logs}");
+    }
 }

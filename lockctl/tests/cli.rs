@@ -779,3 +779,70 @@ async fn watch_redraws_in_place_in_a_terminal_and_quits_on_q_or_ctrl_c() {
         "{frame}"
     );
 }
+
+/// `watch --once` (and `list`) read every primary of a Cluster and follow Sentinel's primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_once_on_a_cluster_and_through_sentinel() {
+    let cluster = lock_test_support::RedisCluster::start(3, 0);
+    let primary = RedisServer::start();
+    let sentinels = lock_test_support::Sentinels::start(1, "locks", primary.port(), 0);
+    for deployment in ["cluster", "sentinel"] {
+        let (builder, args) = match deployment {
+            "cluster" => {
+                let urls = cluster.urls();
+                let mut args = vec!["--cluster".to_owned()];
+                for url in &urls {
+                    args.extend(["--url".to_owned(), url.clone()]);
+                }
+                (LockManager::builder().cluster(&urls), args)
+            }
+            _ => {
+                let urls = sentinels.urls();
+                let mut args = vec!["--sentinel".to_owned(), "locks".to_owned()];
+                for url in &urls {
+                    args.extend(["--url".to_owned(), url.clone()]);
+                }
+                (LockManager::builder().sentinel("locks", &urls), args)
+            }
+        };
+        let locks = builder.holder_id("spread-1").build().await.unwrap();
+        // Enough names to land on every master of the cluster.
+        let mut guards = Vec::new();
+        for i in 0..12 {
+            guards.push(
+                locks
+                    .try_acquire(&format!("spread:{i:02}"), LONG)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_lockctl"))
+            .args(&args)
+            .args(["watch", "--once", "spread:*"])
+            .env_remove("REDIS_URL")
+            .output()
+            .unwrap();
+        let frame = stdout(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{deployment}: {frame}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(frame.contains("12 held"), "{deployment}: {frame}");
+        for i in 0..12 {
+            let row = format!("spread:{i:02}");
+            assert!(
+                frame
+                    .lines()
+                    .any(|l| l.contains(&row) && l.contains("spread-1")),
+                "{deployment}: {row} in {frame}"
+            );
+        }
+        for guard in guards {
+            assert!(guard.release().await.unwrap());
+        }
+        locks.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+}

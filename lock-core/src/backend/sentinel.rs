@@ -250,6 +250,13 @@ pub(crate) async fn check(primary: &Primary) -> Result<()> {
         .map_err(|e| connect_failed(&primary.described, e))
 }
 
+impl Primary {
+    /// `master `<name>` of sentinels <urls>`, passwords masked: for errors and logs.
+    pub(crate) fn described(&self) -> &str {
+        &self.described
+    }
+}
+
 impl std::fmt::Debug for Primary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.described)

@@ -36,28 +36,55 @@ fn unreachable_at(at: &str, e: redis::RedisError) -> redis::RedisError {
     std::io::Error::new(kind, format!("{e} (Redis at {at})")).into()
 }
 
-/// Whether one server answers, told once per change: one WARN when its commands stop getting
-/// through (with its address and the first error), one when it answers again (with how long
-/// it did not). What each lock then logs stays at DEBUG or is told once per lock, so an outage
-/// reads as one event in the log rather than a line per lock and retry.
+/// Whether one server (or a cluster, or whichever server Sentinel names) answers, told once
+/// per change: one WARN when its commands stop getting through (with its address and the
+/// first error), one when it answers again (with how long it did not). What each lock then
+/// logs stays at DEBUG or is told once per lock, so an outage reads as one event in the log
+/// rather than a line per lock and retry.
 pub(super) struct Reachable {
-    /// The server's address (never a password).
+    /// The server's address, or the cluster's seeds or Sentinel's master (never a password).
     at: Arc<str>,
-    /// Since when its commands have failed to reach it, while they do.
-    down_since: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// How long commands must have got through without a failure for an outage to be over:
+    /// zero for one server; on a cluster, where one node can be down while the others answer,
+    /// longer than a command to the node that is down takes to fail (its client's retries
+    /// included), so that such a partial outage is one event, not one per answer in between.
+    settle: Duration,
+    state: std::sync::Mutex<Outage>,
+}
+
+/// An outage under way: since when, when a command last failed to get through, and since when
+/// commands have got through again (the outage's end, once no failure follows for `settle`).
+#[derive(Default)]
+struct Outage {
+    since: Option<tokio::time::Instant>,
+    last_failure: Option<tokio::time::Instant>,
+    answered_since: Option<tokio::time::Instant>,
+}
+
+/// The cluster client's own retries of a command (a timeout or a dropped connection is sent
+/// again at once).
+#[cfg(feature = "cluster")]
+const CLUSTER_RETRIES: u32 = 6;
+
+/// How long after its last failure an outage of a deployment that sends each command up to
+/// `sends` times is over, if nothing fails meanwhile: longer than such a command takes to fail.
+#[cfg(any(feature = "cluster", feature = "sentinel"))]
+fn settle(timeouts: Timeouts, sends: u32) -> Duration {
+    timeouts.response * sends + Duration::from_secs(1)
 }
 
 impl Reachable {
-    pub(super) fn new(at: Arc<str>) -> Self {
+    pub(super) fn new(at: Arc<str>, settle: Duration) -> Self {
         Self {
             at,
-            down_since: std::sync::Mutex::default(),
+            settle,
+            state: std::sync::Mutex::default(),
         }
     }
 
     /// Notes how a command fared: an error that says the server could not be reached (a
     /// refused or dropped connection, a timeout, an I/O error) starts an outage; any answer,
-    /// an error reply included, ends one.
+    /// an error reply included, ends one once `settle` has passed since the last failure.
     fn heard<T>(&self, answer: &redis::RedisResult<T>) {
         let (answered, unreachable) = match answer {
             Ok(_) => (true, None),
@@ -73,15 +100,28 @@ impl Reachable {
             }
             Err(_) => (false, None),
         };
-        let mut down_since = crate::locked(&self.down_since);
-        match (unreachable, *down_since) {
+        let now = tokio::time::Instant::now();
+        let mut outage = crate::locked(&self.state);
+        match (unreachable, outage.since) {
             (Some(e), None) => {
-                *down_since = Some(tokio::time::Instant::now());
+                outage.since = Some(now);
+                outage.last_failure = Some(now);
                 tracing::warn!(redis = %self.at, error = %e, "Redis unreachable; locks on it fail or wait until it answers again");
             }
+            (Some(_), Some(_)) => {
+                outage.last_failure = Some(now);
+                outage.answered_since = None;
+            }
             (None, Some(since)) if answered => {
-                *down_since = None;
-                let down = since.elapsed();
+                let back = *outage.answered_since.get_or_insert(now);
+                if outage
+                    .last_failure
+                    .is_some_and(|at| now.duration_since(at) < self.settle)
+                {
+                    return;
+                }
+                *outage = Outage::default();
+                let down = back.duration_since(since);
                 tracing::warn!(
                     redis = %self.at,
                     down_ms = down.as_millis() as u64,
@@ -92,6 +132,13 @@ impl Reachable {
             _ => {}
         }
     }
+}
+
+/// How a cluster is named in the outage WARNs: by its seeds (passwords masked).
+#[cfg(feature = "cluster")]
+fn cluster_at(seeds: &[String]) -> String {
+    let masked: Vec<String> = seeds.iter().map(|s| crate::error::masked(s)).collect();
+    format!("cluster of {}", masked.join(", "))
 }
 
 /// A client for `url`, or an error that shows the url (password masked) and the forms accepted.
@@ -119,11 +166,12 @@ pub(super) enum Conn {
     Single(ConnectionManager, Arc<Reachable>),
     /// A server modelled in this process (`LockManager::in_memory`).
     Model(crate::backend::memory::ModelConn),
+    /// A Redis Cluster, and whether its nodes answer (one outage while any does not).
     #[cfg(feature = "cluster")]
-    Cluster(redis::cluster_async::ClusterConnection),
-    /// The primary named by Sentinel, whichever server that is now.
+    Cluster(redis::cluster_async::ClusterConnection, Arc<Reachable>),
+    /// The primary named by Sentinel, whichever server that is now, and whether it answers.
     #[cfg(feature = "sentinel")]
-    Sentinel(Arc<crate::backend::sentinel::Following>),
+    Sentinel(Arc<crate::backend::sentinel::Following>, Arc<Reachable>),
 }
 
 /// Where one server is: a url, or the service's own client.
@@ -240,14 +288,24 @@ impl RedisNode {
                 client,
             ),
             #[cfg(feature = "cluster")]
-            Source::Cluster(seeds) => Conn::Cluster(Self::cluster_conn(seeds, timeouts).await?),
+            Source::Cluster(seeds) => Conn::Cluster(
+                Self::cluster_conn(seeds, timeouts).await?,
+                Arc::new(Reachable::new(
+                    cluster_at(seeds).into(),
+                    settle(timeouts, CLUSTER_RETRIES + 1),
+                )),
+            ),
             #[cfg(feature = "sentinel")]
-            Source::Sentinel(primary) => {
-                Conn::Sentinel(Arc::new(crate::backend::sentinel::Following::new(
+            Source::Sentinel(primary) => Conn::Sentinel(
+                Arc::new(crate::backend::sentinel::Following::new(
                     Arc::clone(primary),
                     Self::config(timeouts),
-                )))
-            }
+                )),
+                Arc::new(Reachable::new(
+                    primary.described().into(),
+                    settle(timeouts, 2),
+                )),
+            ),
         })
     }
 
@@ -285,7 +343,13 @@ impl RedisNode {
             Arc::new(Notifier::new(Dial::Client(Box::new(open(&seeds[0])?))))
         };
         Ok(Self {
-            conn: Conn::Cluster(conn),
+            conn: Conn::Cluster(
+                conn,
+                Arc::new(Reachable::new(
+                    cluster_at(seeds).into(),
+                    settle(timeouts, CLUSTER_RETRIES + 1),
+                )),
+            ),
             notifier,
             sharded,
             replicated: None,
@@ -305,7 +369,7 @@ impl RedisNode {
         redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
             .connection_timeout(timeouts.connect)
             .response_timeout(timeouts.response)
-            .retries(6)
+            .retries(CLUSTER_RETRIES)
             .min_retry_wait(10)
             .max_retry_wait(200)
             .build()
@@ -332,8 +396,10 @@ impl RedisNode {
         }
         let following =
             crate::backend::sentinel::Following::new(Arc::clone(&primary), Self::config(timeouts));
+        // A command is sent at most twice: again to the new primary after a failover.
+        let reachable = Reachable::new(primary.described().into(), settle(timeouts, 2));
         Ok(Self {
-            conn: Conn::Sentinel(Arc::new(following)),
+            conn: Conn::Sentinel(Arc::new(following), Arc::new(reachable)),
             notifier: Arc::new(Notifier::new(Dial::Sentinel(Arc::clone(&primary)))),
             sharded: false,
             replicated: None,
@@ -349,10 +415,10 @@ impl RedisNode {
             Conn::Single(..) => false,
             Conn::Model(conn) => conn.resends,
             #[cfg(feature = "cluster")]
-            Conn::Cluster(_) => true,
+            Conn::Cluster(..) => true,
             // Sent again to a new primary after a failover.
             #[cfg(feature = "sentinel")]
-            Conn::Sentinel(_) => true,
+            Conn::Sentinel(..) => true,
         }
     }
 
@@ -386,7 +452,10 @@ impl Request<'_> {
 
 impl Conn {
     pub(super) fn single(conn: ConnectionManager, client: &redis::Client) -> Self {
-        Conn::Single(conn, Arc::new(Reachable::new(address(client).into())))
+        Conn::Single(
+            conn,
+            Arc::new(Reachable::new(address(client).into(), Duration::ZERO)),
+        )
     }
 
     pub(super) async fn send<T: FromRedisValue>(
@@ -401,20 +470,25 @@ impl Conn {
             }
             Conn::Model(conn) => request.on(&mut conn.clone()).await,
             #[cfg(feature = "sentinel")]
-            Conn::Sentinel(following) => {
-                let (mut conn, generation) = following.conn().await?;
-                let answer = request.on(&mut conn).await;
-                if let Err(e) = &answer {
-                    // This command and the next go to the new primary, if there is one.
-                    if following.failed(e, generation).await {
-                        let (mut conn, _) = following.conn().await?;
-                        return request.on(&mut conn).await;
+            Conn::Sentinel(following, reachable) => {
+                let answer = async {
+                    let (mut conn, generation) = following.conn().await?;
+                    let answer = request.on(&mut conn).await;
+                    if let Err(e) = &answer {
+                        // This command and the next go to the new primary, if there is one.
+                        if following.failed(e, generation).await {
+                            let (mut conn, _) = following.conn().await?;
+                            return request.on(&mut conn).await;
+                        }
                     }
+                    answer
                 }
+                .await;
+                reachable.heard(&answer);
                 answer
             }
             #[cfg(feature = "cluster")]
-            Conn::Cluster(conn) => {
+            Conn::Cluster(conn, reachable) => {
                 // The cluster client follows MOVED/ASK itself, but its retries can run out
                 // while the cluster settles after a failover or resharding (reconnecting to a
                 // dead master uses them up fast). These replies mean the command did not run,
@@ -431,7 +505,10 @@ impl Conn {
                             tokio::time::sleep(pause).await;
                             pause *= 2;
                         }
-                        other => return other,
+                        other => {
+                            reachable.heard(&other);
+                            return other;
+                        }
                     }
                 }
             }

@@ -166,7 +166,7 @@ impl RedisNode {
     fn is_cluster(&self) -> bool {
         match self.conn {
             #[cfg(feature = "cluster")]
-            Conn::Cluster(_) => true,
+            Conn::Cluster(..) => true,
             _ => false,
         }
     }
@@ -176,7 +176,7 @@ impl RedisNode {
     async fn primaries(&self) -> Result<Vec<Option<(String, u16)>>> {
         match &self.conn {
             #[cfg(feature = "cluster")]
-            Conn::Cluster(conn) => {
+            Conn::Cluster(conn, _) => {
                 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
                 let reply = conn
                     .clone()
@@ -213,7 +213,7 @@ impl RedisNode {
     async fn on<T: FromRedisValue>(&self, at: Option<&(String, u16)>, cmd: Cmd) -> Result<T> {
         match (&self.conn, at) {
             #[cfg(feature = "cluster")]
-            (Conn::Cluster(conn), Some((host, port))) => {
+            (Conn::Cluster(conn, _), Some((host, port))) => {
                 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
                 let reply = conn
                     .clone()
