@@ -231,6 +231,7 @@
 //! | `lock_extend_total` | counter | `outcome` = `renewed`, `not_ours`, `error` |
 //! | `lock_lost_total` | counter | `reason` = `not_ours`, `evicted`, `expired`, `max_hold`: leases lost while held, each counted once, by whatever noticed it first (see below) |
 //! | `lock_held` | gauge | locks this process holds now |
+//! | `lock_oldest_held_seconds` | gauge, seconds | how long the oldest of them has been held, set every second while one is held (by a task that ends with the last hold and at `shutdown`); 0 once none is |
 //! | `lock_waiting` | gauge | acquisitions of this process waiting now: refused once, still within their wait |
 //! | `lock_leader` | gauge | 1 while this process leads the election of that name, else 0 |
 //! | `lock_leader_changes_total` | counter | `change` = `elected`, `lost`, `resigned` |
@@ -263,8 +264,11 @@
 //! # Keys
 //!
 //! The lock `name` lives at `<prefix>{<name>}` (default prefix `lock:`); its value is the
-//! holder's owner token (followed by `*` once a waiter has asked to be woken by its release, then
-//! by the first fair waiter's ticket, if any: the release's message names it).
+//! holder's owner token, `<holder id>|<unix ms when taken>|<lease ms>[w]|<32 hex>` (`w`: a
+//! watchdog renews it; what [`LockManager::inspect`] reports of the holder comes from it, at no
+//! cost in commands; lock-core 0.1.0's tokens, without the lease, are still read), followed by
+//! `*` once a waiter has asked to be woken by its release, then by the first fair waiter's
+//! ticket (`<holder id>|<unix ms>|<32 hex>`), if any: the release's message names it.
 //! The fencing counter, created by the first [`LockGuard::fencing_token`] call for a name,
 //! lives at `<prefix>{<name>}:fence` and expires a day after its last use. The braces are a
 //! Redis Cluster hash tag: both keys of a lock hash to one slot, so a deployment can move from
@@ -272,7 +276,8 @@
 //! one keeps all its holders in the same `<prefix>{<name>}` key, a hash of the holders' tokens
 //! and the server time their leases end (`#n` holds `n`); so do [shared](LockRequest::shared)
 //! holds, with `#n` = 0. A waiting exclusive or fair acquisition records a claim in
-//! `<prefix>{<name>}:x` (a hash of claim ids and the server time each lapses) that keeps new
+//! `<prefix>{<name>}:x` (a hash of claim ids, made like tickets, and the server time each
+//! lapses) that keeps new
 //! shared holds out while it waits; the key is gone a few poll intervals after the last writer
 //! stops waiting. A force-release leaves `<prefix>{<name>}:evicted:<token>` (who evicted it,
 //! and when) per evicted hold for a day, where the evicted holder reads it.
