@@ -16,9 +16,9 @@
 //! (default 1s). `--json` prints JSON instead of a table (one shape per command, with
 //! `"schema": 1`); `--wide` shows long names whole. Flags go before or after the command.
 //!
-//! Exit codes: 0 found or done, 1 not found (no lock matched; the lock was free), 2 usage or
-//! bad input (nothing was sent), 3 Redis unreachable or failing. Errors go to stderr (as JSON
-//! with `--json`).
+//! Exit codes: 0 found or done, 1 not found (no lock matched; the lock was free; nobody waits
+//! in `queue`), 2 usage or bad input (nothing was sent), 3 Redis unreachable or failing. Errors
+//! go to stderr (as JSON with `--json`, usage errors too).
 
 use std::process::ExitCode;
 use std::time::Duration;
