@@ -612,9 +612,35 @@ async fn killed_shared_holders_and_writers_free_the_name_at_their_lease_end() {
         let theirs = locks.inspect("catalog").await.unwrap().expect("held");
         assert_eq!(theirs.shared, !writer_killed);
         let left_at_kill = theirs.remaining.expect("a lease");
+        // The operator's view of a live holder: its lease and watchdog, renewed within a third
+        // of its ttl (plus a loaded machine's margin).
+        assert_eq!(
+            (theirs.ttl, theirs.auto_extend),
+            (Some(Duration::from_millis(1500)), true)
+        );
+        assert!(
+            theirs.renewed_ago.expect("known") < Duration::from_millis(1000),
+            "{theirs:?}"
+        );
         let killed = Instant::now();
         holder.kill().unwrap();
         holder.wait().unwrap();
+        // The dead holder's: the time since its last renewal grows past what a live watchdog
+        // allows, until the lock ends by itself.
+        let dead = loop {
+            match locks.inspect("catalog").await.unwrap() {
+                Some(info) if info.renewed_ago.expect("known") >= Duration::from_millis(800) => {
+                    break Some(info)
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                None => break None,
+            }
+        };
+        let dead = dead.expect("seen stale before it expired");
+        assert!(
+            dead.remaining.expect("a lease") <= Duration::from_millis(700),
+            "{dead:?}"
+        );
         let taken = locks
             .lock("catalog")
             .shared(writer_killed)
