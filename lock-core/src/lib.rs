@@ -231,7 +231,7 @@
 //! | `lock_extend_total` | counter | `outcome` = `renewed`, `not_ours`, `error` |
 //! | `lock_lost_total` | counter | `reason` = `not_ours`, `evicted`, `expired`, `max_hold`: leases lost while held, each counted once, by whatever noticed it first (see below) |
 //! | `lock_held` | gauge | locks this process holds now |
-//! | `lock_oldest_held_seconds` | gauge, seconds | how long the oldest of them has been held, set every second while one is held (by a task that ends with the last hold and at `shutdown`); 0 once none is |
+//! | `lock_oldest_held_seconds` | gauge, seconds | how long the oldest of them has been held: set every second by one task of the process (on the runtime of the grant that started it), which ends with the process's last hold; 0 as soon as none of that `lock` and `kind` is |
 //! | `lock_waiting` | gauge | acquisitions of this process waiting now: refused once, still within their wait |
 //! | `lock_leader` | gauge | 1 while this process leads the election of that name, else 0 |
 //! | `lock_leader_changes_total` | counter | `change` = `elected`, `lost`, `resigned` |

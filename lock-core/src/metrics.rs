@@ -87,7 +87,14 @@ impl Lost {
 
 #[cfg(feature = "metrics")]
 mod on {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
     use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use crate::locked;
 
     use metrics::Unit;
 
@@ -152,19 +159,126 @@ mod on {
             .record(waited.as_secs_f64());
     }
 
-    pub(crate) fn held(label: &str, kind: &'static str) {
+    pub(crate) fn held(label: &str, kind: &'static str, acquired: Instant) {
         metrics::gauge!("lock_held", "lock" => label.to_owned(), "kind" => kind).increment(1.0);
+        *locked(&HOLDS)
+            .entry(label.to_owned())
+            .or_default()
+            .entry(kind)
+            .or_default()
+            .entry(acquired)
+            .or_default() += 1;
+        if !TICKING.load(Ordering::Acquire) && !TICKING.swap(true, Ordering::AcqRel) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => drop(handle.spawn(keep_oldest())),
+                Err(_) => TICKING.store(false, Ordering::Release),
+            }
+        }
     }
 
-    pub(crate) fn oldest(label: &str, kind: &'static str, held_for: Duration) {
-        metrics::gauge!("lock_oldest_held_seconds", "lock" => label.to_owned(), "kind" => kind)
-            .set(held_for.as_secs_f64());
-    }
-
-    pub(crate) fn released(label: &str, kind: &'static str, held_for: Duration) {
+    pub(crate) fn released(label: &str, kind: &'static str, acquired: Instant) {
         metrics::gauge!("lock_held", "lock" => label.to_owned(), "kind" => kind).decrement(1.0);
         metrics::histogram!("lock_hold_seconds", "lock" => label.to_owned(), "kind" => kind)
-            .record(held_for.as_secs_f64());
+            .record(acquired.elapsed().as_secs_f64());
+        let (none_left, nothing_held) = {
+            let mut holds = locked(&HOLDS);
+            let Some(kinds) = holds.get_mut(label) else {
+                return;
+            };
+            let none_left = kinds.get_mut(kind).is_some_and(|at| {
+                if let Some(count) = at.get_mut(&acquired) {
+                    *count -= 1;
+                    if *count == 0 {
+                        at.remove(&acquired);
+                    }
+                }
+                at.is_empty()
+            });
+            if none_left {
+                kinds.remove(kind);
+                if kinds.is_empty() {
+                    holds.remove(label);
+                }
+            }
+            (none_left, holds.is_empty())
+        };
+        if none_left {
+            metrics::gauge!("lock_oldest_held_seconds", "lock" => label.to_owned(), "kind" => kind)
+                .set(0.0);
+        }
+        if nothing_held {
+            EMPTIED.notify_waiters();
+        }
+    }
+
+    /// This process's holds now, for `lock_oldest_held_seconds`: by label and kind, when each
+    /// was taken (a count per instant). Process-wide, like the series it feeds: every manager
+    /// of the process adds to it.
+    static HOLDS: Mutex<BTreeMap<String, BTreeMap<&'static str, TakenAt>>> =
+        Mutex::new(BTreeMap::new());
+
+    /// When each hold of one label and kind was taken: how many at each instant.
+    type TakenAt = BTreeMap<Instant, u32>;
+    /// A task keeps `lock_oldest_held_seconds` up to date (while a lock is held).
+    static TICKING: AtomicBool = AtomicBool::new(false);
+    /// Woken when the last hold of the process ends, so that the task ends at once.
+    static EMPTIED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+    /// Clears [`TICKING`] when the task ends, however it ends (its runtime shutting down
+    /// included), so that the next grant starts it again.
+    struct Running;
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            TICKING.store(false, Ordering::Release);
+        }
+    }
+
+    /// Sets `lock_oldest_held_seconds` every second while this process holds a lock: for each
+    /// label and kind, how long ago its oldest hold was taken (a label and kind whose last hold
+    /// ends is set to 0 then, by `released`). Ends once nothing is held; the next grant starts
+    /// it again.
+    async fn keep_oldest() {
+        loop {
+            let running = Running;
+            while_held().await;
+            drop(running);
+            // A grant since the last look found the flag still set, and started nothing.
+            if locked(&HOLDS).is_empty() || TICKING.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+    }
+
+    async fn while_held() {
+        loop {
+            let emptied = EMPTIED.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            let ages: Vec<(String, &'static str, Duration)> = {
+                let holds = locked(&HOLDS);
+                holds
+                    .iter()
+                    .flat_map(|(label, kinds)| {
+                        kinds.iter().filter_map(move |(kind, at)| {
+                            let (oldest, _) = at.first_key_value()?;
+                            Some((label.clone(), *kind, oldest.elapsed()))
+                        })
+                    })
+                    .collect()
+            };
+            if ages.is_empty() {
+                return;
+            }
+            for (label, kind, age) in ages {
+                metrics::gauge!("lock_oldest_held_seconds", "lock" => label, "kind" => kind)
+                    .set(age.as_secs_f64());
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = &mut emptied => {}
+            }
+        }
     }
 
     pub(crate) fn extend(label: &str, kind: &'static str, outcome: &'static str) {
@@ -194,11 +308,12 @@ mod on {
 mod on {
     use std::time::Duration;
 
+    use tokio::time::Instant;
+
     pub(crate) fn describe() {}
     pub(crate) fn acquire(_: &str, _: &'static str, _: &'static str, _: Duration) {}
-    pub(crate) fn held(_: &str, _: &'static str) {}
-    pub(crate) fn oldest(_: &str, _: &'static str, _: Duration) {}
-    pub(crate) fn released(_: &str, _: &'static str, _: Duration) {}
+    pub(crate) fn held(_: &str, _: &'static str, _: Instant) {}
+    pub(crate) fn released(_: &str, _: &'static str, _: Instant) {}
     pub(crate) fn extend(_: &str, _: &'static str, _: &'static str) {}
     pub(crate) fn lost(_: &str, _: &'static str, _: &'static str) {}
     pub(crate) fn waiting(_: &str, _: &'static str, _: f64) {}
@@ -217,23 +332,16 @@ pub(crate) fn acquire(label: &str, kind: Kind, outcome: &'static str, waited: Du
     on::acquire(label, kind.label(), outcome, waited);
 }
 
-/// A lock was granted (one more held).
-pub(crate) fn held(label: &str, kind: Kind) {
-    on::held(label, kind.label());
+/// A lock was granted at `acquired` (one more held; `lock_oldest_held_seconds` counts from
+/// then).
+pub(crate) fn held(label: &str, kind: Kind, acquired: tokio::time::Instant) {
+    on::held(label, kind.label(), acquired);
 }
 
-/// The oldest lock of `label` and `kind` this process holds now was taken `held_for` ago (zero:
-/// none is held).
-pub(crate) fn oldest(label: &str, kind: Kind, held_for: Duration) {
-    on::oldest(label, kind.label(), held_for);
-}
-
-/// Whether metrics are recorded at all (the `metrics` feature).
-pub(crate) const ON: bool = cfg!(feature = "metrics");
-
-/// A held lock ended (released, dropped, or given up at shutdown) after `held_for`.
-pub(crate) fn released(label: &str, kind: Kind, held_for: Duration) {
-    on::released(label, kind.label(), held_for);
+/// A held lock ended (released, dropped, or given up at shutdown): the one granted at
+/// `acquired`.
+pub(crate) fn released(label: &str, kind: Kind, acquired: tokio::time::Instant) {
+    on::released(label, kind.label(), acquired);
 }
 
 /// An extend ended: `renewed`, `not_ours` or `error`.

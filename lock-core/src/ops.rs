@@ -48,14 +48,18 @@ pub struct LockInfo {
     /// command.
     pub ttl: Option<Duration>,
     /// Whether the holder's watchdog renews the lease
-    /// ([`auto_extend`](crate::LockRequest::auto_extend)). A renewed lock whose
-    /// [`renewed_ago`](Self::renewed_ago) grows past a third of its `ttl` has a holder that
-    /// stopped renewing it (stalled, or gone): it ends with its `remaining`.
+    /// ([`auto_extend`](crate::LockRequest::auto_extend)). The watchdog renews every third of
+    /// the `ttl`, so a live holder's [`renewed_ago`](Self::renewed_ago) stays under about a
+    /// third of it (plus a round trip); one well past that (half the `ttl`, say) has a holder
+    /// that stopped renewing (killed, frozen, stuck on a blocking call): the lock ends with its
+    /// `remaining`.
     pub auto_extend: bool,
-    /// How long ago the lease was last set: `ttl - remaining`, at least zero. For a lock
-    /// renewed by its watchdog it stays below about a third of the `ttl` while its holder
-    /// lives; a holder that sets other leases with [`LockGuard::extend`](crate::LockGuard::extend)
-    /// makes it read short. `None` when `ttl` or `remaining` is.
+    /// How long ago the lease was last set, read as `ttl - remaining` (at least zero): exact
+    /// while every renewal sets the `ttl`, as the watchdog does. Near the end of a
+    /// [`max_hold`](crate::LockRequest::max_hold) the watchdog renews for less, and a holder
+    /// that calls [`LockGuard::extend`](crate::LockGuard::extend) with another duration sets
+    /// another lease: a shorter one reads as renewed longer ago, a longer one as more recently.
+    /// `None` when `ttl` or `remaining` is.
     pub renewed_ago: Option<Duration>,
     /// When the lease ends unless renewed: now (this machine's clock) plus `remaining`.
     pub expires_at: Option<SystemTime>,

@@ -50,11 +50,22 @@ pub(crate) struct Record {
 pub(crate) fn record_of(value: &str) -> Option<Record> {
     let token = value.split('*').next().unwrap_or(value);
     let parts: Vec<&str> = token.split('|').collect();
-    let (holder, since, lease) = match parts[..] {
-        [holder, since, _random] => (holder, since, None),
-        [holder, since, lease, _random] => (holder, since, Some(lease)),
+    let (holder, since, lease, random) = match parts[..] {
+        [holder, since, random] => (holder, since, None, random),
+        [holder, since, lease, random] => (holder, since, Some(lease), random),
         _ => return None,
     };
+    // The random part as `new_token` makes it (a hash field of a given-back permit ends in `~`):
+    // another client's value that happens to hold `|`s is not read as one of ours.
+    let random = random.strip_suffix('~').unwrap_or(random);
+    if holder.is_empty()
+        || random.len() != 2 * TOKEN_BYTES
+        || !random
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return None;
+    }
     let since = std::time::UNIX_EPOCH + std::time::Duration::from_millis(since.parse().ok()?);
     let (lease, renewed) = match lease {
         None => (None, false),
@@ -204,6 +215,10 @@ mod holder_tests {
         assert_eq!((old.holder.as_str(), old.lease), ("web-1:42", None));
         // A ticket names its waiter.
         assert_eq!(record_of(&ticket("web-2:7")).unwrap().holder, "web-2:7");
+        // A permit given back (`~`) still reads; another client's value with `|`s does not.
+        assert!(record_of(&format!("{token}~")).is_some());
+        assert!(record_of("a|1|2|x").is_none());
+        assert!(record_of(&format!("|1|{}", new_token())).is_none());
         assert_eq!(holder, "web-1:42");
         let age = std::time::SystemTime::now().duration_since(since).unwrap();
         assert!(age < std::time::Duration::from_secs(5));

@@ -26,6 +26,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use lock_core::{LockInfo, LockManager};
 
+mod terminal;
 mod view;
 mod watch;
 
@@ -90,8 +91,8 @@ enum Command {
         /// Print one frame and exit.
         #[arg(long)]
         once: bool,
-        /// How often to redraw: `500ms`, `2s`.
-        #[arg(long, default_value = "1s", value_parser = duration)]
+        /// How often to redraw: `500ms`, `2s` (at least 100ms: each frame is a SCAN).
+        #[arg(long, default_value = "1s", value_parser = interval)]
         interval: Duration,
     },
     /// Free a lock whoever holds it. Its fencing counter moves on, so the evicted holder's
@@ -223,7 +224,17 @@ fn duration(text: &str) -> Result<Duration, String> {
     };
     match number.parse::<f64>() {
         Ok(n) if n > 0.0 && n * scale <= 3600.0 => Ok(Duration::from_secs_f64(n * scale)),
-        _ => Err(format!("`{text}`: a timeout above 0 and at most an hour")),
+        _ => Err(format!("`{text}`: a duration above 0 and at most an hour")),
+    }
+}
+
+/// `--interval`: a duration of at least 100ms (a frame is a `SCAN` of every primary).
+fn interval(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        d if d >= Duration::from_millis(100) => Ok(d),
+        _ => Err(format!(
+            "`{text}`: at least 100ms between frames (each one scans Redis)"
+        )),
     }
 }
 
@@ -266,8 +277,14 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
         Command::List { pattern } => {
             let found = locks.list(pattern).await?;
             // Nothing here: say where locks are held, in case the prefix is the wrong one.
+            // Best effort, within one --timeout: it reads every key shaped like a lock key, and
+            // a slow or failing look must not turn "nothing matched" into an error.
             let elsewhere = if found.is_empty() {
-                locks.other_prefixes().await?
+                tokio::time::timeout(cli.timeout, locks.other_prefixes())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default()
             } else {
                 Vec::new()
             };
@@ -283,7 +300,7 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
             } else {
                 print!("{}", locks_table(&found, cli.wide));
             }
-            if !elsewhere.is_empty() {
+            if !elsewhere.is_empty() && !cli.json {
                 eprintln!(
                     "lockctl: no lock under prefix {} matches; locks are held under {} (--prefix)",
                     shown(&cli.prefix, true),
@@ -340,7 +357,8 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
                         shown(&info.holder, true),
                         waiters.len()
                     ),
-                    None => println!("{}: free, nobody waiting", shown(name, true)),
+                    // Writers waiting on a free lock are about to take it: not read.
+                    None => println!("{}: free", shown(name, true)),
                 }
                 if !waiters.is_empty() {
                     print!("{}", waiters_table(waiters, cli.wide));
@@ -371,7 +389,9 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
                     Outcome::of(watch::once(&locks, &watch).await?)
                 }
             } else {
-                watch::live(&locks, &watch).await;
+                watch::live(&locks, &watch)
+                    .await
+                    .map_err(|e| Failed::usage(format!("watch: {e}")))?;
                 Outcome::Found
             }
         }

@@ -10,15 +10,17 @@
 //! again.
 //!
 //! The terminal is put in its alternate screen with the cursor hidden and keys read one at a
-//! time without echo (Ctrl-C still interrupts); all of it is put back however the command
-//! ends, a panic included.
+//! time without echo (terminal.rs); all of it is put back however the command ends: `q`,
+//! Ctrl-C, SIGTERM, SIGHUP, a panic. Where stdout is not a terminal, frames are printed one
+//! after another, without escapes. A frame is cut to the terminal's width and height.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::time::{Duration, SystemTime};
 
 use lock_core::{LockInfo, LockManager};
 
+use crate::terminal;
 use crate::view::{ago, clock, human, kind, name_cell, shown, table, waiters_cell};
 
 /// A lease this close to its end (a share of its ttl) is about to expire.
@@ -39,8 +41,8 @@ pub(crate) struct Frame<'a> {
     pub(crate) at: SystemTime,
     /// Why this refresh failed, when it did (the locks are then the last ones read).
     pub(crate) error: Option<&'a str>,
-    /// Terminal width to cut lines to, if known.
-    pub(crate) width: Option<usize>,
+    /// The terminal's size (columns, rows) to cut the frame to, if known.
+    pub(crate) size: Option<(usize, usize)>,
     /// Whether to draw marked rows in colour (a terminal).
     pub(crate) color: bool,
     /// Names shown whole.
@@ -154,8 +156,9 @@ pub(crate) fn render(
         ));
     }
     lines.push(String::new());
+    let width = frame.size.map(|(cols, _)| cols);
     for (i, line) in body.lines().enumerate() {
-        let line = cut(line, frame.width);
+        let line = cut(line, width);
         // The header is line 0; row i - 1 below it.
         let styled = match i.checked_sub(1).and_then(|row| marks.get(row)) {
             Some((_, true)) => paint(&line, "31", frame.color),
@@ -174,8 +177,22 @@ pub(crate) fn render(
             NEW_FOR.as_secs(),
             (EXPIRING_SHARE * 100.0) as u32
         ),
-        frame.width,
+        width,
     ));
+    // A frame taller than the terminal would scroll at every redraw: the rows that do not fit
+    // are counted instead.
+    if let Some((_, rows)) = frame.size {
+        if lines.len() > rows && rows > 1 {
+            let hidden = lines.len() - (rows - 1);
+            lines.truncate(rows - 1);
+            lines.push(cut(
+                &format!(
+                    "... {hidden} more lines: a taller terminal, a PATTERN or --once shows them"
+                ),
+                width,
+            ));
+        }
+    }
     // The holds still shown, with when each first showed (the first frame's: never new).
     let seen = locks
         .iter()
@@ -208,75 +225,6 @@ fn paint(text: &str, code: &str, color: bool) -> String {
     }
 }
 
-/// The terminal as watch uses it: the alternate screen, no cursor, keys unbuffered and not
-/// echoed. Dropped, it puts back what it found.
-struct Screen {
-    saved: Option<rustix::termios::Termios>,
-}
-
-impl Screen {
-    fn enter() -> Self {
-        let stdin = std::io::stdin();
-        let saved = stdin
-            .is_terminal()
-            .then(|| rustix::termios::tcgetattr(&stdin).ok())
-            .flatten();
-        if let Some(saved) = &saved {
-            let mut keys = saved.clone();
-            keys.local_modes
-                .remove(rustix::termios::LocalModes::ICANON | rustix::termios::LocalModes::ECHO);
-            keys.special_codes[rustix::termios::SpecialCodeIndex::VMIN] = 1;
-            keys.special_codes[rustix::termios::SpecialCodeIndex::VTIME] = 0;
-            let _ =
-                rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &keys);
-        }
-        let mut out = std::io::stdout();
-        let _ = out.write_all(b"\x1b[?1049h\x1b[?25l");
-        let _ = out.flush();
-        Screen { saved }
-    }
-
-    /// Draws `frame` over the last one.
-    fn draw(&self, frame: &str) {
-        let mut text = String::from("\x1b[H");
-        for line in frame.lines() {
-            text.push_str(line);
-            text.push_str("\x1b[K\n");
-        }
-        text.push_str("\x1b[J");
-        let mut out = std::io::stdout();
-        let _ = out.write_all(text.as_bytes());
-        let _ = out.flush();
-    }
-}
-
-impl Drop for Screen {
-    fn drop(&mut self) {
-        let mut out = std::io::stdout();
-        let _ = out.write_all(b"\x1b[?25h\x1b[?1049l");
-        let _ = out.flush();
-        if let Some(saved) = &self.saved {
-            let _ = rustix::termios::tcsetattr(
-                std::io::stdin(),
-                rustix::termios::OptionalActions::Now,
-                saved,
-            );
-        }
-    }
-}
-
-/// The terminal's width, when stdout is one.
-fn width() -> Option<usize> {
-    let out = std::io::stdout();
-    if !out.is_terminal() {
-        return None;
-    }
-    rustix::termios::tcgetwinsize(&out)
-        .ok()
-        .map(|size| usize::from(size.ws_col))
-        .filter(|w| *w > 0)
-}
-
 /// What `watch` was asked.
 pub(crate) struct Watch<'a> {
     pub(crate) pattern: &'a str,
@@ -293,38 +241,46 @@ pub(crate) async fn once(locks: &LockManager, watch: &Watch<'_>) -> lock_core::R
         prefix: watch.prefix,
         at: SystemTime::now(),
         error: None,
-        width: width(),
-        color: std::io::stdout().is_terminal(),
+        // The whole frame: it scrolls like any output.
+        size: terminal::size().map(|(cols, _)| (cols, usize::MAX)),
+        color: terminal::drawable(),
         wide: watch.wide,
     };
     print!("{}", render(&found, None, &frame).0);
     Ok(!found.is_empty())
 }
 
-/// Redraws the table every `interval` until `q` or Ctrl-C, then puts the terminal back.
-pub(crate) async fn live(locks: &LockManager, watch: &Watch<'_>) {
+/// Redraws the table every `interval` until `q`, Ctrl-C, SIGTERM or SIGHUP, then puts the
+/// terminal back. Where stdout is not a terminal, prints one frame after another instead.
+pub(crate) async fn live(locks: &LockManager, watch: &Watch<'_>) -> std::io::Result<()> {
+    // Listening before the terminal changes: a signal from now on ends the loop, which puts
+    // the terminal back.
+    let mut stop = terminal::Stop::listen()?;
+    let screen = terminal::Screen::enter();
     let (quit_tx, mut quit) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let screen = Screen::enter();
-    // Keys, on a thread of their own (a read of stdin blocks); it ends with the process.
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin();
-        let mut key = [0u8; 1];
-        while let Ok(1) = stdin.read(&mut key) {
-            if key[0] == b'q' || key[0] == b'Q' {
-                let _ = quit_tx.send(());
-                return;
+    if screen.in_place() && std::io::stdin().is_terminal() {
+        // Keys, on a thread of their own (a read of stdin blocks); it ends with the process.
+        std::thread::spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut key = [0u8; 1];
+            while let Ok(1) = stdin.read(&mut key) {
+                if key[0] == b'q' || key[0] == b'Q' {
+                    let _ = quit_tx.send(());
+                    return;
+                }
             }
-        }
-    });
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+        });
+    } else {
+        // No keys to read (stdin is not a terminal, or at its end): only signals end it.
+        drop(quit_tx);
+    }
     let mut last: Vec<LockInfo> = Vec::new();
     let mut seen: Option<Seen> = None;
     loop {
         let read = tokio::select! {
             biased;
-            _ = &mut ctrl_c => break,
-            _ = quit.recv() => break,
+            () = stop.stopped() => break,
+            Some(()) = quit.recv() => break,
             read = locks.list(watch.pattern) => read,
         };
         let error = match read {
@@ -339,8 +295,12 @@ pub(crate) async fn live(locks: &LockManager, watch: &Watch<'_>) {
             prefix: watch.prefix,
             at: SystemTime::now(),
             error: error.as_deref(),
-            width: width(),
-            color: true,
+            size: if screen.in_place() {
+                terminal::size()
+            } else {
+                None
+            },
+            color: screen.in_place(),
             wide: watch.wide,
         };
         let (text, now_seen) = render(&last, seen.as_ref(), &frame);
@@ -350,12 +310,13 @@ pub(crate) async fn live(locks: &LockManager, watch: &Watch<'_>) {
         }
         tokio::select! {
             biased;
-            _ = &mut ctrl_c => break,
-            _ = quit.recv() => break,
+            () = stop.stopped() => break,
+            Some(()) = quit.recv() => break,
             () = tokio::time::sleep(watch.interval) => {}
         }
     }
     drop(screen);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -368,7 +329,7 @@ mod tests {
             prefix: "lock:",
             at: SystemTime::UNIX_EPOCH,
             error: None,
-            width: None,
+            size: None,
             color: false,
             wide: false,
         }

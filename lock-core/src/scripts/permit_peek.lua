@@ -3,7 +3,8 @@
 -- KEYS[1] lock key
 -- Returns {n, waited ('1' or '0'), token, milliseconds left, token, milliseconds left, ...} for
 -- the live permits, or an empty list when the key is not such a lock (a hash without '#n').
-if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then
+-- Another client's hash (no '#n') is left unread: it may be large.
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' or redis.call('HEXISTS', KEYS[1], '#n') == 0 then
   return {}
 end
 local now = now_ms()

@@ -52,8 +52,6 @@ pub(crate) struct Shared {
     shutting: tokio::sync::Notify,
     /// The `lock` metric labels seen, bounded by `label_limit`.
     labels: crate::metrics::Labels,
-    /// The task that keeps `lock_oldest_held_seconds` up to date runs (while a lock is held).
-    ticking: AtomicBool,
 }
 
 impl Shared {
@@ -75,7 +73,6 @@ impl Shared {
             next_id: AtomicU64::new(1),
             shut_down: AtomicBool::new(false),
             shutting: tokio::sync::Notify::new(),
-            ticking: AtomicBool::new(false),
         })
     }
 
@@ -137,7 +134,7 @@ impl Shared {
 
     /// Makes the lease of a granted attempt and tracks it for `shutdown`.
     pub(crate) fn grant(
-        self: &Arc<Self>,
+        &self,
         name: String,
         label: String,
         keys: LockKeys,
@@ -146,64 +143,10 @@ impl Shared {
         min_hold: Option<Duration>,
     ) -> Arc<Lease> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::held(&label, keys.kind);
+        crate::metrics::held(&label, keys.kind, grant.sent);
         let lease = Arc::new(Lease::new(id, name, label, keys, ttl, grant, min_hold));
         locked(&self.held).insert(id, Arc::clone(&lease));
-        if crate::metrics::ON && !self.ticking.swap(true, Ordering::AcqRel) {
-            self.tick_oldest();
-        }
         lease
-    }
-
-    /// Keeps `lock_oldest_held_seconds` up to date: every second, for each label and kind this
-    /// manager holds, how long its oldest lease has been held; 0 for those it held a second ago
-    /// and holds no more. It ends once nothing is held (the next grant starts it again) or at
-    /// `shutdown`, and is awaited by `shutdown` like the background releases.
-    fn tick_oldest(self: &Arc<Self>) {
-        let Ok(handle) = Handle::try_current() else {
-            self.ticking.store(false, Ordering::Release);
-            return;
-        };
-        let shared = Arc::clone(self);
-        self.tasks.spawn(&handle, async move {
-            let mut shown: Vec<(String, crate::kind::Kind)> = Vec::new();
-            loop {
-                let mut oldest: HashMap<(String, crate::kind::Kind), Duration> = HashMap::new();
-                for lease in locked(&shared.held).values() {
-                    let age = oldest
-                        .entry((lease.label.clone(), lease.keys.kind))
-                        .or_default();
-                    *age = (*age).max(lease.acquired.elapsed());
-                }
-                for (label, kind) in shown.iter().filter(|k| !oldest.contains_key(*k)) {
-                    crate::metrics::oldest(label, *kind, Duration::ZERO);
-                }
-                for ((label, kind), age) in &oldest {
-                    crate::metrics::oldest(label, *kind, *age);
-                }
-                shown = oldest.into_keys().collect();
-                if shown.is_empty() {
-                    shared.ticking.store(false, Ordering::Release);
-                    // A grant since the read found the flag still set, and started nothing.
-                    if locked(&shared.held).is_empty()
-                        || shared.ticking.swap(true, Ordering::AcqRel)
-                    {
-                        return;
-                    }
-                    continue;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = shared.shut_down() => {
-                        for (label, kind) in &shown {
-                            crate::metrics::oldest(label, *kind, Duration::ZERO);
-                        }
-                        shared.ticking.store(false, Ordering::Release);
-                        return;
-                    }
-                }
-            }
-        });
     }
 
     /// Claims the right to end `lease` (exactly one caller wins) and forgets it.
@@ -222,7 +165,7 @@ impl Shared {
     /// Accounts for the end of `lease` (its release, drop or shutdown): one held lock less,
     /// its hold's length, and its loss if it ran out before it ended.
     fn ended(lease: &Lease) {
-        crate::metrics::released(&lease.label, lease.keys.kind, lease.acquired.elapsed());
+        crate::metrics::released(&lease.label, lease.keys.kind, lease.acquired);
         if lease.remaining().is_zero() {
             lease.report_lost(crate::metrics::Lost::Expired);
         } else if lease.marked_lost() {

@@ -40,52 +40,81 @@ fn unreachable_at(at: &str, e: redis::RedisError) -> redis::RedisError {
 /// per change: one WARN when its commands stop getting through (with its address and the
 /// first error), one when it answers again (with how long it did not). What each lock then
 /// logs stays at DEBUG or is told once per lock, so an outage reads as one event in the log
-/// rather than a line per lock and retry.
+/// rather than a line per lock and retry. Shared by every connection to the same place (the
+/// command connection and the pooled ones of `min_replicas`).
 pub(super) struct Reachable {
     /// The server's address, or the cluster's seeds or Sentinel's master (never a password).
     at: Arc<str>,
-    /// How long commands must have got through without a failure for an outage to be over:
-    /// zero for one server; on a cluster, where one node can be down while the others answer,
-    /// longer than a command to the node that is down takes to fail (its client's retries
-    /// included), so that such a partial outage is one event, not one per answer in between.
-    settle: Duration,
+    /// A cluster: one node can be down while the others answer, so the outage is over only
+    /// once every lock whose command failed has been answered since (each lock's keys live on
+    /// one node), not at the first answer from another node.
+    by_lock: bool,
     state: std::sync::Mutex<Outage>,
 }
 
-/// An outage under way: since when, when a command last failed to get through, and since when
-/// commands have got through again (the outage's end, once no failure follows for `settle`).
+/// An outage under way: since when and, on a cluster, the locks (their keys' hash tags) whose
+/// last command failed, with when.
 #[derive(Default)]
 struct Outage {
     since: Option<tokio::time::Instant>,
-    last_failure: Option<tokio::time::Instant>,
-    answered_since: Option<tokio::time::Instant>,
+    failing: std::collections::HashMap<Vec<u8>, tokio::time::Instant>,
 }
+
+/// A lock whose command failed and that has had no command since is forgotten after this
+/// long: nothing is known of its node any more (no command asks), and an outage that only it
+/// kept open ends at the next answer.
+const FORGET: Duration = Duration::from_secs(60);
 
 /// The cluster client's own retries of a command (a timeout or a dropped connection is sent
 /// again at once).
 #[cfg(feature = "cluster")]
 const CLUSTER_RETRIES: u32 = 6;
 
-/// How long after its last failure an outage of a deployment that sends each command up to
-/// `sends` times is over, if nothing fails meanwhile: longer than such a command takes to fail.
-#[cfg(any(feature = "cluster", feature = "sentinel"))]
-fn settle(timeouts: Timeouts, sends: u32) -> Duration {
-    timeouts.response * sends + Duration::from_secs(1)
+/// The hash tag of the first key a command names (`{...}` of a lock key, so every key of one
+/// lock gives the same), or the key itself; `None` for a command without a key.
+fn lock_of(request: &Request<'_>) -> Option<Vec<u8>> {
+    let cmd = match request {
+        Request::One(cmd) => *cmd,
+        Request::Pipe(pipe) => pipe.cmd_iter().next()?,
+    };
+    let mut args = cmd.args_iter().filter_map(|arg| match arg {
+        redis::Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    let name = args.next()?;
+    if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
+        args.next()?; // the script
+        if args.next()? == b"0" {
+            return None;
+        }
+    }
+    let key = args.next()?;
+    let tag = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let close = key[open + 1..].iter().position(|&b| b == b'}')?;
+            Some(&key[open + 1..open + 1 + close])
+        })
+        .filter(|tag| !tag.is_empty())
+        .unwrap_or(key);
+    Some(tag.to_vec())
 }
 
 impl Reachable {
-    pub(super) fn new(at: Arc<str>, settle: Duration) -> Self {
+    pub(super) fn new(at: Arc<str>, by_lock: bool) -> Self {
         Self {
             at,
-            settle,
+            by_lock,
             state: std::sync::Mutex::default(),
         }
     }
 
-    /// Notes how a command fared: an error that says the server could not be reached (a
+    /// Notes how `request` fared: an error that says the server could not be reached (a
     /// refused or dropped connection, a timeout, an I/O error) starts an outage; any answer,
-    /// an error reply included, ends one once `settle` has passed since the last failure.
-    fn heard<T>(&self, answer: &redis::RedisResult<T>) {
+    /// an error reply included, ends one (on a cluster, once every lock that failed has been
+    /// answered since, or forgotten).
+    fn heard<T>(&self, request: &Request<'_>, answer: &redis::RedisResult<T>) {
         let (answered, unreachable) = match answer {
             Ok(_) => (true, None),
             // An error reply (OOM, NOSCRIPT, a script's error) is an answer too.
@@ -100,37 +129,42 @@ impl Reachable {
             }
             Err(_) => (false, None),
         };
+        if !answered && unreachable.is_none() {
+            return;
+        }
         let now = tokio::time::Instant::now();
+        let lock = || lock_of(request).unwrap_or_default();
         let mut outage = crate::locked(&self.state);
-        match (unreachable, outage.since) {
-            (Some(e), None) => {
+        if let Some(e) = unreachable {
+            if self.by_lock {
+                outage.failing.insert(lock(), now);
+            }
+            if outage.since.is_none() {
                 outage.since = Some(now);
-                outage.last_failure = Some(now);
                 tracing::warn!(redis = %self.at, error = %e, "Redis unreachable; locks on it fail or wait until it answers again");
             }
-            (Some(_), Some(_)) => {
-                outage.last_failure = Some(now);
-                outage.answered_since = None;
-            }
-            (None, Some(since)) if answered => {
-                let back = *outage.answered_since.get_or_insert(now);
-                if outage
-                    .last_failure
-                    .is_some_and(|at| now.duration_since(at) < self.settle)
-                {
-                    return;
-                }
-                *outage = Outage::default();
-                let down = back.duration_since(since);
-                tracing::warn!(
-                    redis = %self.at,
-                    down_ms = down.as_millis() as u64,
-                    "Redis answering again after {:.1} s",
-                    down.as_secs_f64()
-                );
-            }
-            _ => {}
+            return;
         }
+        let Some(since) = outage.since else {
+            return;
+        };
+        if self.by_lock {
+            outage.failing.remove(&lock());
+            outage
+                .failing
+                .retain(|_, failed| now.duration_since(*failed) < FORGET);
+            if !outage.failing.is_empty() {
+                return;
+            }
+        }
+        *outage = Outage::default();
+        let down = now.duration_since(since);
+        tracing::warn!(
+            redis = %self.at,
+            down_ms = down.as_millis() as u64,
+            "Redis answering again after {:.1} s",
+            down.as_secs_f64()
+        );
     }
 }
 
@@ -278,22 +312,24 @@ impl RedisNode {
         }
     }
 
-    /// Another connection to where this node's connections go.
+    /// Another connection to where this node's connections go; an outage on it is the same
+    /// outage as on the others (one [`Reachable`] for all).
     pub(super) async fn open(&self, timeouts: Timeouts) -> Result<Conn> {
         Ok(match &self.source {
             Source::Model(conn) => Conn::Model(conn.clone()),
-            Source::Client(client) => Conn::single(
+            Source::Client(client) => Conn::Single(
                 ConnectionManager::new_lazy_with_config((**client).clone(), Self::config(timeouts))
                     .map_err(|e| connect_failed(&address(client), e))?,
-                client,
+                self.conn
+                    .reachable()
+                    .unwrap_or_else(|| Arc::new(Reachable::new(address(client).into(), false))),
             ),
             #[cfg(feature = "cluster")]
             Source::Cluster(seeds) => Conn::Cluster(
                 Self::cluster_conn(seeds, timeouts).await?,
-                Arc::new(Reachable::new(
-                    cluster_at(seeds).into(),
-                    settle(timeouts, CLUSTER_RETRIES + 1),
-                )),
+                self.conn
+                    .reachable()
+                    .unwrap_or_else(|| Arc::new(Reachable::new(cluster_at(seeds).into(), true))),
             ),
             #[cfg(feature = "sentinel")]
             Source::Sentinel(primary) => Conn::Sentinel(
@@ -301,10 +337,9 @@ impl RedisNode {
                     Arc::clone(primary),
                     Self::config(timeouts),
                 )),
-                Arc::new(Reachable::new(
-                    primary.described().into(),
-                    settle(timeouts, 2),
-                )),
+                self.conn
+                    .reachable()
+                    .unwrap_or_else(|| Arc::new(Reachable::new(primary.described().into(), false))),
             ),
         })
     }
@@ -345,10 +380,7 @@ impl RedisNode {
         Ok(Self {
             conn: Conn::Cluster(
                 conn,
-                Arc::new(Reachable::new(
-                    cluster_at(seeds).into(),
-                    settle(timeouts, CLUSTER_RETRIES + 1),
-                )),
+                Arc::new(Reachable::new(cluster_at(seeds).into(), true)),
             ),
             notifier,
             sharded,
@@ -396,8 +428,7 @@ impl RedisNode {
         }
         let following =
             crate::backend::sentinel::Following::new(Arc::clone(&primary), Self::config(timeouts));
-        // A command is sent at most twice: again to the new primary after a failover.
-        let reachable = Reachable::new(primary.described().into(), settle(timeouts, 2));
+        let reachable = Reachable::new(primary.described().into(), false);
         Ok(Self {
             conn: Conn::Sentinel(Arc::new(following), Arc::new(reachable)),
             notifier: Arc::new(Notifier::new(Dial::Sentinel(Arc::clone(&primary)))),
@@ -454,8 +485,20 @@ impl Conn {
     pub(super) fn single(conn: ConnectionManager, client: &redis::Client) -> Self {
         Conn::Single(
             conn,
-            Arc::new(Reachable::new(address(client).into(), Duration::ZERO)),
+            Arc::new(Reachable::new(address(client).into(), false)),
         )
+    }
+
+    /// Whether this connection's server answers, shared with the connections opened beside it.
+    fn reachable(&self) -> Option<Arc<Reachable>> {
+        match self {
+            Conn::Single(_, reachable) => Some(Arc::clone(reachable)),
+            Conn::Model(_) => None,
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(_, reachable) => Some(Arc::clone(reachable)),
+            #[cfg(feature = "sentinel")]
+            Conn::Sentinel(_, reachable) => Some(Arc::clone(reachable)),
+        }
     }
 
     pub(super) async fn send<T: FromRedisValue>(
@@ -465,7 +508,7 @@ impl Conn {
         match self {
             Conn::Single(conn, reachable) => {
                 let answer = request.on(&mut conn.clone()).await;
-                reachable.heard(&answer);
+                reachable.heard(request, &answer);
                 answer.map_err(|e| unreachable_at(&reachable.at, e))
             }
             Conn::Model(conn) => request.on(&mut conn.clone()).await,
@@ -484,7 +527,7 @@ impl Conn {
                     answer
                 }
                 .await;
-                reachable.heard(&answer);
+                reachable.heard(request, &answer);
                 answer
             }
             #[cfg(feature = "cluster")]
@@ -506,7 +549,7 @@ impl Conn {
                             pause *= 2;
                         }
                         other => {
-                            reachable.heard(&other);
+                            reachable.heard(request, &other);
                             return other;
                         }
                     }

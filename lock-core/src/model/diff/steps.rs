@@ -111,12 +111,23 @@ impl Names {
         let hex = |i: u64| format!("{:032x}", i.wrapping_mul(0x1234_5678_9abc_def1));
         Names {
             locks: ["lock:{a}", "lock:{b}"],
-            // In the token format of lock-core (holder | ms | 128 random bits): short enough that
+            // In the token formats of lock-core (holder | ms | lease ms, `w` when a watchdog
+            // renews it | 128 random bits; and 0.1.0's, without the lease): short enough that
             // Redis keeps a hash of them as a listpack (fields of at most 64 bytes).
             tokens: (1..=4)
-                .map(|i| format!("host:{i}|1733500000000|{}", hex(i)))
+                .map(|i| match i {
+                    1 => format!("host:{i}|1733500000000|30000w|{}", hex(i)),
+                    2 => format!("host:{i}|1733500000000|{}", hex(i)),
+                    _ => format!("host:{i}|1733500000000|{}|{}", 1000 * i, hex(i)),
+                })
                 .collect(),
-            tickets: (1..=3).map(|i| hex(100 + i)).collect(),
+            // Tickets naming their waiter, and one of a version before holder ids.
+            tickets: (1..=3)
+                .map(|i| match i {
+                    3 => hex(100 + i),
+                    _ => format!("w:{i}|1733500000000|{}", hex(100 + i)),
+                })
+                .collect(),
         }
     }
 
