@@ -1180,23 +1180,28 @@ impl Drop for Certificates {
 /// TLS (feature `tls`): a `redis-server` with a TLS port and certificates the test makes, which
 /// requires client certificates. With the test's CA and a client certificate passed through
 /// `client(..)`, locks, waits and releases work over `rediss://`; without a client certificate
-/// the server refuses, and a CA the system does not trust fails verification.
+/// the server refuses, and a CA the system does not trust fails verification. Always on the
+/// system's `redis-server`: TLS is the client's part here, and the server matrix's builds from
+/// PyPI (`.ci/run`) have none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_work_over_tls_with_a_ca_and_a_client_certificate() {
     let certs = Certificates::make();
     let tls_port = free_port();
-    let server = RedisServer::start_with(&[
-        "--tls-port",
-        &tls_port.to_string(),
-        "--tls-cert-file",
-        &certs.path("server.crt"),
-        "--tls-key-file",
-        &certs.path("server.key"),
-        "--tls-ca-cert-file",
-        &certs.path("ca.crt"),
-        "--tls-auth-clients",
-        "yes",
-    ]);
+    let server = RedisServer::start_binary(
+        "redis-server",
+        &[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &certs.path("server.crt"),
+            "--tls-key-file",
+            &certs.path("server.key"),
+            "--tls-ca-cert-file",
+            &certs.path("ca.crt"),
+            "--tls-auth-clients",
+            "yes",
+        ],
+    );
     let url = format!("rediss://127.0.0.1:{tls_port}");
     let tls = |client_tls: Option<redis::ClientTlsConfig>| {
         redis::Client::build_with_tls(
@@ -1447,4 +1452,21 @@ async fn a_guard_lends_its_hold_to_reentrant_acquisitions_inside_holding() {
     assert!(value.is_some(), "still held by the outer guard");
     assert!(outer.release().await.unwrap());
     assert!(server.lock_keys().is_empty());
+}
+
+/// The server matrix (`.ci/run` runs this binary and scale_out.rs once per server, naming it in
+/// `LOCK_TESTS_SERVER` and its version in `LOCK_TESTS_SERVER_VERSION`): the servers the tests
+/// start are that version, so that a matrix entry cannot quietly test the default server.
+#[test]
+fn the_servers_started_are_the_matrix_entry_asked_for() {
+    let server = RedisServer::start();
+    let version = server.version();
+    match std::env::var("LOCK_TESTS_SERVER_VERSION") {
+        Ok(expected) => assert!(
+            version.starts_with(&expected),
+            "{} is {version}, not {expected}",
+            lock_test_support::server_binary()
+        ),
+        Err(_) => eprintln!("testing on {version} (no LOCK_TESTS_SERVER_VERSION to check)"),
+    }
 }

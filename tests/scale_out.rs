@@ -885,11 +885,14 @@ async fn handed_over(
     g
 }
 
-/// On Redis 7 a release is announced with `SPUBLISH`, which reaches only the shard that owns the
-/// lock's slot, and waiters `SSUBSCRIBE` there: no message is copied to every node.
+/// On Redis 7 and Valkey a release is announced with `SPUBLISH`, which reaches only the shard
+/// that owns the lock's slot, and waiters `SSUBSCRIBE` there: no message is copied to every
+/// node. On Redis 6.2 (no sharded pub/sub) the release is a classic `PUBLISH`, which the
+/// cluster copies to every node, and waiters subscribe on the first seed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_releases_wake_waiters_through_the_owning_shard_only() {
     let cluster = RedisCluster::start(3, 0);
+    let sharded = cluster.nodes[0].sharded_pubsub();
     let (holder, waiter) = holder_and_waiter(&cluster).await;
     let key = holder.key_for("sharded");
     let owner = cluster.master_of(&key);
@@ -897,27 +900,34 @@ async fn cluster_releases_wake_waiters_through_the_owning_shard_only() {
     let w = waiter.clone();
     let waiting =
         tokio::spawn(async move { w.acquire("sharded", LONG, Duration::from_secs(30)).await });
-    let shard_subscribers = |node: usize| -> i64 {
+    // Where the waiter listens: the owning shard, or the first seed.
+    let (listens_on, numsub) = if sharded {
+        (owner, "SHARDNUMSUB")
+    } else {
+        (0, "NUMSUB")
+    };
+    let subscribers = || -> i64 {
         let reply: (String, i64) =
-            cluster.nodes[node].query(redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(&key));
+            cluster.nodes[listens_on].query(redis::cmd("PUBSUB").arg(numsub).arg(&key));
         reply.1
     };
     assert!(
-        eventually(Duration::from_secs(5), || shard_subscribers(owner) == 1).await,
-        "subscribed on the shard that owns the slot"
+        eventually(Duration::from_secs(5), || subscribers() == 1).await,
+        "subscribed on node {listens_on} ({numsub})"
     );
     let g = handed_over(held, waiting).await;
+    let (used, unused) = if sharded {
+        ("spublish", "publish")
+    } else {
+        ("publish", "spublish")
+    };
     for (i, node) in cluster.nodes.iter().enumerate() {
-        assert_eq!(
-            node.command_calls("publish"),
-            0,
-            "node {i}: no classic PUBLISH"
-        );
+        assert_eq!(node.command_calls(unused), 0, "node {i}: no {unused}");
     }
-    assert!(cluster.nodes[owner].command_calls("spublish") >= 1);
+    assert!(cluster.nodes[owner].command_calls(used) >= 1);
     assert!(g.release().await.unwrap());
     assert!(
-        eventually(Duration::from_secs(5), || shard_subscribers(owner) == 0).await,
+        eventually(Duration::from_secs(5), || subscribers() == 0).await,
         "unsubscribed once nobody waits"
     );
 }
@@ -963,9 +973,12 @@ async fn cluster_falls_back_to_classic_notifications_unless_every_primary_is_red
 /// client waits up to its connect timeout (1 s) for the hung one, so the driver never
 /// connected, and waiters on healthy shards were left to poll (27.5 s here, of a one-minute
 /// poll). The driver now lets the client give up on the hung node and start with the others.
+/// On Redis 6.2 (classic pub/sub: waiters listen on the first seed, which every node copies
+/// releases to) a hung node other than that seed costs no notification either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_a_paused_shard_delays_no_notification_on_the_other_shards() {
     let cluster = RedisCluster::start(3, 0);
+    let sharded = cluster.nodes[0].sharded_pubsub();
     // The healthy shards keep serving their slots while one is down.
     for node in &cluster.nodes {
         let _: () = node.query(
@@ -976,7 +989,13 @@ async fn cluster_a_paused_shard_delays_no_notification_on_the_other_shards() {
         );
     }
     let (holder, waiter) = holder_and_waiter(&cluster).await;
-    let (paused, healthy) = (0, 1);
+    let (paused, healthy) = if sharded { (0, 1) } else { (1, 2) };
+    // Where the waiter on the healthy shard listens: that shard, or the first seed.
+    let (listens_on, numsub) = if sharded {
+        (healthy, "SHARDNUMSUB")
+    } else {
+        (0, "NUMSUB")
+    };
     // Six names on the shard that will hang, one on a healthy shard (last).
     let on = |shard: usize, count: usize| -> Vec<String> {
         (0..)
@@ -1002,7 +1021,7 @@ async fn cluster_a_paused_shard_delays_no_notification_on_the_other_shards() {
         .collect();
     let subscribers = || -> i64 {
         let reply: (String, i64) =
-            cluster.nodes[healthy].query(redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(&key));
+            cluster.nodes[listens_on].query(redis::cmd("PUBSUB").arg(numsub).arg(&key));
         reply.1
     };
     assert!(

@@ -31,7 +31,7 @@ impl RedisCluster {
     /// `masters` masters with `replicas` replicas each; node timeout 1 s, failover always
     /// allowed. Waits until every node reports `cluster_state:ok`.
     pub fn start(masters: usize, replicas: usize) -> Self {
-        Self::start_binary("redis-server", masters, replicas)
+        Self::start_binary(&crate::server::server_binary(), masters, replicas)
     }
 
     /// [`start`](Self::start) with `binary` for the nodes (a `valkey-server`).

@@ -66,7 +66,7 @@ impl Sentinels {
                     ),
                 )
                 .expect("write the sentinel config");
-                let child = Command::new("redis-server")
+                let child = Command::new(crate::server::server_binary())
                     .arg(&conf)
                     .arg("--sentinel")
                     .stdin(Stdio::null())

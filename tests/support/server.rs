@@ -27,6 +27,13 @@ pub fn free_port() -> u16 {
         .expect("could not find a free loopback port")
 }
 
+/// The server binary the tests start: `$LOCK_TESTS_SERVER` (a `redis-server` or
+/// `valkey-server` of another version: `.ci/run` runs the semantic suite on each server of
+/// its matrix this way), else `redis-server` on PATH.
+pub fn server_binary() -> String {
+    std::env::var("LOCK_TESTS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
+}
+
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> Self {
@@ -35,7 +42,7 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments, e.g. `["--requirepass", "s3cret"]`.
     pub fn start_with(extra_args: &[&str]) -> Self {
-        Self::start_binary("redis-server", extra_args)
+        Self::start_binary(&server_binary(), extra_args)
     }
 
     /// Starts `binary` (`redis-server`, or a `valkey-server`: see [`valkey_server`](crate::valkey_server)) with extra
@@ -220,6 +227,30 @@ impl RedisServer {
     /// Runs one command on a fresh blocking connection.
     pub fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
         cmd.query(&mut self.conn()).expect("redis command")
+    }
+
+    /// The server's version as it reports it (`valkey_version` on Valkey, else
+    /// `redis_version`), e.g. `"6.2.5"`.
+    pub fn version(&self) -> String {
+        let info: String = self.query(redis::cmd("INFO").arg("server"));
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        field("valkey_version:")
+            .or_else(|| field("redis_version:"))
+            .expect("INFO server names a version")
+    }
+
+    /// Whether the server has sharded pub/sub (`SPUBLISH`, Redis 7 and Valkey): lock-core
+    /// uses it on a cluster whose every primary has it, classic `PUBLISH` elsewhere.
+    pub fn sharded_pubsub(&self) -> bool {
+        let info: String = self.query(redis::cmd("INFO").arg("server"));
+        info.lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .and_then(|v| v.trim().split('.').next()?.parse::<u32>().ok())
+            .is_some_and(|major| major >= 7)
     }
 
     /// How many times `command` (lowercase, e.g. `"evalsha"`) has run since start or
