@@ -248,6 +248,91 @@ async fn min_replicas_on_a_server_that_refuses_wait_is_a_configuration_error() {
     );
 }
 
+/// `min_replicas_aof`: a grant counts once it is in the append-only file of the primary and of
+/// the replica (`WAITAOF 1 1`); a replica that keeps no such file never acknowledges, so the
+/// grant is given back; a primary without one, or a server without `WAITAOF` (Redis 7.0), is
+/// refused at `build`. On Valkey (8.1 in CI), which has `WAITAOF`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_replicas_aof_counts_grants_written_to_disk_on_the_primary_and_the_replica() {
+    let Some(valkey) = valkey_server() else {
+        eprintln!("no valkey-server installed: the WAITAOF test is skipped");
+        return;
+    };
+    let on_disk = ["--appendonly", "yes", "--appendfsync", "always"];
+    let primary = RedisServer::start_binary(&valkey, &on_disk);
+    let port = primary.port().to_string();
+    let mut replica_args = on_disk.to_vec();
+    replica_args.extend(["--replicaof", "127.0.0.1", &port]);
+    let replica = RedisServer::start_binary(&valkey, &replica_args);
+    replica.wait_replicating(Duration::from_secs(10));
+    let builder = |url: &str| {
+        LockManager::builder()
+            .url(url)
+            .min_replicas_aof(1, Duration::from_secs(2))
+    };
+    let locks = builder(&primary.url()).build().await.unwrap();
+    // The first write after the replica's sync may wait for its first acknowledgement.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let held = loop {
+        match locks.try_acquire("on-disk", LONG).await {
+            Ok(Some(guard)) => break guard,
+            Err(LockError::NotReplicated { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(held.extend(LONG).await.unwrap());
+    assert!(held.fencing_token().await.unwrap() > 0);
+    assert!(held.release().await.unwrap());
+    let waitaof = primary.command_calls("waitaof");
+    assert!(waitaof >= 3, "grant, renewal, fencing token: {waitaof}");
+    assert_eq!(primary.command_calls("wait"), 0);
+
+    // The replica stops keeping its file: it acknowledges no write to disk any more.
+    let _: () = replica.query(redis::cmd("CONFIG").arg("SET").arg("appendonly").arg("no"));
+    match locks.try_acquire("on-disk", LONG).await {
+        Err(LockError::NotReplicated {
+            acked: 0,
+            wanted: 1,
+            ..
+        }) => {}
+        other => panic!("expected NotReplicated, got {other:?}"),
+    }
+    assert!(
+        primary.lock_keys().is_empty(),
+        "the grant was given back: {:?}",
+        primary.lock_keys()
+    );
+
+    // A primary without an append-only file, and a server without WAITAOF: refused at build.
+    let plain = RedisServer::start_binary(&valkey, &[]);
+    let system = RedisServer::start_binary("redis-server", &[]);
+    let mut refused = vec![&plain];
+    // The system's Redis (7.0 here) has no WAITAOF, which came with 7.2.
+    let version = system.version();
+    let (major, minor) = version
+        .split_once('.')
+        .and_then(|(major, rest)| {
+            Some((
+                major.parse::<u32>().ok()?,
+                rest.split('.').next()?.parse::<u32>().ok()?,
+            ))
+        })
+        .expect("a version");
+    if (major, minor) < (7, 2) {
+        refused.push(&system);
+    }
+    for server in refused {
+        match builder(&server.url()).build().await {
+            Err(LockError::InvalidConfig { reason }) => {
+                assert!(reason.contains("WAITAOF"), "{reason}")
+            }
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_min_replicas_waits_for_the_replica_of_the_key_shard_only() {
     let cluster = RedisCluster::start(3, 1);

@@ -350,6 +350,33 @@ impl LockManagerBuilder {
         self.min_replicas = Some(MinReplicas {
             replicas: n,
             timeout,
+            aof: false,
+        });
+        self
+    }
+
+    /// [`min_replicas`](Self::min_replicas), on disk: a grant, a fencing token or a renewal
+    /// counts only once the primary and at least `n` replicas have written it to their
+    /// append-only file (`WAITAOF 1 n`, Redis 7.2 or later and Valkey), within `timeout`; else
+    /// it is given back and the attempt fails with
+    /// [`LockError::NotReplicated`](crate::LockError::NotReplicated) (`acked` counts the
+    /// replicas when the primary's file had it, else 0).
+    ///
+    /// What it buys beyond `min_replicas`: the grant survives a restart of the primary or of
+    /// those replicas that reloads their append-only file (with `WAIT`, a server restarted
+    /// within its `appendfsync` interval can come back without it). What it costs: with
+    /// `appendfsync everysec` (the default) a grant waits for the next fsync, up to about a
+    /// second on the primary and on each replica, so give a `timeout` above a second, and a
+    /// `ttl` well above it; with `appendfsync always`, one fsync per write on each server.
+    ///
+    /// `build` checks that the primary accepts `WAITAOF` (which needs `appendonly yes`)
+    /// unless [`lazy`](Self::lazy). A replica without `appendonly` never acknowledges. One
+    /// server, Sentinel or Cluster; not Redlock.
+    pub fn min_replicas_aof(mut self, n: usize, timeout: Duration) -> Self {
+        self.min_replicas = Some(MinReplicas {
+            replicas: n,
+            timeout,
+            aof: true,
         });
         self
     }

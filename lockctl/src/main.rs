@@ -14,7 +14,8 @@
 //! `--cluster` or `--redlock`, or the sentinels' urls with `--sentinel MASTER`; `--prefix` (default
 //! `lock:`) as the services' `key_prefix`; `--timeout` bounds each connection and each command
 //! (default 1s). `--json` prints JSON instead of a table (one shape per command, with
-//! `"schema": 1`); `--wide` shows long names whole. Flags go before or after the command.
+//! `"schema": 1`); `--wide` shows long names whole (else they are cut to fit the terminal, or
+//! to 48 characters off one). Flags go before or after the command.
 //!
 //! Exit codes: 0 found or done, 1 not found (no lock matched; the lock was free; nobody waits
 //! in `queue`), 2 usage or bad input (nothing was sent), 3 Redis unreachable or failing. Errors
@@ -64,7 +65,8 @@ struct Cli {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
-    /// Show long names whole (else cut to 48 characters, with `…`).
+    /// Show long names whole (else cut, with `…`, to fit the terminal, or to 48 characters
+    /// when not on one).
     #[arg(long, short = 'w', global = true)]
     wide: bool,
     #[command(subcommand)]
@@ -298,7 +300,10 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
                     })
                 );
             } else {
-                print!("{}", locks_table(&found, cli.wide));
+                print!(
+                    "{}",
+                    locks_table(&found, cli.wide, terminal::size().map(|(cols, _)| cols))
+                );
             }
             if !elsewhere.is_empty() && !cli.json {
                 eprintln!(
@@ -328,7 +333,10 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
             } else if found.is_empty() {
                 println!("{}: free", shown(name, true));
             } else {
-                print!("{}", locks_table(&found, cli.wide));
+                print!(
+                    "{}",
+                    locks_table(&found, cli.wide, terminal::size().map(|(cols, _)| cols))
+                );
             }
             Outcome::of(!found.is_empty())
         }

@@ -70,6 +70,11 @@ pub(crate) const NAME_WIDTH: usize = 48;
 /// `text` as a terminal may show it: control characters escaped (a newline in a name cannot
 /// print a row of its own), and, unless `whole`, cut to [`NAME_WIDTH`] characters with `…`.
 pub(crate) fn shown(text: &str, whole: bool) -> String {
+    cut_to(text, (!whole).then_some(NAME_WIDTH))
+}
+
+/// `text` escaped as [`shown`] escapes it, cut to `limit` characters (with `…`) when given.
+pub(crate) fn cut_to(text: &str, limit: Option<usize>) -> String {
     let escaped: String = text
         .chars()
         .flat_map(|c| {
@@ -80,23 +85,36 @@ pub(crate) fn shown(text: &str, whole: bool) -> String {
             }
         })
         .collect();
-    if whole || escaped.chars().count() <= NAME_WIDTH {
-        return escaped;
+    match limit {
+        Some(limit) if escaped.chars().count() > limit => {
+            let mut cut: String = escaped.chars().take(limit.saturating_sub(1)).collect();
+            cut.push('…');
+            cut
+        }
+        _ => escaped,
     }
-    let mut cut: String = escaped.chars().take(NAME_WIDTH - 1).collect();
-    cut.push('…');
-    cut
 }
 
-/// A lock's name as a table shows it, with its kind when it is not a plain lock (one row per
-/// permit of a lock of `permits(n)`, and per shared holder).
-pub(crate) fn name_cell(info: &LockInfo, wide: bool) -> String {
+/// A lock's name as a table shows it, cut to `limit` characters, with its kind when it is not
+/// a plain lock (one row per permit of a lock of `permits(n)`, and per shared holder).
+pub(crate) fn name_cell(info: &LockInfo, limit: Option<usize>) -> String {
     if info.shared {
-        format!("{} (shared)", shown(&info.name, wide))
+        format!("{} (shared)", cut_to(&info.name, limit))
     } else if info.permits > 1 {
-        format!("{} (permits {})", shown(&info.name, wide), info.permits)
+        format!("{} (permits {})", cut_to(&info.name, limit), info.permits)
     } else {
-        shown(&info.name, wide)
+        cut_to(&info.name, limit)
+    }
+}
+
+/// The longest a name may be in a table on a terminal `width` columns wide whose other
+/// columns take `others` (their widths and the gaps): the rest, at least 16; without a
+/// terminal, [`NAME_WIDTH`]; `None` (whole) with `--wide`.
+pub(crate) fn name_limit(wide: bool, width: Option<usize>, others: usize) -> Option<usize> {
+    match (wide, width) {
+        (true, _) => None,
+        (false, Some(width)) => Some(width.saturating_sub(others).max(16)),
+        (false, None) => Some(NAME_WIDTH),
     }
 }
 
@@ -112,13 +130,24 @@ pub(crate) fn waiters_cell(info: &LockInfo) -> String {
 }
 
 /// The table of `locks`, one row per holder: who, since when, the lease it asks for (and
-/// whether its watchdog renews it), when it was last renewed, and when it ends.
-pub(crate) fn locks_table(locks: &[LockInfo], wide: bool) -> String {
-    let rows: Vec<Vec<String>> = locks
+/// whether its watchdog renews it), when it was last renewed, and when it ends. Names are cut
+/// to fit a terminal `width` columns wide (else to [`NAME_WIDTH`]) unless `wide`.
+pub(crate) fn locks_table(locks: &[LockInfo], wide: bool, width: Option<usize>) -> String {
+    let header = [
+        "NAME",
+        "HOLDER",
+        "HELD FOR",
+        "TTL",
+        "RENEWED AGO",
+        "REMAINING",
+        "EXPIRES AT",
+        "WAITERS",
+    ];
+    let mut rows: Vec<Vec<String>> = locks
         .iter()
         .map(|info| {
             vec![
-                name_cell(info, wide),
+                String::new(), // the name, once the other columns' widths are known
                 shown(&info.holder, wide),
                 info.acquired_at.map_or("-".to_owned(), ago),
                 info.ttl.map_or("-".to_owned(), |ttl| {
@@ -135,19 +164,21 @@ pub(crate) fn locks_table(locks: &[LockInfo], wide: bool) -> String {
             ]
         })
         .collect();
-    table(
-        &[
-            "NAME",
-            "HOLDER",
-            "HELD FOR",
-            "TTL",
-            "RENEWED AGO",
-            "REMAINING",
-            "EXPIRES AT",
-            "WAITERS",
-        ],
-        &rows,
-    )
+    let others: usize = (1..header.len())
+        .map(|col| {
+            rows.iter()
+                .map(|row| row[col].chars().count())
+                .chain([header[col].len()])
+                .max()
+                .unwrap_or(0)
+                + 2
+        })
+        .sum();
+    let limit = name_limit(wide, width, others);
+    for (row, info) in rows.iter_mut().zip(locks) {
+        row[0] = name_cell(info, limit);
+    }
+    table(&header, &rows)
 }
 
 /// The table of `waiters`: the fair line in order (`#` its place), then the writers that race
@@ -260,5 +291,11 @@ mod tests {
         let long = "n".repeat(60);
         assert_eq!(shown(&long, false).chars().count(), NAME_WIDTH);
         assert_eq!(shown(&long, true), long);
+        // On a terminal 100 columns wide whose other columns take 70: 30 for the name.
+        assert_eq!(name_limit(false, Some(100), 70), Some(30));
+        assert_eq!(name_limit(false, Some(60), 70), Some(16));
+        assert_eq!(name_limit(false, None, 70), Some(NAME_WIDTH));
+        assert_eq!(name_limit(true, Some(60), 70), None);
+        assert_eq!(cut_to(&long, Some(30)).chars().count(), 30);
     }
 }

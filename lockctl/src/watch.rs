@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use lock_core::{LockInfo, LockManager};
 
 use crate::terminal;
-use crate::view::{ago, clock, human, kind, name_cell, shown, table, waiters_cell};
+use crate::view::{ago, clock, human, kind, name_cell, shown, table, waiters_cell, NAME_WIDTH};
 
 /// A lease this close to its end (a share of its ttl) is about to expire.
 const EXPIRING_SHARE: f64 = 0.25;
@@ -119,7 +119,7 @@ pub(crate) fn render(
             };
             vec![
                 mark.to_owned(),
-                name_cell(info, frame.wide),
+                name_cell(info, (!frame.wide).then_some(NAME_WIDTH)),
                 kind(info).to_owned(),
                 shown(&info.holder, frame.wide),
                 info.acquired_at.map_or("-".to_owned(), ago),

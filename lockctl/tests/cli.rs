@@ -804,6 +804,29 @@ async fn watch_redraws_in_place_in_a_terminal_and_quits_on_q_or_ctrl_c() {
         "SIGTERM ends it as q does"
     );
 
+    // In a terminal, `list` cuts a long name to fit the terminal's width (110 here), so that
+    // its row stays one line with every column.
+    let long = format!("reports:{}", "x".repeat(150));
+    let _long = second.try_acquire(&long, LONG).await.unwrap().unwrap();
+    let listed = Terminal::run(&[
+        env!("CARGO_BIN_EXE_lockctl").to_owned(),
+        "--url".to_owned(),
+        server.url(),
+        "list".to_owned(),
+    ]);
+    assert_eq!(listed.exit_status(), 0);
+    let screen = listed.screen(false);
+    let row = screen
+        .lines()
+        .find(|l| l.starts_with("reports:"))
+        .unwrap_or_else(|| panic!("{screen}"));
+    assert!(
+        row.contains('…') && row.contains("worker-b") && row.trim_end().ends_with("no"),
+        "one whole row: {screen}"
+    );
+    assert!(row.chars().count() <= 110, "{row}");
+    drop(listed);
+
     // --once: one frame on stdout, no terminal control.
     let out = lockctl(&server, &["watch", "--once"]);
     assert_eq!(out.status.code(), Some(0));

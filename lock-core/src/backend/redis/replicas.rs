@@ -1,5 +1,6 @@
-//! `min_replicas`: the commands whose writes must reach replicas, each followed by `WAIT` on a
-//! connection lent to it alone from a pool of such connections.
+//! `min_replicas`: the commands whose writes must reach replicas, each followed by `WAIT` (or,
+//! with `min_replicas_aof`, `WAITAOF`) on a connection lent to it alone from a pool of such
+//! connections.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +21,39 @@ use crate::{locked, LockError, Result};
 pub(crate) struct MinReplicas {
     pub(crate) replicas: usize,
     pub(crate) timeout: Duration,
+    /// `min_replicas_aof`: counts once written to the append-only file of the primary and of
+    /// `replicas` replicas (`WAITAOF 1 n`), not only received by the replicas (`WAIT n`).
+    pub(crate) aof: bool,
+}
+
+impl MinReplicas {
+    /// The command that waits for the write before it on its connection: `WAIT n ms`, or
+    /// `WAITAOF 1 n ms`.
+    fn wait(&self) -> Cmd {
+        // `WAIT n 0` would wait forever.
+        let ms = millis_ceil(self.timeout).max(1);
+        if self.aof {
+            let mut cmd = redis::cmd("WAITAOF");
+            cmd.arg(1).arg(self.replicas).arg(ms);
+            cmd
+        } else {
+            let mut cmd = redis::cmd("WAIT");
+            cmd.arg(self.replicas).arg(ms);
+            cmd
+        }
+    }
+
+    /// How many replicas a reply of [`wait`](Self::wait) counts: `WAIT`'s number, or
+    /// `WAITAOF`'s replicas when the primary's own file has the write too (else none: the
+    /// grant is not on the primary's disk).
+    fn acked(&self, reply: Value) -> redis::RedisResult<usize> {
+        if self.aof {
+            let (local, replicas): (usize, usize) = redis::from_redis_value(reply)?;
+            Ok(if local >= 1 { replicas } else { 0 })
+        } else {
+            Ok(redis::from_redis_value(reply)?)
+        }
+    }
 }
 
 /// The most connections for commands followed by `WAIT` a manager opens; more such commands at
@@ -72,9 +106,10 @@ impl Drop for Lent<'_> {
 
 impl RedisNode {
     /// From now on, a grant, a fence increment or an extend counts only once `want.replicas`
-    /// replicas acknowledged it (`WAIT`), each on a connection lent to it alone. Unless
-    /// `check` is false (a lazy manager), asks the server now whether it accepts `WAIT` (an
-    /// ACL or a proxy may refuse it).
+    /// replicas acknowledged it (`WAIT`, or `WAITAOF` with `want.aof`), each on a connection
+    /// lent to it alone. Unless `check` is false (a lazy manager), asks the server now whether
+    /// it accepts that command (an ACL or a proxy may refuse it; `WAITAOF` needs Redis 7.2 or
+    /// Valkey, and `appendonly yes` on the primary).
     pub(crate) async fn min_replicas(
         mut self,
         want: MinReplicas,
@@ -92,15 +127,25 @@ impl RedisNode {
         };
         if check {
             let lent = self.lend(&replicated).await?;
-            let probe: redis::RedisResult<i64> = lent
-                .conn()
-                .send(&Request::One(redis::cmd("WAIT").arg(0).arg(1)))
-                .await;
-            if let Err(e) = probe {
+            // Waits for nothing (no replica; for WAITAOF, the primary's file at most 1 ms).
+            let probe = MinReplicas {
+                replicas: 0,
+                timeout: Duration::from_millis(1),
+                ..want
+            };
+            let answer: redis::RedisResult<Value> =
+                lent.conn().send(&Request::One(&probe.wait())).await;
+            if let Err(e) = answer {
                 return Err(LockError::InvalidConfig {
-                    reason: format!(
-                        "min_replicas needs the WAIT command, and the server refused it: {e}"
-                    ),
+                    reason: if want.aof {
+                        format!(
+                            "min_replicas_aof needs the WAITAOF command (Redis 7.2 or later, Valkey) and `appendonly yes` on the primary, and the server refused it: {e}"
+                        )
+                    } else {
+                        format!(
+                            "min_replicas needs the WAIT command, and the server refused it: {e}"
+                        )
+                    },
                 });
             }
             lent.answered();
@@ -148,7 +193,7 @@ impl RedisNode {
     }
 }
 
-/// `cmd`, then `WAIT` in the same round trip when `wait` is given.
+/// `cmd`, then `WAIT` (or `WAITAOF`) in the same round trip when `wait` is given.
 pub(super) async fn send_waited<T: FromRedisValue>(
     conn: &Conn,
     cmd: &Cmd,
@@ -158,11 +203,7 @@ pub(super) async fn send_waited<T: FromRedisValue>(
         return Ok((conn.send(&Request::One(cmd)).await?, 0));
     };
     let mut pipe = redis::pipe();
-    pipe.add_command(cmd.clone())
-        .cmd("WAIT")
-        .arg(want.replicas)
-        // `WAIT n 0` would wait forever.
-        .arg(millis_ceil(want.timeout).max(1));
+    pipe.add_command(cmd.clone()).add_command(want.wait());
     // Each reply on its own: the command's error is the command's, and a refused `WAIT`
     // (checked at `build`, but an ACL can change) counts as no acknowledgement, so a grant it
     // followed is given back.
@@ -170,9 +211,9 @@ pub(super) async fn send_waited<T: FromRedisValue>(
     let (reply, waited): (Value, Value) = conn.send(&Request::Pipe(&pipe)).await?;
     let reply = redis::from_redis_value(reply.extract_error()?)?;
     let acked = match waited.extract_error() {
-        Ok(n) => redis::from_redis_value(n)?,
+        Ok(reply) => want.acked(reply)?,
         Err(e) => {
-            tracing::warn!(error = %e, "WAIT refused; counting no replica");
+            tracing::warn!(error = %e, "WAIT or WAITAOF refused; counting no replica");
             0
         }
     };
