@@ -142,6 +142,10 @@
 //!
 //! let info = locks.inspect("reports:daily").await?.expect("held");
 //! println!("held by {} for {:?} more", info.holder, info.remaining); // hostname:pid
+//! // The lease it asked for, and whether a watchdog renews it: a renewed lock whose
+//! // `renewed_ago` grows well past a third of its ttl has a holder that stopped.
+//! assert_eq!((info.ttl, info.auto_extend), (Some(Duration::from_secs(30)), false));
+//! assert!(info.waiters.is_empty());
 //! assert_eq!(locks.list("reports:*").await?.len(), 1);
 //!
 //! // The holder is stuck: free the lock whoever holds it (logged at WARN).
@@ -247,13 +251,17 @@
 //!
 //! # Requirements
 //!
-//! Redis 6.0 or later (a waiter's mark keeps the key's expiry with `SET ... KEEPTTL`). Replicas
+//! Redis 6.2 or later, or Valkey 8 or later: CI runs the semantic suite and every deployment on
+//! Redis 6.2.5 and 7.0 and Valkey 8.1 and 9.1 (see the README's server table); Redis 6.0 (the
+//! first with `SET ... KEEPTTL`, which a waiter's mark needs) is not tested. `min_replicas_aof`
+//! needs `WAITAOF` (Redis 7.2 or later, Valkey). Replicas
 //! of one service must run versions of lock-core that agree on the key format: this one marks
 //! a waited-for key by appending `*` to the holder's token, which earlier versions do not
 //! recognise as their own (their release then finds the key "not theirs" and leaves it to its
 //! ttl); and fair waiters of this version name their ticket after the `*`, which versions
 //! before it do not recognise either. Upgrade all replicas before they contend for the same
-//! locks.
+//! locks. Tokens of lock-core 0.1.0 (without the lease field) are still read and marked; 0.1.0
+//! does not mark this version's, so its waiters poll for them (see the CHANGELOG).
 //!
 //! On Redis Cluster, releases are announced with sharded pub/sub (`SPUBLISH`) when every primary
 //! runs Redis 7 or later when the manager starts, else (or when some primary does not tell its
