@@ -65,8 +65,10 @@ if holder == ARGV[1] or string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. '*' th
   -- later: this copy may land after the guard extended its lease (a cluster client's re-send
   -- whose first copy arrives late), and cutting that lease back to this attempt's ttl would let
   -- another owner in while the guard still counts on it. The lease is still dated from this
-  -- attempt's send.
-  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  -- attempt's send. (`<=`: in the millisecond of the grant the key's PTTL still equals the
+  -- lease, and the two branches must not differ by when in that millisecond a copy lands:
+  -- under a full memory, only PEXPIRE may be a script's first write, SET is refused.)
+  if redis.call('PTTL', KEYS[1]) <= tonumber(ARGV[2]) then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
   else
     redis.call('SET', KEYS[1], holder, 'KEEPTTL')

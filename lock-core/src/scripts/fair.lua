@@ -93,10 +93,10 @@ if ours or (not holder and not blocked and (first == nil or first == ARGV[3])) t
       value = value .. '*'
     end
     redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
-  elseif redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  elseif redis.call('PTTL', KEYS[1]) <= tonumber(ARGV[2]) then
     -- Set by another copy of this attempt: a write of our own, so that a `WAIT` after it on
     -- this connection covers the grant too, and one that never shortens the lease (the guard
-    -- may have extended it since; see acquire.lua).
+    -- may have extended it since; see acquire.lua, also for the `<=`).
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
   else
     redis.call('SET', KEYS[1], holder, 'KEEPTTL')
