@@ -11,7 +11,7 @@ use std::time::Duration;
 use lock_core::{LockError, LockManager};
 use lock_test_support::{
     assert_truthful, eventually, settled, valkey_server, FaultProxy, RedisCluster, RedisServer,
-    Sentinels,
+    Sentinels, AOF_DIR,
 };
 use semantics::{Fixture, LONG};
 use tokio::time::Instant;
@@ -258,7 +258,14 @@ async fn min_replicas_aof_counts_grants_written_to_disk_on_the_primary_and_the_r
         eprintln!("no valkey-server installed: the WAITAOF test is skipped");
         return;
     };
-    let on_disk = ["--appendonly", "yes", "--appendfsync", "always"];
+    let on_disk = [
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--appenddirname",
+        AOF_DIR,
+    ];
     let primary = RedisServer::start_binary(&valkey, &on_disk);
     let port = primary.port().to_string();
     let mut replica_args = on_disk.to_vec();
@@ -268,7 +275,8 @@ async fn min_replicas_aof_counts_grants_written_to_disk_on_the_primary_and_the_r
     let builder = |url: &str| {
         LockManager::builder()
             .url(url)
-            .min_replicas_aof(1, Duration::from_secs(2))
+            // A replica reports what it wrote to its file about once a second.
+            .min_replicas_aof(1, Duration::from_secs(5))
     };
     let locks = builder(&primary.url()).build().await.unwrap();
     // The first write after the replica's sync may wait for its first acknowledgement.
@@ -282,11 +290,21 @@ async fn min_replicas_aof_counts_grants_written_to_disk_on_the_primary_and_the_r
             other => panic!("{other:?}"),
         }
     };
+    // A WAITAOF after the renewal and after the fencing token (two when the script was not
+    // loaded yet: after the refused EVALSHA and after the EVAL), none for the release, and
+    // no WAIT at all.
+    let _: () = primary.query(redis::cmd("CONFIG").arg("RESETSTAT"));
     assert!(held.extend(LONG).await.unwrap());
+    let after_extend = primary.command_calls("waitaof");
+    assert!((1..=2).contains(&after_extend), "{after_extend}");
     assert!(held.fencing_token().await.unwrap() > 0);
+    let after_fence = primary.command_calls("waitaof");
+    assert!(
+        (1..=2).contains(&(after_fence - after_extend)),
+        "{after_fence}"
+    );
     assert!(held.release().await.unwrap());
-    let waitaof = primary.command_calls("waitaof");
-    assert!(waitaof >= 3, "grant, renewal, fencing token: {waitaof}");
+    assert_eq!(primary.command_calls("waitaof"), after_fence);
     assert_eq!(primary.command_calls("wait"), 0);
 
     // The replica stops keeping its file: it acknowledges no write to disk any more.
@@ -305,10 +323,22 @@ async fn min_replicas_aof_counts_grants_written_to_disk_on_the_primary_and_the_r
         primary.lock_keys()
     );
 
-    // A primary without an append-only file, and a server without WAITAOF: refused at build.
+    // A primary without an append-only file, one that never fsyncs it (`appendfsync no`: its
+    // WAITAOF would never count the grant), and a server without WAITAOF: refused at build.
     let plain = RedisServer::start_binary(&valkey, &[]);
+    let never_synced = RedisServer::start_binary(
+        &valkey,
+        &[
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "no",
+            "--appenddirname",
+            AOF_DIR,
+        ],
+    );
     let system = RedisServer::start_binary("redis-server", &[]);
-    let mut refused = vec![&plain];
+    let mut refused = vec![&plain, &never_synced];
     // The system's Redis (7.0 here) has no WAITAOF, which came with 7.2.
     let version = system.version();
     let (major, minor) = version

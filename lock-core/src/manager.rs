@@ -364,14 +364,19 @@ impl LockManagerBuilder {
     ///
     /// What it buys beyond `min_replicas`: the grant survives a restart of the primary or of
     /// those replicas that reloads their append-only file (with `WAIT`, a server restarted
-    /// within its `appendfsync` interval can come back without it). What it costs: with
-    /// `appendfsync everysec` (the default) a grant waits for the next fsync, up to about a
-    /// second on the primary and on each replica, so give a `timeout` above a second, and a
-    /// `ttl` well above it; with `appendfsync always`, one fsync per write on each server.
+    /// within its `appendfsync` interval can come back without it). What it costs: a replica
+    /// tells what it has written to its file about once a second, and with `appendfsync
+    /// everysec` (the default) each server also waits for its next fsync, so a grant, renewal
+    /// or fencing token waits one to two seconds: give a `timeout` of at least 3 s, and a
+    /// `ttl` several times that. A waiting acquisition's refused attempts that record its
+    /// claim wait too (a pooled connection each, at most `timeout`).
     ///
-    /// `build` checks that the primary accepts `WAITAOF` (which needs `appendonly yes`)
-    /// unless [`lazy`](Self::lazy). A replica without `appendonly` never acknowledges. One
-    /// server, Sentinel or Cluster; not Redlock.
+    /// `build` checks that the primary accepts `WAITAOF` (which needs `appendonly yes`) and
+    /// does not run `appendfsync no` (CONFIG permitting), unless [`lazy`](Self::lazy). Every
+    /// server that may become primary, and every replica counted, needs `appendonly yes` and
+    /// Redis 7.2 or Valkey: a replica without it never acknowledges, and after a failover to
+    /// such a primary every grant fails with `NotReplicated`. Tested on one Valkey server with a
+    /// replica; on Sentinel and Cluster it sends the same commands. Not Redlock. `n` from 1.
     pub fn min_replicas_aof(mut self, n: usize, timeout: Duration) -> Self {
         self.min_replicas = Some(MinReplicas {
             replicas: n,
@@ -503,7 +508,7 @@ impl LockManagerBuilder {
         if let Some(want) = self.min_replicas {
             if want.replicas == 0 {
                 return Err(invalid(
-                    "min_replicas(0, ..) waits for no replica; leave min_replicas out instead",
+                    "min_replicas(0, ..) and min_replicas_aof(0, ..) wait for no replica; leave them out instead",
                 ));
             }
             if !(MIN_TTL..=MAX_TTL).contains(&want.timeout) {

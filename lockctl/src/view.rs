@@ -98,13 +98,32 @@ pub(crate) fn cut_to(text: &str, limit: Option<usize>) -> String {
 /// A lock's name as a table shows it, cut to `limit` characters, with its kind when it is not
 /// a plain lock (one row per permit of a lock of `permits(n)`, and per shared holder).
 pub(crate) fn name_cell(info: &LockInfo, limit: Option<usize>) -> String {
-    if info.shared {
-        format!("{} (shared)", cut_to(&info.name, limit))
+    let kind = if info.shared {
+        " (shared)".to_owned()
     } else if info.permits > 1 {
-        format!("{} (permits {})", cut_to(&info.name, limit), info.permits)
+        format!(" (permits {})", info.permits)
     } else {
-        cut_to(&info.name, limit)
-    }
+        String::new()
+    };
+    // The kind fits in the limit too: the name gives way to it.
+    let limit = limit.map(|limit| limit.saturating_sub(kind.len()).max(8));
+    format!("{}{kind}", cut_to(&info.name, limit))
+}
+
+/// How wide a [`table`] of `rows` under `header` is without its column `skip`: each other
+/// column's widest cell and the two spaces after it.
+pub(crate) fn width_but(header: &[&str], rows: &[Vec<String>], skip: usize) -> usize {
+    (0..header.len())
+        .filter(|&col| col != skip)
+        .map(|col| {
+            rows.iter()
+                .map(|row| row[col].chars().count())
+                .chain([header[col].chars().count()])
+                .max()
+                .unwrap_or(0)
+                + 2
+        })
+        .sum()
 }
 
 /// The longest a name may be in a table on a terminal `width` columns wide whose other
@@ -164,17 +183,7 @@ pub(crate) fn locks_table(locks: &[LockInfo], wide: bool, width: Option<usize>) 
             ]
         })
         .collect();
-    let others: usize = (1..header.len())
-        .map(|col| {
-            rows.iter()
-                .map(|row| row[col].chars().count())
-                .chain([header[col].len()])
-                .max()
-                .unwrap_or(0)
-                + 2
-        })
-        .sum();
-    let limit = name_limit(wide, width, others);
+    let limit = name_limit(wide, width, width_but(&header, &rows, 0));
     for (row, info) in rows.iter_mut().zip(locks) {
         row[0] = name_cell(info, limit);
     }

@@ -21,7 +21,9 @@ use std::time::{Duration, SystemTime};
 use lock_core::{LockInfo, LockManager};
 
 use crate::terminal;
-use crate::view::{ago, clock, human, kind, name_cell, shown, table, waiters_cell, NAME_WIDTH};
+use crate::view::{
+    ago, clock, human, kind, name_cell, name_limit, shown, table, waiters_cell, width_but,
+};
 
 /// A lease this close to its end (a share of its ttl) is about to expire.
 const EXPIRING_SHARE: f64 = 0.25;
@@ -102,7 +104,7 @@ pub(crate) fn render(
         names.iter().map(|(_, w)| w).sum()
     };
     let mut marks = Vec::with_capacity(locks.len());
-    let rows: Vec<Vec<String>> = locks
+    let mut rows: Vec<Vec<String>> = locks
         .iter()
         .map(|info| {
             let new = before.is_some_and(|seen| {
@@ -119,7 +121,7 @@ pub(crate) fn render(
             };
             vec![
                 mark.to_owned(),
-                name_cell(info, (!frame.wide).then_some(NAME_WIDTH)),
+                String::new(), // the name, once the other columns' widths are known
                 kind(info).to_owned(),
                 shown(&info.holder, frame.wide),
                 info.acquired_at.map_or("-".to_owned(), ago),
@@ -128,18 +130,25 @@ pub(crate) fn render(
             ]
         })
         .collect();
-    let body = table(
-        &[
-            " ",
-            "NAME",
-            "KIND",
-            "HOLDER",
-            "HELD FOR",
-            "TIME LEFT",
-            "WAITERS",
-        ],
-        &rows,
+    let header = [
+        " ",
+        "NAME",
+        "KIND",
+        "HOLDER",
+        "HELD FOR",
+        "TIME LEFT",
+        "WAITERS",
+    ];
+    // Names give way to the other columns on a narrow terminal, as in `list`.
+    let limit = name_limit(
+        frame.wide,
+        frame.size.map(|(cols, _)| cols),
+        width_but(&header, &rows, 1),
     );
+    for (row, info) in rows.iter_mut().zip(locks) {
+        row[1] = name_cell(info, limit);
+    }
+    let body = table(&header, &rows);
     let mut lines = vec![format!(
         "lockctl watch {}{}  {}  {} held, {} waiting   (q or Ctrl-C quits)",
         shown(frame.prefix, frame.wide),

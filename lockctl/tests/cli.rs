@@ -824,7 +824,6 @@ async fn watch_redraws_in_place_in_a_terminal_and_quits_on_q_or_ctrl_c() {
         row.contains('…') && row.contains("worker-b") && row.trim_end().ends_with("no"),
         "one whole row: {screen}"
     );
-    assert!(row.chars().count() <= 110, "{row}");
     drop(listed);
 
     // --once: one frame on stdout, no terminal control.

@@ -19,7 +19,7 @@ pub use lock_examples::{flag, remove_keys, run_workers};
 pub use peers::{eval_cmd, redis_py, valkey_server};
 pub use proxy::FaultProxy;
 pub use sentinel::Sentinels;
-pub use server::{free_port, server_binary, RedisServer};
+pub use server::{free_port, server_binary, RedisServer, AOF_DIR};
 pub use waiting::{cancel_after_polls, eventually, monotonic_ns, settled};
 
 /// A fresh server and a manager connected to it: the start of most tests.

@@ -34,6 +34,11 @@ pub fn server_binary() -> String {
     std::env::var("LOCK_TESTS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
 }
 
+/// The directory (under the temp dir) of a test server's append-only files, for servers
+/// started with `["--appendonly", "yes", "--appenddirname", AOF_DIR]`: one per port, so that no
+/// server writes to, or starts from, another's files; removed when the server stops.
+pub const AOF_DIR: &str = "lock-tests-{port}-aof";
+
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> Self {
@@ -210,6 +215,11 @@ impl RedisServer {
             // A paused server ignores SIGTERM; SIGKILL works on stopped processes too.
             self.kill();
         }
+        // The append-only files of a server started with `--appenddirname {port}`-style
+        // arguments (see [`AOF_DIR`]).
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(AOF_DIR.replace("{port}", &self.port.to_string())),
+        );
     }
 
     /// A plain client for inspecting the server from a test.

@@ -82,11 +82,26 @@ fn lock_of(request: &Request<'_>) -> Option<Vec<u8>> {
         _ => None,
     });
     let name = args.next()?;
-    if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
+    let is = |command: &[u8]| name.eq_ignore_ascii_case(command);
+    if is(b"EVALSHA") || is(b"EVAL") {
         args.next()?; // the script
         if args.next()? == b"0" {
             return None;
         }
+    } else if ![
+        &b"GET"[..],
+        b"SET",
+        b"PTTL",
+        b"HGETALL",
+        b"DEL",
+        b"EXISTS",
+        b"TYPE",
+    ]
+    .iter()
+    .any(|command| is(command))
+    {
+        // Not a command about one key (WAIT, WAITAOF, SCAN, PING, INFO, CONFIG, ...).
+        return None;
     }
     let key = args.next()?;
     let tag = key

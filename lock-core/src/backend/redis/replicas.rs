@@ -135,6 +135,22 @@ impl RedisNode {
             };
             let answer: redis::RedisResult<Value> =
                 lent.conn().send(&Request::One(&probe.wait())).await;
+            // `appendfsync no` never moves the offset WAITAOF waits for: every grant would
+            // time out. Asked best effort (CONFIG may be refused: then not checked).
+            let never_fsyncs = want.aof && {
+                let asked: redis::RedisResult<Vec<String>> = lent
+                    .conn()
+                    .send(&Request::One(
+                        redis::cmd("CONFIG").arg("GET").arg("appendfsync"),
+                    ))
+                    .await;
+                asked.is_ok_and(|pair| pair.get(1).is_some_and(|v| v == "no"))
+            };
+            if never_fsyncs {
+                return Err(LockError::InvalidConfig {
+                    reason: "min_replicas_aof needs the primary to fsync its append-only file (`appendfsync always` or `everysec`); it has `appendfsync no`, so WAITAOF would never count a grant".to_owned(),
+                });
+            }
             if let Err(e) = answer {
                 return Err(LockError::InvalidConfig {
                     reason: if want.aof {
