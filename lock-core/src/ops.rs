@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::backend::Found;
-use crate::token::record_of;
+use crate::token::{holder_named, record_of};
 use crate::validate::check_name;
 use crate::{LockManager, Result};
 
@@ -71,9 +71,7 @@ impl LockInfo {
         let ttl = record.as_ref().and_then(|r| r.lease);
         LockInfo {
             name,
-            holder: record
-                .as_ref()
-                .map_or_else(|| "unknown".to_owned(), |r| r.holder.clone()),
+            holder: holder_named(record.as_ref()),
             acquired_at: record.as_ref().map(|r| r.since),
             remaining: found.left,
             ttl,
@@ -115,9 +113,7 @@ impl WaiterInfo {
     fn of(waiter: &crate::backend::Waiter, index: usize) -> Self {
         let record = record_of(&waiter.ticket);
         WaiterInfo {
-            holder: record
-                .as_ref()
-                .map_or_else(|| "unknown".to_owned(), |r| r.holder.clone()),
+            holder: holder_named(record.as_ref()),
             since: record.map(|r| r.since),
             position: waiter
                 .arrival

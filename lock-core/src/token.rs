@@ -91,7 +91,13 @@ pub(crate) fn holder_of(value: &str) -> Option<(String, std::time::SystemTime)> 
 
 /// The holder id in `token`, or `"unknown"`, for log events.
 pub(crate) fn holder_or_unknown(token: &str) -> String {
-    holder_of(token).map_or_else(|| "unknown".to_owned(), |(holder, _)| holder)
+    holder_named(record_of(token).as_ref())
+}
+
+/// The holder id `record` names, or `"unknown"` without one (a value another client wrote),
+/// as logs and operators show it.
+pub(crate) fn holder_named(record: Option<&Record>) -> String {
+    record.map_or_else(|| "unknown".to_owned(), |r| r.holder.clone())
 }
 
 /// A holder id that fits in a token: `*` and `|` (the token's separators), whitespace and

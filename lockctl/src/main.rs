@@ -300,10 +300,7 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
                     })
                 );
             } else {
-                print!(
-                    "{}",
-                    locks_table(&found, cli.wide, terminal::size().map(|(cols, _)| cols))
-                );
+                print!("{}", locks_table(&found, cli.wide, terminal::width()));
             }
             if !elsewhere.is_empty() && !cli.json {
                 eprintln!(
@@ -333,10 +330,7 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
             } else if found.is_empty() {
                 println!("{}: free", shown(name, true));
             } else {
-                print!(
-                    "{}",
-                    locks_table(&found, cli.wide, terminal::size().map(|(cols, _)| cols))
-                );
+                print!("{}", locks_table(&found, cli.wide, terminal::width()));
             }
             Outcome::of(!found.is_empty())
         }
@@ -385,17 +379,16 @@ async fn run(cli: &Cli) -> Result<Outcome, Failed> {
                 interval: *interval,
                 wide: cli.wide,
             };
-            if *once || cli.json {
-                if cli.json {
-                    let found = locks.list(pattern).await?;
-                    println!(
-                        "{}",
-                        serde_json::json!({ "schema": SCHEMA, "locks": rows(&found) })
-                    );
-                    Outcome::of(!found.is_empty())
-                } else {
-                    Outcome::of(watch::once(&locks, &watch).await?)
-                }
+            if cli.json {
+                // One frame's locks, in `list --json`'s shape.
+                let found = locks.list(pattern).await?;
+                println!(
+                    "{}",
+                    serde_json::json!({ "schema": SCHEMA, "locks": rows(&found) })
+                );
+                Outcome::of(!found.is_empty())
+            } else if *once {
+                Outcome::of(watch::once(&locks, &watch).await?)
             } else {
                 watch::live(&locks, &watch)
                     .await

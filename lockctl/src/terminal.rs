@@ -25,6 +25,11 @@ pub(crate) fn size() -> Option<(usize, usize)> {
     None
 }
 
+/// The terminal's width in columns, when stdout is one.
+pub(crate) fn width() -> Option<usize> {
+    size().map(|(cols, _)| cols)
+}
+
 /// Whether frames can be drawn in place: stdout is a terminal this build can drive.
 pub(crate) fn drawable() -> bool {
     cfg!(unix) && std::io::stdout().is_terminal()

@@ -139,12 +139,9 @@ pub(crate) fn render(
         "TIME LEFT",
         "WAITERS",
     ];
+    let width = frame.size.map(|(cols, _)| cols);
     // Names give way to the other columns on a narrow terminal, as in `list`.
-    let limit = name_limit(
-        frame.wide,
-        frame.size.map(|(cols, _)| cols),
-        width_but(&header, &rows, 1),
-    );
+    let limit = name_limit(frame.wide, width, width_but(&header, &rows, 1));
     for (row, info) in rows.iter_mut().zip(locks) {
         row[1] = name_cell(info, limit);
     }
@@ -165,7 +162,6 @@ pub(crate) fn render(
         ));
     }
     lines.push(String::new());
-    let width = frame.size.map(|(cols, _)| cols);
     for (i, line) in body.lines().enumerate() {
         let line = cut(line, width);
         // The header is line 0; row i - 1 below it.
@@ -251,7 +247,7 @@ pub(crate) async fn once(locks: &LockManager, watch: &Watch<'_>) -> lock_core::R
         at: SystemTime::now(),
         error: None,
         // The whole frame: it scrolls like any output.
-        size: terminal::size().map(|(cols, _)| (cols, usize::MAX)),
+        size: terminal::width().map(|cols| (cols, usize::MAX)),
         color: terminal::drawable(),
         wide: watch.wide,
     };

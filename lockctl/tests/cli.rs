@@ -21,15 +21,21 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A manager on the server at `url` whose locks name `holder` as their holder, as a service
+/// replica's would.
+async fn holder(url: &str, holder: &str) -> LockManager {
+    LockManager::builder()
+        .url(url)
+        .holder_id(holder)
+        .build()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lockctl_lists_shows_and_force_releases_live_locks() {
     let server = RedisServer::start();
-    let worker = LockManager::builder()
-        .url(&server.url())
-        .holder_id("billing-worker-7")
-        .build()
-        .await
-        .unwrap();
+    let worker = holder(&server.url(), "billing-worker-7").await;
     let invoices = worker
         .lock("invoices:42")
         .ttl(LONG)
@@ -352,12 +358,7 @@ async fn flags_anywhere_exit_codes_timeouts_and_escaped_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_carry_ttl_renewal_and_expiry_and_queue_lists_the_waiters() {
     let server = RedisServer::start();
-    let worker = LockManager::builder()
-        .url(&server.url())
-        .holder_id("renewing-7")
-        .build()
-        .await
-        .unwrap();
+    let worker = holder(&server.url(), "renewing-7").await;
     // A 3 s lease renewed by its watchdog (every second), and one that is not.
     let renewed = worker
         .lock("jobs:renewed")
@@ -428,12 +429,7 @@ async fn rows_carry_ttl_renewal_and_expiry_and_queue_lists_the_waiters() {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let stuck = LockManager::builder()
-                .url(&url)
-                .holder_id("stuck-3")
-                .build()
-                .await
-                .unwrap();
+            let stuck = holder(&url, "stuck-3").await;
             let guard = stuck
                 .lock("jobs:stuck")
                 .ttl(Duration::from_secs(6))
@@ -474,12 +470,7 @@ async fn rows_carry_ttl_renewal_and_expiry_and_queue_lists_the_waiters() {
         ("second-in-line", true),
         ("racer", false),
     ] {
-        let waiter = LockManager::builder()
-            .url(&server.url())
-            .holder_id(id)
-            .build()
-            .await
-            .unwrap();
+        let waiter = holder(&server.url(), id).await;
         waiters.push(tokio::spawn(async move {
             let guard = waiter
                 .lock("line:1")
@@ -675,18 +666,10 @@ impl Drop for Terminal {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_redraws_in_place_in_a_terminal_and_quits_on_q_or_ctrl_c() {
     let server = RedisServer::start();
-    let manager = |id: &'static str| {
-        let url = server.url();
-        async move {
-            LockManager::builder()
-                .url(&url)
-                .holder_id(id)
-                .build()
-                .await
-                .unwrap()
-        }
-    };
-    let (first, second) = (manager("worker-a").await, manager("worker-b").await);
+    let (first, second) = (
+        holder(&server.url(), "worker-a").await,
+        holder(&server.url(), "worker-b").await,
+    );
     let held = first
         .lock("jobs:a")
         .ttl(LONG)

@@ -242,25 +242,26 @@ impl RedisServer {
     /// The server's version as it reports it (`valkey_version` on Valkey, else
     /// `redis_version`), e.g. `"6.2.5"`.
     pub fn version(&self) -> String {
-        let info: String = self.query(redis::cmd("INFO").arg("server"));
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_owned())
-        };
-        field("valkey_version:")
-            .or_else(|| field("redis_version:"))
+        self.info_server("valkey_version")
+            .or_else(|| self.info_server("redis_version"))
             .expect("INFO server names a version")
     }
 
-    /// Whether the server has sharded pub/sub (`SPUBLISH`, Redis 7 and Valkey): lock-core
-    /// uses it on a cluster whose every primary has it, classic `PUBLISH` elsewhere.
+    /// Whether the server has sharded pub/sub (`SPUBLISH`, Redis 7 and Valkey, which reports
+    /// a Redis 7 `redis_version`): lock-core uses it on a cluster whose every primary has it,
+    /// classic `PUBLISH` elsewhere.
     pub fn sharded_pubsub(&self) -> bool {
+        self.info_server("redis_version")
+            .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
+            .is_some_and(|major| major >= 7)
+    }
+
+    /// A field of `INFO server`.
+    fn info_server(&self, field: &str) -> Option<String> {
         let info: String = self.query(redis::cmd("INFO").arg("server"));
         info.lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
-            .and_then(|v| v.trim().split('.').next()?.parse::<u32>().ok())
-            .is_some_and(|major| major >= 7)
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .map(|value| value.trim().to_owned())
     }
 
     /// How many times `command` (lowercase, e.g. `"evalsha"`) has run since start or

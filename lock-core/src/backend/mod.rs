@@ -65,50 +65,6 @@ pub(crate) struct Found {
     pub(crate) waiters: Vec<Waiter>,
 }
 
-#[cfg(test)]
-mod waiter_tests {
-    use super::*;
-
-    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items
-            .iter()
-            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn the_fair_line_comes_first_in_order_then_other_claims_once_each() {
-        let now = 1_000;
-        let line = pairs(&[
-            ("#", "7"),
-            ("late", "5 2000"),
-            ("early", "2 2000"),
-            ("lapsed", "1 900"),
-            ("garbled", "x 2000"),
-        ]);
-        let claims = pairs(&[
-            ("#w", "1"),
-            ("early", "2000"), // a fair waiter's claim too: listed once, in line
-            ("racer", "2000"),
-            ("ended", "-2000"),
-            ("gone", "500"),
-        ]);
-        let got: Vec<(String, Option<u64>)> = waiters(&claims, &line, now)
-            .into_iter()
-            .map(|w| (w.ticket, w.arrival))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("early".to_owned(), Some(2)),
-                ("late".to_owned(), Some(5)),
-                ("garbled".to_owned(), None),
-                ("racer".to_owned(), None),
-            ]
-        );
-    }
-}
-
 /// A writer waiting for a lock, as operators see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Waiter {
@@ -158,6 +114,50 @@ pub(crate) fn waiters(
     others.sort_by(|a, b| a.ticket.cmp(&b.ticket));
     out.extend(others);
     out
+}
+
+#[cfg(test)]
+mod waiter_tests {
+    use super::*;
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_fair_line_comes_first_in_order_then_other_claims_once_each() {
+        let now = 1_000;
+        let line = pairs(&[
+            ("#", "7"),
+            ("late", "5 2000"),
+            ("early", "2 2000"),
+            ("lapsed", "1 900"),
+            ("garbled", "x 2000"),
+        ]);
+        let claims = pairs(&[
+            ("#w", "1"),
+            ("early", "2000"), // a fair waiter's claim too: listed once, in line
+            ("racer", "2000"),
+            ("ended", "-2000"),
+            ("gone", "500"),
+        ]);
+        let got: Vec<(String, Option<u64>)> = waiters(&claims, &line, now)
+            .into_iter()
+            .map(|w| (w.ticket, w.arrival))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("early".to_owned(), Some(2)),
+                ("late".to_owned(), Some(5)),
+                ("garbled".to_owned(), None),
+                ("racer".to_owned(), None),
+            ]
+        );
+    }
 }
 
 /// Orders the permits of one lock the earliest taken first (by the time in their tokens), as
