@@ -620,6 +620,7 @@ async fn no_wake_up_is_missed_when_the_release_races_the_subscription() {
 #[tokio::test]
 async fn uncontended_path_is_one_command_each_way_and_never_subscribes() {
     let server = RedisServer::start();
+    let native = server.has_delifeq();
     let locks = LockManager::connect(&server.url()).await.unwrap();
     // Load the scripts once, then count.
     drop(locks.try_acquire("warm", LONG).await.unwrap());
@@ -633,9 +634,22 @@ async fn uncontended_path_is_one_command_each_way_and_never_subscribes() {
         assert!(g.release().await.unwrap());
     }
     // Acquire is a plain SET NX PX, release one script that publishes nothing when nobody
-    // waits: the same commands as the floor.
+    // waits: the same commands as the floor; or, where the server has it (Valkey 9), one
+    // DELIFEQ instead of the script.
     assert_eq!(server.command_calls("set"), 100);
-    assert_eq!(server.command_calls("evalsha"), 100);
+    assert_eq!(
+        server.command_calls("evalsha"),
+        if native { 0 } else { 100 }
+    );
+    assert_eq!(
+        server.command_calls("delifeq"),
+        if native { 100 } else { 0 }
+    );
+    assert_eq!(
+        probes(&server),
+        0,
+        "the native commands were asked for once, before"
+    );
     assert_eq!(server.command_calls("eval"), 0);
     assert_eq!(server.command_calls("publish"), 0);
     assert_eq!(server.command_calls("subscribe"), 0);
@@ -645,6 +659,138 @@ async fn uncontended_path_is_one_command_each_way_and_never_subscribes() {
         2,
         "only the manager's connection and ours: {clients}"
     );
+}
+
+/// How many times the server was asked for its native commands: its `COMMAND INFO`s, counted
+/// as `command|info` from Redis 7; Redis 6.2 counts every `COMMAND` call as `command`, and the
+/// probe sends two (`INFO`, and `DOCS`, which it refuses).
+fn probes(server: &RedisServer) -> u64 {
+    if server.sharded_pubsub() {
+        server.command_calls("command|info")
+    } else {
+        server.command_calls("command") / 2
+    }
+}
+
+/// `command`'s calls, or the probes for `"command"`.
+fn probes_or(server: &RedisServer, command: &str) -> u64 {
+    match command {
+        "command" => probes(server),
+        _ => server.command_calls(command),
+    }
+}
+
+/// Where the server has them (Valkey 9: `DELIFEQ`; Valkey 8.1 and 9: `SET ... IFEQ`), an
+/// uncontended release and a renewal are one native command; everywhere else, and whenever the
+/// native command does nothing (a waiter marked the key, a full memory refuses `SET`, the hold
+/// is not ours), the script does the job, so every answer is the script's.
+#[tokio::test]
+async fn release_and_extend_are_native_commands_where_the_server_has_them() {
+    let mut server = RedisServer::start();
+    let (delifeq, ifeq) = (server.has_delifeq(), server.has_set_ifeq());
+    let calls = |server: &RedisServer| {
+        ["set", "delifeq", "evalsha", "command"].map(|c| probes_or(server, c))
+    };
+    let holder = LockManager::connect(&server.url()).await.unwrap();
+    let waiter = never_polling(&server).await;
+    // Scripts loaded and the server probed.
+    let g = holder.try_acquire("warm", LONG).await.unwrap().unwrap();
+    assert!(g.extend(LONG).await.unwrap());
+    assert!(g.release().await.unwrap());
+    let _: () = server.query(redis::cmd("CONFIG").arg("RESETSTAT"));
+
+    // Uncontended: SET NX, then SET IFEQ or extend.lua, then DELIFEQ or release.lua.
+    let g = holder.try_acquire("n", LONG).await.unwrap().unwrap();
+    assert!(g.extend(Duration::from_secs(40)).await.unwrap());
+    let left: i64 = server.query(redis::cmd("PTTL").arg("lock:{n}"));
+    assert!(left > 30_000, "renewed to 40 s: {left} ms left");
+    assert!(g.release().await.unwrap());
+    assert_eq!(
+        calls(&server),
+        [
+            1 + u64::from(ifeq),
+            u64::from(delifeq),
+            u64::from(!ifeq) + u64::from(!delifeq),
+            0
+        ],
+        "set, delifeq, evalsha, command (DELIFEQ: {delifeq}, SET IFEQ: {ifeq})"
+    );
+    assert!(server.lock_keys().is_empty());
+
+    // Contended: the waiter's refused attempt marks the key, so the native commands find it
+    // unequal and the scripts renew it and publish the release that wakes the waiter.
+    let g = holder.try_acquire("c", LONG).await.unwrap().unwrap();
+    let waiting = tokio::spawn(async move {
+        let began = Instant::now();
+        let got = waiter.acquire("c", LONG, Duration::from_secs(20)).await;
+        (got, began.elapsed())
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || server.subscribers("lock:{c}")
+            == 1)
+        .await
+    );
+    let _: () = server.query(redis::cmd("CONFIG").arg("RESETSTAT"));
+    assert!(g.extend(LONG).await.unwrap(), "a marked hold is renewed");
+    assert!(g.release().await.unwrap(), "a marked hold is given back");
+    let (got, took) = waiting.await.unwrap();
+    let next = got.expect("woken and granted");
+    assert!(
+        took < Duration::from_secs(10),
+        "woken by the release, not by its 60 s poll: {took:?}"
+    );
+    assert_eq!(server.command_calls("publish"), 1, "the release published");
+    assert_eq!(server.command_calls("delifeq"), u64::from(delifeq));
+    assert!(next.release().await.unwrap());
+
+    // A full memory refuses SET (IFEQ or not); extend.lua's PEXPIRE renews all the same.
+    let g = holder.try_acquire("full", LONG).await.unwrap().unwrap();
+    let _: () = server.query(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1"));
+    let renewed = g.extend(LONG).await;
+    let released = g.release().await;
+    let _: () = server.query(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0"));
+    assert!(renewed.unwrap(), "renewed in a full memory");
+    assert!(released.unwrap(), "given back in a full memory");
+
+    // Not ours any more (another client's value, a hash of another kind): both say so.
+    for foreign in [
+        redis::cmd("SET")
+            .arg("lock:{gone}")
+            .arg("someone-else")
+            .clone(),
+        redis::cmd("HSET")
+            .arg("lock:{gone}")
+            .arg("f")
+            .arg("v")
+            .clone(),
+    ] {
+        let g = holder.try_acquire("gone", LONG).await.unwrap().unwrap();
+        let _: () = server.query(redis::cmd("DEL").arg("lock:{gone}"));
+        let _: redis::Value = server.query(&foreign);
+        assert!(!g.extend(LONG).await.unwrap(), "{foreign:?}: not renewed");
+        assert!(!g.release().await.unwrap(), "{foreign:?}: not ours");
+        let _: () = server.query(redis::cmd("DEL").arg("lock:{gone}"));
+    }
+
+    // A restarted server (maybe another version behind the same address) is asked again, once:
+    // after the I/O error of the first command sent to it, or the NOSCRIPT of the first script
+    // it ran before (here, the fencing token's, drawn on both sides of the restart).
+    let g = holder.try_acquire("r", LONG).await.unwrap().unwrap();
+    assert!(g.fencing_token().await.unwrap() > 0);
+    assert!(g.release().await.unwrap());
+    server.restart();
+    let g = holder
+        .acquire("r", LONG, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(g.fencing_token().await.unwrap() > 0);
+    assert!(g.release().await.unwrap());
+    assert_eq!(probes(&server), 1, "probed again, once");
+    let _: () = server.query(redis::cmd("CONFIG").arg("RESETSTAT"));
+    let g = holder.try_acquire("r", LONG).await.unwrap().unwrap();
+    assert!(g.release().await.unwrap());
+    assert_eq!(probes(&server), 0);
+    assert_eq!(server.command_calls("delifeq"), u64::from(delifeq));
 }
 
 #[tokio::test]

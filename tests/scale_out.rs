@@ -1498,9 +1498,9 @@ async fn redlock_instances_down_or_slow_count_as_refusals() {
     assert!(eventually(Duration::from_secs(5), || left(2).is_empty()).await);
 }
 
-/// Commands a Redlock instance ran since start: lock attempts and scripts.
+/// Commands a Redlock instance ran since start: lock attempts, scripts and native releases.
 fn lock_commands(node: &RedisServer) -> u64 {
-    ["set", "evalsha", "eval"]
+    ["set", "evalsha", "eval", "delifeq"]
         .iter()
         .map(|c| node.command_calls(c))
         .sum()

@@ -113,14 +113,66 @@ impl Answer {
     }
 }
 
+/// An empty command named `name`, with room for what a lock command lays out after it (the
+/// longest: a fair attempt's eleven arguments, a few hundred bytes with its tokens), so that
+/// laying it out allocates twice (the arguments' bytes and their bounds), not once per growth.
+pub(crate) fn cmd(name: &str) -> Cmd {
+    let mut cmd = Cmd::with_capacity(12, 256);
+    cmd.arg(name);
+    cmd
+}
+
 /// How a command goes to one Redis server.
 #[derive(Clone, Copy)]
 pub(crate) enum Call {
     /// `SET key token NX PX ttl`: the uncontended exclusive acquire, where the client never
     /// re-sends (a plain `SET NX` cannot tell our own key from another's).
     SetNx,
+    /// `DELIFEQ key token` (Valkey 9): the release of a hold no waiter marked. It deletes only
+    /// a value equal to the token, which is release.lua's branch that publishes nothing; a
+    /// reply of 0 (a marked value, or not ours) sends the script after it (see
+    /// [`Native`]).
+    DelIfEq,
+    /// `SET key token IFEQ token PX ttl` (Valkey 8.1+): the renewal of a hold no waiter
+    /// marked, as extend.lua's `PEXPIRE` of it. A nil reply sends the script after it.
+    SetIfEq,
     /// The script, sent with `EVALSHA` (`EVAL` after `NOSCRIPT`).
     Script(&'static Script),
+}
+
+/// The server's native commands that do a script's job, where lock-core uses them: probed once
+/// per server (backend/redis/native.rs). Each does exactly what one branch of its script does
+/// and answers "not done" for every other case, after which the script runs: so the scripts
+/// stay the definition, and a native command only skips the Lua where its answer is already
+/// the script's. Used only on a client that never re-sends: a client that does needs the
+/// script's tomb (prelude/tomb.lua).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Native {
+    /// `DELIFEQ key value` (Valkey 9.0+).
+    pub(crate) delifeq: bool,
+    /// `SET key value IFEQ old` (Valkey 8.1+, Redis 8.4+).
+    pub(crate) set_ifeq: bool,
+}
+
+impl Native {
+    /// Neither: every command is the script.
+    pub(crate) const NONE: Native = Native {
+        delifeq: false,
+        set_ifeq: false,
+    };
+
+    /// Both.
+    pub(crate) const ALL: Native = Native {
+        delifeq: true,
+        set_ifeq: true,
+    };
+}
+
+impl Call {
+    /// Whether it is a native command (which may leave its job to the script).
+    pub(crate) fn is_native(self) -> bool {
+        matches!(self, Call::DelIfEq | Call::SetIfEq)
+    }
 }
 
 /// What the layout depends on besides the command: the server's client and pub/sub.
@@ -131,6 +183,21 @@ pub(crate) struct Server {
     pub(crate) resends: bool,
     /// `SPUBLISH` (a Redis 7 cluster) or `PUBLISH`: how releases are published.
     pub(crate) publish: &'static str,
+    /// The native commands the server has (none on a client that re-sends).
+    pub(crate) native: Native,
+}
+
+impl Server {
+    /// The same server, sending every command as its script: after a native command answered
+    /// "not done".
+    pub(crate) fn scripted(self) -> Server {
+        self.with(Native::NONE)
+    }
+
+    /// The same server with these native commands.
+    pub(crate) fn with(self, native: Native) -> Server {
+        Server { native, ..self }
+    }
 }
 
 impl Command<'_> {
@@ -197,7 +264,8 @@ impl Command<'_> {
     }
 
     /// What goes to the server: the kind's script, or `SET NX PX` for an uncontended exclusive
-    /// acquire on a client that never re-sends.
+    /// acquire on a client that never re-sends, or (where the server has them) the native
+    /// command of a release or an extend, whose "not done" sends the script after it.
     pub(crate) fn call(&self, server: Server) -> Call {
         let scripts = self.keys().kind.scripts();
         Call::Script(match self {
@@ -205,7 +273,17 @@ impl Command<'_> {
                 return Call::SetNx;
             }
             Command::Acquire { .. } => scripts.acquire,
+            Command::Extend { .. }
+                if scripts.native && server.native.set_ifeq && !server.resends =>
+            {
+                return Call::SetIfEq;
+            }
             Command::Extend { .. } => scripts.extend,
+            Command::Release { keep, .. }
+                if keep.is_zero() && scripts.native && server.native.delifeq && !server.resends =>
+            {
+                return Call::DelIfEq;
+            }
             Command::Release { .. } => scripts.release,
             Command::Leave { .. } => &LEAVE,
             Command::Fence { .. } => &FENCE,
@@ -253,6 +331,17 @@ impl Command<'_> {
                     // acquire.lua: a waiting writer's claim.
                     cmd.arg(claim.id.as_ref()).arg(millis_ceil(claim.keep));
                 }
+            }
+            Command::Extend { keys, token, ttl } if matches!(self.call(server), Call::SetIfEq) => {
+                cmd.arg(&keys.lock)
+                    .arg(token.as_ref())
+                    .arg("IFEQ")
+                    .arg(token.as_ref())
+                    .arg("PX")
+                    .arg(millis_ceil(*ttl));
+            }
+            Command::Release { keys, token, .. } if matches!(self.call(server), Call::DelIfEq) => {
+                cmd.arg(&keys.lock).arg(token.as_ref());
             }
             Command::Extend { keys, token, ttl } => {
                 cmd.arg(1)
@@ -317,6 +406,7 @@ mod tests {
         let server = Server {
             resends,
             publish: "PUBLISH",
+            native: Native::NONE,
         };
         command.lay_out(&mut cmd, server);
         cmd.args_iter()
@@ -347,6 +437,7 @@ mod tests {
         let server = Server {
             resends: false,
             publish: "PUBLISH",
+            native: Native::NONE,
         };
         // Uncontended exclusive: SET NX, where the client never re-sends.
         let plain = acquire(Kind::Exclusive, false, None);
@@ -382,6 +473,100 @@ mod tests {
             args(&release, true),
             ["1", "l:{a}", "t", "0", "PUBLISH", "1"]
         );
+    }
+
+    #[test]
+    fn a_server_with_native_commands_gets_them_for_unmarked_holds_only() {
+        let keys = LockKeys::new("l:", "a");
+        let valkey9 = Server {
+            resends: false,
+            publish: "PUBLISH",
+            native: Native {
+                delifeq: true,
+                set_ifeq: true,
+            },
+        };
+        let laid_out = |command: &Command<'_>, server: Server| {
+            let mut cmd = redis::cmd("X");
+            command.lay_out(&mut cmd, server);
+            cmd.args_iter()
+                .skip(1)
+                .map(|a| match a {
+                    redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                    _ => "<cursor>".to_owned(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let release = |kind: Kind, keep: u64| Command::Release {
+            keys: Cow::Owned(keys.clone().of_kind(kind)),
+            token: Cow::Borrowed("t"),
+            keep: Duration::from_millis(keep),
+        };
+        let extend = |kind: Kind| Command::Extend {
+            keys: Cow::Owned(keys.clone().of_kind(kind)),
+            token: Cow::Borrowed("t"),
+            ttl: Duration::from_millis(1500),
+        };
+        for kind in [Kind::Exclusive, Kind::Fair] {
+            assert!(matches!(release(kind, 0).call(valkey9), Call::DelIfEq));
+            assert_eq!(laid_out(&release(kind, 0), valkey9), ["l:{a}", "t"]);
+            assert!(matches!(extend(kind).call(valkey9), Call::SetIfEq));
+            assert_eq!(
+                laid_out(&extend(kind), valkey9),
+                ["l:{a}", "t", "IFEQ", "t", "PX", "1500"]
+            );
+            // After "not done", the scripts.
+            assert!(matches!(
+                release(kind, 0).call(valkey9.scripted()),
+                Call::Script(s) if s.name == "release"
+            ));
+            assert!(matches!(
+                extend(kind).call(valkey9.scripted()),
+                Call::Script(s) if s.name == "extend"
+            ));
+        }
+        // min_hold shortens the key (the script); permits and shared holds are hashes; a client
+        // that re-sends needs the tomb.
+        assert!(matches!(
+            release(Kind::Exclusive, 250).call(valkey9),
+            Call::Script(_)
+        ));
+        assert!(matches!(
+            release(Kind::Permits(2), 0).call(valkey9),
+            Call::Script(_)
+        ));
+        assert!(matches!(
+            extend(Kind::Shared).call(valkey9),
+            Call::Script(_)
+        ));
+        let cluster = Server {
+            resends: true,
+            ..valkey9
+        };
+        assert!(matches!(
+            release(Kind::Exclusive, 0).call(cluster),
+            Call::Script(_)
+        ));
+        assert!(matches!(
+            extend(Kind::Exclusive).call(cluster),
+            Call::Script(_)
+        ));
+        // Valkey 8.1: SET IFEQ only.
+        let valkey81 = Server {
+            native: Native {
+                delifeq: false,
+                set_ifeq: true,
+            },
+            ..valkey9
+        };
+        assert!(matches!(
+            release(Kind::Exclusive, 0).call(valkey81),
+            Call::Script(_)
+        ));
+        assert!(matches!(
+            extend(Kind::Exclusive).call(valkey81),
+            Call::SetIfEq
+        ));
     }
 
     #[test]

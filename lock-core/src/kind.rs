@@ -38,6 +38,9 @@ pub(crate) struct Scripts {
     /// Whether an uncontended attempt on a client that never re-sends may be a plain
     /// `SET NX PX` instead of the acquire script.
     pub(crate) set_nx: bool,
+    /// Whether release and extend are release.lua and extend.lua, whose one-branch cases a
+    /// server's native commands can do (`command::Native`).
+    pub(crate) native: bool,
     pub(crate) release: &'static Script,
     pub(crate) extend: &'static Script,
 }
@@ -134,6 +137,7 @@ impl Kind {
             acquire,
             bound,
             set_nx: self == Kind::Exclusive,
+            native: !self.counted(),
             release,
             extend,
         }

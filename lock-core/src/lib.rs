@@ -254,7 +254,10 @@
 //! Redis 6.2 or later, or Valkey 8 or later: CI runs the semantic suite and every deployment on
 //! Redis 6.2.5 and 7.0 and Valkey 8.1 and 9.1 (see the README's server table); Redis 6.0 (the
 //! first with `SET ... KEEPTTL`, which a waiter's mark needs) is not tested. `min_replicas_aof`
-//! needs `WAITAOF` (Redis 7.2 or later, Valkey). Replicas
+//! needs `WAITAOF` (Redis 7.2 or later, Valkey). On one server and Redlock's instances, a
+//! release is `DELIFEQ` where the server has it (Valkey 9) and a renewal `SET ... IFEQ ... PX`
+//! (Valkey 8.1+), each followed by the script whenever it did nothing (a waiter marked the key,
+//! the hold is not ours): the same answers, with less server time. Replicas
 //! of one service must run versions of lock-core that agree on the key format: this one marks
 //! a waited-for key by appending `*` to the holder's token, which earlier versions do not
 //! recognise as their own (their release then finds the key "not theirs" and leaves it to its

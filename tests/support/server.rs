@@ -256,6 +256,28 @@ impl RedisServer {
             .is_some_and(|major| major >= 7)
     }
 
+    /// Whether the server has `DELIFEQ` (Valkey 9), asked as lock-core does not: by sending
+    /// it, on a key no test uses.
+    pub fn has_delifeq(&self) -> bool {
+        redis::cmd("DELIFEQ")
+            .arg("harness:probe")
+            .arg("x")
+            .query::<redis::Value>(&mut self.conn())
+            .is_ok()
+    }
+
+    /// Whether `SET` takes `IFEQ` (Valkey 8.1+), asked by sending it (the key is never there,
+    /// so nothing is written).
+    pub fn has_set_ifeq(&self) -> bool {
+        redis::cmd("SET")
+            .arg("harness:probe")
+            .arg("x")
+            .arg("IFEQ")
+            .arg("y")
+            .query::<redis::Value>(&mut self.conn())
+            .is_ok()
+    }
+
     /// A field of `INFO server`.
     fn info_server(&self, field: &str) -> Option<String> {
         let info: String = self.query(redis::cmd("INFO").arg("server"));

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::notify::{Interest, Table, Watcher};
 use super::BoxFuture;
+use crate::command::Native;
 use crate::locked;
 use crate::model::{Model, Now, Reply};
 
@@ -40,18 +41,28 @@ pub(crate) struct ModelServer {
 }
 
 impl ModelServer {
+    /// The in-memory backend's server: with Valkey 9's native compare-and-set commands, which
+    /// its connections use as they would on Valkey 9 ([`Native`]).
     pub(crate) fn new() -> Arc<Self> {
         let epoch_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        Self::with_clock(epoch_us)
+        Self::with_clock(
+            epoch_us,
+            Native {
+                delifeq: true,
+                set_ifeq: true,
+            },
+        )
     }
 
     /// A server whose clock reads `epoch_us` (µs since the Unix epoch) now: the simulator's,
-    /// so that a seed replays exactly.
-    pub(crate) fn with_clock(epoch_us: u64) -> Arc<Self> {
+    /// so that a seed replays exactly, with the `native` compare-and-set commands.
+    pub(crate) fn with_clock(epoch_us: u64, native: Native) -> Arc<Self> {
+        let mut model = Model::new();
+        model.set_native(native);
         Arc::new(Self {
-            model: Mutex::new(Model::new()),
+            model: Mutex::new(model),
             epoch_us: AtomicU64::new(epoch_us),
             started: Instant::now(),
             table: Arc::default(),
@@ -72,7 +83,22 @@ impl ModelServer {
     /// A restart without persistence: every key is gone, and every cached script.
     #[cfg(test)]
     pub(crate) fn flush(&self) {
-        *locked(&self.model) = Model::new();
+        let mut model = locked(&self.model);
+        let native = model.native();
+        *model = Model::new();
+        model.set_native(native);
+    }
+
+    /// The native compare-and-set commands it has.
+    pub(crate) fn native(&self) -> Native {
+        locked(&self.model).native()
+    }
+
+    /// It has these native compare-and-set commands from now on (a server restarted as another
+    /// version behind the same address).
+    #[cfg(test)]
+    pub(crate) fn set_native(&self, native: Native) {
+        locked(&self.model).set_native(native);
     }
 
     /// `SCRIPT FLUSH`, or a restart that kept the data: the next `EVALSHA` of every script

@@ -61,6 +61,8 @@ pub(crate) use keyspace::{Keyspace, Now, Published};
 pub(crate) use lua::Scripts;
 pub(crate) use reply::Reply;
 
+use crate::command::Native;
+
 /// A Redis server in a box: one keyspace and the scripts that run on it.
 #[derive(Default)]
 pub(crate) struct Model {
@@ -116,6 +118,17 @@ impl Model {
     /// write (Redis 7.0's `scriptVerifyOOM`).
     pub(crate) fn set_full(&mut self, full: bool) {
         self.keyspace.set_full(full);
+    }
+
+    /// The native compare-and-set commands it answers (`DELIFEQ`, `SET ... IFEQ`); none, as
+    /// Redis 7.0, by default.
+    pub(crate) fn set_native(&mut self, native: Native) {
+        self.keyspace.set_native(native);
+    }
+
+    /// The native compare-and-set commands it answers.
+    pub(crate) fn native(&self) -> Native {
+        self.keyspace.native()
     }
 
     /// The messages published since the last drain, oldest first.

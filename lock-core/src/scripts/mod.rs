@@ -24,6 +24,7 @@ pub(crate) struct Script {
     pub(crate) name: &'static str,
     pub(crate) body: &'static str,
     sha1: std::sync::OnceLock<String>,
+    bit: std::sync::OnceLock<u32>,
 }
 
 impl Script {
@@ -32,7 +33,20 @@ impl Script {
             name,
             body,
             sha1: std::sync::OnceLock::new(),
+            bit: std::sync::OnceLock::new(),
         }
+    }
+
+    /// A bit of its own among the scripts: `1 << ` its place in [`ALL`] (there are fewer than
+    /// 32). For a node's set of the scripts its server has run.
+    pub(crate) fn bit(&self) -> u32 {
+        *self.bit.get_or_init(|| {
+            let at = ALL
+                .iter()
+                .position(|s| std::ptr::eq(*s, self))
+                .expect("every script is in ALL");
+            1 << at
+        })
     }
 
     /// The SHA1 of the body, in lowercase hex.

@@ -78,8 +78,15 @@ fn run_seed(seed: u64) -> Vec<String> {
             max_late_ms: 50 + rng.below(400),
         };
         let resends = faults.duplicate > 0;
+        // The servers have the native compare-and-set commands of Valkey 9, of Valkey 8.1
+        // (`SET IFEQ` only) or none, as Redis 7.0: decided by the seed alone, so that the other
+        // draws stay as they were.
+        let native = crate::command::Native {
+            delifeq: seed % 3 == 2,
+            set_ifeq: !seed.is_multiple_of(3),
+        };
         let servers: Vec<Arc<SimServer>> = (0..n)
-            .map(|i| SimServer::new(i, Arc::clone(&truth), resends))
+            .map(|i| SimServer::new(i, Arc::clone(&truth), resends, native))
             .collect();
         for s in &servers {
             tokio::spawn(Arc::clone(s).drive(servers.clone()));

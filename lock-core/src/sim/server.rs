@@ -91,9 +91,15 @@ pub(super) struct SimServer {
 
 impl SimServer {
     /// `resends`: the world's clients re-send by themselves (the cluster client), so the node
-    /// sends what it sends a cluster.
-    pub(super) fn new(index: usize, truth: Arc<Mutex<Truth>>, resends: bool) -> Arc<Self> {
-        let model = ModelServer::with_clock(1_700_000_000_000_000);
+    /// sends what it sends a cluster. `native`: the server's native compare-and-set commands
+    /// (which a node that does not re-send then uses).
+    pub(super) fn new(
+        index: usize,
+        truth: Arc<Mutex<Truth>>,
+        resends: bool,
+        native: crate::command::Native,
+    ) -> Arc<Self> {
+        let model = ModelServer::with_clock(1_700_000_000_000_000, native);
         Arc::new(Self {
             index,
             state: Mutex::new(ServerState {

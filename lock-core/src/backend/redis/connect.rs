@@ -313,6 +313,8 @@ impl RedisNode {
             notifier: Arc::new(crate::backend::memory::ModelWatcher(server)),
             sharded: false,
             replicated: None,
+            native: super::native::Capabilities::of(&Conn::Model(conn.clone())),
+            scripts_run: Default::default(),
             source: Source::Model(conn),
         }
     }
@@ -324,6 +326,8 @@ impl RedisNode {
             sharded: false,
             replicated: None,
             source: Source::Client(Box::new(client)),
+            native: super::native::Capabilities::default(),
+            scripts_run: Default::default(),
         }
     }
 
@@ -401,6 +405,8 @@ impl RedisNode {
             sharded,
             replicated: None,
             source: Source::Cluster(seeds.to_vec()),
+            native: super::native::Capabilities::default(),
+            scripts_run: Default::default(),
         })
     }
 
@@ -450,6 +456,8 @@ impl RedisNode {
             sharded: false,
             replicated: None,
             source: Source::Sentinel(primary),
+            native: super::native::Capabilities::default(),
+            scripts_run: Default::default(),
         })
     }
 

@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use super::notify::Watcher;
 use super::{Answer, BoxFuture, Command, Eviction, Found, Node, EVICTION_RECORD};
-use crate::command::{Call, Server, FENCE_KEEP};
+use crate::command::{Call, FENCE_KEEP};
 use crate::keys::LockKeys;
 use crate::validate::millis_ceil;
 use crate::{LockError, Result};
 
 mod connect;
+mod native;
 mod operate;
 mod replicas;
 mod scripts;
@@ -37,6 +38,11 @@ pub(crate) struct RedisNode {
     replicated: Option<Replicated>,
     /// Where the connections go, to open more of them.
     source: Source,
+    /// The server's native compare-and-set commands, once probed.
+    native: native::Capabilities,
+    /// The scripts the server has run ([`Script::bit`](crate::scripts::Script::bit)s) since
+    /// it last answered `NOSCRIPT`.
+    scripts_run: std::sync::atomic::AtomicU32,
 }
 
 /// [`LockError::PermitsMismatch`] for the `LOCKPERMITS <m>` error reply of the acquire
@@ -60,14 +66,6 @@ fn permits_refused(keys: &LockKeys, e: LockError) -> LockError {
 }
 
 impl RedisNode {
-    /// What the kernel's layout of a command depends on here.
-    fn server(&self) -> Server {
-        Server {
-            resends: self.resends(),
-            publish: self.publish(),
-        }
-    }
-
     /// How releases are published: `SPUBLISH` on a Redis 7 cluster, else `PUBLISH`.
     fn publish(&self) -> &'static str {
         if self.sharded {
@@ -81,12 +79,20 @@ impl RedisNode {
 impl Node for RedisNode {
     fn run<'a>(&'a self, command: &'a Command<'a>) -> BoxFuture<'a, Result<Answer>> {
         let answer = async move {
-            let server = self.server();
+            let mut server = self.server(command).await;
             let keys = command.keys();
             let applied = |reply: &i64| command.answer(*reply).applied();
-            let reply: i64 = match command.call(server) {
+            let mut call = command.call(server);
+            if call.is_native() {
+                if let Some(reply) = self.native_reply(command, server, call).await? {
+                    return Ok(command.answer(reply));
+                }
+                server = server.scripted();
+                call = command.call(server);
+            }
+            let reply: i64 = match call {
                 Call::SetNx => {
-                    let mut cmd = redis::cmd("SET");
+                    let mut cmd = crate::command::cmd("SET");
                     command.lay_out(&mut cmd, server);
                     let set: Option<String> =
                         self.query_replicated(keys, &cmd, Option::is_some).await?;
@@ -100,10 +106,23 @@ impl Node for RedisNode {
                     self.eval(script, |cmd| command.lay_out(cmd, server))
                         .await?
                 }
+                Call::DelIfEq | Call::SetIfEq => {
+                    unreachable!("a scripted server sends no native command")
+                }
             };
             Ok(command.answer(reply))
         };
-        Box::pin(async move { answer.await.map_err(|e| permits_refused(command.keys(), e)) })
+        Box::pin(async move {
+            answer.await.map_err(|e| {
+                if native::cut(&e) {
+                    // Nothing is known of the server behind the next connection.
+                    self.native.forget();
+                    self.scripts_run
+                        .store(0, std::sync::atomic::Ordering::Relaxed);
+                }
+                permits_refused(command.keys(), e)
+            })
+        })
     }
 
     fn peek<'a>(&'a self, keys: &'a LockKeys) -> BoxFuture<'a, Result<Option<Found>>> {

@@ -1,6 +1,8 @@
 //! Running the lock scripts (`crate::scripts`): each sent by its SHA1 (`EVALSHA`), with its
 //! body after `NOSCRIPT`.
 
+use std::sync::atomic::Ordering;
+
 use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind};
 
 use super::connect::Conn;
@@ -19,7 +21,7 @@ impl RedisNode {
         script: &Script,
         args: impl Fn(&mut Cmd),
     ) -> Result<T> {
-        Ok(run_script(&self.conn, script, args, None).await?.0)
+        Ok(self.run_script(&self.conn, script, args, None).await?.0)
     }
 
     /// [`eval`](Self::eval) of a script whose write must reach the replicas: with
@@ -38,31 +40,48 @@ impl RedisNode {
             return self.eval(script, args).await;
         };
         let lent = self.lend(replicated).await?;
-        let (reply, acked) = run_script(lent.conn(), script, args, Some(replicated.want)).await?;
+        let (reply, acked) = self
+            .run_script(lent.conn(), script, args, Some(replicated.want))
+            .await?;
         lent.answered();
         check_acked(keys, replicated.want, applied(&reply), acked)?;
         Ok(reply)
     }
 }
 
-/// `script` with `args` on `conn` (see [`RedisNode::eval`]), followed by `WAIT` when `wait`
-/// is given: its reply, and how many replicas acknowledged it (0 without `wait`).
-pub(super) async fn run_script<T: FromRedisValue>(
-    conn: &Conn,
-    script: &Script,
-    args: impl Fn(&mut Cmd),
-    wait: Option<MinReplicas>,
-) -> Result<(T, usize)> {
-    let command = |name: &str, first: &str| {
-        let mut cmd = redis::cmd(name);
-        cmd.arg(first);
-        args(&mut cmd);
-        cmd
-    };
-    match send_waited(conn, &command("EVALSHA", script.sha1()), wait).await {
-        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-            Ok(send_waited(conn, &command("EVAL", script.body), wait).await?)
+impl RedisNode {
+    /// `script` with `args` on `conn` (see [`RedisNode::eval`]), followed by `WAIT` when `wait`
+    /// is given: its reply, and how many replicas acknowledged it (0 without `wait`). A server
+    /// that no longer knows a script it ran (`NOSCRIPT`) restarted or is another one (or its
+    /// scripts were flushed): its native commands are asked again before the next release or
+    /// extend.
+    async fn run_script<T: FromRedisValue>(
+        &self,
+        conn: &Conn,
+        script: &Script,
+        args: impl Fn(&mut Cmd),
+        wait: Option<MinReplicas>,
+    ) -> Result<(T, usize)> {
+        let command = |name: &str, first: &str| {
+            let mut cmd = crate::command::cmd(name);
+            cmd.arg(first);
+            args(&mut cmd);
+            cmd
+        };
+        let ran = match send_waited(conn, &command("EVALSHA", script.sha1()), wait).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                // Only a script it ran before tells that the server lost its scripts: a
+                // script's first use meets NOSCRIPT anyway.
+                if self.scripts_run.fetch_and(0, Ordering::Relaxed) & script.bit() != 0 {
+                    self.native.forget();
+                }
+                send_waited(conn, &command("EVAL", script.body), wait).await?
+            }
+            other => other?,
+        };
+        if self.scripts_run.load(Ordering::Relaxed) & script.bit() == 0 {
+            self.scripts_run.fetch_or(script.bit(), Ordering::Relaxed);
         }
-        other => Ok(other?),
+        Ok(ran)
     }
 }

@@ -3,7 +3,10 @@
 //! compared.
 //!
 //! The server is started here, on a free loopback port, and killed on drop; it is never a
-//! shared one. `MODEL_DIFF_SEEDS=<n>` runs more seeds (default 6), `MODEL_DIFF_STEPS=<n>` more
+//! shared one: `redis-server`, or the binary `LOCK_TESTS_SERVER` names (CI runs it on Valkey
+//! 8.1 and 9.1 too). The steps include the native `DELIFEQ` and `SET ... IFEQ` that a release and
+//! an extend send where the server has them; the model is told which ones this server has (it
+//! asks by sending each), and must answer the others' errors as the server does. `MODEL_DIFF_SEEDS=<n>` runs more seeds (default 6), `MODEL_DIFF_STEPS=<n>` more
 //! steps per seed (default 2500), `MODEL_DIFF_FIRST_SEED=<n>` starts elsewhere.
 //!
 //! # Time
@@ -20,7 +23,9 @@
 //!   per-permit figures of permit_peek's list (not its `n` or its flag) ([`Left`]);
 //! - numbers that are timestamps (at least 10^12: a permit's end, a ticket's expiry, in ms; a
 //!   fencing token, in µs, at least 10^15), as replies or as words of a bulk reply, compare
-//!   within the tolerance too. Everything else compares exactly: errors, types, order.
+//!   within the tolerance too. Everything else compares exactly: errors, types, order (errors
+//!   as both servers word them: Valkey's `NOSCRIPT` text and script errors differ from Redis
+//!   7.0's in words the client never reads, see [`worded`]).
 //!
 //! Expiry must then never be decided differently: before each step, if any deadline the model
 //! holds (a key's expiry, a timestamp in a hash) lies within `MARGIN` of the server's clock,
@@ -58,6 +63,22 @@ const INSTALL_HINT: &str = "`redis-server` was not found on PATH. The model's di
 test starts its own Redis server; install it first: `apt-get install redis-server` (Debian/Ubuntu), \
 `brew install redis` (macOS), or see https://redis.io/docs/latest/operate/oss_and_stack/install/";
 
+/// The server binary: `LOCK_TESTS_SERVER` (the test harness' server matrix), else
+/// `redis-server` on PATH.
+fn binary() -> String {
+    std::env::var("LOCK_TESTS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
+}
+
+/// The native compare-and-set commands `con`'s server has, asked by sending each (on a key no
+/// seed uses): `DELIFEQ` unknown, or `SET ... IFEQ` a syntax error, where it has not.
+fn native_of(con: &mut redis::Connection) -> crate::command::Native {
+    let mut refused = |cmd: &mut redis::Cmd| cmd.query::<Wire>(con).is_err();
+    crate::command::Native {
+        delifeq: !refused(redis::cmd("DELIFEQ").arg("probe").arg("x")),
+        set_ifeq: !refused(redis::cmd("SET").arg("probe").arg("x").arg("IFEQ").arg("y")),
+    }
+}
+
 /// A `redis-server` of this test's own, on a free loopback port, killed on drop.
 struct Server {
     child: Child,
@@ -70,7 +91,7 @@ impl Server {
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
-        let child = Command::new("redis-server")
+        let child = Command::new(binary())
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -158,6 +179,7 @@ fn agree(model: &Reply, server: &Reply, left: Left, tolerance_ms: i64) -> bool {
     };
     let number = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<i64>().ok();
     match (model, server) {
+        (Reply::Error(a), Reply::Error(b)) => worded(a) == worded(b),
         (Reply::Int(a), Reply::Int(b)) => match left {
             // "0 ms left" and "-3 ms left", "-1" (no expiry) and "0" are different answers.
             Left::Positive => close(*a, *b, *a >= 0 && *b >= 0),
@@ -186,6 +208,43 @@ fn agree(model: &Reply, server: &Reply, left: Left, tolerance_ms: i64) -> bool {
                 })
         }
         (a, b) => a == b,
+    }
+}
+
+/// An error as Redis 7.0 and Valkey both word it: Valkey's `NOSCRIPT` lacks "Please use
+/// EVAL.", and its script errors do not name the script's SHA1 ("script: on @user_script:..."
+/// for "script: <sha1>, on @user_script:..."); Redis 6.2 quotes an unknown command's name and
+/// arguments otherwise, and wraps a script's errors otherwise (see below). The client reads
+/// none of it but the code (`OOM`, `NOSCRIPT`, ...), which stays.
+fn worded(error: &str) -> String {
+    if error.starts_with("NOSCRIPT ") {
+        return "NOSCRIPT".to_owned();
+    }
+    // Redis 6.2 wraps an error raised in a script (here, by `redis.call`) as
+    // "ERR Error running script (call to f_<sha1>): @user_script:<n>: @user_script: <n>: -<error>",
+    // where 7.0 says "<error> script: <sha1>, on @user_script:<n>.".
+    if let Some(rest) = error.strip_prefix("ERR Error running script (call to f_") {
+        if let Some((_sha, rest)) = rest.split_once("): @user_script:") {
+            if let Some((line, rest)) = rest.split_once(": @user_script: ") {
+                let inner = rest.split_once(": ").map_or(rest, |(_, e)| e);
+                let inner = inner.strip_prefix('-').unwrap_or(inner);
+                return format!("{inner} script: on @user_script:{line}.");
+            }
+        }
+    }
+    if error.starts_with("ERR unknown command ") {
+        // Redis 6.2 quotes the command and its arguments with backticks.
+        return "ERR unknown command".to_owned();
+    }
+    match error.split_once(" script: ") {
+        Some((head, tail)) => {
+            let tail = match tail.split_once(", on ") {
+                Some((sha, rest)) if sha.len() == 40 => format!("on {rest}"),
+                _ => tail.to_owned(),
+            };
+            format!("{head} script: {tail}")
+        }
+        None => error.to_owned(),
     }
 }
 
@@ -237,6 +296,8 @@ struct Mismatch {
 fn run_seed(
     seed: u64,
     steps: usize,
+    native: crate::command::Native,
+    sharded: bool,
     con: &mut redis::Connection,
     sub: &mut redis::PubSub<'_>,
     stats: &mut Stats,
@@ -255,7 +316,9 @@ fn run_seed(
         .exec(con)
         .expect("SCRIPT FLUSH");
     let mut model = Model::new();
-    let names = Names::new();
+    model.set_native(native);
+    let mut names = Names::new();
+    names.sharded = sharded;
     let mut rng = Rng::new(seed);
     let mut history: Vec<String> = Vec::new();
     // The widest step of this seed so far: a figure read from the clock at an earlier step (a
@@ -379,7 +442,12 @@ fn run_seed(
         if let Reply::Error(e) = &server_reply {
             let kind = e.split(" script:").next().unwrap_or(e);
             *stats.errors.entry(format!("{what} {kind}")).or_default() += 1;
-        } else if matches!(step, Step::Eval { .. }) {
+        } else if step.tallied() {
+            let what = if label.contains(" IFEQ ") {
+                "SET IFEQ"
+            } else {
+                what
+            };
             let answer = format!("{what} {}", shape(&server_reply));
             *stats.answers.entry(answer).or_default() += 1;
         }
@@ -524,11 +592,21 @@ fn the_model_answers_as_a_real_server_does() {
     let seeds = env("MODEL_DIFF_SEEDS", 6);
     let first = env("MODEL_DIFF_FIRST_SEED", 1);
     let steps = env("MODEL_DIFF_STEPS", 2500) as usize;
+    let native = native_of(&mut con);
+    let sharded = redis::cmd("SPUBLISH")
+        .arg("probe")
+        .arg("x")
+        .query::<Wire>(&mut con)
+        .is_ok();
+    eprintln!(
+        "model diff: {} with {native:?}, SPUBLISH: {sharded}",
+        binary()
+    );
     let started = Instant::now();
     let mut stats = Stats::default();
     let mut mismatches: Vec<Mismatch> = Vec::new();
     for seed in first..first + seeds {
-        if let Err(m) = run_seed(seed, steps, &mut con, &mut sub, &mut stats) {
+        if let Err(m) = run_seed(seed, steps, native, sharded, &mut con, &mut sub, &mut stats) {
             mismatches.push(m);
         }
     }

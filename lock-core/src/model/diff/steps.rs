@@ -73,6 +73,15 @@ impl Step {
     }
 
     /// Which of its reply's figures are milliseconds left, read from a clock.
+    /// Whether the reply's shape is tallied: a script's, and a native command's.
+    pub(super) fn tallied(&self) -> bool {
+        match self {
+            Step::Eval { .. } => true,
+            Step::Command(args) => args[0] == "DELIFEQ" || args.iter().any(|a| a == "IFEQ"),
+            _ => false,
+        }
+    }
+
     pub(super) fn left(&self) -> Left {
         match self {
             Step::Command(args) if args[0] == "PTTL" => Left::Positive,
@@ -101,6 +110,8 @@ pub(super) enum Left {
 
 /// The world the random steps play in: two locks, their queue and fence keys, a few owners.
 pub(super) struct Names {
+    /// The server has `SPUBLISH`.
+    pub(super) sharded: bool,
     locks: [&'static str; 2],
     tokens: Vec<String>,
     tickets: Vec<String>,
@@ -110,6 +121,7 @@ impl Names {
     pub(super) fn new() -> Self {
         let hex = |i: u64| format!("{:032x}", i.wrapping_mul(0x1234_5678_9abc_def1));
         Names {
+            sharded: true,
             locks: ["lock:{a}", "lock:{b}"],
             // In the token formats of lock-core (holder | ms | lease ms, `w` when a watchdog
             // renews it | 128 random bits; and 0.1.0's, without the lease): short enough that
@@ -153,7 +165,9 @@ impl Names {
         };
         let keep = rng.pick(&["0", "0", "25", "60000"]).to_string();
         let mark = rng.pick(&["0", "1"]).to_string();
-        let publish = if rng.chance(85) {
+        // SPUBLISH only where the server has it (Redis 7+, Valkey): the client never sends it
+        // to Redis 6.2.
+        let publish = if rng.chance(85) || !self.sharded {
             "PUBLISH"
         } else {
             "SPUBLISH"
@@ -199,6 +213,12 @@ impl Names {
                 &[&queue, lock],
                 &[&ticket, publish, &tomb],
             ),
+            // The native compare-and-delete and compare-and-set of Valkey 9 and 8.1 (errors
+            // elsewhere, which must read alike too), as a release and an extend send them.
+            28..=37 if rng.chance(30) => Step::command(&["DELIFEQ", lock, &token]),
+            38..=43 if rng.chance(40) => {
+                Step::command(&["SET", lock, &token, "IFEQ", &token, "PX", &ttl])
+            }
             28..=37 => Step::eval(
                 "release",
                 RELEASE.body,

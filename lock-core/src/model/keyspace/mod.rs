@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use super::reply::{errors, Reply};
+use crate::command::Native;
 
 mod options;
 
@@ -103,6 +104,10 @@ pub(crate) struct Keyspace {
     /// Used memory above `maxmemory` under `noeviction`: a command that may grow memory is
     /// refused with `OOM` (a script's only while it has written nothing: see lua.rs).
     full: bool,
+    /// The native compare-and-set commands the server has (`DELIFEQ`: Valkey 9; `SET ...
+    /// IFEQ`: Valkey 8.1); without them it answers as Redis 7.0 does (`ERR unknown command`,
+    /// `ERR syntax error`).
+    native: Native,
 }
 
 impl Keyspace {
@@ -143,7 +148,7 @@ impl Keyspace {
             return Reply::error("ERR empty command");
         };
         let name = String::from_utf8_lossy(name).to_ascii_uppercase();
-        let Some(arity) = arity(&name) else {
+        let Some(arity) = arity(&name).filter(|_| self.native.delifeq || name != "DELIFEQ") else {
             return match caller {
                 Caller::Script => Reply::error("ERR Unknown Redis command called from script"),
                 Caller::Client => Reply::error(format!(
@@ -180,6 +185,21 @@ impl Keyspace {
                 Some(_) => Reply::error(errors::WRONGTYPE),
             },
             "SET" => self.set(now_ms, a),
+            "DELIFEQ" => match self.lookup(a[0], now_ms) {
+                None => Reply::Int(0),
+                Some(Entry {
+                    value: Value::Str(s),
+                    ..
+                }) if s.as_slice() == a[1] => {
+                    self.keys.remove(a[0]);
+                    Reply::Int(1)
+                }
+                Some(Entry {
+                    value: Value::Str(_),
+                    ..
+                }) => Reply::Int(0),
+                Some(_) => Reply::error(errors::WRONGTYPE),
+            },
             "DEL" => {
                 let mut n = 0;
                 for key in a {
@@ -347,6 +367,16 @@ impl Keyspace {
     pub(crate) fn set_full(&mut self, full: bool) {
         self.full = full;
     }
+
+    /// The native compare-and-set commands it answers (none, as Redis 7.0, by default).
+    pub(crate) fn set_native(&mut self, native: Native) {
+        self.native = native;
+    }
+
+    /// The native compare-and-set commands it answers.
+    pub(crate) fn native(&self) -> Native {
+        self.native
+    }
 }
 
 /// A command Redis refuses while used memory is above `maxmemory` (`CMD_DENYOOM`): one that
@@ -358,14 +388,15 @@ pub(crate) fn denies_oom(name: &str) -> bool {
 /// A command that writes (`CMD_WRITE`): once a script has sent one (and it passed the checks),
 /// no later command of the script is refused for memory (`SCRIPT_WRITE_DIRTY`).
 pub(crate) fn writes(name: &str) -> bool {
-    denies_oom(name) || matches!(name, "DEL" | "HDEL" | "PEXPIRE" | "PEXPIREAT")
+    denies_oom(name) || matches!(name, "DEL" | "DELIFEQ" | "HDEL" | "PEXPIRE" | "PEXPIREAT")
 }
 
-/// The commands the model knows, with Redis' arity (negative: at least that many).
+/// The commands the model knows, with Redis' arity (negative: at least that many). `DELIFEQ`
+/// only where the keyspace has it (see [`Keyspace::set_native`]).
 fn arity(name: &str) -> Option<i32> {
     Some(match name {
         "GET" | "TYPE" | "PTTL" | "HGETALL" | "HLEN" => 2,
-        "HGET" | "HEXISTS" | "PUBLISH" | "SPUBLISH" => 3,
+        "HGET" | "HEXISTS" | "PUBLISH" | "SPUBLISH" | "DELIFEQ" => 3,
         "HINCRBY" => 4,
         "TIME" => 1,
         "PING" => -1,
@@ -396,6 +427,71 @@ mod tests {
         assert_eq!(call(&mut ks, 1010, &["GET", "k"]), Reply::bulk("v"));
         assert_eq!(call(&mut ks, 1011, &["GET", "k"]), Reply::Nil);
         assert_eq!(call(&mut ks, 1011, &["PTTL", "k"]), Reply::Int(-2));
+    }
+
+    #[test]
+    fn native_compare_and_set_commands_where_the_server_has_them() {
+        let mut ks = Keyspace::new();
+        call(&mut ks, 1000, &["SET", "k", "t", "PX", "100"]);
+        call(&mut ks, 1000, &["HSET", "h", "f", "v"]);
+        // As Redis 7.0: neither.
+        assert!(
+            matches!(call(&mut ks, 1000, &["DELIFEQ", "k", "t"]), Reply::Error(e) if e.starts_with("ERR unknown command"))
+        );
+        assert_eq!(
+            call(&mut ks, 1000, &["SET", "k", "t", "IFEQ", "t", "PX", "500"]),
+            Reply::error(errors::SYNTAX)
+        );
+        // As Valkey 8.1: SET IFEQ only.
+        ks.set_native(Native {
+            delifeq: false,
+            set_ifeq: true,
+        });
+        assert_eq!(
+            call(&mut ks, 1000, &["SET", "k", "t", "IFEQ", "x", "PX", "500"]),
+            Reply::Nil
+        );
+        assert_eq!(
+            call(&mut ks, 1000, &["SET", "k", "t", "IFEQ", "t", "PX", "500"]),
+            Reply::ok()
+        );
+        assert_eq!(call(&mut ks, 1000, &["PTTL", "k"]), Reply::Int(500));
+        assert_eq!(
+            call(&mut ks, 1000, &["SET", "gone", "t", "IFEQ", "t"]),
+            Reply::Nil
+        );
+        assert_eq!(call(&mut ks, 1000, &["EXISTS", "gone"]), Reply::Int(0));
+        assert_eq!(
+            call(&mut ks, 1000, &["SET", "h", "t", "IFEQ", "t"]),
+            Reply::error(errors::WRONGTYPE)
+        );
+        assert_eq!(
+            call(&mut ks, 1000, &["SET", "k", "t", "IFEQ", "t", "NX"]),
+            Reply::error(errors::SYNTAX)
+        );
+        // Expire time parsed before the key is read.
+        assert_eq!(
+            call(&mut ks, 1000, &["SET", "h", "t", "IFEQ", "t", "PX", "0"]),
+            Reply::error(errors::expire_time("set"))
+        );
+        // Full memory: SET is refused whatever IFEQ would say.
+        ks.set_full(true);
+        assert_eq!(
+            call(&mut ks, 1000, &["SET", "k", "t", "IFEQ", "t", "PX", "500"]),
+            Reply::error(errors::OOM)
+        );
+        // As Valkey 9: DELIFEQ deletes only an equal string, even in a full memory.
+        ks.set_native(Native {
+            delifeq: true,
+            set_ifeq: true,
+        });
+        assert_eq!(call(&mut ks, 1000, &["DELIFEQ", "k", "t*"]), Reply::Int(0));
+        assert_eq!(call(&mut ks, 1000, &["DELIFEQ", "k", "t"]), Reply::Int(1));
+        assert_eq!(call(&mut ks, 1000, &["DELIFEQ", "k", "t"]), Reply::Int(0));
+        assert_eq!(
+            call(&mut ks, 1000, &["DELIFEQ", "h", "v"]),
+            Reply::error(errors::WRONGTYPE)
+        );
     }
 
     #[test]

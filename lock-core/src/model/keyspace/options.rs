@@ -5,19 +5,28 @@
 use super::{errors, Entry, Keyspace, Reply, Value};
 
 impl Keyspace {
-    /// `SET key value [NX|XX] [PX ms|EX s|KEEPTTL]`, parsed as `setGenericCommand` does:
-    /// options first (syntax errors), then the expire time.
+    /// `SET key value [NX|XX|IFEQ old] [PX ms|EX s|KEEPTTL]`, parsed as `setGenericCommand`
+    /// does: options first (syntax errors), then the expire time, then the key's type and value
+    /// (`IFEQ`, Valkey 8.1+, only where the keyspace has it: a string equal to `old`, else nil;
+    /// a missing key is not created).
     pub(super) fn set(&mut self, now_ms: u64, a: &[&[u8]]) -> Reply {
         let (key, value) = (a[0], a[1]);
         let (mut nx, mut xx, mut keepttl) = (false, false, false);
+        let mut ifeq: Option<&[u8]> = None;
         let mut expire: Option<(&[u8], u64)> = None;
         let mut i = 2;
         while i < a.len() {
             let opt = a[i].to_ascii_uppercase();
             let next = a.get(i + 1);
             match opt.as_slice() {
-                b"NX" if !xx => nx = true,
-                b"XX" if !nx => xx = true,
+                b"NX" if !xx && ifeq.is_none() => nx = true,
+                b"XX" if !nx && ifeq.is_none() => xx = true,
+                b"IFEQ"
+                    if self.native.set_ifeq && !nx && !xx && ifeq.is_none() && next.is_some() =>
+                {
+                    ifeq = next.copied();
+                    i += 1;
+                }
                 b"KEEPTTL" if expire.is_none() => keepttl = true,
                 b"PX" | b"EX" if expire.is_none() && !keepttl && next.is_some() => {
                     let unit = if opt == b"PX" { 1 } else { 1000 };
@@ -47,6 +56,20 @@ impl Keyspace {
                 },
             },
         };
+        if let Some(expected) = ifeq {
+            match self.lookup(key, now_ms) {
+                Some(Entry {
+                    value: Value::Str(s),
+                    ..
+                }) if s.as_slice() == expected => {}
+                Some(Entry {
+                    value: Value::Str(_),
+                    ..
+                })
+                | None => return Reply::Nil,
+                Some(_) => return Reply::error(errors::WRONGTYPE),
+            }
+        }
         let old = self.lookup(key, now_ms).map(|e| e.expires_at_ms);
         if (nx && old.is_some()) || (xx && old.is_none()) {
             return Reply::Nil;
