@@ -793,6 +793,33 @@ async fn release_and_extend_are_native_commands_where_the_server_has_them() {
     assert_eq!(server.command_calls("delifeq"), u64::from(delifeq));
 }
 
+/// A process that forks after drawing a token: the child never repeats one of the parent's
+/// (its generator is seeded again in the new process), and neither side repeats its own.
+#[test]
+fn a_forked_child_never_repeats_its_parents_tokens() {
+    let n = 200;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fork-tokens"))
+        .arg(n.to_string())
+        .output()
+        .expect("fork-tokens runs");
+    assert!(out.status.success(), "{out:?}");
+    // The child's lines arrive when it exits, which may be after the parent's.
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut seen = std::collections::HashMap::new();
+    let mut per_role = std::collections::HashMap::new();
+    for line in text.lines() {
+        let (role, token) = line.split_once(' ').unwrap();
+        *per_role.entry(role.to_owned()).or_insert(0) += 1;
+        let random = token.rsplit('|').next().unwrap().to_owned();
+        assert_eq!(random.len(), 32, "{token}");
+        if let Some(first) = seen.insert(random, role.to_owned()) {
+            panic!("{role} drew a random part {first} had drawn: {token}");
+        }
+    }
+    assert_eq!(per_role.get("parent"), Some(&n), "{text}");
+    assert_eq!(per_role.get("child"), Some(&n), "{text}");
+}
+
 #[tokio::test]
 async fn subscriptions_end_when_nobody_waits() {
     let server = RedisServer::start();

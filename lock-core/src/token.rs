@@ -3,7 +3,7 @@
 /// Number of random bytes in a token (128 bits).
 const TOKEN_BYTES: usize = 16;
 
-/// An owner token: `<holder>|<unix ms when the attempt was made>|<lease ms>[w]|<new_token()>`.
+/// An owner token: `<holder>|<unix ms when the attempt was made>|<lease ms>[w]|<32 random hex>`.
 /// The holder, the time, the lease the attempt asks for and whether a watchdog renews it
 /// (`w`: `auto_extend`) ride in the token so that `inspect` can tell who holds a lock, since
 /// when, for how long a lease and whether it is kept alive, at no cost in commands; only the
@@ -13,14 +13,17 @@ pub(crate) fn owner_token(holder: &str, lease: std::time::Duration, renewed: boo
     let since = unix_ms_now();
     let lease = lease.as_millis();
     let renewed = if renewed { "w" } else { "" };
-    format!("{holder}|{since}|{lease}{renewed}|{}", new_token())
+    format!(
+        "{holder}|{since}|{lease}{renewed}|{}",
+        random_hex().as_str()
+    )
 }
 
-/// A fair waiter's ticket, or a waiting writer's claim id: `<holder>|<unix ms>|<new_token()>`,
+/// A fair waiter's ticket, or a waiting writer's claim id: `<holder>|<unix ms>|<32 random hex>`,
 /// the same for all the attempts of one acquisition. The holder and the time it started
 /// waiting are there for operators (`lockctl queue`); the random part keeps it unique.
 pub(crate) fn ticket(holder: &str) -> String {
-    format!("{holder}|{}|{}", unix_ms_now(), new_token())
+    format!("{holder}|{}|{}", unix_ms_now(), random_hex().as_str())
 }
 
 /// This machine's wall clock, in ms since the Unix epoch.
@@ -134,23 +137,94 @@ pub(crate) fn default_holder() -> String {
     clean_holder(&format!("{host}:{}", std::process::id()))
 }
 
-/// Returns a fresh random value: 128 bits from the operating system's CSPRNG, as 32 lowercase
-/// hex characters (the secret part of an owner token, and a fair waiter's ticket).
-///
-/// The token is a credential: whoever knows it can release or extend the lock. It is never
-/// logged and never shown by `Debug`.
-pub(crate) fn new_token() -> String {
+/// Tokens drawn from one seed before the generator is seeded again from the OS (4 MiB of
+/// output at 16 bytes a token).
+const TOKENS_PER_SEED: u32 = 1 << 18;
+
+/// A thread's token generator: ChaCha12 seeded from the OS, in the process that seeded it.
+struct Source {
+    /// The process it was seeded in: a forked child (another pid) seeds its own.
+    pid: u32,
+    /// Tokens left before it is seeded again.
+    left: u32,
+    rng: rand::rngs::StdRng,
+}
+
+thread_local! {
+    static SOURCE: std::cell::RefCell<Option<Source>> = const { std::cell::RefCell::new(None) };
+}
+
+/// 128 random bits for a token: from this thread's ChaCha12 generator, seeded with 256 bits
+/// from the OS on first use, every [`TOKENS_PER_SEED`] tokens, and in a forked child. A child
+/// of `fork` starts with a copy of its parent's generator; it has another pid, so it never
+/// draws a token from the copy (the pid is read with every token: one `getpid`, where asking
+/// the OS for the bytes costs a `getrandom` call of about twice as long). While a thread is
+/// being torn down (its generator gone), the bytes come from the OS directly.
+fn random_bytes() -> [u8; TOKEN_BYTES] {
+    use rand::{Rng, SeedableRng};
     let mut bytes = [0u8; TOKEN_BYTES];
+    let pid = std::process::id();
+    let drawn = SOURCE.try_with(|cell| {
+        let mut source = cell.borrow_mut();
+        let source = match &mut *source {
+            Some(s) if s.pid == pid && s.left > 0 => s,
+            stale => stale.insert(Source {
+                pid,
+                left: TOKENS_PER_SEED,
+                rng: rand::rngs::StdRng::from_seed(os_seed()),
+            }),
+        };
+        source.left -= 1;
+        source.rng.fill_bytes(&mut bytes);
+    });
+    if drawn.is_err() {
+        fill_from_os(&mut bytes);
+    }
+    bytes
+}
+
+/// 256 bits from the OS.
+fn os_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    fill_from_os(&mut seed);
+    seed
+}
+
+fn fill_from_os(bytes: &mut [u8]) {
     // The OS CSPRNG only fails on platforms without one; a lock without an unguessable owner
     // token would be unsafe, so there is nothing sensible to fall back to.
-    getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut token = String::with_capacity(TOKEN_BYTES * 2);
-    for byte in bytes {
-        token.push(char::from(HEX[usize::from(byte >> 4)]));
-        token.push(char::from(HEX[usize::from(byte & 0xf)]));
+    getrandom::fill(bytes).expect("the operating system's random number generator failed");
+}
+
+/// Returns a fresh random value: 128 bits from a CSPRNG seeded from the operating system's
+/// ([`random_bytes`]), as 32 lowercase hex characters (the secret part of an owner token, and
+/// a fair waiter's ticket).
+///
+/// The token is a credential: whoever knows it can release or extend the lock. It is never
+/// logged and never shown by `Debug`. (Written into tokens through [`random_hex`], without
+/// this allocation.)
+#[cfg(test)]
+pub(crate) fn new_token() -> String {
+    random_hex().as_str().to_owned()
+}
+
+/// [`new_token`] without its allocation: for a token written into a longer value.
+struct Hex([u8; 2 * TOKEN_BYTES]);
+
+impl Hex {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
     }
-    token
+}
+
+fn random_hex() -> Hex {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 2 * TOKEN_BYTES];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(random_bytes()) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
+    Hex(hex)
 }
 
 #[cfg(test)]
