@@ -44,10 +44,12 @@ struct Floor {
     /// the same commands lock-core sends uncontended, without its client side, to tell the
     /// two costs apart.
     release_sha: String,
+    /// The server has `DELIFEQ` (Valkey 9), which lock-core sends to release instead.
+    delifeq: bool,
 }
 
 impl Floor {
-    async fn new(url: &str) -> Self {
+    async fn new(url: &str, delifeq: bool) -> Self {
         let client = redis::Client::open(url).unwrap();
         let conn = ConnectionManager::new(client).await.unwrap();
         let load = |body: &'static str| {
@@ -70,24 +72,29 @@ impl Floor {
             conn,
             cad_sha,
             release_sha,
+            delifeq,
         }
     }
 
     /// lock-core's uncontended commands sent by hand: `SET NX PX` on lock-core's key layout,
-    /// then `EVALSHA` of lock-core's release.lua (no minimum hold).
+    /// then `EVALSHA` of lock-core's release.lua (no minimum hold), or `DELIFEQ` where the
+    /// server has it.
     async fn commands_pair(&self, name: &str, token: &str) {
         let key = format!("lock:{{{name}}}");
         assert!(self.try_lock(&key, token).await);
         let mut conn = self.conn.clone();
-        let released: i64 = redis::cmd("EVALSHA")
-            .arg(&self.release_sha)
-            .arg(1)
-            .arg(&key)
-            .arg(token)
-            .arg(0)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let release = if self.delifeq {
+            redis::cmd("DELIFEQ").arg(&key).arg(token).clone()
+        } else {
+            redis::cmd("EVALSHA")
+                .arg(&self.release_sha)
+                .arg(1)
+                .arg(&key)
+                .arg(token)
+                .arg(0)
+                .clone()
+        };
+        let released: i64 = release.query_async(&mut conn).await.unwrap();
         assert_eq!(released, 1);
     }
 
@@ -652,7 +659,7 @@ async fn main() {
     let server = RedisServer::start();
     let url = server.url();
     let clients = Arc::new(Clients {
-        floor: Floor::new(&url).await,
+        floor: Floor::new(&url, server.has_delifeq()).await,
         locks: LockManager::connect(&url).await.unwrap(),
         rslock: rslock::LockManager::new(vec![url.clone()]),
     });

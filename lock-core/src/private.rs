@@ -158,3 +158,72 @@ pub fn script(name: &str) -> &'static str {
         .map(|script| script.body)
         .unwrap_or_else(|| panic!("no script named {name}"))
 }
+
+/// Hooks for the bench's figures of lock-core's own cost (bench/benches/client.rs): the parts
+/// of an uncontended acquire+release that run in this process, one at a time. Not a public API.
+pub mod bench {
+    use std::borrow::Cow;
+    use std::time::Duration;
+
+    use crate::command::{Command, Native, Server};
+    use crate::keys::LockKeys;
+    use crate::model::{Model, Now};
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    /// The client's encoding and decoding of one uncontended pair, on a server with `DELIFEQ`:
+    /// the key and the owner token made, `SET NX PX` and `DELIFEQ` laid out and packed as
+    /// RESP, their replies read as answers. Returns the bytes packed (so that none of it is
+    /// optimized away).
+    pub fn codec_pair(prefix: &str, name: &str, holder: &str) -> usize {
+        let server = Server {
+            resends: false,
+            publish: "PUBLISH",
+            native: Native::ALL,
+        };
+        let keys = LockKeys::new(prefix, name);
+        let token = crate::token::owner_token(holder, TTL, false);
+        let acquire = Command::Acquire {
+            keys: Cow::Borrowed(&keys),
+            token: Cow::Borrowed(&token),
+            ttl: TTL,
+            mark: false,
+            ticket: None,
+        };
+        let release = Command::Release {
+            keys: Cow::Borrowed(&keys),
+            token: Cow::Borrowed(&token),
+            keep: Duration::ZERO,
+        };
+        let mut packed = 0;
+        for (command, name) in [(&acquire, "SET"), (&release, "DELIFEQ")] {
+            let mut cmd = crate::command::cmd(name);
+            command.lay_out(&mut cmd, server);
+            packed += cmd.get_packed_command().len();
+            assert!(command.answer(1).applied());
+        }
+        packed
+    }
+
+    /// The in-memory backend's server (Valkey 9's commands), to time its share of a pair.
+    pub struct Keyspace(Model);
+
+    impl Default for Keyspace {
+        fn default() -> Self {
+            let mut model = Model::new();
+            model.set_native(Native::ALL);
+            Self(model)
+        }
+    }
+
+    impl Keyspace {
+        /// The server's work in one uncontended pair: `SET key token NX PX 30000`, then
+        /// `DELIFEQ key token`, at `now_us`. Whether both applied.
+        pub fn pair(&mut self, now_us: u64, key: &str, token: &str) -> bool {
+            let now = Now { us: now_us };
+            let set = self.0.call(now, &["SET", key, token, "NX", "PX", "30000"]);
+            let del = self.0.call(now, &["DELIFEQ", key, token]);
+            set == crate::model::Reply::ok() && del == crate::model::Reply::Int(1)
+        }
+    }
+}
