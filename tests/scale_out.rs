@@ -102,6 +102,44 @@ async fn min_replicas_passes_the_semantic_suite() {
     .await;
 }
 
+/// With `min_replicas`, a renewal in a full memory (a native `SET ... IFEQ` refused with OOM,
+/// then extend.lua) is renewed and replicated, on the connections already open: an error the
+/// server answers does not cost the pooled connection it came on.
+#[tokio::test]
+async fn min_replicas_renewals_in_a_full_memory_keep_their_connections() {
+    let primary = RedisServer::start();
+    let _replica = RedisServer::start_replica_of(&primary);
+    let locks = replicated(&primary.url(), "lock:").await;
+    let held = locks.lock("full").ttl(LONG).acquire().await.unwrap();
+    assert!(held.extend(LONG).await.unwrap());
+    // The test's own commands go on one connection, opened before counting.
+    let mut ours = primary.conn();
+    let mut run = |cmd: &redis::Cmd| -> redis::Value { cmd.query(&mut ours).unwrap() };
+    let connections = |run: &mut dyn FnMut(&redis::Cmd) -> redis::Value| -> u64 {
+        let info: String = redis::from_redis_value(run(redis::cmd("INFO").arg("stats"))).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("INFO stats counts connections")
+    };
+    let before = connections(&mut run);
+    run(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1"));
+    let mut renewed = Vec::new();
+    for _ in 0..5 {
+        renewed.push(held.extend(LONG).await);
+    }
+    run(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0"));
+    for r in renewed {
+        assert!(r.unwrap(), "renewed and replicated in a full memory");
+    }
+    assert_eq!(
+        connections(&mut run),
+        before,
+        "no connection opened for the renewals"
+    );
+    assert!(held.release().await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_replicas_counts_a_grant_only_once_a_replica_has_it() {
     let primary = RedisServer::start();

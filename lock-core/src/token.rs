@@ -137,9 +137,12 @@ pub(crate) fn default_holder() -> String {
     clean_holder(&format!("{host}:{}", std::process::id()))
 }
 
-/// Tokens drawn from one seed before the generator is seeded again from the OS (4 MiB of
-/// output at 16 bytes a token).
-const TOKENS_PER_SEED: u32 = 1 << 18;
+/// Tokens drawn from one seed before the generator is seeded again from the OS: few, so that a
+/// copy of a generator that the pid check cannot tell from its original (a process cloned with
+/// its pid, as a VM snapshot or CRIU restores it; a descendant that happens to get a dead
+/// ancestor's pid) draws at most this many of the original's tokens. 32 seed bytes every 16
+/// tokens cost about 20 ns a token, where a `getrandom` per token cost 340 ns.
+const TOKENS_PER_SEED: u32 = 16;
 
 /// A thread's token generator: ChaCha12 seeded from the OS, in the process that seeded it.
 struct Source {
@@ -159,7 +162,8 @@ thread_local! {
 /// of `fork` starts with a copy of its parent's generator; it has another pid, so it never
 /// draws a token from the copy (the pid is read with every token: one `getpid`, where asking
 /// the OS for the bytes costs a `getrandom` call of about twice as long). While a thread is
-/// being torn down (its generator gone), the bytes come from the OS directly.
+/// being torn down (its generator gone), the bytes come from the OS directly. The one case the
+/// pid cannot tell is a copy with the same pid ([`TOKENS_PER_SEED`] bounds it).
 fn random_bytes() -> [u8; TOKEN_BYTES] {
     use rand::{Rng, SeedableRng};
     let mut bytes = [0u8; TOKEN_BYTES];

@@ -4,15 +4,18 @@
 //! The probe is one round trip: `COMMAND INFO DELIFEQ` (a command, or nil where the server has
 //! none of that name) and `COMMAND DOCS SET` (whether `SET` takes an `IFEQ` token). It runs on
 //! the first release or extend of a node that never re-sends (one server, a Redlock instance),
-//! and again after an I/O error or a `NOSCRIPT` (a server that does not know lock-core's
+//! and again after an I/O error or a timeout, or a `NOSCRIPT` (a server that does not know lock-core's
 //! scripts restarted, or is another one behind the same address), so that a server upgraded
 //! in place is asked again. A server that answers the probe with an error (Redis 6.2 has no
 //! `COMMAND DOCS`; a proxy or an ACL may refuse `COMMAND`) has none of them. A native command the
 //! server refuses anyway (`ERR unknown command`, `ERR syntax error`: say, a failover to an
-//! older replica behind a proxy) is not sent again until the next probe, and the script does
-//! its job at once.
+//! older replica behind a proxy; `NOPERM` from an ACL) is not sent again until the next probe,
+//! and the script does its job at once. A probe that gets no answer is tried again by a later
+//! command, at most once a second; meanwhile the scripts are sent.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use redis::Value;
 
@@ -21,66 +24,136 @@ use super::RedisNode;
 use crate::command::{Call, Command, Native, Server};
 use crate::{LockError, Result};
 
-const PROBED: u8 = 1;
-const DELIFEQ: u8 = 2;
-const SET_IFEQ: u8 = 4;
+const PROBED: u32 = 1;
+const DELIFEQ: u32 = 2;
+const SET_IFEQ: u32 = 4;
 /// A probe is in flight: the commands meanwhile are sent as scripts, not as more probes.
-const PROBING: u8 = 8;
+const PROBING: u32 = 8;
+/// The flags are the low byte; the rest counts the changes a probe's answer must not undo.
+const FLAGS: u32 = 0xff;
+const GENERATION: u32 = 0x100;
+
+/// How long after a probe the next may go: while a server does not answer, each release and
+/// extend would otherwise wait for a probe's timeout before its own.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// What a node knows of its server's native commands.
 #[derive(Debug, Default)]
-pub(super) struct Capabilities(AtomicU8);
+pub(super) struct Capabilities {
+    /// The flags, and a generation that [`forget`](Self::forget) and
+    /// [`refused`](Self::refused) move on.
+    state: AtomicU32,
+    /// When the last probe started, in ms after [`epoch`], plus one (0: never).
+    probed_at: AtomicU64,
+    /// The in-process server's: known for good, never asked.
+    fixed: bool,
+}
+
+/// The instant [`Capabilities::probed_at`] counts from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn bits(native: Native) -> u32 {
+    PROBED | if native.delifeq { DELIFEQ } else { 0 } | if native.set_ifeq { SET_IFEQ } else { 0 }
+}
+
+/// The one probe in flight, ended when dropped (also when the command that probes is
+/// cancelled: a Redlock instance's timeout, a caller's `select!`).
+struct Probing<'a> {
+    caps: &'a Capabilities,
+    /// The generation when it started.
+    generation: u32,
+}
+
+impl Drop for Probing<'_> {
+    fn drop(&mut self) {
+        self.caps.state.fetch_and(!PROBING, Ordering::Relaxed);
+    }
+}
 
 impl Capabilities {
     /// What is known of `conn`'s server before any command: the in-process server's commands,
     /// else nothing yet (a server is probed on first use).
     pub(super) fn of(conn: &Conn) -> Self {
-        let caps = Self::default();
-        if let Conn::Model(conn) = conn {
-            caps.set(conn.server.native());
+        match conn {
+            Conn::Model(conn) => Self {
+                state: AtomicU32::new(bits(conn.server.native())),
+                fixed: true,
+                ..Self::default()
+            },
+            _ => Self::default(),
         }
-        caps
     }
 
     /// The native commands, or `None` before the probe.
     fn get(&self) -> Option<Native> {
-        let bits = self.0.load(Ordering::Relaxed);
+        let bits = self.state.load(Ordering::Relaxed);
         (bits & PROBED != 0).then_some(Native {
             delifeq: bits & DELIFEQ != 0,
             set_ifeq: bits & SET_IFEQ != 0,
         })
     }
 
-    fn set(&self, native: Native) {
-        let bits = PROBED
-            | if native.delifeq { DELIFEQ } else { 0 }
-            | if native.set_ifeq { SET_IFEQ } else { 0 };
-        self.0.store(bits, Ordering::Relaxed);
+    /// Moves the state on with `change` of its flags (and the generation).
+    fn change(&self, change: impl Fn(u32) -> u32) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |state| {
+                let flags = change(state & FLAGS) & FLAGS;
+                Some((state & !FLAGS).wrapping_add(GENERATION) | flags)
+            });
     }
 
-    /// Takes the one probe in flight; false when another has it.
-    fn start_probe(&self) -> bool {
-        self.0.fetch_or(PROBING, Ordering::Relaxed) & PROBING == 0
+    /// Takes the one probe in flight, unless another has it or one started less than
+    /// [`PROBE_EVERY`] ago.
+    fn start_probe(&self) -> Option<Probing<'_>> {
+        let now = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let last = self.probed_at.load(Ordering::Relaxed);
+        let every = u64::try_from(PROBE_EVERY.as_millis()).unwrap_or(u64::MAX);
+        if last != 0 && now.saturating_sub(last) < every {
+            return None;
+        }
+        let before = self.state.fetch_or(PROBING, Ordering::Relaxed);
+        if before & PROBING != 0 {
+            return None;
+        }
+        self.probed_at.store(now, Ordering::Relaxed);
+        Some(Probing {
+            caps: self,
+            generation: before & !FLAGS,
+        })
     }
 
-    fn end_probe(&self) {
-        self.0.fetch_and(!PROBING, Ordering::Relaxed);
+    /// The probe's answer, unless the state moved on since it started (the server was
+    /// forgotten, or refused a command, meanwhile: its answer may be the old server's).
+    fn probed(&self, probe: &Probing<'_>, native: Native) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |state| {
+                (state & !FLAGS == probe.generation)
+                    .then_some(probe.generation | (state & PROBING) | bits(native))
+            });
     }
 
     /// The server may be another one by the next command (a failed connection, a server that
-    /// lost lock-core's scripts): asked again before the next release or extend.
+    /// lost lock-core's scripts): asked again before the next release or extend. The
+    /// in-process server is known for good.
     pub(super) fn forget(&self) {
-        self.0.fetch_and(!PROBED, Ordering::Relaxed);
+        if !self.fixed {
+            self.change(|flags| flags & !(PROBED | DELIFEQ | SET_IFEQ));
+        }
     }
 
-    /// The server refused `call` as a command it does not know.
+    /// The server refused `call` as a command it does not have.
     fn refused(&self, call: Call) {
         let bit = match call {
             Call::DelIfEq => DELIFEQ,
             Call::SetIfEq => SET_IFEQ,
             _ => return,
         };
-        self.0.fetch_and(!bit, Ordering::Relaxed);
+        self.change(|flags| flags & !bit);
     }
 }
 
@@ -107,14 +180,23 @@ pub(super) fn cut(e: &LockError) -> bool {
     matches!(e, LockError::Redis(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal())
 }
 
-/// Whether `e` is the server refusing a command or option it does not know.
-fn unknown(e: &LockError) -> bool {
-    let LockError::Redis(e) = e else {
-        return false;
-    };
-    let detail = e.detail().unwrap_or_default();
-    e.code() == Some("ERR")
-        && (detail.starts_with("unknown command") || detail.starts_with("syntax error"))
+/// Whether `e` is the server (or a proxy, or an ACL) refusing the native command itself
+/// (`ERR unknown command`, `ERR syntax error`, `NOPERM`, a proxy's own code), rather than
+/// answering it about the key or its own state, which the script would meet too.
+fn refusal(e: &LockError) -> bool {
+    const ANSWERS: [&str; 10] = [
+        "WRONGTYPE",
+        "OOM",
+        "READONLY",
+        "LOADING",
+        "BUSY",
+        "MASTERDOWN",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "MOVED",
+        "ASK",
+    ];
+    matches!(e, LockError::Redis(e) if e.code().is_some_and(|code| !ANSWERS.contains(&code)))
 }
 
 impl RedisNode {
@@ -139,18 +221,21 @@ impl RedisNode {
         scripted.with(native)
     }
 
-    /// Asks the server which native commands it has; none when it cannot tell now, or while
-    /// another command asks (the next command asks again).
+    /// Asks the server which native commands it has; none when it cannot tell now, while
+    /// another command asks, or within [`PROBE_EVERY`] of the last probe (a later command asks
+    /// again).
     async fn probe(&self) -> Native {
-        if !self.native.start_probe() {
+        let Some(probing) = self.native.start_probe() else {
             return Native::NONE;
-        }
+        };
         let native = self.ask().await;
-        self.native.end_probe();
-        native
+        if let Some(native) = native {
+            self.native.probed(&probing, native);
+        }
+        native.unwrap_or(Native::NONE)
     }
 
-    async fn ask(&self) -> Native {
+    async fn ask(&self) -> Option<Native> {
         let mut pipe = redis::pipe();
         pipe.cmd("COMMAND")
             .arg("INFO")
@@ -163,12 +248,11 @@ impl RedisNode {
             Ok(replies) => {
                 let native = read_probe(&replies);
                 tracing::debug!(?native, "probed the server's native commands");
-                self.native.set(native);
-                native
+                Some(native)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "probing the server's native commands failed");
-                Native::NONE
+                None
             }
         }
     }
@@ -203,7 +287,7 @@ impl RedisNode {
         };
         match reply {
             Ok(reply) => Ok(reply),
-            Err(e) if unknown(&e) => {
+            Err(e) if refusal(&e) => {
                 tracing::debug!(error = %e, "native command refused; the script does its job");
                 self.native.refused(call);
                 Ok(None)
@@ -272,6 +356,39 @@ mod tests {
             "not sent again"
         );
         assert_eq!(node.run(&release).await.unwrap(), Answer::NotApplied(None));
+    }
+
+    #[test]
+    fn one_probe_at_a_time_ended_when_dropped_and_an_answer_from_before_a_change_is_dropped() {
+        let caps = Capabilities::default();
+        let long_ago = || caps.probed_at.store(0, Ordering::Relaxed);
+        let probe = caps.start_probe().expect("the first probe");
+        assert!(caps.start_probe().is_none(), "one at a time");
+        // Cancelled (its future dropped): the next may go, but not within PROBE_EVERY.
+        drop(probe);
+        assert!(caps.start_probe().is_none(), "at most one a second");
+        long_ago();
+        let probe = caps.start_probe().expect("a probe after a cancelled one");
+        // The connection failed while it was out: its answer may be the old server's.
+        caps.forget();
+        caps.probed(&probe, Native::ALL);
+        drop(probe);
+        assert_eq!(caps.get(), None, "asked again");
+        long_ago();
+        let probe = caps.start_probe().unwrap();
+        caps.probed(&probe, Native::ALL);
+        drop(probe);
+        assert_eq!(caps.get(), Some(Native::ALL));
+        caps.refused(Call::DelIfEq);
+        assert_eq!(
+            caps.get(),
+            Some(Native {
+                delifeq: false,
+                set_ifeq: true
+            })
+        );
+        caps.forget();
+        assert_eq!(caps.get(), None);
     }
 
     #[test]

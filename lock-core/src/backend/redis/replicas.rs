@@ -202,8 +202,12 @@ impl RedisNode {
             return Ok(self.query(cmd).await?);
         };
         let lent = self.lend(replicated).await?;
-        let (reply, acked) = send_waited(lent.conn(), cmd, Some(replicated.want)).await?;
-        lent.answered();
+        let sent = send_waited(lent.conn(), cmd, Some(replicated.want)).await;
+        // An error the server answered (OOM, WRONGTYPE, ...) leaves the connection good.
+        if sent.as_ref().map_or_else(|e| e.code().is_some(), |_| true) {
+            lent.answered();
+        }
+        let (reply, acked) = sent?;
         check_acked(keys, replicated.want, applied(&reply), acked)?;
         Ok(reply)
     }

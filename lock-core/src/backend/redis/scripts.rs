@@ -10,7 +10,7 @@ use super::replicas::{check_acked, send_waited, MinReplicas};
 use super::RedisNode;
 use crate::keys::LockKeys;
 use crate::scripts::Script;
-use crate::Result;
+use crate::{LockError, Result};
 
 impl RedisNode {
     /// `EVALSHA`, one round trip while the server has the script cached. After `NOSCRIPT`
@@ -40,10 +40,17 @@ impl RedisNode {
             return self.eval(script, args).await;
         };
         let lent = self.lend(replicated).await?;
-        let (reply, acked) = self
+        let sent = self
             .run_script(lent.conn(), script, args, Some(replicated.want))
-            .await?;
-        lent.answered();
+            .await;
+        // An error the server answered (OOM, WRONGTYPE, ...) leaves the connection good.
+        if sent.as_ref().map_or_else(
+            |e| matches!(e, LockError::Redis(e) if e.code().is_some()),
+            |_| true,
+        ) {
+            lent.answered();
+        }
+        let (reply, acked) = sent?;
         check_acked(keys, replicated.want, applied(&reply), acked)?;
         Ok(reply)
     }
@@ -72,7 +79,8 @@ impl RedisNode {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 // Only a script it ran before tells that the server lost its scripts: a
                 // script's first use meets NOSCRIPT anyway.
-                if self.scripts_run.fetch_and(0, Ordering::Relaxed) & script.bit() != 0 {
+                if self.scripts_run.load(Ordering::Relaxed) & script.bit() != 0 {
+                    self.scripts_run.store(0, Ordering::Relaxed);
                     self.native.forget();
                 }
                 send_waited(conn, &command("EVAL", script.body), wait).await?

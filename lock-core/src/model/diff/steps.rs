@@ -72,7 +72,6 @@ impl Step {
         Step::Command(args.iter().map(|s| s.to_string()).collect())
     }
 
-    /// Which of its reply's figures are milliseconds left, read from a clock.
     /// Whether the reply's shape is tallied: a script's, and a native command's.
     pub(super) fn tallied(&self) -> bool {
         match self {
@@ -82,6 +81,7 @@ impl Step {
         }
     }
 
+    /// Which of its reply's figures are milliseconds left, read from a clock.
     pub(super) fn left(&self) -> Left {
         match self {
             Step::Command(args) if args[0] == "PTTL" => Left::Positive,
