@@ -741,7 +741,16 @@ async fn release_and_extend_are_native_commands_where_the_server_has_them() {
     );
     assert_eq!(server.command_calls("publish"), 1, "the release published");
     assert_eq!(server.command_calls("delifeq"), u64::from(delifeq));
+    // A holder that waited for its lock sends the script first: others likely wait too.
+    let _: () = server.query(redis::cmd("CONFIG").arg("RESETSTAT"));
     assert!(next.release().await.unwrap());
+    assert_eq!(
+        (
+            server.command_calls("delifeq"),
+            server.command_calls("evalsha")
+        ),
+        (0, 1)
+    );
 
     // A full memory refuses SET (IFEQ or not); extend.lua's PEXPIRE renews all the same.
     let g = holder.try_acquire("full", LONG).await.unwrap().unwrap();

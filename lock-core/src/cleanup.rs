@@ -39,6 +39,10 @@ pub(crate) struct ReleaseJob {
     /// A clean-up after an interrupted command, or the release of a lease whose loss was
     /// already told: finding nothing is the expected outcome.
     quiet: bool,
+    /// Its holder waited for it ([`Command::Release`]'s `contended`).
+    ///
+    /// [`Command::Release`]: crate::command::Command::Release
+    contended: bool,
 }
 
 /// Armed while a command on a lock key is in flight or failed with an unknown outcome. Dropped
@@ -58,6 +62,10 @@ pub(crate) struct PendingRelease<'a> {
     pub(crate) hold_until: Option<Instant>,
     pub(crate) give_up: Instant,
     pub(crate) quiet: bool,
+    /// Its holder waited for it ([`Command::Release`]'s `contended`).
+    ///
+    /// [`Command::Release`]: crate::command::Command::Release
+    pub(crate) contended: bool,
 }
 
 impl PendingRelease<'_> {
@@ -69,6 +77,7 @@ impl PendingRelease<'_> {
             hold_until: self.hold_until,
             give_up: self.give_up,
             quiet: self.quiet,
+            contended: self.contended,
         }
     }
 }
@@ -122,7 +131,7 @@ impl Orphan {
             if self
                 .cleaner
                 .store
-                .release(&job.keys, &job.token, Duration::ZERO)
+                .release(&job.keys, &job.token, Duration::ZERO, job.contended)
                 .await
                 .is_ok()
             {
@@ -172,7 +181,11 @@ impl Cleaner {
         let mut pause = Duration::from_millis(50);
         loop {
             let keep = keep_for(job.hold_until);
-            match self.store.release(&job.keys, &job.token, keep).await {
+            match self
+                .store
+                .release(&job.keys, &job.token, keep, job.contended)
+                .await
+            {
                 Ok(true) => {
                     tracing::debug!(lock = %crate::validate::Logged(&job.name), "released in the background")
                 }

@@ -56,11 +56,15 @@ pub(crate) enum Command<'a> {
         ttl: Duration,
     },
     /// Compare-and-delete. With `keep` above zero the hold is only shortened to end `keep`
-    /// after it is applied (`min_hold`), never lengthened.
+    /// after it is applied (`min_hold`), never lengthened. `contended`: its holder took it
+    /// after waiting, so others likely wait and have marked the key; the script goes first
+    /// (a native compare-and-delete would find the key marked, and the script would follow it
+    /// a round trip later).
     Release {
         keys: Cow<'a, LockKeys>,
         token: Cow<'a, str>,
         keep: Duration,
+        contended: bool,
     },
     /// Takes a fair ticket out of the line, or ends the waiting writer's claim it names
     /// (leave.lua).
@@ -238,10 +242,16 @@ impl Command<'_> {
                 token: text(token),
                 ttl,
             },
-            Command::Release { keys, token, keep } => Command::Release {
+            Command::Release {
+                keys,
+                token,
+                keep,
+                contended,
+            } => Command::Release {
                 keys: own(keys),
                 token: text(token),
                 keep,
+                contended,
             },
             Command::Leave { keys, ticket } => Command::Leave {
                 keys: own(keys),
@@ -279,8 +289,13 @@ impl Command<'_> {
                 return Call::SetIfEq;
             }
             Command::Extend { .. } => scripts.extend,
-            Command::Release { keep, .. }
-                if keep.is_zero() && scripts.native && server.native.delifeq && !server.resends =>
+            Command::Release {
+                keep, contended, ..
+            } if keep.is_zero()
+                && !contended
+                && scripts.native
+                && server.native.delifeq
+                && !server.resends =>
             {
                 return Call::DelIfEq;
             }
@@ -349,7 +364,9 @@ impl Command<'_> {
                     .arg(token.as_ref())
                     .arg(millis_ceil(*ttl));
             }
-            Command::Release { keys, token, keep } => {
+            Command::Release {
+                keys, token, keep, ..
+            } => {
                 cmd.arg(1)
                     .arg(&keys.lock)
                     .arg(token.as_ref())
@@ -468,6 +485,7 @@ mod tests {
             keys: Cow::Borrowed(&keys),
             token: Cow::Borrowed("t"),
             keep: Duration::ZERO,
+            contended: false,
         };
         assert_eq!(
             args(&release, true),
@@ -501,6 +519,7 @@ mod tests {
             keys: Cow::Owned(keys.clone().of_kind(kind)),
             token: Cow::Borrowed("t"),
             keep: Duration::from_millis(keep),
+            contended: false,
         };
         let extend = |kind: Kind| Command::Extend {
             keys: Cow::Owned(keys.clone().of_kind(kind)),
@@ -525,6 +544,14 @@ mod tests {
                 Call::Script(s) if s.name == "extend"
             ));
         }
+        // A holder that waited for it: waiters likely marked the key, so the script first.
+        let waited = Command::Release {
+            keys: Cow::Borrowed(&keys),
+            token: Cow::Borrowed("t"),
+            keep: Duration::ZERO,
+            contended: true,
+        };
+        assert!(matches!(waited.call(valkey9), Call::Script(s) if s.name == "release"));
         // min_hold shortens the key (the script); permits and shared holds are hashes; a client
         // that re-sends needs the tomb.
         assert!(matches!(

@@ -47,6 +47,11 @@ pub(crate) struct Grant {
     pub(crate) sent: Instant,
     /// The part of the lease the local deadline may count on, from `sent`.
     pub(crate) usable: Duration,
+    /// A waiter's attempt took it (one that marks the key when refused): other waiters likely
+    /// wait for it too, and have marked the key (see [`Command::Release`]'s `contended`).
+    ///
+    /// [`Command::Release`]: crate::command::Command::Release
+    pub(crate) waited: bool,
 }
 
 pub(crate) struct Lease {
@@ -59,6 +64,8 @@ pub(crate) struct Lease {
     pub(crate) token: String,
     /// The lease requested at acquire time.
     pub(crate) ttl: Duration,
+    /// A waiter's attempt took it ([`Grant::waited`]): its release sends the script first.
+    pub(crate) waited: bool,
     /// Send time of the attempt that took the lock.
     pub(crate) acquired: Instant,
     pub(crate) min_hold: Option<Duration>,
@@ -170,6 +177,7 @@ impl Lease {
             keys,
             token: grant.token,
             ttl,
+            waited: grant.waited,
             acquired: grant.sent,
             min_hold,
             clock: Mutex::new(Clock {
@@ -378,6 +386,7 @@ mod tests {
                 token: "t".to_owned(),
                 sent: Instant::now(),
                 usable: ttl,
+                waited: false,
             },
             None,
         )

@@ -194,6 +194,7 @@ pub mod bench {
             keys: Cow::Borrowed(&keys),
             token: Cow::Borrowed(&token),
             keep: Duration::ZERO,
+            contended: false,
         };
         let mut packed = 0;
         for (command, name) in [(&acquire, "SET"), (&release, "DELIFEQ")] {

@@ -343,18 +343,20 @@ pub(crate) trait Store: Send + Sync {
 }
 
 impl dyn Store {
-    /// Compare-and-delete of `token`'s hold (see [`Command::Release`]): `true` when our hold
-    /// ended here.
+    /// Compare-and-delete of `token`'s hold (see [`Command::Release`], and `contended` there):
+    /// `true` when our hold ended here.
     pub(crate) async fn release(
         &self,
         keys: &LockKeys,
         token: &str,
         keep: Duration,
+        contended: bool,
     ) -> Result<bool> {
         let release = Command::Release {
             keys: std::borrow::Cow::Borrowed(keys),
             token: std::borrow::Cow::Borrowed(token),
             keep,
+            contended,
         };
         Ok(self.run(&release).await?.0.applied())
     }

@@ -52,6 +52,7 @@ impl Shared {
                 hold_until: None,
                 give_up: sent + ttl,
                 quiet: true,
+                contended: mark,
             },
         );
         let command = Command::Acquire {
@@ -70,6 +71,7 @@ impl Shared {
                     token,
                     sent,
                     usable,
+                    waited: mark,
                 })
             }
             Ok((answer, leftover)) => {
@@ -295,6 +297,7 @@ impl Shared {
             hold_until: lease.min_hold_end(),
             give_up: lease.deadline(),
             quiet: lease.loss_warned(),
+            contended: lease.waited,
         }
     }
 
@@ -307,7 +310,10 @@ impl Shared {
             let _ = watchdog.await;
         }
         let keep = keep_for(lease.min_hold_end());
-        let released = self.store.release(&lease.keys, &lease.token, keep).await;
+        let released = self
+            .store
+            .release(&lease.keys, &lease.token, keep, lease.waited)
+            .await;
         match &released {
             Ok(true) => tracing::debug!(lock = %crate::validate::Logged(&lease.name), "released"),
             Ok(false) => {}

@@ -388,8 +388,17 @@ pub(super) fn describe(op: &Op) -> String {
                 short(token)
             )
         }
-        Command::Release { keys, token, keep } => {
-            format!("release {} {} keep {keep:?}", keys.lock, short(token))
+        Command::Release {
+            keys,
+            token,
+            keep,
+            contended,
+        } => {
+            format!(
+                "release {} {} keep {keep:?} contended {contended}",
+                keys.lock,
+                short(token)
+            )
         }
         Command::Extend { keys, token, ttl } => {
             format!("extend {} {} ttl {ttl:?}", keys.lock, short(token))

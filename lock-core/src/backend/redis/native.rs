@@ -33,8 +33,8 @@ const PROBING: u32 = 8;
 const FLAGS: u32 = 0xff;
 const GENERATION: u32 = 0x100;
 
-/// How long after a probe the next may go: while a server does not answer, each release and
-/// extend would otherwise wait for a probe's timeout before its own.
+/// How long after a probe that got no answer the next may go: while a server does not answer,
+/// each release and extend would otherwise wait for a probe's timeout before its own.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// What a node knows of its server's native commands.
@@ -43,16 +43,22 @@ pub(super) struct Capabilities {
     /// The flags, and a generation that [`forget`](Self::forget) and
     /// [`refused`](Self::refused) move on.
     state: AtomicU32,
-    /// When the last probe started, in ms after [`epoch`], plus one (0: never).
-    probed_at: AtomicU64,
+    /// When the last probe that got no answer ended, in ms after [`epoch`], plus one (0:
+    /// never).
+    failed_at: AtomicU64,
     /// The in-process server's: known for good, never asked.
     fixed: bool,
 }
 
-/// The instant [`Capabilities::probed_at`] counts from.
+/// The instant [`Capabilities::failed_at`] counts from.
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
+}
+
+/// Now, in ms after [`epoch`], plus one (never 0).
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX) + 1
 }
 
 fn bits(native: Native) -> u32 {
@@ -106,24 +112,27 @@ impl Capabilities {
             });
     }
 
-    /// Takes the one probe in flight, unless another has it or one started less than
+    /// Takes the one probe in flight, unless another has it or one got no answer less than
     /// [`PROBE_EVERY`] ago.
     fn start_probe(&self) -> Option<Probing<'_>> {
-        let now = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
-        let last = self.probed_at.load(Ordering::Relaxed);
+        let last = self.failed_at.load(Ordering::Relaxed);
         let every = u64::try_from(PROBE_EVERY.as_millis()).unwrap_or(u64::MAX);
-        if last != 0 && now.saturating_sub(last) < every {
+        if last != 0 && now_ms().saturating_sub(last) < every {
             return None;
         }
         let before = self.state.fetch_or(PROBING, Ordering::Relaxed);
         if before & PROBING != 0 {
             return None;
         }
-        self.probed_at.store(now, Ordering::Relaxed);
         Some(Probing {
             caps: self,
             generation: before & !FLAGS,
         })
+    }
+
+    /// The probe got no answer: the next waits [`PROBE_EVERY`].
+    fn unanswered(&self) {
+        self.failed_at.store(now_ms(), Ordering::Relaxed);
     }
 
     /// The probe's answer, unless the state moved on since it started (the server was
@@ -222,17 +231,22 @@ impl RedisNode {
     }
 
     /// Asks the server which native commands it has; none when it cannot tell now, while
-    /// another command asks, or within [`PROBE_EVERY`] of the last probe (a later command asks
-    /// again).
+    /// another command asks, or within [`PROBE_EVERY`] of a probe that got no answer (a later
+    /// command asks again).
     async fn probe(&self) -> Native {
         let Some(probing) = self.native.start_probe() else {
             return Native::NONE;
         };
-        let native = self.ask().await;
-        if let Some(native) = native {
-            self.native.probed(&probing, native);
+        match self.ask().await {
+            Some(native) => {
+                self.native.probed(&probing, native);
+                native
+            }
+            None => {
+                self.native.unanswered();
+                Native::NONE
+            }
         }
-        native.unwrap_or(Native::NONE)
     }
 
     async fn ask(&self) -> Option<Native> {
@@ -337,6 +351,7 @@ mod tests {
             keys: Cow::Borrowed(&keys),
             token: Cow::Borrowed(&token),
             keep: Duration::ZERO,
+            contended: false,
         };
         assert!(node.run(&acquire).await.unwrap().applied());
         let server_native = node.server(&release).await.native;
@@ -361,20 +376,26 @@ mod tests {
     #[test]
     fn one_probe_at_a_time_ended_when_dropped_and_an_answer_from_before_a_change_is_dropped() {
         let caps = Capabilities::default();
-        let long_ago = || caps.probed_at.store(0, Ordering::Relaxed);
+        let long_ago = || caps.failed_at.store(0, Ordering::Relaxed);
         let probe = caps.start_probe().expect("the first probe");
         assert!(caps.start_probe().is_none(), "one at a time");
-        // Cancelled (its future dropped): the next may go, but not within PROBE_EVERY.
+        // Cancelled (its future dropped): the next may go.
         drop(probe);
-        assert!(caps.start_probe().is_none(), "at most one a second");
-        long_ago();
         let probe = caps.start_probe().expect("a probe after a cancelled one");
+        // Unanswered: the next waits PROBE_EVERY.
+        caps.unanswered();
+        drop(probe);
+        assert!(
+            caps.start_probe().is_none(),
+            "at most one a second after no answer"
+        );
+        long_ago();
+        let probe = caps.start_probe().expect("a probe a second later");
         // The connection failed while it was out: its answer may be the old server's.
         caps.forget();
         caps.probed(&probe, Native::ALL);
         drop(probe);
         assert_eq!(caps.get(), None, "asked again");
-        long_ago();
         let probe = caps.start_probe().unwrap();
         caps.probed(&probe, Native::ALL);
         drop(probe);

@@ -48,11 +48,14 @@ pub(crate) struct Redlock {
 }
 
 /// Releases an attempt's token on one instance, bounded by `per_node`: whether it confirmed.
+/// A share given back follows a split vote or a refusal elsewhere: others want the lock, so
+/// the script goes first (`contended`).
 async fn give_back(node: &dyn Node, keys: &LockKeys, token: &str, per_node: Duration) -> bool {
     let release = Command::Release {
         keys: Cow::Borrowed(keys),
         token: Cow::Borrowed(token),
         keep: Duration::ZERO,
+        contended: true,
     };
     matches!(timeout(per_node, node.run(&release)).await, Ok(Ok(_)))
 }
