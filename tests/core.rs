@@ -751,6 +751,17 @@ async fn release_and_extend_are_native_commands_where_the_server_has_them() {
         ),
         (0, 1)
     );
+    // So does, for a while, a holder of a name whose release here found the key marked (the
+    // holder's, above), though it took the lock without waiting; then DELIFEQ again.
+    let _: () = server.query(redis::cmd("CONFIG").arg("RESETSTAT"));
+    for _ in 0..8 {
+        let g = holder.try_acquire("c", LONG).await.unwrap().unwrap();
+        assert!(g.release().await.unwrap());
+    }
+    assert_eq!(server.command_calls("delifeq"), 0);
+    let g = holder.try_acquire("c", LONG).await.unwrap().unwrap();
+    assert!(g.release().await.unwrap());
+    assert_eq!(server.command_calls("delifeq"), u64::from(delifeq));
 
     // A full memory refuses SET (IFEQ or not); extend.lua's PEXPIRE renews all the same.
     let g = holder.try_acquire("full", LONG).await.unwrap().unwrap();

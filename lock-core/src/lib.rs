@@ -257,7 +257,9 @@
 //! needs `WAITAOF` (Redis 7.2 or later, Valkey). On one server and Redlock's instances, a
 //! release is `DELIFEQ` where the server has it (Valkey 9) and a renewal `SET ... IFEQ ... PX`
 //! (Valkey 8.1+), each followed by the script whenever it did nothing (a waiter marked the key,
-//! the hold is not ours): the same answers, with less server time. Replicas
+//! the hold is not ours): the same answers, with less server time when uncontended (a marked
+//! key costs one more round trip; a holder that waited for its lock sends the script first).
+//! Replicas
 //! of one service must run versions of lock-core that agree on the key format: this one marks
 //! a waited-for key by appending `*` to the holder's token, which earlier versions do not
 //! recognise as their own (their release then finds the key "not theirs" and leaves it to its

@@ -315,6 +315,7 @@ impl RedisNode {
             replicated: None,
             native: super::native::Capabilities::of(&Conn::Model(conn.clone())),
             scripts_run: Default::default(),
+            marked: Default::default(),
             source: Source::Model(conn),
         }
     }
@@ -328,6 +329,7 @@ impl RedisNode {
             source: Source::Client(Box::new(client)),
             native: super::native::Capabilities::default(),
             scripts_run: Default::default(),
+            marked: Default::default(),
         }
     }
 
@@ -407,6 +409,7 @@ impl RedisNode {
             source: Source::Cluster(seeds.to_vec()),
             native: super::native::Capabilities::default(),
             scripts_run: Default::default(),
+            marked: Default::default(),
         })
     }
 
@@ -458,6 +461,7 @@ impl RedisNode {
             source: Source::Sentinel(primary),
             native: super::native::Capabilities::default(),
             scripts_run: Default::default(),
+            marked: Default::default(),
         })
     }
 

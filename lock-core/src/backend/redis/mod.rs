@@ -43,6 +43,8 @@ pub(crate) struct RedisNode {
     /// The scripts the server has run ([`Script::bit`](crate::scripts::Script::bit)s) since
     /// it last answered `NOSCRIPT`.
     scripts_run: std::sync::atomic::AtomicU32,
+    /// The names whose releases found their key marked by a waiter lately.
+    marked: native::Marked,
 }
 
 /// [`LockError::PermitsMismatch`] for the `LOCKPERMITS <m>` error reply of the acquire
@@ -82,13 +84,23 @@ impl Node for RedisNode {
             let mut server = self.server(command).await;
             let keys = command.keys();
             let applied = |reply: &i64| command.answer(*reply).applied();
+            let release = matches!(command, Command::Release { .. });
+            // A name whose releases here found the key marked lately: the script first.
+            if release && server.native.delifeq && self.marked.lately(&keys.lock) {
+                server.native.delifeq = false;
+            }
             let mut call = command.call(server);
+            let mut fell_back = false;
             if call.is_native() {
                 if let Some(reply) = self.native_reply(command, server, call).await? {
+                    if release {
+                        self.marked.clear(&keys.lock);
+                    }
                     return Ok(command.answer(reply));
                 }
                 server = server.scripted();
                 call = command.call(server);
+                fell_back = true;
             }
             let reply: i64 = match call {
                 Call::SetNx => {
@@ -110,7 +122,12 @@ impl Node for RedisNode {
                     unreachable!("a scripted server sends no native command")
                 }
             };
-            Ok(command.answer(reply))
+            let answer = command.answer(reply);
+            if release && fell_back && answer.applied() {
+                // DELIFEQ found it unequal, and the script found it ours: marked by a waiter.
+                self.marked.found(&keys.lock);
+            }
+            Ok(answer)
         };
         Box::pin(async move {
             answer.await.map_err(|e| {

@@ -13,7 +13,7 @@
 //! and the script does its job at once. A probe that gets no answer is tried again by a later
 //! command, at most once a second; meanwhile the scripts are sent.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -163,6 +163,57 @@ impl Capabilities {
             _ => return,
         };
         self.change(|flags| flags & !bit);
+    }
+}
+
+/// Slots of [`Marked`]; names share one by their hash.
+const MARKED_SLOTS: usize = 256;
+
+/// How many releases of a name go to the script first after one found the key marked by a
+/// waiter (then `DELIFEQ` is tried again).
+const MARKED_RELEASES: u8 = 8;
+
+/// The names whose releases found their key marked by a waiter lately (`DELIFEQ` answered 0 and
+/// release.lua then gave the hold back), so that their next releases send the script first and
+/// save the round trip. A worker that gives a name back and takes it again at once, ahead of
+/// the waiters it woke, holds it without having waited, and its next release would otherwise
+/// try `DELIFEQ` on a key the waiters marked. A fixed table: names that share a slot share a
+/// count, which costs a name at most a script where `DELIFEQ` would do, or the reverse.
+pub(super) struct Marked([AtomicU8; MARKED_SLOTS]);
+
+impl Default for Marked {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU8::new(0)))
+    }
+}
+
+impl Marked {
+    fn slot(&self, key: &str) -> &AtomicU8 {
+        // FNV-1a: a few ns for a lock key.
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        &self.0[(hash % MARKED_SLOTS as u64) as usize]
+    }
+
+    /// Whether the release of `key` should send the script first; counts it down.
+    pub(super) fn lately(&self, key: &str) -> bool {
+        self.slot(key)
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// A release of `key` found it marked.
+    pub(super) fn found(&self, key: &str) {
+        self.slot(key).store(MARKED_RELEASES, Ordering::Relaxed);
+    }
+
+    /// `DELIFEQ` gave `key` back: nobody had marked it.
+    pub(super) fn clear(&self, key: &str) {
+        let slot = self.slot(key);
+        if slot.load(Ordering::Relaxed) != 0 {
+            slot.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -410,6 +461,20 @@ mod tests {
         );
         caps.forget();
         assert_eq!(caps.get(), None);
+    }
+
+    #[test]
+    fn a_name_found_marked_is_released_by_script_for_a_while() {
+        let marked = Marked::default();
+        assert!(!marked.lately("lock:{a}"));
+        marked.found("lock:{a}");
+        for _ in 0..MARKED_RELEASES {
+            assert!(marked.lately("lock:{a}"));
+        }
+        assert!(!marked.lately("lock:{a}"), "then DELIFEQ again");
+        marked.found("lock:{a}");
+        marked.clear("lock:{a}");
+        assert!(!marked.lately("lock:{a}"));
     }
 
     #[test]
