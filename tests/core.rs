@@ -754,7 +754,7 @@ async fn release_and_extend_are_native_commands_where_the_server_has_them() {
     // So does, for a while, a holder of a name whose release here found the key marked (the
     // holder's, above), though it took the lock without waiting; then DELIFEQ again.
     let _: () = server.query(redis::cmd("CONFIG").arg("RESETSTAT"));
-    for _ in 0..8 {
+    for _ in 0..32 {
         let g = holder.try_acquire("c", LONG).await.unwrap().unwrap();
         assert!(g.release().await.unwrap());
     }

@@ -171,7 +171,7 @@ const MARKED_SLOTS: usize = 256;
 
 /// How many releases of a name go to the script first after one found the key marked by a
 /// waiter (then `DELIFEQ` is tried again).
-const MARKED_RELEASES: u8 = 8;
+const MARKED_RELEASES: u8 = 32;
 
 /// The names whose releases found their key marked by a waiter lately (`DELIFEQ` answered 0 and
 /// release.lua then gave the hold back), so that their next releases send the script first and
