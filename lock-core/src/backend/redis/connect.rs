@@ -308,12 +308,13 @@ impl RedisNode {
             server: Arc::clone(&server),
             resends,
         };
+        let native = server.native();
         Self {
             conn: Conn::Model(conn.clone()),
             notifier: Arc::new(crate::backend::memory::ModelWatcher(server)),
             sharded: false,
             replicated: None,
-            native: super::native::Capabilities::of(&Conn::Model(conn.clone())),
+            native: super::native::Capabilities::known(native),
             scripts_run: Default::default(),
             marked: Default::default(),
             source: Source::Model(conn),
@@ -487,6 +488,14 @@ impl RedisNode {
 
     pub(super) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
         self.conn.send(&Request::One(cmd)).await
+    }
+
+    /// `pipe` in one round trip on the node's connection.
+    pub(super) async fn query_pipe<T: FromRedisValue>(
+        &self,
+        pipe: &Pipeline,
+    ) -> redis::RedisResult<T> {
+        self.conn.send(&Request::Pipe(pipe)).await
     }
 }
 

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use super::connect::{Conn, Request};
 use super::RedisNode;
 use crate::command::{Call, Command, Native, Server};
 use crate::{LockError, Result};
@@ -80,16 +79,13 @@ impl Drop for Probing<'_> {
 }
 
 impl Capabilities {
-    /// What is known of `conn`'s server before any command: the in-process server's commands,
-    /// else nothing yet (a server is probed on first use).
-    pub(super) fn of(conn: &Conn) -> Self {
-        match conn {
-            Conn::Model(conn) => Self {
-                state: AtomicU32::new(bits(conn.server.native())),
-                fixed: true,
-                ..Self::default()
-            },
-            _ => Self::default(),
+    /// Known for good, never asked: the in-process server's commands. (A server's are asked
+    /// on first use: [`Capabilities::default`].)
+    pub(super) fn known(native: Native) -> Self {
+        Self {
+            state: AtomicU32::new(bits(native)),
+            fixed: true,
+            ..Self::default()
         }
     }
 
@@ -309,7 +305,7 @@ impl RedisNode {
             .arg("DOCS")
             .arg("SET");
         pipe.ignore_errors();
-        match self.conn.send::<Vec<Value>>(&Request::Pipe(&pipe)).await {
+        match self.query_pipe::<Vec<Value>>(&pipe).await {
             Ok(replies) => {
                 let native = read_probe(&replies);
                 tracing::debug!(?native, "probed the server's native commands");
