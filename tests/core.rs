@@ -489,26 +489,41 @@ async fn waiter_is_woken_by_the_release_not_by_polling() {
     let holder = LockManager::connect(&server.url()).await.unwrap();
     let waiter = never_polling(&server).await;
     let held = holder.try_acquire("woken", LONG).await.unwrap().unwrap();
+    let waiting = listening_waiter(&server, waiter, "woken").await;
+    assert!(held.release().await.unwrap());
+    let g = woken(waiting).await;
+    assert!(g.release().await.unwrap());
+}
+
+/// A wait of `waiter` (a [`never_polling`] manager) for `name`, up to 20 s, in a task of its
+/// own, once it listens for the release: what it got, and how long it waited.
+async fn listening_waiter(
+    server: &RedisServer,
+    waiter: LockManager,
+    name: &'static str,
+) -> tokio::task::JoinHandle<(Result<lock_core::LockGuard, LockError>, Duration)> {
     let waiting = tokio::spawn(async move {
         let began = Instant::now();
-        let g = waiter.acquire("woken", LONG, Duration::from_secs(20)).await;
-        (g, began.elapsed())
+        let got = waiter.acquire(name, LONG, Duration::from_secs(20)).await;
+        (got, began.elapsed())
     });
-    assert!(
-        eventually(Duration::from_secs(5), || server
-            .subscribers("lock:{woken}")
-            == 1)
-        .await
-    );
-    assert!(held.release().await.unwrap());
-    let (g, took) = waiting.await.unwrap();
-    let g = g.expect("woken and acquired");
-    // Without the notification the waiter would sleep 30-60 s (poll interval) or 20 s (deadline).
+    let channel = format!("lock:{{{name}}}");
+    assert!(eventually(Duration::from_secs(5), || server.subscribers(&channel) == 1).await);
+    waiting
+}
+
+/// The guard of a [`listening_waiter`], which the release woke: without the notification it
+/// would sleep 30-60 s (its poll interval) or 20 s (its deadline).
+async fn woken(
+    waiting: tokio::task::JoinHandle<(Result<lock_core::LockGuard, LockError>, Duration)>,
+) -> lock_core::LockGuard {
+    let (got, took) = waiting.await.unwrap();
+    let g = got.expect("woken and granted");
     assert!(
         took < Duration::from_secs(10),
         "not woken by the release: {took:?}"
     );
-    assert!(g.release().await.unwrap());
+    g
 }
 
 /// The pub/sub link goes silent (no RST) while a wait ends, so the notifier's `UNSUBSCRIBE`
@@ -720,25 +735,11 @@ async fn release_and_extend_are_native_commands_where_the_server_has_them() {
     // Contended: the waiter's refused attempt marks the key, so the native commands find it
     // unequal and the scripts renew it and publish the release that wakes the waiter.
     let g = holder.try_acquire("c", LONG).await.unwrap().unwrap();
-    let waiting = tokio::spawn(async move {
-        let began = Instant::now();
-        let got = waiter.acquire("c", LONG, Duration::from_secs(20)).await;
-        (got, began.elapsed())
-    });
-    assert!(
-        eventually(Duration::from_secs(5), || server.subscribers("lock:{c}")
-            == 1)
-        .await
-    );
+    let waiting = listening_waiter(&server, waiter, "c").await;
     let _: () = server.query(redis::cmd("CONFIG").arg("RESETSTAT"));
     assert!(g.extend(LONG).await.unwrap(), "a marked hold is renewed");
     assert!(g.release().await.unwrap(), "a marked hold is given back");
-    let (got, took) = waiting.await.unwrap();
-    let next = got.expect("woken and granted");
-    assert!(
-        took < Duration::from_secs(10),
-        "woken by the release, not by its 60 s poll: {took:?}"
-    );
+    let next = woken(waiting).await;
     assert_eq!(server.command_calls("publish"), 1, "the release published");
     assert_eq!(server.command_calls("delifeq"), u64::from(delifeq));
     // A holder that waited for its lock sends the script first: others likely wait too.

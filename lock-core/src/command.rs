@@ -418,13 +418,19 @@ impl Command<'_> {
 mod tests {
     use super::*;
 
+    /// What `command` lays out for a server with no native commands.
     fn args(command: &Command<'_>, resends: bool) -> Vec<String> {
-        let mut cmd = redis::cmd("X");
         let server = Server {
             resends,
             publish: "PUBLISH",
             native: Native::NONE,
         };
+        laid_out(command, server)
+    }
+
+    /// What `command` lays out for `server`, after the command's name.
+    fn laid_out(command: &Command<'_>, server: Server) -> Vec<String> {
+        let mut cmd = redis::cmd("X");
         command.lay_out(&mut cmd, server);
         cmd.args_iter()
             .skip(1)
@@ -503,17 +509,6 @@ mod tests {
                 delifeq: true,
                 set_ifeq: true,
             },
-        };
-        let laid_out = |command: &Command<'_>, server: Server| {
-            let mut cmd = redis::cmd("X");
-            command.lay_out(&mut cmd, server);
-            cmd.args_iter()
-                .skip(1)
-                .map(|a| match a {
-                    redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
-                    _ => "<cursor>".to_owned(),
-                })
-                .collect::<Vec<_>>()
         };
         let release = |kind: Kind, keep: u64| Command::Release {
             keys: Cow::Owned(keys.clone().of_kind(kind)),

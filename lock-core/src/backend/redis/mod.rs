@@ -132,10 +132,7 @@ impl Node for RedisNode {
         Box::pin(async move {
             answer.await.map_err(|e| {
                 if native::cut(&e) {
-                    // Nothing is known of the server behind the next connection.
-                    self.native.forget();
-                    self.scripts_run
-                        .store(0, std::sync::atomic::Ordering::Relaxed);
+                    self.maybe_another_server();
                 }
                 permits_refused(command.keys(), e)
             })

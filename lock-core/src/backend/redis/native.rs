@@ -256,6 +256,14 @@ fn refusal(e: &LockError) -> bool {
 }
 
 impl RedisNode {
+    /// The server behind the connection may be another one from the next command on (the
+    /// connection failed, or the server lost scripts it had run): nothing is known of its
+    /// native commands, nor of the scripts it has run.
+    pub(super) fn maybe_another_server(&self) {
+        self.native.forget();
+        self.scripts_run.store(0, Ordering::Relaxed);
+    }
+
     /// What the kernel's layout of `command` depends on here: the server's native commands,
     /// asked first if they are not known yet and `command` is one they could do (see the
     /// module's docs). While one command asks, the others are sent as their scripts.

@@ -80,8 +80,7 @@ impl RedisNode {
                 // Only a script it ran before tells that the server lost its scripts: a
                 // script's first use meets NOSCRIPT anyway.
                 if self.scripts_run.load(Ordering::Relaxed) & script.bit() != 0 {
-                    self.scripts_run.store(0, Ordering::Relaxed);
-                    self.native.forget();
+                    self.maybe_another_server();
                 }
                 send_waited(conn, &command("EVAL", script.body), wait).await?
             }
